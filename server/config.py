@@ -1,0 +1,62 @@
+"""Gateway settings: one dataclass, defaults documented in the README, overridable by env or CLI."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+ENCODER_MODEL_NAME = "encoder"
+
+
+@dataclass
+class Settings:
+    """Everything a deployment can change. Env vars are VSEARCH_<FIELD> (upper case)."""
+
+    # Gateway
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    metrics_port: int = 9464
+    data_dir: Path = field(default_factory=lambda: REPO_ROOT / "var")
+    # Triton: launched embedded unless triton_url points at an external server ("host:port", gRPC).
+    triton_url: str | None = None
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    model_repository: Path = MODEL_REPOSITORY
+    model_name: str = ENCODER_MODEL_NAME
+    # Input limits (decompression-bomb and abuse protection).
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    # Search
+    default_k: int = 20
+    max_k: int = 1000
+    # Cosine above which two results are near-duplicates (chosen by measurement, see README).
+    duplicate_threshold: float = 0.95
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"VSEARCH_{f.name.upper()}")
+            if raw is None:
+                continue
+            current = getattr(cls(), f.name)
+            if isinstance(current, bool):
+                values[f.name] = raw.lower() in ("1", "true", "yes")
+            elif isinstance(current, int):
+                values[f.name] = int(raw)
+            elif isinstance(current, float):
+                values[f.name] = float(raw)
+            elif isinstance(current, Path):
+                values[f.name] = Path(raw)
+            else:
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"

@@ -1,0 +1,7 @@
+"""Shared fixtures live in tests/fixtures/, one module per real component."""
+
+pytest_plugins = [
+    "tests.fixtures.triton",
+    "tests.fixtures.gateway",
+    "tests.fixtures.prometheus",
+]

@@ -1,0 +1,31 @@
+"""Triton Python-backend model: runs this version's model.onnx with ONNX Runtime (CPU hosts).
+
+GPU hosts serve the TensorRT plan built from the same ONNX graph instead (configs/gpu.pbtxt).
+"""
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        options = ort.SessionOptions()
+        # One instance uses all cores: ORT's intra-op parallelism beats two single-threaded instances
+        # on a 2-core host (measured in benchmarks/encoder_bench.py). Override with ENCODER_ORT_THREADS.
+        options.intra_op_num_threads = int(os.environ.get("ENCODER_ORT_THREADS", "0"))
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests: list) -> list:
+        # Dynamic batching hands us several requests: run them as one batch, split the result back.
+        batches = [pb_utils.get_input_tensor_by_name(r, "pixels").as_numpy() for r in requests]
+        embeddings = self.session.run(None, {"pixels": np.concatenate(batches)})[0]
+        responses, start = [], 0
+        for batch in batches:
+            part = embeddings[start : start + len(batch)]
+            start += len(batch)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("embedding", part)]))
+        return responses

@@ -1,0 +1,62 @@
+"""Export the encoder to ONNX: uint8 pixels in, unit embeddings out, dynamic batch axis.
+
+    python -m training.export_onnx --output model_repository/encoder/1/model.onnx [--checkpoint CKPT]
+
+The graph is checked with ONNX Runtime against PyTorch before it is (atomically) written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.encoder_model import INPUT_SIZE, load_encoder
+
+OPSET = 17
+
+
+def export(output: Path, checkpoint: Path | None = None) -> float:
+    """Write the ONNX graph; returns the max abs difference vs PyTorch on a probe batch."""
+    import onnxruntime as ort
+
+    model = load_encoder(checkpoint)
+    probe = torch.randint(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        torch.onnx.export(
+            model, (probe,), tmp, input_names=["pixels"], output_names=["embedding"],
+            dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=OPSET, dynamo=False,
+        )
+        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        got = session.run(None, {"pixels": probe.numpy()})[0]
+        with torch.no_grad():
+            want = model(probe).numpy()
+        diff = float(np.abs(got - want).max())
+        if diff > 1e-4:
+            raise RuntimeError(f"ONNX export differs from PyTorch by {diff}")
+        os.replace(tmp, output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return diff
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="fine-tuned checkpoint (default: pretrained)")
+    args = parser.parse_args(argv)
+    diff = export(args.output, args.checkpoint)
+    print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, max |onnx - torch| = {diff:.2e})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Async client of the Triton encoder: pixels in, unit embeddings out.
+
+Used by the gateway (one image per Search) and the indexer (batches). Triton's dynamic batcher merges
+concurrent single-image calls, so callers never need to batch queries themselves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tritonclient.grpc.aio as triton_aio
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.utils import InferenceServerException
+
+from server.config import ENCODER_MODEL_NAME
+from server.errors import DeadlineExceeded, InvalidInput, Unavailable
+
+EMBEDDING_DIM = 1280
+INPUT_SIZE = 224
+MAX_BATCH_SIZE = 64  # model_repository/encoder/config.pbtxt
+
+
+def _translate(exc: InferenceServerException, url: str) -> Exception:
+    status = str(exc.status() or "")
+    text = exc.message() or str(exc)
+    if "DEADLINE_EXCEEDED" in status or "Deadline" in text:
+        return DeadlineExceeded("the encoder did not answer within the request deadline")
+    if "INVALID_ARGUMENT" in status:
+        return InvalidInput(f"encoder rejected the input: {text}", field="pixels")
+    return Unavailable(f"encoder (Triton at {url}) is unavailable: {text}")
+
+
+class EncoderClient:
+    """One gRPC channel to Triton; safe to share across coroutines. The channel reconnects by itself."""
+
+    def __init__(self, url: str, model_name: str = ENCODER_MODEL_NAME) -> None:
+        self.url = url
+        self.model_name = model_name
+        self._client = triton_aio.InferenceServerClient(url)
+        self._version: str | None = None
+
+    @property
+    def model_version(self) -> str:
+        """`encoder/<version>` of the version that answered last (resolved by `refresh_version`)."""
+        return f"{self.model_name}/{self._version or '?'}"
+
+    async def refresh_version(self) -> str:
+        try:
+            meta = await self._client.get_model_metadata(self.model_name, as_json=True)
+        except InferenceServerException as exc:
+            raise _translate(exc, self.url) from exc
+        self._version = max(meta["versions"], key=int)
+        return self.model_version
+
+    async def is_ready(self) -> bool:
+        try:
+            return bool(await self._client.is_model_ready(self.model_name))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+
+    async def embed(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
+        """uint8 [N, 224, 224, 3] -> float32 [N, 1280]. Batches over the model's limit are split."""
+        if pixels.dtype != np.uint8:
+            raise InvalidInput(f"expected uint8 pixels, got {pixels.dtype}", field="pixels")
+        if pixels.ndim != 4 or pixels.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+            raise InvalidInput(f"expected shape [N, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {list(pixels.shape)}",
+                               field="pixels")
+        parts = [await self._infer(pixels[i : i + MAX_BATCH_SIZE], timeout_s)
+                 for i in range(0, len(pixels), MAX_BATCH_SIZE)]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    async def _infer(self, batch: np.ndarray, timeout_s: float | None) -> np.ndarray:
+        if timeout_s is not None and timeout_s <= 0:
+            raise DeadlineExceeded("the request deadline passed before the encoder was called")
+        tensor = InferInput("pixels", list(batch.shape), "UINT8")
+        tensor.set_data_from_numpy(np.ascontiguousarray(batch))
+        try:
+            result = await self._client.infer(
+                self.model_name, [tensor], outputs=[InferRequestedOutput("embedding")],
+                client_timeout=timeout_s,
+            )
+        except InferenceServerException as exc:
+            raise _translate(exc, self.url) from exc
+        if self._version is None:
+            self._version = result.get_response().model_version or None
+        return result.as_numpy("embedding")
+
+    async def close(self) -> None:
+        await self._client.close()

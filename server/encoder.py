@@ -54,7 +54,7 @@ class EncoderClient:
     async def is_ready(self) -> bool:
         try:
             return bool(await self._client.is_model_ready(self.model_name))
-        except Exception:  # noqa: BLE001 - any failure means not ready
+        except Exception:
             return False
 
     async def embed(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray:

@@ -9,6 +9,7 @@ nothing is launched, we only wait for the model to be ready.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import logging
 import os
@@ -84,7 +85,7 @@ class TritonEndpoint:
                 try:
                     if client.is_model_ready(model):
                         return
-                except Exception:  # noqa: BLE001 - not listening yet
+                except Exception:
                     pass
                 time.sleep(0.25)
         finally:
@@ -180,10 +181,8 @@ class TritonServer:
                 self.process.wait()
         if self.process is not None:
             # Python-backend stubs are in Triton's process group; make sure none outlives it.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None

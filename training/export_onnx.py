@@ -25,7 +25,8 @@ def export(output: Path, checkpoint: Path | None = None) -> float:
     import onnxruntime as ort
 
     model = load_encoder(checkpoint)
-    probe = torch.randint(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    seeded = torch.Generator().manual_seed(0)
+    probe = torch.randint(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8, generator=seeded)
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".onnx.tmp")
     os.close(fd)

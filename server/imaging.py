@@ -1,0 +1,101 @@
+"""Decode, orient, crop and resize images: the first stage of both the query and the indexing path."""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from server.encoder import INPUT_SIZE
+from server.errors import InvalidInput
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Normalized crop (origin top-left, after EXIF orientation)."""
+
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+    def validate(self) -> None:
+        values = (self.x_min, self.y_min, self.x_max, self.y_max)
+        if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
+            raise InvalidInput(f"coordinates must be within [0, 1], got {values}", field="crop")
+        if not (self.x_min < self.x_max and self.y_min < self.y_max):
+            raise InvalidInput("needs x_min < x_max and y_min < y_max (an empty box)", field="crop")
+
+
+def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_bytes") -> Image.Image:
+    """Bytes -> oriented RGB image. Size limits are checked on the header, before any pixel is decoded."""
+    if not data:
+        raise InvalidInput("is empty", field=field)
+    if len(data) > limits.max_bytes:
+        raise InvalidInput(f"{len(data)} bytes is over the {limits.max_bytes}-byte limit", field=field)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+            width, height = image.size
+            if width * height > limits.max_pixels:
+                raise InvalidInput(f"{width}x{height} pixels is over the {limits.max_pixels}-pixel limit",
+                                   field=field)
+            if image.format == "JPEG":
+                # Let libjpeg decode at a reduced scale: we never need more than a few hundred pixels.
+                image.draft("RGB", (INPUT_SIZE * 2, INPUT_SIZE * 2))
+            image.seek(0)  # GIF/WebP: first frame
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise InvalidInput(f"not a decodable JPEG, PNG, WebP or GIF image ({exc})", field=field) from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Transparent pixels become white: product cut-outs are shown on white backgrounds."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def crop_normalized(image: Image.Image, box: CropBox) -> Image.Image:
+    box.validate()
+    width, height = image.size
+    left, top = math.floor(box.x_min * width), math.floor(box.y_min * height)
+    right, bottom = math.ceil(box.x_max * width), math.ceil(box.y_max * height)
+    if right - left < 1 or bottom - top < 1:
+        raise InvalidInput(f"selects less than one pixel of a {width}x{height} image", field="crop")
+    return image.crop((left, top, right, bottom))
+
+
+def to_model_input(image: Image.Image) -> np.ndarray:
+    """Whole image squashed to 224x224 (no centre crop: a crop would hide the edges a user may have selected)."""
+    resized = image.resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def prepare(data: bytes, crop: CropBox | None = None, limits: Limits = Limits(),
+            field: str = "image_bytes") -> np.ndarray:
+    """Bytes (+ optional crop) -> uint8 [224, 224, 3], the encoder's input."""
+    image = decode_image(data, limits, field)
+    if crop is not None:
+        image = crop_normalized(image, crop)
+    return to_model_input(image)
+
+

@@ -1,0 +1,199 @@
+"""FAISS index: build by `index_factory`, add, search with an in-search selector, snapshot, load.
+
+FAISS ids are positions: internal id i is the i-th vector ever added (ids are never reused; deleted
+images stay in the index and are excluded by the selector). So no id map is needed, the write-ahead
+vector log and the index agree row for row, and replay after a snapshot is "add rows ntotal..end".
+
+Below `flat_threshold` vectors the index is exact (`Flat`); above it, IVF with 4-bit fast-scan PQ and
+an exact re-rank on the stored vectors (`RFlat`), parameters derived from the corpus size and
+rebuilt as the corpus grows (docs/INDEX.md has the measurements behind the rule).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+log = logging.getLogger("index")
+
+FLAT_THRESHOLD = 20_000  # below: exact search costs < ~3 ms and IVF training has too few points
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    factory: str
+    nprobe: int = 0
+    k_factor: int = 0
+
+    @property
+    def is_flat(self) -> bool:
+        return self.nprobe == 0
+
+
+def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD) -> IndexParams:
+    """Index type and search parameters for a corpus of n vectors."""
+    if n < flat_threshold:
+        return IndexParams("Flat")
+    # ~4*sqrt(n) lists (power of two), keeping >= 39 training points per list as FAISS recommends.
+    nlist = 2 ** int(math.log2(max(64, min(4 * math.sqrt(n), n / 39))))
+    m = dim // 4  # 4 dims per 4-bit sub-quantizer: coarse codes, the exact re-rank restores precision
+    nprobe = max(16, nlist // 16)
+    return IndexParams(f"IVF{nlist},PQ{m}x4fs,RFlat", nprobe=nprobe, k_factor=8)
+
+
+def _build(params: IndexParams, dim: int, vectors: np.ndarray) -> faiss.Index:
+    index = faiss.index_factory(dim, params.factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        rng = np.random.default_rng(0)
+        sample = vectors if len(vectors) <= 200_000 else vectors[rng.choice(len(vectors), 200_000, replace=False)]
+        index.train(np.ascontiguousarray(sample))
+    if len(vectors):
+        index.add(vectors)
+    return _maybe_to_gpu(index)
+
+
+def _maybe_to_gpu(index: faiss.Index) -> faiss.Index:
+    """One code path: on a GPU host the same index moves to the GPU (faiss-gpu build)."""
+    if faiss.get_num_gpus() > 0:  # pragma: no cover - no GPU on the CI machines
+        return faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def on_gpu() -> bool:
+    return faiss.get_num_gpus() > 0
+
+
+class VectorIndex:
+    """Thread-safe: searches run concurrently (FAISS releases the GIL); adds and swaps take the lock."""
+
+    def __init__(self, dim: int, flat_threshold: int = FLAT_THRESHOLD, rebuild_in_background: bool = True) -> None:
+        self.dim = dim
+        self.flat_threshold = flat_threshold
+        self.rebuild_in_background = rebuild_in_background
+        self.params = params_for(0, dim, flat_threshold)
+        self._index: faiss.Index = _build(self.params, dim, np.empty((0, dim), np.float32))
+        self._lock = threading.RLock()
+        self._rebuilding = False
+        self._built_at = 0
+        self.version = 0  # bumps on every change: answers carry it
+
+    # -- state -------------------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        return int(self._index.ntotal)
+
+    def describe(self) -> tuple[str, dict[str, str]]:
+        p = self.params
+        extra = {} if p.is_flat else {"nprobe": str(p.nprobe), "k_factor": str(p.k_factor)}
+        return p.factory, {"metric": "inner_product", **extra, "gpu": str(on_gpu()).lower()}
+
+    def vectors(self) -> np.ndarray:
+        """Zero-copy view of the exact stored vectors (the Flat index or the RFlat re-rank storage)."""
+        with self._lock:
+            flat = self._index if self.params.is_flat else faiss.downcast_index(self._index.refine_index)
+            n = flat.ntotal
+            if n == 0:
+                return np.empty((0, self.dim), np.float32)
+            return faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+
+    def reconstruct(self, ids: np.ndarray) -> np.ndarray:
+        return self.vectors()[np.asarray(ids, dtype=np.int64)].copy()
+
+    # -- writes ------------------------------------------------------------------------------------------
+    def add(self, first_id: int, vectors: np.ndarray) -> None:
+        """Append vectors whose ids are first_id, first_id+1, ... (must equal ntotal: ids are positions)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self._lock:
+            if first_id != self.ntotal:
+                raise ValueError(f"ids are positions: expected first id {self.ntotal}, got {first_id}")
+            self._index.add(vectors)
+            self.version += 1
+            target = params_for(self.ntotal, self.dim, self.flat_threshold)
+            if self._needs_rebuild(target) and not self._rebuilding:
+                self._rebuilding = True
+                if self.rebuild_in_background:
+                    threading.Thread(target=self._rebuild, args=(target,), daemon=True, name="index-rebuild").start()
+                else:
+                    self._rebuild(target)
+
+    def _needs_rebuild(self, target: IndexParams) -> bool:
+        """Flat -> IVF-PQ at the threshold; re-tune IVF only when the corpus has grown 4x since the last build."""
+        if self.params.is_flat:
+            return not target.is_flat
+        return target.factory != self.params.factory and self.ntotal >= 4 * self._built_at
+
+    def _rebuild(self, target: IndexParams) -> None:
+        """Train + fill a new index off to the side; searches continue on the old one; swap under the lock."""
+        try:
+            snapshot = self.vectors().copy()
+            log.info("rebuilding index %s -> %s on %d vectors", self.params.factory, target.factory, len(snapshot))
+            index = _build(target, self.dim, snapshot)
+            with self._lock:
+                late = self.vectors()[len(snapshot):]
+                if len(late):
+                    index.add(np.ascontiguousarray(late))
+                self._index, self.params, self._built_at = index, target, len(snapshot)
+                self.version += 1
+            log.info("index rebuilt: %s (%d vectors)", target.factory, index.ntotal)
+        finally:
+            self._rebuilding = False
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product among ids accepted by `selector` (filtering happens inside FAISS)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        with self._lock:
+            index, params = self._index, self.params
+        k = max(1, min(k, index.ntotal)) if index.ntotal else 1
+        if index.ntotal == 0:
+            return np.full((len(queries), 0), -1, np.float32), np.full((len(queries), 0), -1, np.int64)
+        if params.is_flat:
+            search_params = faiss.SearchParameters(sel=selector)
+        else:
+            ivf = faiss.SearchParametersIVF(nprobe=params.nprobe, sel=selector)
+            search_params = faiss.IndexRefineSearchParameters(k_factor=params.k_factor, base_index_params=ivf)
+        scores, ids = index.search(queries, k, params=search_params)
+        return scores, ids
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """Atomic snapshot: write to a temp file, fsync, rename over the old one."""
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        with self._lock:
+            index = faiss.index_gpu_to_cpu(self._index) if on_gpu() else self._index  # pragma: no branch
+            faiss.write_index(index, str(tmp))
+            params = self.params
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        log.info("index snapshot %s (%s, %d vectors)", path, params.factory, index.ntotal)
+
+    def load(self, path: Path) -> None:
+        index = faiss.read_index(str(path))
+        with self._lock:
+            self._index = _maybe_to_gpu(index)
+            current = params_for(index.ntotal, self.dim, self.flat_threshold)
+            saved_factory = "Flat" if isinstance(faiss.downcast_index(index), faiss.IndexFlat) else None
+            if saved_factory:
+                self.params = IndexParams("Flat")
+            else:
+                ivf = faiss.extract_index_ivf(index)
+                self.params = IndexParams(
+                    f"IVF{ivf.nlist},PQ{self.dim // 4}x4fs,RFlat",
+                    nprobe=max(16, ivf.nlist // 16), k_factor=current.k_factor or 8,
+                )
+            self._built_at = index.ntotal
+            self.version += 1

@@ -1,0 +1,100 @@
+"""Re-ranking filters: who may be returned (privacy) and what is worth returning (duplicates).
+
+Privacy is enforced inside the ANN search: `Eligibility` keeps a bitmap of the internal ids that may be
+returned (public and not deleted) and hands FAISS a selector over it, so k eligible results come back
+whenever k eligible images exist. The bitmap is updated before a hide/delete is acknowledged, so every
+search that starts after the acknowledgement honours it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+
+class Eligibility:
+    """Bitmap over internal ids (bit i set = id i may be returned). FAISS reads it without copying."""
+
+    def __init__(self) -> None:
+        self._bits = np.zeros(1024, dtype=np.uint8)
+        self._size = 0  # ids [0, size) are known
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def set(self, internal_id: int, eligible: bool) -> None:
+        with self._lock:
+            if internal_id >= self._size:
+                self._grow(internal_id + 1)
+            byte, mask = internal_id >> 3, np.uint8(1 << (internal_id & 7))
+            was = bool(self._bits[byte] & mask)
+            if eligible and not was:
+                self._bits[byte] |= mask
+                self._count += 1
+            elif was and not eligible:
+                self._bits[byte] &= ~mask
+                self._count -= 1
+
+    def _grow(self, size: int) -> None:
+        needed = (size + 7) // 8
+        if needed > len(self._bits):
+            # A new array: searches in flight keep reading the old one (ids they can't see yet anyway).
+            bigger = np.zeros(max(needed, 2 * len(self._bits)), dtype=np.uint8)
+            bigger[: len(self._bits)] = self._bits
+            self._bits = bigger
+        self._size = size
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def is_eligible(self, internal_id: int) -> bool:
+        return 0 <= internal_id < self._size and bool(self._bits[internal_id >> 3] & (1 << (internal_id & 7)))
+
+    def selector(self, exclude: int | None = None) -> tuple[faiss.IDSelector, np.ndarray]:
+        """A FAISS selector; keep the returned array alive while the search runs."""
+        with self._lock:
+            bits, size = self._bits, self._size
+            if exclude is not None and 0 <= exclude < size:
+                bits = bits.copy()
+                bits[exclude >> 3] &= np.uint8(~(1 << (exclude & 7)) & 0xFF)
+        return faiss.IDSelectorBitmap(size, faiss.swig_ptr(bits)), bits
+
+    def eligible_count(self, exclude: int | None = None) -> int:
+        return self._count - (1 if exclude is not None and self.is_eligible(exclude) else 0)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    internal_id: int
+    score: float
+
+
+def collapse_duplicates(
+    candidates: list[Candidate], k: int, content_hash: Callable[[int], str], vectors: Callable[[list[int]], np.ndarray],
+    threshold: float,
+) -> tuple[list[Candidate], int]:
+    """Keep the best-ranked of each group of exact (same content hash) or near (cosine > threshold) duplicates.
+
+    Walks the ranked candidates, so the list is backfilled from further candidates: up to k come back.
+    Returns (kept, number removed).
+    """
+    kept: list[Candidate] = []
+    kept_vectors: list[np.ndarray] = []
+    seen_hashes: set[str] = set()
+    removed = 0
+    vecs = vectors([c.internal_id for c in candidates]) if candidates else np.empty((0, 0), np.float32)
+    for candidate, vec in zip(candidates, vecs, strict=True):
+        if len(kept) == k:
+            break
+        digest = content_hash(candidate.internal_id)
+        if digest in seen_hashes or (kept_vectors and float(np.max(np.stack(kept_vectors) @ vec)) > threshold):
+            removed += 1
+            continue
+        seen_hashes.add(digest)
+        kept.append(candidate)
+        kept_vectors.append(vec)
+    return kept, removed

@@ -1,0 +1,148 @@
+"""Image records. SQLite (WAL, synchronous=FULL) is the embedded default; `MetadataStore` is the interface
+a server database would implement instead."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Protocol
+
+
+class Visibility(IntEnum):
+    PUBLIC = 1
+    PRIVATE = 2
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str
+    internal_id: int
+    owner_id: str
+    visibility: Visibility
+    deleted: bool
+    content_hash: str
+    model_version: str
+    added_at: float
+
+    @property
+    def eligible(self) -> bool:
+        """May this image appear in search results?"""
+        return self.visibility == Visibility.PUBLIC and not self.deleted
+
+
+class MetadataStore(Protocol):
+    def insert(self, records: list[ImageRecord]) -> None: ...
+    def get(self, image_id: str) -> ImageRecord | None: ...
+    def get_many(self, internal_ids: Iterable[int]) -> dict[int, ImageRecord]: ...
+    def set_visibility(self, image_ids: list[str], visibility: Visibility) -> list[ImageRecord]: ...
+    def mark_deleted(self, image_ids: list[str]) -> list[ImageRecord]: ...
+    def count(self) -> int: ...
+    def counts(self) -> dict[str, int]: ...
+    def iter_all(self) -> Iterator[ImageRecord]: ...
+    def close(self) -> None: ...
+
+
+_COLUMNS = "image_id, internal_id, owner_id, visibility, deleted, content_hash, model_version, added_at"
+
+
+def _row(row: tuple) -> ImageRecord:
+    return ImageRecord(row[0], row[1], row[2], Visibility(row[3]), bool(row[4]), row[5], row[6], row[7])
+
+
+class SqliteMetadataStore:
+    """One connection guarded by a lock: writes are tiny and serialized anyway; fsync on commit."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged add must survive power loss
+        self._db.execute("""CREATE TABLE IF NOT EXISTS images (
+            image_id TEXT PRIMARY KEY, internal_id INTEGER NOT NULL UNIQUE, owner_id TEXT NOT NULL,
+            visibility INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, content_hash TEXT NOT NULL,
+            model_version TEXT NOT NULL, added_at REAL NOT NULL)""")
+        self._db.execute("CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash)")
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def insert(self, records: list[ImageRecord]) -> None:
+        self._write(f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", [
+            (r.image_id, r.internal_id, r.owner_id, int(r.visibility), int(r.deleted), r.content_hash,
+             r.model_version, r.added_at) for r in records])
+
+    def _select(self, where: str, args: Iterable = ()) -> list[ImageRecord]:
+        with self._lock:
+            return [_row(r) for r in self._db.execute(f"SELECT {_COLUMNS} FROM images {where}", tuple(args))]
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        found = self._select("WHERE image_id = ?", (image_id,))
+        return found[0] if found else None
+
+    def get_many(self, internal_ids: Iterable[int]) -> dict[int, ImageRecord]:
+        ids = [int(i) for i in internal_ids]
+        out: dict[int, ImageRecord] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for r in self._select(f"WHERE internal_id IN ({','.join('?' * len(chunk))})", chunk):
+                out[r.internal_id] = r
+        return out
+
+    def _update(self, image_ids: list[str], assignment: str, args: tuple, still: str) -> list[ImageRecord]:
+        """Apply an update to live (not deleted) images that need it; return their new records."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                changed = []
+                for image_id in image_ids:
+                    cur = self._db.execute(f"UPDATE images SET {assignment} WHERE image_id = ? AND deleted = 0 "
+                                           f"AND {still}", (*args, image_id))
+                    if cur.rowcount:
+                        changed.append(image_id)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return [r for i in changed if (r := self.get(i))]
+
+    def set_visibility(self, image_ids: list[str], visibility: Visibility) -> list[ImageRecord]:
+        return self._update(image_ids, "visibility = ?", (int(visibility),), f"visibility != {int(visibility)}")
+
+    def mark_deleted(self, image_ids: list[str]) -> list[ImageRecord]:
+        return self._update(image_ids, "deleted = 1", (), "1")
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT SUM(deleted = 0 AND visibility = 1), SUM(deleted = 0 AND visibility = 2), SUM(deleted) "
+                "FROM images").fetchone()
+        public, private, deleted = (int(v or 0) for v in row)
+        return {"public": public, "private": private, "deleted": deleted}
+
+    def iter_all(self) -> Iterator[ImageRecord]:
+        yield from self._select("ORDER BY internal_id")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+def now() -> float:
+    return time.time()

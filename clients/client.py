@@ -1,0 +1,99 @@
+"""Python client of the visual search gateway: typed calls, deadlines, retries on UNAVAILABLE.
+
+    from clients.client import VisualSearchClient
+    with VisualSearchClient("127.0.0.1:50051") as vs:
+        for hit in vs.search(open("shoe.jpg", "rb").read(), crop=(0.1, 0.2, 0.6, 0.9), k=10).results:
+            print(hit.image_id, hit.score)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from protos.visual_search.v1 import visual_search_pb2 as pb
+from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Every RPC of the service is safe to retry on UNAVAILABLE: AddImages is idempotent on image_id, deletes and
+# visibility changes are idempotent, LogInteractions is the exception (a retry may log twice) and is excluded.
+_RETRY_POLICY = {
+    "maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2.0,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "visual_search.v1.VisualSearch", "method": m} for m in (
+        "Search", "SearchBatch", "AddImages", "DeleteImages", "SetVisibility", "GetStats")],
+    "retryPolicy": _RETRY_POLICY,
+}]})
+
+
+@dataclass(frozen=True)
+class NewImage:
+    image_id: str
+    image_bytes: bytes
+    owner_id: str = ""
+    private: bool = False
+
+
+class VisualSearchClient:
+    def __init__(self, target: str, timeout_s: float = 10.0) -> None:
+        self.timeout_s = timeout_s
+        self.channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", _SERVICE_CONFIG),
+            ("grpc.keepalive_time_ms", 30_000),
+        ])
+        self.stub = pb_grpc.VisualSearchStub(self.channel)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
+
+    @staticmethod
+    def _crop(crop: tuple[float, float, float, float] | None) -> pb.CropBox | None:
+        return pb.CropBox(x_min=crop[0], y_min=crop[1], x_max=crop[2], y_max=crop[3]) if crop else None
+
+    def search(self, image_bytes: bytes, crop: tuple[float, float, float, float] | None = None, k: int = 0,
+               min_score: float | None = None, timeout_s: float | None = None) -> pb.SearchResponse:
+        request = pb.SearchRequest(image_bytes=image_bytes, crop=self._crop(crop), k=k, min_score=min_score)
+        return self.stub.Search(request, timeout=timeout_s or self.timeout_s, wait_for_ready=True)
+
+    def similar(self, image_id: str, k: int = 0, timeout_s: float | None = None) -> pb.SearchResponse:
+        return self.stub.Search(pb.SearchRequest(image_id=image_id, k=k), timeout=timeout_s or self.timeout_s,
+                                wait_for_ready=True)
+
+    def add_images(self, images: Iterable[NewImage], timeout_s: float | None = 300.0) -> pb.AddImagesResponse:
+        def requests() -> Iterator[pb.AddImageRequest]:
+            for i in images:
+                yield pb.AddImageRequest(
+                    image_id=i.image_id, image_bytes=i.image_bytes, owner_id=i.owner_id,
+                    visibility=pb.VISIBILITY_PRIVATE if i.private else pb.VISIBILITY_PUBLIC)
+        return self.stub.AddImages(requests(), timeout=timeout_s, wait_for_ready=True)
+
+    def delete(self, image_ids: list[str]) -> pb.DeleteImagesResponse:
+        return self.stub.DeleteImages(pb.DeleteImagesRequest(image_ids=image_ids), timeout=self.timeout_s)
+
+    def set_visibility(self, image_ids: list[str], private: bool) -> pb.SetVisibilityResponse:
+        visibility = pb.VISIBILITY_PRIVATE if private else pb.VISIBILITY_PUBLIC
+        return self.stub.SetVisibility(pb.SetVisibilityRequest(image_ids=image_ids, visibility=visibility),
+                                       timeout=self.timeout_s)
+
+    def stats(self) -> pb.GetStatsResponse:
+        return self.stub.GetStats(pb.GetStatsRequest(), timeout=self.timeout_s, wait_for_ready=True)
+
+    def log_interactions(self, interactions: list[pb.Interaction]) -> pb.LogInteractionsResponse:
+        return self.stub.LogInteractions(pb.LogInteractionsRequest(interactions=interactions), timeout=self.timeout_s)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> VisualSearchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

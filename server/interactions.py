@@ -1,0 +1,103 @@
+"""Impressions and clicks from surfaces that showed Search results: durable log, CTR, training positives.
+
+    python -m server.interactions ctr --db var/interactions.sqlite
+    python -m server.interactions export-clicks --db var/interactions.sqlite --output clicks.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+IMPRESSION, CLICK = 1, 2
+
+
+@dataclass(frozen=True)
+class Interaction:
+    request_id: str
+    position: int
+    image_id: str
+    kind: int  # IMPRESSION or CLICK
+    time: float
+
+
+class InteractionLog:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("""CREATE TABLE IF NOT EXISTS interactions (request_id TEXT NOT NULL,
+            position INTEGER NOT NULL, image_id TEXT NOT NULL, kind INTEGER NOT NULL, time REAL NOT NULL)""")
+        self._db.execute("""CREATE TABLE IF NOT EXISTS queries (request_id TEXT PRIMARY KEY,
+            query_image_id TEXT NOT NULL)""")
+
+    def record(self, items: list[Interaction]) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT INTO interactions VALUES (?,?,?,?,?)",
+                                 [(i.request_id, i.position, i.image_id, i.kind, i.time) for i in items])
+            self._db.execute("COMMIT")
+        return len(items)
+
+    def remember_query(self, request_id: str, query_image_id: str) -> None:
+        """For "more like this" searches: which image was the query (so clicks become training pairs)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO queries VALUES (?, ?)", (request_id, query_image_id))
+
+    def ctr(self) -> dict[str, object]:
+        """Clicks / impressions overall, by UTC day, and by result position (position bias)."""
+        def rate(rows: list[tuple]) -> dict[str, dict[str, float]]:
+            return {str(key): {"impressions": imp, "clicks": clk, "ctr": clk / imp if imp else 0.0}
+                    for key, imp, clk in rows}
+        agg = "SUM(kind = 1), SUM(kind = 2)"
+        with self._lock:
+            overall = self._db.execute(f"SELECT 'all', {agg} FROM interactions").fetchall()
+            by_day = self._db.execute(f"SELECT date(time, 'unixepoch'), {agg} FROM interactions "
+                                      "GROUP BY 1 ORDER BY 1").fetchall()
+            by_pos = self._db.execute(f"SELECT position, {agg} FROM interactions GROUP BY 1 ORDER BY 1").fetchall()
+        clean = [(k, int(i or 0), int(c or 0)) for k, i, c in overall]
+        return {"overall": rate(clean)["all"], "by_day": rate(by_day), "by_position": rate(by_pos)}
+
+    def click_pairs(self) -> list[tuple[str, str]]:
+        """(query image ID, clicked image ID) for clicks on "more like this" searches."""
+        with self._lock:
+            return [tuple(r) for r in self._db.execute(
+                "SELECT q.query_image_id, i.image_id FROM interactions i JOIN queries q USING (request_id) "
+                "WHERE i.kind = 2 ORDER BY i.time")]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["ctr", "export-clicks"])
+    parser.add_argument("--db", type=Path, default=Path("var/interactions.sqlite"))
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args(argv)
+    log = InteractionLog(args.db)
+    if args.command == "ctr":
+        report = log.ctr()
+        o = report["overall"]
+        print(f"overall: {o['clicks']} clicks / {o['impressions']} impressions = CTR {o['ctr']:.3f}")
+        for title in ("by_day", "by_position"):
+            print(title.replace("_", " ") + ":")
+            for key, v in report[title].items():
+                print(f"  {key:>10}  {v['clicks']:6d} / {v['impressions']:6d}  CTR {v['ctr']:.3f}")
+    else:
+        lines = [json.dumps({"query_image_id": q, "clicked_image_id": c}) for q, c in log.click_pairs()]
+        text = "\n".join(lines) + ("\n" if lines else "")
+        if args.output:
+            args.output.write_text(text)
+        else:
+            print(text, end="")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The real images that packages install: the demo corpus and the test photos.
+
+Nothing is downloaded: Debian wallpaper packages (photos and artwork, several the same picture at
+several resolutions: natural near-duplicates) and the photos bundled inside scikit-image's wheel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+WALLPAPER_DIRS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+# Colour photos inside the scikit-image wheel (skimage/data); the rest are grayscale, synthetic or need a download.
+SKIMAGE_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                  "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "color.png")
+LICENSES = {
+    "gnome-backgrounds": "CC-BY-SA-3.0 / CC-BY-2.0 (see /usr/share/doc/gnome-backgrounds/copyright)",
+    "mate-backgrounds": "GPL-2+ / CC-BY-SA (see /usr/share/doc/mate-backgrounds/copyright)",
+    "plasma-workspace-wallpapers": "LGPL-3 / CC-BY-SA-4.0 (see /usr/share/doc/plasma-workspace-wallpapers/copyright)",
+    "ukui-wallpapers": "GPL-2+ (see /usr/share/doc/ukui-wallpapers/copyright)",
+    "lomiri-wallpapers-20.04": "CC-BY-SA-3.0 (see /usr/share/doc/lomiri-wallpapers-20.04/copyright)",
+    "scikit-image": "BSD-3-Clause / public domain / CC0 (skimage/data/README.txt)",
+}
+
+
+@dataclass(frozen=True)
+class CorpusImage:
+    image_id: str
+    path: Path
+    source: str  # the package that installed it
+    license: str
+
+
+def _package_of(paths: list[Path]) -> dict[Path, str]:
+    """Which Debian package owns each file (one dpkg call)."""
+    out = subprocess.run(["dpkg", "-S", *map(str, paths)], capture_output=True, text=True, check=False).stdout
+    owners = {}
+    for line in out.splitlines():
+        package, _, path = line.partition(": ")
+        owners[Path(path)] = package.split(",")[0].split(":")[0]
+    return owners
+
+
+def _image_id(path: Path) -> str:
+    for root in WALLPAPER_DIRS:
+        if path.is_relative_to(root):
+            path = path.relative_to(root)
+    parts = [p for p in path.with_suffix("").parts if p not in ("contents", "images")]
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", "/".join(parts)).strip("-").lower()
+
+
+@cache
+def real_photos() -> tuple[CorpusImage, ...]:
+    """All real images found, identical files once, sorted by ID (stable across runs)."""
+    files = sorted(p for root in WALLPAPER_DIRS if root.exists() for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.is_symlink())
+    owners = _package_of(files) if files else {}
+    images, seen = [], set()
+    for path in files:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest in seen:
+            continue
+        seen.add(digest)
+        package = owners.get(path, "debian")
+        images.append(CorpusImage(_image_id(path), path, package, LICENSES.get(package, "see the package copyright")))
+    import skimage
+
+    data_dir = Path(skimage.__file__).parent / "data"
+    for name in SKIMAGE_PHOTOS:
+        if (data_dir / name).exists():
+            images.append(CorpusImage(f"skimage/{Path(name).stem}", data_dir / name, "scikit-image",
+                                      LICENSES["scikit-image"]))
+    unique = {i.image_id: i for i in images}
+    return tuple(sorted(unique.values(), key=lambda i: i.image_id))
+
+
+def write_manifest(path: Path) -> None:
+    rows = [{**asdict(i), "path": str(i.path)} for i in real_photos()]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+if __name__ == "__main__":
+    photos = real_photos()
+    by_source: dict[str, int] = {}
+    for p in photos:
+        by_source[p.source] = by_source.get(p.source, 0) + 1
+    print(f"{len(photos)} images:", json.dumps(by_source, indent=1))

@@ -35,7 +35,14 @@ class EncoderClient:
     def __init__(self, url: str, model_name: str = ENCODER_MODEL_NAME) -> None:
         self.url = url
         self.model_name = model_name
-        self._client = triton_aio.InferenceServerClient(url)
+        # Short reconnect backoff: when Triton restarts, the channel is usable again within ~1 s
+        # (gRPC's default backoff grows to 2 minutes, which would keep the gateway UNAVAILABLE for long).
+        self._client = triton_aio.InferenceServerClient(url, channel_args=[
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ])
         self._version: str | None = None
 
     @property

@@ -19,7 +19,7 @@ from server import imaging
 from server.encoder import EMBEDDING_DIM, EncoderClient
 from server.errors import InvalidInput, Unavailable
 from tests.fixtures.triton import triton_settings
-from tests.photos import open_photo, photo
+from tests.photos import photo
 
 
 def embed(url: str, pixels: np.ndarray) -> np.ndarray:

@@ -1,0 +1,110 @@
+"""FAISS index, eligibility selector and duplicate collapse on real FAISS (generated vectors)."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+
+from server.filters import Candidate, Eligibility, collapse_duplicates
+from server.index import VectorIndex, params_for
+
+
+def clustered(n: int, dim: int, seed: int = 0, clusters: int = 200, noise: float = 0.6) -> np.ndarray:
+    """Unit vectors around random centres: a realistic embedding-like distribution."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
+    x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
+    faiss.normalize_L2(x)
+    return x
+
+
+def test_params_follow_corpus_size():
+    assert params_for(1000, 1280).factory == "Flat"
+    big = params_for(1_000_000, 1280)
+    assert big.factory.startswith("IVF2048,PQ640x4fs") and big.factory.endswith("RFlat")
+    assert params_for(30_000, 1280).factory.startswith("IVF")
+
+
+@pytest.mark.timeout(300)
+def test_flat_rebuilds_into_ivfpq_with_recall_above_095():
+    dim, n = 256, 24_000
+    x, queries = clustered(n, dim), clustered(200, dim, seed=1)
+    index = VectorIndex(dim, flat_threshold=20_000, rebuild_in_background=False)
+    index.add(0, x[:15_000])
+    assert index.describe()[0] == "Flat"
+    index.add(15_000, x[15_000:])
+    factory, params = index.describe()
+    assert factory.startswith("IVF") and "nprobe" in params
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(x)
+    _, truth = exact.search(queries, 10)
+    _, got = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)])
+    assert recall >= 0.95, recall
+
+
+def test_ids_are_positions():
+    index = VectorIndex(8)
+    index.add(0, np.eye(8, dtype=np.float32)[:4])
+    with pytest.raises(ValueError, match="positions"):
+        index.add(7, np.eye(8, dtype=np.float32)[:1])
+
+
+@pytest.mark.parametrize("n", [5_000, 25_000])
+def test_selector_filters_inside_the_search_and_still_returns_k(n):
+    dim = 64
+    x = clustered(n, dim, clusters=20)
+    index = VectorIndex(dim, flat_threshold=20_000, rebuild_in_background=False)
+    index.add(0, x)
+    eligible = Eligibility()
+    rng = np.random.default_rng(3)
+    allowed = set(rng.choice(n, size=60, replace=False).tolist())  # 1.2%: post-filtering would starve
+    for i in range(n):
+        eligible.set(i, i in allowed)
+    selector, _keep = eligible.selector()
+    _, ids = index.search(x[:20], 50, selector)
+    assert all(set(row) <= allowed and len(set(row)) == 50 for row in ids)
+
+
+def test_eligibility_exclude_and_toggle():
+    e = Eligibility()
+    for i in range(20):
+        e.set(i, i % 2 == 0)
+    assert e.count == 10 and e.eligible_count(exclude=4) == 9 and e.eligible_count(exclude=5) == 10
+    e.set(4, False)
+    e.set(4, False)
+    assert e.count == 9 and not e.is_eligible(4) and not e.is_eligible(10_000)
+    selector, _ = e.selector(exclude=6)
+    assert not selector.is_member(6) and selector.is_member(8) and not selector.is_member(4)
+
+
+def test_snapshot_round_trip(tmp_path):
+    dim = 32
+    x = clustered(3000, dim)
+    index = VectorIndex(dim, flat_threshold=2000, rebuild_in_background=False)
+    index.add(0, x)
+    index.save(tmp_path / "i.faiss")
+    loaded = VectorIndex(dim, flat_threshold=2000)
+    loaded.load(tmp_path / "i.faiss")
+    assert loaded.describe() == index.describe() and loaded.ntotal == 3000
+    np.testing.assert_array_equal(loaded.vectors(), x)
+    np.testing.assert_array_equal(loaded.search(x[:5], 5)[1], index.search(x[:5], 5)[1])
+
+
+def test_collapse_keeps_best_of_each_group_and_backfills():
+    v = np.eye(6, dtype=np.float32)
+    near = (v[0] + 0.05 * v[1]) / np.linalg.norm(v[0] + 0.05 * v[1])
+    vectors = np.stack([v[0], v[0], near, v[2], v[3], v[4]])
+    hashes = ["a", "a", "b", "c", "d", "e"]  # 0 and 1: exact copies; 2: near-duplicate of 0
+    ranked = [Candidate(i, 1.0 - i / 10) for i in range(6)]
+    kept, removed = collapse_duplicates(ranked, 3, hashes.__getitem__, lambda ids: vectors[ids], threshold=0.9)
+    assert [c.internal_id for c in kept] == [0, 3, 4] and removed == 2
+
+
+@pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="no CUDA GPU on this host (faiss-cpu build): GPU index path "
+                    "runs only on GPU hosts with the `gpu` extra")
+def test_index_moves_to_gpu():  # pragma: no cover
+    index = VectorIndex(64)
+    index.add(0, clustered(100, 64))
+    assert index.describe()[1]["gpu"] == "true"

@@ -1,0 +1,62 @@
+"""One exported graph for every backend: ONNX Runtime matches PyTorch on real photos; TensorRT on GPU hosts."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from server import imaging
+from server.config import MODEL_REPOSITORY, REPO_ROOT
+from server.corpus import real_photos
+from training.encoder_model import load_encoder
+
+ONNX = MODEL_REPOSITORY / "encoder/1/model.onnx"
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    picked = [p for p in real_photos() if p.source == "scikit-image"][:5] + list(real_photos()[::25])[:5]
+    return np.stack([imaging.prepare(p.path.read_bytes()) for p in picked])
+
+
+def test_onnx_runtime_matches_pytorch_on_real_photos(photos):
+    session = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(uint8)" and session.get_inputs()[0].shape[0] != 1
+    got = session.run(None, {"pixels": photos})[0]
+    with torch.no_grad():
+        want = load_encoder()(torch.from_numpy(photos)).numpy()
+    cosine = np.sum(got * want, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    assert got.shape == (len(photos), 1280)
+    assert cosine.min() >= 0.9999, cosine
+
+
+def test_export_cli_writes_a_graph(tmp_path):
+    out = tmp_path / "m.onnx"
+    subprocess.run([sys.executable, "-m", "training.export_onnx", "--output", str(out)], check=True, cwd=REPO_ROOT,
+                   capture_output=True)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    batch = np.zeros((3, 224, 224, 3), np.uint8)
+    assert session.run(None, {"pixels": batch})[0].shape == (3, 1280)
+
+
+def _trt_reason() -> str:
+    spec = importlib.util.spec_from_file_location("build_trt_plan", REPO_ROOT / "deploy/gpu/build_trt_plan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ok, why = module.gpu_available()
+    return "" if ok else why
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(_trt_reason()), reason=f"TensorRT plan build needs a GPU: {_trt_reason()}")
+def test_tensorrt_plan_builds_and_matches_onnx(tmp_path, photos):  # pragma: no cover - GPU hosts only
+    plan = tmp_path / "model.plan"
+    subprocess.run([sys.executable, "deploy/gpu/build_trt_plan.py", "--onnx", str(ONNX), "--output", str(plan)],
+                   check=True, cwd=REPO_ROOT)
+    assert plan.stat().st_size > 1_000_000

@@ -1,0 +1,83 @@
+"""SLO rules under promtool, and a real Prometheus scraping a real gateway and a real Triton."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+
+from clients.client import NewImage
+from server.config import REPO_ROOT
+from server.metrics import REQUEST_BUCKETS
+from tests.photos import small_jpeg
+
+PROMETHEUS_DIR = REPO_ROOT / "deploy/prometheus"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    assert binary, "promtool missing: `make setup` installs Debian's prometheus package"
+    return subprocess.run([binary, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+
+
+def test_config_and_rules_are_valid():
+    config = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+    assert config.returncode == 0, config.stdout + config.stderr
+    rules = promtool("check", "rules", *map(str, sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_alert_rules_unit_tests():
+    """Latency alert fires after its `for:` and not before; burn-rate fires on a burst, not on one error."""
+    result = promtool("test", "rules", str(PROMETHEUS_DIR / "tests/rules_test.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_records_search_p99_and_triton_batch_size(prometheus, triton_server, fresh_gateway):
+    queries = [small_jpeg(p, 320) for p in ("skimage/coffee", "skimage/rocket", "skimage/chelsea", "desert")]
+    with fresh_gateway.client() as client:
+        client.add_images(NewImage(f"p{i}", q) for i, q in enumerate(queries))
+    server = prometheus({
+        "vsearch-gateway": fresh_gateway.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+        "triton": triton_server.endpoint.metrics_url.removeprefix("http://").removesuffix("/metrics"),
+    })
+    server.wait_for('up{job="triton"} == 1')
+    server.wait_for('up{job="vsearch-gateway"} == 1')
+
+    def one(i: int) -> float:
+        start = time.perf_counter()
+        client.search(queries[i % len(queries)], k=5)
+        return time.perf_counter() - start
+
+    with fresh_gateway.client() as client, concurrent.futures.ThreadPoolExecutor(8) as pool:
+        latencies = np.array(list(pool.map(one, range(300))))
+    client_p99 = float(np.percentile(latencies, 99))
+
+    server_p99 = float(server.wait_for('vsearch:request_duration_seconds:p99_5m{method="Search"}')[0]["value"][1])
+    batch = float(server.wait_for("triton:encoder_batch_size:mean_rate1m")[0]["value"][1])
+    assert batch >= 1.0
+    # Agreement within the histogram's resolution: the client's p99 lies in the bucket holding Prometheus'
+    # estimate or a neighbouring one (the client also pays serialization and loopback, ~1-2 ms).
+    edges = [0.0, *REQUEST_BUCKETS]
+    bucket = next(i for i in range(1, len(edges)) if server_p99 <= edges[i])
+    low, high = edges[max(0, bucket - 2)], edges[min(len(edges) - 1, bucket + 1)]
+    print(f"client p99 {client_p99 * 1000:.1f} ms, Prometheus p99 {server_p99 * 1000:.1f} ms "
+          f"(bucket ({edges[bucket - 1]}, {edges[bucket]}]), Triton mean batch {batch:.2f}")
+    assert low <= client_p99 <= high + 0.002, (client_p99, server_p99, low, high)
+
+
+def test_dashboard_queries_only_known_series():
+    """Every dashboard expression uses a recorded rule or a metric the gateway/Triton exports."""
+    dashboard = json.loads((REPO_ROOT / "deploy/grafana/visual-search-dashboard.json").read_text())
+    recorded = set(re.findall(r"record: (\S+)", "".join(p.read_text() for p in (PROMETHEUS_DIR / "rules").glob("*"))))
+    exported = {"vsearch_index_vectors", "vsearch_images", "vsearch_requests_in_flight",
+                "vsearch_filtered_results_total"}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            names = set(re.findall(r"[a-z_]+:[a-z_0-9:]+|vsearch_[a-z_]+", target["expr"]))
+            assert names <= recorded | exported, (panel["title"], names - recorded - exported)

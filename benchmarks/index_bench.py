@@ -1,0 +1,160 @@
+"""ANN index micro-benchmark: recall vs exact search, latency per query, build time, bytes per vector.
+
+    python -m benchmarks.index_bench [--quick] [--n 1000000]
+
+Two data sets of the embedding dimension (1280): faiss's SyntheticDataset (low intrinsic dimension, like
+real embeddings) and a hard one (weakly clustered Gaussian, high intrinsic dimension). For each: the
+default parameters chosen by `server.index.params_for`, an 8-bit PQ variant and a coarser 4-bit one, and a
+sweep of nprobe x k_factor. One query at a time, one thread (how the gateway searches).
+Writes benchmarks/results/index.{json,md} and index_recall_latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import faiss
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from faiss.contrib.datasets import SyntheticDataset
+from tqdm import tqdm
+
+from benchmarks.common import RESULTS, markdown_table, run_info, write_results
+from server.index import IndexParams, VectorIndex, params_for
+
+DIM = 1280
+QUERIES = 200
+
+
+def hard_dataset(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((1000, DIM)).astype(np.float32)
+    def draw(count: int) -> np.ndarray:
+        out = np.empty((count, DIM), np.float32)
+        for start in range(0, count, 100_000):
+            m = min(100_000, count - start)
+            out[start:start + m] = centres[rng.integers(0, 1000, m)] + 0.9 * rng.standard_normal((m, DIM), np.float32)
+        faiss.normalize_L2(out)
+        return out
+    return draw(n), draw(nq)
+
+
+def synthetic_dataset(n: int, nq: int) -> tuple[np.ndarray, np.ndarray]:
+    ds = SyntheticDataset(DIM, 1000, n, nq, metric="IP")
+    xb, xq = ds.get_database().astype(np.float32), ds.get_queries().astype(np.float32)
+    faiss.normalize_L2(xb)
+    faiss.normalize_L2(xq)
+    return xb, xq
+
+
+def recall_at(truth: np.ndarray, got: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(t[:k]) & set(g[:k])) / k for t, g in zip(truth, got, strict=True)]))
+
+
+def measure(index: VectorIndex, xq: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    ids, times = [], []
+    for q in xq:
+        t = time.perf_counter()
+        _, i = index.search(q[None], 10)
+        times.append(time.perf_counter() - t)
+        ids.append(i[0])
+    got = np.array(ids)
+    return {"recall_at_1": round(recall_at(truth, got, 1), 4), "recall_at_10": round(recall_at(truth, got, 10), 4),
+            "ms_per_query": round(1000 * float(np.mean(times)), 3),
+            "p99_ms": round(1000 * float(np.percentile(times, 99)), 3)}
+
+
+def build(params: IndexParams, xb: np.ndarray) -> tuple[VectorIndex, float, float]:
+    index = VectorIndex(DIM, flat_threshold=10**12)
+    index.params = params
+    start = time.perf_counter()
+    index._index = faiss.index_factory(DIM, params.factory, faiss.METRIC_INNER_PRODUCT)
+    sample = xb[np.random.default_rng(0).choice(len(xb), min(len(xb), 100_000), replace=False)]
+    index._index.train(sample)
+    for s in range(0, len(xb), 100_000):
+        index._index.add(xb[s:s + 100_000])
+    seconds = time.perf_counter() - start
+    bytes_per_vector = len(faiss.serialize_index(index._index)) / len(xb)
+    return index, seconds, bytes_per_vector
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--n", type=int, default=None, help="database size (default 1M, --quick 50k)")
+    args = parser.parse_args(argv)
+    n = args.n or (50_000 if args.quick else 1_000_000)
+    faiss.omp_set_num_threads(1)
+    default = params_for(n, DIM)
+    nlist = int(default.factory.split(",")[0][3:])
+    variants = {
+        "default (PQ dim/2 x4fs + RFlat)": default,
+        "PQ dim/4 x4fs + RFlat": dataclasses.replace(default, factory=f"IVF{nlist},PQ{DIM // 4}x4fs,RFlat"),
+        "PQ dim/8 8-bit + RFlat": dataclasses.replace(default, factory=f"IVF{nlist},PQ{DIM // 8},RFlat"),
+    }
+    rows, sweep = [], []
+    for name, make in (("synthetic", synthetic_dataset), ("hard", hard_dataset)):
+        print(f"generating {name} data: {n} x {DIM}", flush=True)
+        xb, xq = make(n, QUERIES)
+        faiss.omp_set_num_threads(2)
+        exact = faiss.IndexFlatIP(DIM)
+        exact.add(xb)
+        start = time.perf_counter()
+        _, truth = exact.search(xq, 10)
+        flat_ms = 1000 * (time.perf_counter() - start) / len(xq)
+        del exact
+        faiss.omp_set_num_threads(1)
+        rows.append({"dataset": name, "index": "Flat (exact)", "factory": "Flat", "recall_at_1": 1.0,
+                     "recall_at_10": 1.0, "ms_per_query": round(flat_ms * 2, 3), "build_s": 0.0,
+                     "bytes_per_vector": DIM * 4})
+        for label, params in tqdm(variants.items(), desc=f"{name}: building", unit="index"):
+            index, seconds, bpv = build(params, xb)
+            row = {"dataset": name, "index": label, "factory": params.factory, "nprobe": params.nprobe,
+                   "k_factor": params.k_factor, **measure(index, xq, truth), "build_s": round(seconds, 1),
+                   "bytes_per_vector": round(bpv, 1)}
+            rows.append(row)
+            tqdm.write(str(row))
+            if label.startswith("default"):
+                for nprobe in (nlist // 64, nlist // 32, nlist // 16, nlist // 8, nlist // 4):
+                    for k_factor in (4, 8, 16, 32, 64):
+                        index.params = dataclasses.replace(params, nprobe=max(1, nprobe), k_factor=k_factor)
+                        sweep.append({"dataset": name, "nprobe": max(1, nprobe), "k_factor": k_factor,
+                                      **measure(index, xq[:100], truth[:100])})
+            del index
+        del xb
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, name in zip(axes, ("synthetic", "hard"), strict=True):
+        for k_factor in (4, 8, 16, 32, 64):
+            pts = [s for s in sweep if s["dataset"] == name and s["k_factor"] == k_factor]
+            ax.plot([p["ms_per_query"] for p in pts], [p["recall_at_10"] for p in pts], marker="o",
+                    label=f"k_factor {k_factor}")
+        ax.axhline(0.95, color="red", linestyle="--", linewidth=1, label="goal 0.95")
+        ax.set(xscale="log", xlabel="ms per query (1 thread)", title=f"{name}: {default.factory.split(',RFlat')[0]}"
+               f" + RFlat, nprobe sweep, n={n:,}")
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("10-recall@10 vs exact")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "index_recall_latency.png", dpi=110)
+    info = run_info(n=n, dim=DIM, queries=QUERIES, default=dataclasses.asdict(default))
+    md = [f"# Index benchmark ({n:,} x {DIM})", "",
+          f"`python -m benchmarks.index_bench{' --quick' if args.quick else ''}` — commit {info['git_commit']}, "
+          f"{info['cpu_count']} CPUs. One query at a time, 1 thread; recall against exact inner-product search; "
+          "Flat time measured with 2 threads over a batch (x2 to approximate 1 thread).", "",
+          markdown_table(rows, ["dataset", "index", "factory", "nprobe", "k_factor", "recall_at_1", "recall_at_10",
+                                "ms_per_query", "build_s", "bytes_per_vector"]), "",
+          "## Sweep of the default index (100 queries)", "",
+          markdown_table(sweep, ["dataset", "nprobe", "k_factor", "recall_at_10", "ms_per_query"]), "",
+          "![recall vs latency](index_recall_latency.png)"]
+    data = {**info, "rows": rows, "sweep": sweep}
+    write_results("index", data, "\n".join(md))
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""gRPC load generator (perf_analyzer and ghz can't run on these hosts).
+
+Runs in worker processes of its own (spawned, so the client never shares the server's GIL), in two modes:
+- closed loop: fixed concurrency, each worker sends its next request when the previous one returns;
+- open loop: Poisson arrivals at a target rate; latency counts from the *scheduled* send time, so a
+  server that falls behind shows its queueing (no coordinated omission).
+Latencies go into HdrHistograms (1 µs .. 60 s, 3 significant digits), merged across processes.
+
+Targets (built inside each worker from a picklable spec):
+  TritonTarget(url, pixels)        preprocessed uint8 tensors straight to Triton's gRPC
+  GatewayTarget(url, queries)      the full gateway Search (image bytes, optional crops)
+  (raw ANN search runs in-process: see benchmarks/e2e_bench.py)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from hdrh.histogram import HdrHistogram
+
+LOWEST_US, HIGHEST_US, DIGITS = 1, 60_000_000, 3
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
+
+
+@dataclass(frozen=True)
+class TritonTarget:
+    url: str
+    pixels: np.ndarray  # uint8 [Q, 224, 224, 3]: one row per request, cycled
+    model: str = "encoder"
+
+    def connect(self) -> Callable[[int], None]:
+        import tritonclient.grpc as triton_grpc
+
+        client = triton_grpc.InferenceServerClient(self.url)
+
+        def call(i: int) -> None:
+            tensor = triton_grpc.InferInput("pixels", [1, *self.pixels.shape[1:]], "UINT8")
+            tensor.set_data_from_numpy(self.pixels[i % len(self.pixels)][None])
+            client.infer(self.model, [tensor], client_timeout=30)
+        return call
+
+
+@dataclass(frozen=True)
+class GatewayTarget:
+    url: str
+    queries: list[tuple[bytes, tuple[float, float, float, float] | None]]
+    k: int = 10
+
+    def connect(self) -> Callable[[int], None]:
+        from clients.client import VisualSearchClient
+
+        client = VisualSearchClient(self.url, timeout_s=30)
+
+        def call(i: int) -> None:
+            data, crop = self.queries[i % len(self.queries)]
+            client.search(data, crop=crop, k=self.k)
+        return call
+
+
+@dataclass
+class RunResult:
+    mode: str
+    requests: int
+    duration_s: float
+    errors: dict[str, int] = field(default_factory=dict)
+    histogram: HdrHistogram | None = None
+    concurrency: int | None = None
+    target_rate: float | None = None
+
+    @property
+    def qps(self) -> float:
+        return self.requests / self.duration_s if self.duration_s else 0.0
+
+    def percentile_ms(self, p: float) -> float:
+        return self.histogram.get_value_at_percentile(p) / 1000.0 if self.histogram and self.requests else float("nan")
+
+    def summary(self) -> dict[str, object]:
+        return {"mode": self.mode, "concurrency": self.concurrency, "target_rate": self.target_rate,
+                "requests": self.requests, "duration_s": round(self.duration_s, 3), "qps": round(self.qps, 2),
+                **{f"p{p:g}_ms": round(self.percentile_ms(p), 3) for p in (50, 90, 99, 99.9)},
+                "mean_ms": round(self.histogram.get_mean_value() / 1000.0, 3) if self.requests else None,
+                "errors": self.errors}
+
+
+def _error_code(exc: BaseException) -> str:
+    code = getattr(exc, "code", None)
+    if callable(code):
+        with contextlib.suppress(Exception):
+            return code().name
+    status = getattr(exc, "status", None)
+    if callable(status):
+        return str(status()).replace("StatusCode.", "")
+    return type(exc).__name__
+
+
+class _Recorder:
+    """Thread-safe latency histogram + error counts of one worker process."""
+
+    def __init__(self) -> None:
+        self.histogram, self.errors, self.done = new_histogram(), Counter(), 0
+        self._lock = threading.Lock()
+
+    def run(self, call: Callable[[int], None], i: int, since: float) -> None:
+        """Make call i; its latency counts from `since` (send time, or scheduled time in open loop)."""
+        try:
+            call(i)
+        except Exception as exc:
+            with self._lock:
+                self.errors[_error_code(exc)] += 1
+            return
+        elapsed_us = int((time.perf_counter() - since) * 1e6)
+        with self._lock:
+            self.histogram.record_value(max(LOWEST_US, min(HIGHEST_US, elapsed_us)))
+            self.done += 1
+
+    def report(self, out: mp.Queue, duration_s: float) -> None:
+        out.put((self.done, duration_s, dict(self.errors), self.histogram.encode()))
+
+
+def _connect_and_warm_up(target: object, warmup: int, offset: int) -> Callable[[int], None]:
+    call = target.connect()
+    for i in range(warmup):
+        with contextlib.suppress(Exception):
+            call(offset + i)
+    return call
+
+
+def _closed_worker(target: object, threads: int, requests: int, warmup: int, offset: int, out: mp.Queue) -> None:
+    call = _connect_and_warm_up(target, warmup, offset)
+    recorder, lock = _Recorder(), threading.Lock()
+    counter = iter(range(requests))
+
+    def loop() -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            recorder.run(call, offset + i, time.perf_counter())
+
+    start = time.perf_counter()
+    workers = [threading.Thread(target=loop) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    recorder.report(out, time.perf_counter() - start)
+
+
+def _open_worker(target: object, rate: float, requests: int, warmup: int, seed: int, offset: int,
+                 max_in_flight: int, out: mp.Queue) -> None:
+    call = _connect_and_warm_up(target, warmup, offset)
+    schedule = poisson_schedule(rate, requests, seed)
+    recorder = _Recorder()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_in_flight) as pool:
+        for i, t in enumerate(schedule):
+            delay = start + t - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(recorder.run, call, offset + i, start + t)
+    recorder.report(out, time.perf_counter() - start)
+
+
+def poisson_schedule(rate: float, count: int, seed: int) -> np.ndarray:
+    """Send times (s from start) of a Poisson process: exponential gaps with mean 1/rate."""
+    return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, size=count))
+
+
+def _collect(mode: str, processes: list[mp.Process], out: mp.Queue) -> RunResult:
+    results = [out.get() for _ in processes]
+    for p in processes:
+        p.join()
+    histogram, errors = new_histogram(), Counter()
+    for _, _, errs, encoded in results:
+        histogram.add(HdrHistogram.decode(encoded))
+        errors.update(errs)
+    return RunResult(mode, sum(r[0] for r in results), max(r[1] for r in results), dict(errors), histogram)
+
+
+def closed_loop(target: object, concurrency: int, requests: int, warmup: int = 10, processes: int = 2) -> RunResult:
+    """`concurrency` requests in flight at all times, spread over worker processes."""
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    processes = max(1, min(processes, concurrency))
+    shares = [concurrency // processes + (1 if n < concurrency % processes else 0) for n in range(processes)]
+    procs = [ctx.Process(target=_closed_worker,
+                         args=(target, s, requests * s // concurrency, warmup // processes, n * 100_003, out))
+             for n, s in enumerate(shares)]
+    for p in procs:
+        p.start()
+    result = _collect("closed", procs, out)
+    result.concurrency = concurrency
+    return result
+
+
+def open_loop(target: object, rate: float, requests: int, warmup: int = 10, processes: int = 2,
+              max_in_flight: int = 256, seed: int = 0) -> RunResult:
+    """Poisson arrivals at `rate` requests/s in total (each process an independent Poisson stream)."""
+    ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
+    procs = [ctx.Process(target=_open_worker,
+                         args=(target, rate / processes, requests // processes, warmup // processes, seed + n,
+                               n * 100_003, max_in_flight, out)) for n in range(processes)]
+    for p in procs:
+        p.start()
+    result = _collect("open", procs, out)
+    result.target_rate = rate
+    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -63,3 +64,17 @@ class Settings:
     @property
     def grpc_address(self) -> str:
         return f"{self.grpc_host}:{self.grpc_port}"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loopback_settings(**overrides: object) -> Settings:
+    """Settings whose every port is free: for tests and benchmarks that start their own services."""
+    ports = {name: free_port() for name in ("grpc_port", "metrics_port", "triton_http_port", "triton_grpc_port",
+                                            "triton_metrics_port")}
+    return Settings(**{**ports, **overrides})  # type: ignore[arg-type]

@@ -16,9 +16,9 @@ import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
 from server import imaging
+from server.config import loopback_settings
 from server.encoder import EMBEDDING_DIM, EncoderClient
 from server.errors import InvalidInput, Unavailable
-from tests.fixtures.triton import triton_settings
 from tests.photos import photo
 
 
@@ -152,7 +152,7 @@ def test_stop_leaves_no_process(private_triton):
 
 def test_triton_dies_with_its_parent(tmp_path):
     """kill -9 of the launching process must not leave tritonserver (or its stubs) behind."""
-    s = triton_settings()
+    s = loopback_settings()
     code = (
         "import time; from server.config import Settings; from server.triton import TritonServer\n"
         f"t = TritonServer(Settings(triton_http_port={s.triton_http_port}, triton_grpc_port={s.triton_grpc_port}, "

@@ -144,15 +144,22 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
             results[n].error_code, results[n].error_message = exc.code.name, exc.message
 
         start = time.perf_counter()
-        pixels: dict[int, np.ndarray] = {}
+        todo = []
         for n, item in enumerate(items):
             if self.catalog.store.get(item.image_id) is not None:
                 results[n].status = pb.AddImageResult.ALREADY_EXISTS  # idempotent: skip the decode and embed
-                continue
-            try:
-                pixels[n] = await asyncio.to_thread(prepare, item)
-            except ServiceError as exc:
-                reject(n, exc)
+            else:
+                todo.append(n)
+        # Decode the chunk in parallel threads (PIL releases the GIL): serial decoding left a core idle.
+        decoded = await asyncio.gather(*(asyncio.to_thread(prepare, items[n]) for n in todo), return_exceptions=True)
+        pixels: dict[int, np.ndarray] = {}
+        for n, outcome in zip(todo, decoded, strict=True):
+            if isinstance(outcome, ServiceError):
+                reject(n, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                pixels[n] = outcome
         self.metrics.stage_latency.labels("decode").observe(time.perf_counter() - start)
         if pixels:
             order = list(pixels)

@@ -22,10 +22,9 @@ import onnxruntime as ort
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from benchmarks.loadgen import TritonTarget, closed_loop
 from server import imaging
-from server.config import MODEL_REPOSITORY, Settings
+from server.config import MODEL_REPOSITORY, loopback_settings
 from server.corpus import real_photos
 from server.triton import TritonServer
-from tests.fixtures.triton import free_port
 
 CONCURRENCY = (1, 8, 32, 64)
 CONFIGS = {"dynamic_batching": None, "no_batching": "no_batching"}
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     pixels = photo_tensors(32)
     rows = []
     for name, config in CONFIGS.items():
-        settings = Settings(triton_http_port=free_port(), triton_grpc_port=free_port(), triton_metrics_port=free_port())
+        settings = loopback_settings()
         with TritonServer(settings, model_config_name=config) as triton:
             target = TritonTarget(triton.endpoint.grpc_url, pixels)
             for c in CONCURRENCY:

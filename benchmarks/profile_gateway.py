@@ -1,0 +1,117 @@
+"""Where a Search's time goes: server-side stage means from the gateway's metrics, and a py-spy profile.
+
+    python -m benchmarks.profile_gateway [--seconds 20] [--concurrency 1]
+
+Starts Triton and the gateway over the real corpus, drives `Search` in a closed loop from another process,
+then samples the gateway's on-CPU stacks with py-spy in a second run.
+Writes benchmarks/results/profile_gateway.{json,md} and profile_gateway.svg (a flame graph).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.common import RESULTS, markdown_table, run_info, write_results
+from benchmarks.e2e_bench import index_through_gateway, search_queries, uploads
+from benchmarks.loadgen import GatewayTarget, closed_loop
+from server.cli import running_services
+from server.config import loopback_settings
+
+
+def histogram_sums(metrics_url: str) -> dict[tuple[str, str], tuple[float, float]]:
+    """(metric, label) -> (sum, count) for the stage and request-duration histograms."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    out: dict[tuple[str, str], list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("vsearch_stage_duration_seconds", "vsearch_request_duration_seconds"):
+            continue
+        for sample in family.samples:
+            label = sample.labels.get("stage") or sample.labels.get("method", "")
+            if sample.name.endswith("_sum"):
+                out.setdefault((family.name, label), [0.0, 0.0])[0] += sample.value
+            elif sample.name.endswith("_count"):
+                out.setdefault((family.name, label), [0.0, 0.0])[1] += sample.value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def gateway_pid(port: int) -> int:
+    found = subprocess.run(["pgrep", "-f", f"server.service .*--grpc-port {port}"], capture_output=True, text=True)
+    return int(found.stdout.split()[0])
+
+
+def top_frames(collapsed: Path, limit: int = 25) -> list[dict[str, object]]:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
+    inclusive, own, total = Counter(), Counter(), 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [f.split(" (")[0] for f in stack.split(";")]
+        n = int(count)
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            inclusive[f] += n
+    return [{"function": f, "inclusive_pct": round(100 * n / total, 1), "self_pct": round(100 * own[f] / total, 1)}
+            for f, n in inclusive.most_common(limit)]
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=1)
+    args = parser.parse_args(argv)
+    images = uploads()
+    with tempfile.TemporaryDirectory(prefix="vsearch-profile-") as tmp:
+        settings = loopback_settings(data_dir=Path(tmp) / "data")
+        with running_services(settings, Path(tmp) / "logs"):
+            index_through_gateway(settings.grpc_address, images, copies=1)
+            metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+            target = GatewayTarget(settings.grpc_address, search_queries(images))
+            closed_loop(target, args.concurrency, 100)  # warm-up
+            # Phase 1, unobserved: client latency and the gateway's own stage means.
+            before = histogram_sums(metrics_url)
+            result = closed_loop(target, args.concurrency, 50 * args.seconds, warmup=0)
+            after = histogram_sums(metrics_url)
+            # Phase 2, under py-spy (sampling perturbs latency, so its run is not the one reported above).
+            collapsed = Path(tmp) / "profile.txt"
+            load = threading.Thread(target=closed_loop, args=(target, args.concurrency, 100 * args.seconds, 0))
+            load.start()
+            pid = gateway_pid(settings.grpc_port)
+            for fmt, path in (("raw", collapsed), ("flamegraph", RESULTS / "profile_gateway.svg")):
+                subprocess.run([Path(sys.executable).with_name("py-spy"), "record", "--pid", str(pid),
+                                "--duration", str(args.seconds // 2), "--rate", "100", "--format", fmt,
+                                "--output", str(path), "--nonblocking"], check=True, capture_output=True)
+            load.join()
+            frames = top_frames(collapsed)
+    stages = []
+    for key, (total, count) in sorted(after.items()):
+        d_sum, d_count = total - before.get(key, (0, 0))[0], count - before.get(key, (0, 0))[1]
+        if d_count:
+            stages.append({"metric": key[0].removeprefix("vsearch_"), "label": key[1], "count": int(d_count),
+                           "mean_ms": round(1000 * d_sum / d_count, 3)})
+    client = result.summary()
+    info = run_info(seconds=args.seconds, concurrency=args.concurrency)
+    data = {**info, "client": client, "server_side": stages, "top_frames": frames}
+    md = ["# Gateway profile", "",
+          f"`python -m benchmarks.profile_gateway --concurrency {args.concurrency}` — commit {info['git_commit']}, "
+          f"{info['cpu_count']} CPUs. Client-side: {client['qps']} req/s, mean {client['mean_ms']} ms, "
+          f"p50 {client['p50_ms']} ms, p99 {client['p99_ms']} ms.", "",
+          "## Server-side means (gateway metrics, during the run)", "",
+          markdown_table(stages, ["metric", "label", "count", "mean_ms"]), "",
+          "## py-spy (gateway process, on-CPU samples over all threads)", "",
+          markdown_table(frames, ["function", "inclusive_pct", "self_pct"]), "",
+          "Flame graph: [profile_gateway.svg](profile_gateway.svg)"]
+    write_results("profile_gateway", data, "\n".join(md))
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""SimCLR-style contrastive fine-tuning of the encoder on unlabelled photos (optionally plus click pairs).
+
+    python -m training.finetune --steps 300 --batch-size 16 --out var/finetune-run [--resume] [--seed 0]
+
+Each step draws B images, makes two random views of each (training/augment.py) and trains with the
+NT-Xent loss through a projection head, which is dropped afterwards: the checkpoint's `encoder` entry loads
+with `training.encoder_model.load_encoder()` and exports with `python -m training.export_onnx --checkpoint`.
+
+Sized for 2 CPU cores: only the last few MBConv blocks, the backbone's 1x1 head conv + BN and the projection
+head train; the frozen layers need no gradients, so backprop only runs through the trailing blocks. All
+BatchNorm layers stay in eval mode: batches of 2x16 augmented views would give noisy statistics, and the
+served model normalises with the running statistics anyway.
+
+`--steps` is the total step count: `--resume` continues from CKPT_DIR/last.pt up to it, and gives the same
+weights as an uninterrupted run (seeded numpy + torch, generator states saved in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from training.augment import AugmentConfig, augment, load_image
+from training.encoder_model import EMBEDDING_DIM, EncoderModel, load_encoder
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+CHECKPOINT_NAME = "last.pt"
+
+
+@dataclass
+class FinetuneConfig:
+    out: Path
+    images: list[Path] | None = None  # None: the demo corpus (server.corpus.real_photos)
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    temperature: float = 0.1
+    trainable_blocks: int = 2  # trailing MBConv blocks that train (the 1x1 head conv + BN always train)
+    seed: int = 0
+    resume: bool = False
+    checkpoint_every: int = 50
+    click_pairs: Path | None = None  # JSONL {"query_image": path, "clicked_image": path}: extra positives
+    threads: int = 2
+    max_side: int = 384  # images are decoded once and kept in memory at this size
+    progress: bool = True
+
+
+class ProjectionHead(nn.Module):
+    """1280 -> 512 -> 128 MLP: the loss acts on its output, so the encoder keeps more general features."""
+
+    def __init__(self, in_dim: int = EMBEDDING_DIM, hidden: int = 512, out_dim: int = 128) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent / InfoNCE over 2B views: each view's positive is its pair, the other 2B-2 views are negatives."""
+    batch = z1.shape[0]
+    z = nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    targets = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(z.device)
+    return nn.functional.cross_entropy(logits, targets)
+
+
+def trainable_parameters(encoder: EncoderModel, trainable_blocks: int) -> list[nn.Parameter]:
+    """Freeze the encoder except its last `trainable_blocks` MBConv blocks and the 1x1 head conv + BN."""
+    backbone = encoder.backbone
+    blocks = backbone._blocks
+    if not 0 <= trainable_blocks <= len(blocks):
+        raise ValueError(f"trainable_blocks must be in [0, {len(blocks)}], got {trainable_blocks}")
+    encoder.requires_grad_(False)
+    trainable = [*blocks[len(blocks) - trainable_blocks:], backbone._conv_head, backbone._bn1]
+    for module in trainable:
+        module.requires_grad_(True)
+    return [p for p in encoder.parameters() if p.requires_grad]
+
+
+def image_paths(directory: Path | None) -> list[Path]:
+    """Images under a directory (sorted, so runs are reproducible), or the demo corpus."""
+    if directory is None:
+        from server.corpus import real_photos
+
+        return [photo.path for photo in real_photos()]
+    paths = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise FileNotFoundError(f"no images under {directory}")
+    return paths
+
+
+def read_click_pairs(path: Path) -> list[tuple[Path, Path]]:
+    pairs = []
+    for line in Path(path).read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            pairs.append((Path(row["query_image"]), Path(row["clicked_image"])))
+    return pairs
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    """tmp file + os.replace: a crash mid-write never leaves a truncated last.pt behind."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".pt.tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; an exporter may run as another user
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _config_record(config: FinetuneConfig) -> dict:
+    """The config as plain types, so the checkpoint still loads with torch.load(weights_only=True)."""
+    record = asdict(config)
+    record["out"] = str(config.out)
+    record["images"] = None if config.images is None else [str(p) for p in config.images]
+    record["click_pairs"] = None if config.click_pairs is None else str(config.click_pairs)
+    return record
+
+
+def train(config: FinetuneConfig) -> Path:
+    """Run (or resume) fine-tuning; returns the path of the final checkpoint."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / CHECKPOINT_NAME
+
+    # Positive pairs as indices into one list of decoded images: (i, i) for a photo, (q, c) for a click.
+    paths = list(config.images) if config.images is not None else image_paths(None)
+    clicks = read_click_pairs(config.click_pairs) if config.click_pairs is not None else []
+    unique = list(dict.fromkeys([*paths, *(p for pair in clicks for p in pair)]))
+    index = {p: i for i, p in enumerate(unique)}
+    pool = [(index[p], index[p]) for p in dict.fromkeys(paths)] + [(index[q], index[c]) for q, c in clicks]
+    if len(pool) < config.batch_size:
+        raise ValueError(f"{len(pool)} positive pairs, fewer than the batch size {config.batch_size}")
+    images = [load_image(p, config.max_side) for p in tqdm(unique, desc="decode", disable=not config.progress)]
+
+    encoder = load_encoder().to(device)
+    encoder.eval()  # BN running statistics and drop-connect stay frozen (see module docstring)
+    head = ProjectionHead().to(device)
+    params = trainable_parameters(encoder, config.trainable_blocks) + list(head.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    augment_config = AugmentConfig()
+
+    step, losses = 0, []
+    if config.resume:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        if state["config"]["trainable_blocks"] != config.trainable_blocks:
+            raise ValueError(f"{checkpoint_path} trained {state['config']['trainable_blocks']} blocks, "
+                             f"not {config.trainable_blocks}")
+        encoder.load_state_dict(state["encoder"])
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, losses = state["step"], list(state["losses"])
+        rng.bit_generator.state = state["rng"]["numpy"]
+        torch.set_rng_state(state["rng"]["torch"])
+
+    def save() -> None:
+        _save_atomically({
+            "encoder": encoder.state_dict(), "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": step, "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
+            "losses": losses, "config": _config_record(config),
+        }, checkpoint_path)
+
+    bar = tqdm(total=config.steps, initial=step, desc="finetune", disable=not config.progress)
+    while step < config.steps:
+        batch = rng.choice(len(pool), size=config.batch_size, replace=False)
+        first = [augment(images[pool[i][0]], rng, augment_config) for i in batch]
+        second = [augment(images[pool[i][1]], rng, augment_config) for i in batch]
+        pixels = torch.from_numpy(np.stack(first + second)).to(device)
+        projections = head(encoder.features(pixels))
+        loss = nt_xent_loss(projections[:config.batch_size], projections[config.batch_size:], config.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        losses.append(float(loss.item()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", avg10=f"{np.mean(losses[-10:]):.3f}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save()
+    bar.close()
+    if not checkpoint_path.exists():  # steps already reached on resume, or steps == 0
+        save()
+    return checkpoint_path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path, default=None, help="image directory (default: the demo corpus)")
+    parser.add_argument("--steps", type=int, default=FinetuneConfig.steps, help="total optimisation steps")
+    parser.add_argument("--batch-size", type=int, default=FinetuneConfig.batch_size, help="images per step")
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory (writes last.pt)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--seed", type=int, default=FinetuneConfig.seed)
+    parser.add_argument("--lr", type=float, default=FinetuneConfig.lr)
+    parser.add_argument("--temperature", type=float, default=FinetuneConfig.temperature)
+    parser.add_argument("--trainable-blocks", type=int, default=FinetuneConfig.trainable_blocks)
+    parser.add_argument("--checkpoint-every", type=int, default=FinetuneConfig.checkpoint_every)
+    parser.add_argument("--click-pairs", type=Path, default=None, help="JSONL of query/clicked image paths")
+    args = parser.parse_args(argv)
+    config = FinetuneConfig(
+        out=args.out, images=None if args.images is None else image_paths(args.images), steps=args.steps,
+        batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
+        trainable_blocks=args.trainable_blocks, seed=args.seed, resume=args.resume,
+        checkpoint_every=args.checkpoint_every, click_pairs=args.click_pairs,
+    )
+    started = time.monotonic()
+    path = train(config)
+    losses = torch.load(path, map_location="cpu", weights_only=True)["losses"]
+    head, tail = losses[:10], losses[-10:]
+    print(f"wrote {path}: {len(losses)} steps in {time.monotonic() - started:.0f} s; "
+          f"loss {np.mean(head):.3f} (first {len(head)} steps) -> {np.mean(tail):.3f} (last {len(tail)})")
+
+
+if __name__ == "__main__":
+    main()

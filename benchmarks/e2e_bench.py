@@ -39,10 +39,10 @@ from clients.client import NewImage as UploadImage
 from clients.client import VisualSearchClient
 from server import imaging
 from server.cli import running_services
-from server.config import loopback_settings
+from server.config import ENCODER_MODEL_NAME, loopback_settings
 from server.corpus import real_photos
 from server.encoder import EMBEDDING_DIM
-from server.ingest import Catalog, NewImage
+from server.ingest import Catalog, NewImage, catalog_dir, read_active_version
 from server.metadata import Visibility
 from server.metrics import GatewayMetrics
 from server.search import Searcher
@@ -73,11 +73,12 @@ def add_filler(data_dir: Path, count: int) -> None:
     if not count:
         return
     vectors, _ = synthetic_dataset(count, 1)
-    catalog = Catalog(data_dir, EMBEDDING_DIM)
+    version = f"{ENCODER_MODEL_NAME}/1"
+    catalog = Catalog(catalog_dir(data_dir, version), EMBEDDING_DIM, version)
     catalog.index.rebuild_in_background = False
     print(f"adding {count} filler vectors and building the index ...", flush=True)
     catalog.add([NewImage(f"filler-{i}", "bench", Visibility.PUBLIC, f"filler-{i}", v) for i, v in enumerate(vectors)],
-                "filler")
+                version)
     catalog.snapshot()
     print(f"filler index: {catalog.index.describe()[0]}", flush=True)
     catalog.close()
@@ -113,13 +114,13 @@ def index_through_gateway(target: str, images: list[bytes], copies: int, streams
             "images_per_s": round(len(items) / elapsed, 1), "streams": streams}
 
 
-def ann_run(searcher: Searcher, vectors: np.ndarray, k: int, requests: int) -> RunResult:
+def ann_run(searcher: Searcher, catalog: Catalog, vectors: np.ndarray, k: int, requests: int) -> RunResult:
     """The gateway's own search call (index + privacy selector + duplicate collapse), in this process."""
     histogram = new_histogram()
     start = time.perf_counter()
     for i in range(requests):
         t = time.perf_counter()
-        searcher.rank(vectors[i % len(vectors)], k, None, include_duplicates=False)
+        searcher.rank(catalog, vectors[i % len(vectors)], k, None, include_duplicates=False)
         histogram.record_value(max(1, int((time.perf_counter() - t) * 1e6)))
     result = RunResult("in-process", requests, time.perf_counter() - start, {}, histogram)
     result.concurrency = 1
@@ -175,14 +176,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
             # Raw ANN on a copy of the very catalog the gateway serves (the gateway keeps its own open).
             shutil.copytree(data_dir, Path(tmp) / "ann", ignore=shutil.ignore_patterns("*.log"))
-            catalog = Catalog(Path(tmp) / "ann", EMBEDDING_DIM)
-            searcher = Searcher(catalog, None, settings, GatewayMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+            version = read_active_version(data_dir)
+            catalog = Catalog(catalog_dir(Path(tmp) / "ann", version), EMBEDDING_DIM, version)
+            searcher = Searcher(None, settings, GatewayMetrics(CollectorRegistry()))  # type: ignore[arg-type]
             vectors = embed_for_ann(triton_url, pixels)
             index_type = catalog.index.describe()[0]
 
             for name, run in (
                 ("triton", lambda c, n: closed_loop(triton, c, n, warmup=16)),
-                ("ann", lambda c, n: ann_run(searcher, vectors, args.k, n)),
+                ("ann", lambda c, n: ann_run(searcher, catalog, vectors, args.k, n)),
                 ("gateway", lambda c, n: closed_loop(gateway, c, n, warmup=16)),
             ):
                 for c, n in ((1, n_c1), (saturation, n_sat)):

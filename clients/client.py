@@ -89,6 +89,9 @@ class VisualSearchClient:
     def log_interactions(self, interactions: list[pb.Interaction]) -> pb.LogInteractionsResponse:
         return self.stub.LogInteractions(pb.LogInteractionsRequest(interactions=interactions), timeout=self.timeout_s)
 
+    def switch_model(self, model_version: str) -> pb.SwitchModelResponse:
+        return self.stub.SwitchModel(pb.SwitchModelRequest(model_version=model_version), timeout=self.timeout_s)
+
     def close(self) -> None:
         self.channel.close()
 

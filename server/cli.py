@@ -27,6 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clients.client import NewImage, VisualSearchClient
+from protos.visual_search.v1 import visual_search_pb2 as pb
 from server import gallery
 from server.config import Settings
 from server.corpus import IMAGE_SUFFIXES, real_photos
@@ -225,6 +226,44 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
     params = ", ".join(f"{k}={v}" for k, v in sorted(s.index_params.items()))
     print(f"index: {s.index_type} ({params}), version {s.index_version}, dim {s.embedding_dim}")
     print(f"model: {s.model_version}")
+    if s.switching_to_model_version:
+        print(f"switching to {s.switching_to_model_version}: {s.switch_reembedded_count}/{s.switch_total_count} "
+              "images re-embedded")
+    if s.switch_error:
+        print(f"last switch failed: {s.switch_error}")
+
+
+# -- model versions ----------------------------------------------------------------------------------------
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
+    from server.model_versions import publish, reload
+
+    version = publish(args.checkpoint, settings.model_repository, settings.model_name)
+    print(f"published {settings.model_name} version {version} in {settings.model_repository}")
+    triton = settings.triton_url or f"127.0.0.1:{settings.triton_grpc_port}"
+    try:
+        print(f"Triton at {triton} now serves versions {', '.join(reload(triton, settings.model_name))}")
+    except Exception as exc:  # Triton not running: it loads every version when it starts
+        print(f"Triton at {triton} not reloaded ({exc}); it loads the version when it starts")
+
+
+def cmd_switch_model(args: argparse.Namespace, settings: Settings) -> None:
+    with VisualSearchClient(settings.grpc_address) as client:
+        response = client.switch_model(args.version)
+        print(f"{pb.SwitchModelResponse.State.Name(response.state)} (serving {response.active_model_version})")
+        target = f"{settings.model_name}/{args.version}"
+        if not args.wait or response.state == pb.SwitchModelResponse.ALREADY_ACTIVE:
+            return
+        with tqdm(unit="img", desc=f"re-embedding for {target}") as bar:
+            while True:
+                s = client.stats()
+                if s.model_version == target:
+                    break
+                if s.switch_error and not s.switching_to_model_version:
+                    raise CliError(f"the switch failed: {s.switch_error}")
+                bar.total, bar.n = s.switch_total_count, s.switch_reembedded_count
+                bar.refresh()
+                time.sleep(0.5)
+    print(f"cut over: serving {target}")
 
 
 # -- demo --------------------------------------------------------------------------------------------------
@@ -301,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("delete", "delete images"), ("hide", "make images private"), ("show", "make public")):
         sub.add_parser(name, help=help_text).add_argument("image_ids", nargs="+")
     sub.add_parser("stats", help="counts, index type, model version")
+    p = sub.add_parser("publish", help="export a fine-tuned checkpoint as the next encoder version, reload Triton")
+    p.add_argument("checkpoint", type=Path)
+    p = sub.add_parser("switch-model", help="re-embed everything with another encoder version, then cut over")
+    p.add_argument("version")
+    p.add_argument("--wait", action="store_true", help="show progress until the cut-over")
     p = sub.add_parser("demo", help="index the real corpus and run example queries")
     p.add_argument("--output", type=Path, default=Path("demo-out"))
     p.add_argument("-k", type=int, default=10)
@@ -310,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"serve": cmd_serve, "triton": cmd_triton, "index": cmd_index, "search": cmd_search,
             "similar": cmd_similar, "delete": cmd_delete, "hide": cmd_visibility, "show": cmd_visibility,
-            "stats": cmd_stats, "demo": cmd_demo}
+            "stats": cmd_stats, "publish": cmd_publish, "switch-model": cmd_switch_model, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> None:

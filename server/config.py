@@ -28,6 +28,9 @@ class Settings:
     triton_metrics_port: int = 8002
     model_repository: Path = MODEL_REPOSITORY
     model_name: str = ENCODER_MODEL_NAME
+    # Encoder version a new data directory is indexed with; afterwards the data directory's ACTIVE_MODEL file
+    # decides (SwitchModel changes it).
+    model_version: str = "1"
     # Input limits (decompression-bomb and abuse protection).
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000

@@ -30,9 +30,13 @@ def _translate(exc: InferenceServerException, url: str) -> Exception:
 
 
 class EncoderClient:
-    """One gRPC channel to Triton; safe to share across coroutines. The channel reconnects by itself."""
+    """One gRPC channel to Triton; safe to share across coroutines. The channel reconnects by itself.
 
-    def __init__(self, url: str, model_name: str = ENCODER_MODEL_NAME) -> None:
+    `version` pins the model version every call goes to (embeddings of different versions must never mix);
+    without it the client pins the newest version Triton serves at the first `refresh_version`.
+    """
+
+    def __init__(self, url: str, model_name: str = ENCODER_MODEL_NAME, version: str | None = None) -> None:
         self.url = url
         self.model_name = model_name
         # Short reconnect backoff: when Triton restarts, the channel is usable again within ~1 s
@@ -43,24 +47,34 @@ class EncoderClient:
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ])
-        self._version: str | None = None
+        self._version = version
+
+    @property
+    def version(self) -> str | None:
+        return self._version
 
     @property
     def model_version(self) -> str:
-        """`encoder/<version>` of the version that answered last (resolved by `refresh_version`)."""
+        """`encoder/<version>`: the tag stored with every embedding this client produces."""
         return f"{self.model_name}/{self._version or '?'}"
 
-    async def refresh_version(self) -> str:
+    async def served_versions(self) -> list[str]:
+        """Versions Triton has loaded, oldest first."""
         try:
             meta = await self._client.get_model_metadata(self.model_name, as_json=True)
         except InferenceServerException as exc:
             raise _translate(exc, self.url) from exc
-        self._version = max(meta["versions"], key=int)
+        return sorted(meta["versions"], key=int)
+
+    async def refresh_version(self) -> str:
+        """Pin the newest served version unless a version is pinned already."""
+        if self._version is None:
+            self._version = (await self.served_versions())[-1]
         return self.model_version
 
     async def is_ready(self) -> bool:
         try:
-            return bool(await self._client.is_model_ready(self.model_name))
+            return bool(await self._client.is_model_ready(self.model_name, self._version or ""))
         except Exception:
             return False
 
@@ -82,8 +96,8 @@ class EncoderClient:
         tensor.set_data_from_numpy(np.ascontiguousarray(batch))
         try:
             result = await self._client.infer(
-                self.model_name, [tensor], outputs=[InferRequestedOutput("embedding")],
-                client_timeout=timeout_s,
+                self.model_name, [tensor], model_version=self._version or "",
+                outputs=[InferRequestedOutput("embedding")], client_timeout=timeout_s,
             )
         except InferenceServerException as exc:
             raise _translate(exc, self.url) from exc

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from server.durable import replace_durably
 
 log = logging.getLogger("index")
 
@@ -180,14 +181,7 @@ class VectorIndex:
             index = faiss.index_gpu_to_cpu(self._index) if on_gpu() else self._index  # pragma: no branch
             faiss.write_index(index, str(tmp))
             params = self.params
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(tmp, path)
         log.info("index snapshot %s (%s, %d vectors)", path, params.factory, index.ntotal)
 
     def load(self, path: Path) -> None:

@@ -19,11 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from server.durable import write_atomic
 from server.filters import Eligibility
 from server.index import FLAT_THRESHOLD, VectorIndex
 from server.metadata import ImageRecord, SqliteMetadataStore, Visibility, now
 
 log = logging.getLogger("ingest")
+ACTIVE_MODEL_FILE = "ACTIVE_MODEL"
 
 
 def content_hash(data: bytes) -> str:
@@ -67,12 +69,29 @@ class VectorLog:
         self._file.close()
 
 
-class Catalog:
-    """Index + metadata + eligibility, kept in step. Writes are serialized; reads are lock-free."""
+def catalog_dir(data_dir: Path, model_version: str) -> Path:
+    """Each encoder version has a catalog of its own: `<data_dir>/catalogs/encoder-2`."""
+    return data_dir / "catalogs" / model_version.replace("/", "-")
 
-    def __init__(self, data_dir: Path, dim: int, flat_threshold: int = FLAT_THRESHOLD) -> None:
+
+def read_active_version(data_dir: Path) -> str | None:
+    """The model version (`encoder/2`) whose catalog the gateway serves; None for a new data directory."""
+    path = data_dir / ACTIVE_MODEL_FILE
+    return path.read_text().strip() if path.exists() else None
+
+
+def write_active_version(data_dir: Path, model_version: str) -> None:
+    """Atomic and durable: the cut-over point of a model switch."""
+    write_atomic(data_dir / ACTIVE_MODEL_FILE, (model_version + "\n").encode())
+
+
+class Catalog:
+    """Index + metadata + eligibility of one encoder version, kept in step. Writes are serialized; reads are
+    lock-free. Embeddings of another version are refused: vectors of two models are not comparable."""
+
+    def __init__(self, data_dir: Path, dim: int, model_version: str, flat_threshold: int = FLAT_THRESHOLD) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.data_dir, self.dim = data_dir, dim
+        self.data_dir, self.dim, self.model_version = data_dir, dim, model_version
         self.store = SqliteMetadataStore(data_dir / "metadata.sqlite")
         self.vector_log = VectorLog(data_dir / "vectors.f32", dim)
         self.index = VectorIndex(dim, flat_threshold)
@@ -111,6 +130,8 @@ class Catalog:
 
     def add(self, images: list[NewImage], model_version: str) -> list[bool]:
         """Durably add new images; returns per item True (added) or False (ID already known)."""
+        if model_version != self.model_version:
+            raise ValueError(f"embeddings of {model_version} cannot join the catalog of {self.model_version}")
         with self._write_lock:
             added_flags, fresh, seen = [], [], set()
             for image in images:

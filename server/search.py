@@ -13,11 +13,11 @@ import numpy as np
 
 from server import imaging
 from server.config import Settings
-from server.encoder import EncoderClient
 from server.errors import InvalidInput, NotFound, ServiceError
 from server.filters import Candidate, collapse_duplicates
 from server.ingest import Catalog
 from server.metrics import GatewayMetrics
+from server.reindex import Live, Serving
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,10 @@ class Answer:
 
 
 class Searcher:
-    def __init__(self, catalog: Catalog, encoder: EncoderClient, settings: Settings, metrics: GatewayMetrics) -> None:
-        self.catalog, self.encoder, self.settings, self.metrics = catalog, encoder, settings, metrics
+    """Every query reads `live.serving` once: its vector and its index come from the same model version."""
+
+    def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics) -> None:
+        self.live, self.settings, self.metrics = live, settings, metrics
         self.limits = imaging.Limits(settings.max_image_bytes, settings.max_image_pixels)
 
     @contextmanager
@@ -70,32 +72,35 @@ class Searcher:
             raise InvalidInput(f"must be within [-1, 1], got {query.min_score}", field="min_score")
         return k
 
-    async def embed_query(self, query: Query, timeout_s: float | None) -> tuple[np.ndarray, int | None]:
+    async def embed_query(self, serving: Serving, query: Query, timeout_s: float | None
+                          ) -> tuple[np.ndarray, int | None]:
         """The query vector, and the internal id to exclude (search by ID)."""
         if query.image_id is not None:
-            record = self.catalog.get_visible(query.image_id)
+            catalog = serving.catalog
+            record = catalog.get_visible(query.image_id)
             if record is None:
                 raise NotFound(f"no visible indexed image {query.image_id!r}", field="image_id")
-            return self.catalog.index.reconstruct(np.array([record.internal_id]))[0], record.internal_id
+            return catalog.index.reconstruct(np.array([record.internal_id]))[0], record.internal_id
         with self._stage("decode"):
             # Off the event loop: decoding a large photo takes milliseconds (PIL releases the GIL).
             pixels = await asyncio.to_thread(imaging.prepare, query.image_bytes or b"", query.crop, self.limits)
         with self._stage("embed"):
-            vector = (await self.encoder.embed(pixels[None], timeout_s))[0]
+            vector = (await serving.encoder.embed(pixels[None], timeout_s))[0]
         return vector, None
 
     async def search(self, query: Query, timeout_s: float | None = None) -> Answer:
         k = self._validate(query)
-        vector, exclude = await self.embed_query(query, timeout_s)
-        hits = self.rank(vector, k, exclude, query.include_duplicates)
+        serving = self.live.serving
+        vector, exclude = await self.embed_query(serving, query, timeout_s)
+        hits = self.rank(serving.catalog, vector, k, exclude, query.include_duplicates)
         if query.min_score is not None:
             kept = [h for h in hits if h.score >= query.min_score]
             self.metrics.filtered_results.labels("min_score").inc(len(hits) - len(kept))
             hits = kept
-        return Answer(hits, self.encoder.model_version, self.catalog.index.version, uuid.uuid4().hex)
+        return Answer(hits, serving.encoder.model_version, serving.catalog.index.version, uuid.uuid4().hex)
 
-    def rank(self, vector: np.ndarray, k: int, exclude: int | None, include_duplicates: bool) -> list[Hit]:
-        catalog = self.catalog
+    def rank(self, catalog: Catalog, vector: np.ndarray, k: int, exclude: int | None,
+             include_duplicates: bool) -> list[Hit]:
         eligible = catalog.eligibility.eligible_count(exclude)
         # Ask for more than k so duplicates can be collapsed and backfilled; go back for more if needed.
         fetch = min(eligible, k if include_duplicates else 2 * k + 10)

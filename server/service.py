@@ -24,13 +24,15 @@ from grpc_reflection.v1alpha import reflection
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
 from server import imaging
+from server.blobs import BlobStore
 from server.config import Settings
 from server.encoder import EMBEDDING_DIM, EncoderClient
-from server.errors import InvalidInput, ServiceError, Unavailable
-from server.ingest import Catalog, NewImage, content_hash
+from server.errors import FailedPrecondition, InvalidInput, NotFound, ServiceError
+from server.ingest import Catalog, NewImage, catalog_dir, content_hash, read_active_version, write_active_version
 from server.interactions import Interaction, InteractionLog
 from server.metadata import Visibility
 from server.metrics import GatewayMetrics
+from server.reindex import Live, ModelSwitch, Serving
 from server.search import Query, Searcher
 
 log = logging.getLogger("gateway")
@@ -87,9 +89,9 @@ def _query(request: pb.SearchRequest) -> Query:
 
 
 class VisualSearchServicer(pb_grpc.VisualSearchServicer):
-    def __init__(self, searcher: Searcher, catalog: Catalog, encoder: EncoderClient, interactions: InteractionLog,
+    def __init__(self, searcher: Searcher, live: Live, blobs: BlobStore, interactions: InteractionLog,
                  metrics: GatewayMetrics, settings: Settings) -> None:
-        self.searcher, self.catalog, self.encoder = searcher, catalog, encoder
+        self.searcher, self.live, self.blobs = searcher, live, blobs
         self.interactions, self.metrics, self.settings = interactions, metrics, settings
 
     def _response(self, answer: Any) -> pb.SearchResponse:
@@ -125,8 +127,12 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
                 chunk = []
         if chunk:
             results += await self._add_chunk(chunk, context.time_remaining())
-        await asyncio.to_thread(self.catalog.snapshot_if_due)
-        return pb.AddImagesResponse(results=results, index_version=self.catalog.index.version)
+        labels = {pb.AddImageResult.ADDED: "added", pb.AddImageResult.ALREADY_EXISTS: "already_exists"}
+        for r in results:
+            self.metrics.images_added.labels(labels.get(r.status, "rejected")).inc()
+        catalog = self.live.serving.catalog
+        await asyncio.to_thread(catalog.snapshot_if_due)
+        return pb.AddImagesResponse(results=results, index_version=catalog.index.version)
 
     async def _add_chunk(self, items: list[pb.AddImageRequest], timeout_s: float | None) -> list[pb.AddImageResult]:
         limits = self.searcher.limits
@@ -144,9 +150,10 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
             results[n].error_code, results[n].error_message = exc.code.name, exc.message
 
         start = time.perf_counter()
+        serving = self.live.serving
         todo = []
         for n, item in enumerate(items):
-            if self.catalog.store.get(item.image_id) is not None:
+            if serving.catalog.store.get(item.image_id) is not None:
                 results[n].status = pb.AddImageResult.ALREADY_EXISTS  # idempotent: skip the decode and embed
             else:
                 todo.append(n)
@@ -161,33 +168,42 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
             else:
                 pixels[n] = outcome
         self.metrics.stage_latency.labels("decode").observe(time.perf_counter() - start)
-        if pixels:
-            order = list(pixels)
-            try:
-                start = time.perf_counter()
-                vectors = await self.encoder.embed(np.stack([pixels[n] for n in order]), timeout_s)
-                self.metrics.stage_latency.labels("embed").observe(time.perf_counter() - start)
-            except ServiceError as exc:
-                for n in order:
-                    reject(n, exc)
-                order = []
-            new = [NewImage(items[n].image_id, items[n].owner_id,
-                            Visibility.PRIVATE if items[n].visibility == pb.VISIBILITY_PRIVATE else Visibility.PUBLIC,
-                            content_hash(items[n].image_bytes), vectors[j]) for j, n in enumerate(order)]
+        if not pixels:
+            return results
+        order = list(pixels)
+        batch = np.stack([pixels[n] for n in order])
+        hashes = [content_hash(items[n].image_bytes) for n in order]
+        try:
             start = time.perf_counter()
-            added = await asyncio.to_thread(self.catalog.add, new, self.encoder.model_version) if new else []
+            vectors = await serving.encoder.embed(batch, timeout_s)
+            self.metrics.stage_latency.labels("embed").observe(time.perf_counter() - start)
+            start = time.perf_counter()
+            # Originals first: a new model version re-embeds from them (server/reindex.py).
+            await asyncio.to_thread(self.blobs.put_many, [(h, items[n].image_bytes) for h, n in zip(hashes, order,
+                                                                                                   strict=True)])
+            async with self.live.writes:
+                if self.live.serving is not serving:  # a model cut-over happened meanwhile: embed for the new one
+                    serving = self.live.serving
+                    vectors = await serving.encoder.embed(batch, timeout_s)
+                new = [NewImage(items[n].image_id, items[n].owner_id,
+                                Visibility.PRIVATE if items[n].visibility == pb.VISIBILITY_PRIVATE
+                                else Visibility.PUBLIC, h, vectors[j])
+                       for j, (n, h) in enumerate(zip(order, hashes, strict=True))]
+                added = await asyncio.to_thread(serving.catalog.add, new, serving.encoder.model_version)
             self.metrics.stage_latency.labels("persist").observe(time.perf_counter() - start)
-            for n, ok in zip(order, added, strict=True):
-                results[n].status = pb.AddImageResult.ADDED if ok else pb.AddImageResult.ALREADY_EXISTS
-        for r in results:
-            label = {pb.AddImageResult.ADDED: "added", pb.AddImageResult.ALREADY_EXISTS: "already_exists"}
-            self.metrics.images_added.labels(label.get(r.status, "rejected")).inc()
+        except ServiceError as exc:
+            for n in order:
+                reject(n, exc)
+            return results
+        for n, ok in zip(order, added, strict=True):
+            results[n].status = pb.AddImageResult.ADDED if ok else pb.AddImageResult.ALREADY_EXISTS
         return results
 
     @rpc
     async def DeleteImages(self, request: pb.DeleteImagesRequest, context: grpc.aio.ServicerContext
                            ) -> pb.DeleteImagesResponse:
-        count, unknown = await asyncio.to_thread(self.catalog.delete, list(request.image_ids))
+        async with self.live.writes:
+            count, unknown = await asyncio.to_thread(self.live.serving.catalog.delete, list(request.image_ids))
         return pb.DeleteImagesResponse(deleted_count=count, not_found_ids=unknown)
 
     @rpc
@@ -196,19 +212,48 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
         mapping = {pb.VISIBILITY_PUBLIC: Visibility.PUBLIC, pb.VISIBILITY_PRIVATE: Visibility.PRIVATE}
         if request.visibility not in mapping:
             raise InvalidInput("must be VISIBILITY_PUBLIC or VISIBILITY_PRIVATE", field="visibility")
-        count, unknown = await asyncio.to_thread(
-            self.catalog.set_visibility, list(request.image_ids), mapping[request.visibility])
+        async with self.live.writes:
+            count, unknown = await asyncio.to_thread(
+                self.live.serving.catalog.set_visibility, list(request.image_ids), mapping[request.visibility])
         return pb.SetVisibilityResponse(updated_count=count, not_found_ids=unknown)
 
     @rpc
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:
-        counts = await asyncio.to_thread(self.catalog.store.counts)
-        factory, params = self.catalog.index.describe()
+        serving, switch = self.live.serving, self.live.switch
+        counts = await asyncio.to_thread(serving.catalog.store.counts)
+        factory, params = serving.catalog.index.describe()
         return pb.GetStatsResponse(
             image_count=counts["public"] + counts["private"], public_count=counts["public"],
             private_count=counts["private"], deleted_count=counts["deleted"], index_type=factory,
-            index_params=params, embedding_dim=EMBEDDING_DIM, model_version=self.encoder.model_version,
-            index_version=self.catalog.index.version, index_on_gpu=params.get("gpu") == "true")
+            index_params=params, embedding_dim=EMBEDDING_DIM, model_version=serving.encoder.model_version,
+            index_version=serving.catalog.index.version, index_on_gpu=params.get("gpu") == "true",
+            switching_to_model_version=switch.target if switch else "",
+            switch_reembedded_count=switch.done if switch else 0, switch_total_count=switch.total if switch else 0,
+            switch_error=self.live.last_switch_error)
+
+    @rpc
+    async def SwitchModel(self, request: pb.SwitchModelRequest, context: grpc.aio.ServicerContext
+                          ) -> pb.SwitchModelResponse:
+        version = request.model_version
+        if not version.isdigit():
+            raise InvalidInput(f"must be a version number such as \"2\", got {version!r}", field="model_version")
+        active = self.live.serving.encoder
+        state = pb.SwitchModelResponse.STARTED
+        if version == active.version:
+            state = pb.SwitchModelResponse.ALREADY_ACTIVE
+        elif (switch := self.live.switch) is not None:
+            if switch.encoder.version != version:
+                raise FailedPrecondition(f"a switch to {switch.target} is running; wait for it (GetStats)",
+                                         field="model_version")
+            state = pb.SwitchModelResponse.ALREADY_RUNNING
+        else:
+            served = await active.served_versions()
+            if version not in served:
+                raise NotFound(f"Triton does not serve {self.settings.model_name} version {version} (served: "
+                               f"{', '.join(served)}); publish it and reload the model first", field="model_version")
+            encoder = EncoderClient(active.url, self.settings.model_name, version)
+            ModelSwitch(self.live, self.blobs, self.settings.data_dir, encoder, self.searcher.limits).start()
+        return pb.SwitchModelResponse(state=state, active_model_version=active.model_version)
 
     @rpc
     async def LogInteractions(self, request: pb.LogInteractionsRequest, context: grpc.aio.ServicerContext
@@ -233,7 +278,7 @@ class Gateway:
     def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or GatewayMetrics()
-        self.catalog: Catalog | None = None
+        self.live: Live | None = None
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
@@ -241,16 +286,22 @@ class Gateway:
     async def start(self) -> int:
         s = self.settings
         faiss.omp_set_num_threads(1)  # one query at a time: OpenMP fan-out only adds latency and steals Triton's CPU
-        self.encoder = EncoderClient(s.triton_url or f"127.0.0.1:{s.triton_grpc_port}", s.model_name)
-        self.catalog = await asyncio.to_thread(Catalog, s.data_dir, EMBEDDING_DIM)
+        # A new data directory starts with the configured version; afterwards ACTIVE_MODEL decides (SwitchModel).
+        active = read_active_version(s.data_dir) or f"{s.model_name}/{s.model_version}"
+        encoder = EncoderClient(s.triton_url or f"127.0.0.1:{s.triton_grpc_port}", s.model_name,
+                                active.rsplit("/", 1)[-1])
+        catalog = await asyncio.to_thread(Catalog, catalog_dir(s.data_dir, active), EMBEDDING_DIM, active)
+        await asyncio.to_thread(write_active_version, s.data_dir, active)
+        self.live = Live(Serving(catalog, encoder))
         self.interactions = InteractionLog(s.data_dir / "interactions.sqlite")
-        searcher = Searcher(self.catalog, self.encoder, s, self.metrics)
+        searcher = Searcher(self.live, s, self.metrics)
         self.server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ])
         pb_grpc.add_VisualSearchServicer_to_server(
-            VisualSearchServicer(searcher, self.catalog, self.encoder, self.interactions, self.metrics, s), self.server)
+            VisualSearchServicer(searcher, self.live, BlobStore(s.data_dir / "blobs"), self.interactions, self.metrics,
+                                 s), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -269,41 +320,40 @@ class Gateway:
         """Health follows Triton's readiness; gauges follow the catalog."""
         serving: bool | None = None
         while True:
-            ready = await self.encoder.is_ready()
-            if ready and not self.encoder._version:
-                try:
-                    await self.encoder.refresh_version()
-                except Unavailable:
-                    ready = False
+            ready = await self.live.serving.encoder.is_ready()
             if ready != serving:
                 status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
                 for name in ("", SERVICE_NAME):
                     await self.health.set(name, status)
-                log.info("health: %s", "SERVING" if ready else "NOT_SERVING (encoder not ready)")
+                log.info("health: %s", "SERVING" if ready else
+                         f"NOT_SERVING ({self.live.serving.encoder.model_version} not ready on Triton)")
                 serving = ready
             self._update_gauges()
             await asyncio.sleep(1.0)
 
     def _update_gauges(self) -> None:
-        assert self.catalog is not None
-        counts = self.catalog.store.counts()
+        serving = self.live.serving
+        counts = serving.catalog.store.counts()
         for state, value in counts.items():
             self.metrics.images.labels(state).set(value)
-        self.metrics.index_vectors.set(self.catalog.index.ntotal)
-        factory, _ = self.catalog.index.describe()
-        self.metrics.build_info.info({"model_version": self.encoder.model_version, "index_type": factory,
-                                      "index_version": str(self.catalog.index.version)})
+        self.metrics.index_vectors.set(serving.catalog.index.ntotal)
+        factory, _ = serving.catalog.index.describe()
+        self.metrics.build_info.info({"model_version": serving.encoder.model_version, "index_type": factory,
+                                      "index_version": str(serving.catalog.index.version)})
 
     async def stop(self, grace_s: float = 5.0) -> None:
         for task in self._tasks:
             task.cancel()
         if self.server is not None:
             await self.server.stop(grace_s)
-        if self.catalog is not None:
-            await asyncio.to_thread(self.catalog.snapshot)
-            self.catalog.close()
+        if self.live is not None:
+            if self.live.switch is not None and self.live.switch.task is not None:
+                self.live.switch.task.cancel()  # resumes at the next SwitchModel: the new catalog is durable
+            serving = self.live.serving
+            await asyncio.to_thread(serving.catalog.snapshot)
+            serving.catalog.close()
             self.interactions.close()
-        await self.encoder.close()
+            await serving.encoder.close()
 
 
 async def run_gateway(settings: Settings, ready_event: asyncio.Event | None = None,

@@ -123,6 +123,9 @@ class TritonServer:
             "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
             "--allow-cpu-metrics=true", "--metrics-interval-ms=1000",
             "--exit-on-error=true", "--strict-readiness=true",
+            # Explicit control: a newly published version is loaded by a `load_model` call (reload), never by
+            # polling the repository behind the operator's back.
+            "--model-control-mode=explicit", f"--load-model={s.model_name}",
             f"--log-verbose={self.log_verbose}",
         ]
         if self.model_config_name:

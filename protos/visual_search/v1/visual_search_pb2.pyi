@@ -158,7 +158,7 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("image_count", "public_count", "private_count", "deleted_count", "index_type", "index_params", "embedding_dim", "model_version", "index_version", "index_on_gpu")
+    __slots__ = ("image_count", "public_count", "private_count", "deleted_count", "index_type", "index_params", "embedding_dim", "model_version", "index_version", "index_on_gpu", "switching_to_model_version", "switch_reembedded_count", "switch_total_count", "switch_error")
     class IndexParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,10 @@ class GetStatsResponse(_message.Message):
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_VERSION_FIELD_NUMBER: _ClassVar[int]
     INDEX_ON_GPU_FIELD_NUMBER: _ClassVar[int]
+    SWITCHING_TO_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_REEMBEDDED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_TOTAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SWITCH_ERROR_FIELD_NUMBER: _ClassVar[int]
     image_count: int
     public_count: int
     private_count: int
@@ -186,7 +190,35 @@ class GetStatsResponse(_message.Message):
     model_version: str
     index_version: int
     index_on_gpu: bool
-    def __init__(self, image_count: _Optional[int] = ..., public_count: _Optional[int] = ..., private_count: _Optional[int] = ..., deleted_count: _Optional[int] = ..., index_type: _Optional[str] = ..., index_params: _Optional[_Mapping[str, str]] = ..., embedding_dim: _Optional[int] = ..., model_version: _Optional[str] = ..., index_version: _Optional[int] = ..., index_on_gpu: _Optional[bool] = ...) -> None: ...
+    switching_to_model_version: str
+    switch_reembedded_count: int
+    switch_total_count: int
+    switch_error: str
+    def __init__(self, image_count: _Optional[int] = ..., public_count: _Optional[int] = ..., private_count: _Optional[int] = ..., deleted_count: _Optional[int] = ..., index_type: _Optional[str] = ..., index_params: _Optional[_Mapping[str, str]] = ..., embedding_dim: _Optional[int] = ..., model_version: _Optional[str] = ..., index_version: _Optional[int] = ..., index_on_gpu: _Optional[bool] = ..., switching_to_model_version: _Optional[str] = ..., switch_reembedded_count: _Optional[int] = ..., switch_total_count: _Optional[int] = ..., switch_error: _Optional[str] = ...) -> None: ...
+
+class SwitchModelRequest(_message.Message):
+    __slots__ = ("model_version",)
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    def __init__(self, model_version: _Optional[str] = ...) -> None: ...
+
+class SwitchModelResponse(_message.Message):
+    __slots__ = ("state", "active_model_version")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[SwitchModelResponse.State]
+        STARTED: _ClassVar[SwitchModelResponse.State]
+        ALREADY_ACTIVE: _ClassVar[SwitchModelResponse.State]
+        ALREADY_RUNNING: _ClassVar[SwitchModelResponse.State]
+    STATE_UNSPECIFIED: SwitchModelResponse.State
+    STARTED: SwitchModelResponse.State
+    ALREADY_ACTIVE: SwitchModelResponse.State
+    ALREADY_RUNNING: SwitchModelResponse.State
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    state: SwitchModelResponse.State
+    active_model_version: str
+    def __init__(self, state: _Optional[_Union[SwitchModelResponse.State, str]] = ..., active_model_version: _Optional[str] = ...) -> None: ...
 
 class Interaction(_message.Message):
     __slots__ = ("request_id", "position", "image_id", "kind", "time")

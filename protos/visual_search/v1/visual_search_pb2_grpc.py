@@ -69,6 +69,11 @@ class VisualSearchStub:
                 request_serializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.LogInteractionsRequest.SerializeToString,
                 response_deserializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.LogInteractionsResponse.FromString,
                 _registered_method=True)
+        self.SwitchModel = channel.unary_unary(
+                '/visual_search.v1.VisualSearch/SwitchModel',
+                request_serializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelRequest.SerializeToString,
+                response_deserializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelResponse.FromString,
+                _registered_method=True)
 
 
 class VisualSearchServicer:
@@ -126,6 +131,17 @@ class VisualSearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SwitchModel(self, request, context):
+        """Operators: serve another encoder version. Every indexed image is re-embedded with that version into
+        an index beside the live one (searches keep being answered by the live one, adds and visibility
+        changes keep being accepted), then the gateway cuts over atomically. Returns at once; GetStats
+        reports progress. Embeddings of different versions never mix in one index.
+        NOT_FOUND: Triton does not serve that version. FAILED_PRECONDITION: a switch to another version runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisualSearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +179,11 @@ def add_VisualSearchServicer_to_server(servicer, server):
                     servicer.LogInteractions,
                     request_deserializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.LogInteractionsRequest.FromString,
                     response_serializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.LogInteractionsResponse.SerializeToString,
+            ),
+            'SwitchModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwitchModel,
+                    request_deserializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelRequest.FromString,
+                    response_serializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +375,33 @@ class VisualSearch:
             '/visual_search.v1.VisualSearch/LogInteractions',
             protos_dot_visual__search_dot_v1_dot_visual__search__pb2.LogInteractionsRequest.SerializeToString,
             protos_dot_visual__search_dot_v1_dot_visual__search__pb2.LogInteractionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwitchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visual_search.v1.VisualSearch/SwitchModel',
+            protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelRequest.SerializeToString,
+            protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,53 @@
+"""Encoder model versions in the Triton repository: list them, publish a checkpoint as the next one, reload.
+
+A version is a numbered directory holding the same ONNX contract (uint8 pixels in, unit embeddings out) and
+the same Python-backend `model.py`. Publishing writes into a staging directory and renames it into place,
+so Triton never sees a half-written version. On GPU hosts, build the version's TensorRT plan afterwards
+with deploy/gpu/build_trt_plan.py.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from server.config import ENCODER_MODEL_NAME, MODEL_REPOSITORY
+
+BACKEND_FILE = "model.py"
+
+
+def versions(repository: Path = MODEL_REPOSITORY, model_name: str = ENCODER_MODEL_NAME) -> list[str]:
+    """Published versions, oldest first."""
+    return sorted((p.name for p in (repository / model_name).iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+
+
+def publish(checkpoint: Path | None, repository: Path = MODEL_REPOSITORY,
+            model_name: str = ENCODER_MODEL_NAME) -> str:
+    """Export `checkpoint` (None: the pretrained encoder) as the next version; returns its number."""
+    from training.export_onnx import export
+
+    model_dir = repository / model_name
+    existing = versions(repository, model_name)
+    version = str(int(existing[-1]) + 1 if existing else 1)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
+    try:
+        export(staging / "model.onnx", checkpoint)
+        shutil.copy2(model_dir / existing[0] / BACKEND_FILE, staging / BACKEND_FILE)
+        os.rename(staging, model_dir / version)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return version
+
+
+def reload(triton_grpc_url: str, model_name: str = ENCODER_MODEL_NAME) -> list[str]:
+    """Ask Triton to reload the model: new versions load, served ones keep serving. Returns the loaded versions."""
+    import tritonclient.grpc as triton_grpc
+
+    client = triton_grpc.InferenceServerClient(triton_grpc_url)
+    try:
+        client.load_model(model_name)
+        return sorted(client.get_model_metadata(model_name, as_json=True)["versions"], key=int)
+    finally:
+        client.close()

@@ -17,6 +17,9 @@ class TritonPythonModel:
         # One instance uses all cores: ORT's intra-op parallelism beats two single-threaded instances
         # on a 2-core host (measured in benchmarks/encoder_bench.py). Override with ENCODER_ORT_THREADS.
         options.intra_op_num_threads = int(os.environ.get("ENCODER_ORT_THREADS", "0"))
+        # ORT's worker threads spin-wait after each run by default; on a host shared with the gateway that
+        # spinning steals the cores the gateway decodes on. Set ENCODER_ORT_SPIN=1 on a dedicated host.
+        options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("ENCODER_ORT_SPIN", "0"))
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
     def execute(self, requests: list) -> list:

@@ -39,8 +39,13 @@ class CropBox:
             raise InvalidInput("needs x_min < x_max and y_min < y_max (an empty box)", field="crop")
 
 
-def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_bytes") -> Image.Image:
-    """Bytes -> oriented RGB image. Size limits are checked on the header, before any pixel is decoded."""
+def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_bytes",
+                 needed: int | None = None) -> Image.Image:
+    """Bytes -> oriented RGB image. Size limits are checked on the header, before any pixel is decoded.
+
+    `needed`: the smallest side, in pixels, the caller will use; JPEGs then decode at a reduced scale (libjpeg's
+    DCT scaling), which costs a fraction of a full decode (benchmarks/results/profile_gateway.md).
+    """
     if not data:
         raise InvalidInput("is empty", field=field)
     if len(data) > limits.max_bytes:
@@ -53,9 +58,8 @@ def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_byt
             if width * height > limits.max_pixels:
                 raise InvalidInput(f"{width}x{height} pixels is over the {limits.max_pixels}-pixel limit",
                                    field=field)
-            if image.format == "JPEG":
-                # Let libjpeg decode at a reduced scale: we never need more than a few hundred pixels.
-                image.draft("RGB", (INPUT_SIZE * 2, INPUT_SIZE * 2))
+            if image.format == "JPEG" and needed:
+                image.draft("RGB", (needed, needed))
             image.seek(0)  # GIF/WebP: first frame
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
@@ -93,7 +97,10 @@ def to_model_input(image: Image.Image) -> np.ndarray:
 def prepare(data: bytes, crop: CropBox | None = None, limits: Limits = Limits(),
             field: str = "image_bytes") -> np.ndarray:
     """Bytes (+ optional crop) -> uint8 [224, 224, 3], the encoder's input."""
-    image = decode_image(data, limits, field)
+    # The crop (or the whole image) must keep at least INPUT_SIZE pixels a side after a reduced-scale decode.
+    fraction = min(crop.x_max - crop.x_min, crop.y_max - crop.y_min) if crop is not None else 1.0
+    needed = math.ceil(INPUT_SIZE / fraction) if fraction > 0 else None
+    image = decode_image(data, limits, field, needed)
     if crop is not None:
         image = crop_normalized(image, crop)
     return to_model_input(image)

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
 
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
@@ -286,6 +287,9 @@ class Gateway:
     async def start(self) -> int:
         s = self.settings
         faiss.omp_set_num_threads(1)  # one query at a time: OpenMP fan-out only adds latency and steals Triton's CPU
+        # Same for BLAS: OpenBLAS's worker thread busy-waits after every call; it burned ~10 ms of CPU per Search
+        # (benchmarks/results/e2e.md, CPU per request) for vector products of a few dozen rows.
+        threadpool_limits(1, user_api="blas")
         # A new data directory starts with the configured version; afterwards ACTIVE_MODEL decides (SwitchModel).
         active = read_active_version(s.data_dir) or f"{s.model_name}/{s.model_version}"
         encoder = EncoderClient(s.triton_url or f"127.0.0.1:{s.triton_grpc_port}", s.model_name,

@@ -33,3 +33,27 @@ def write_results(name: str, data: dict[str, object], markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
     print(f"wrote {RESULTS / name}.json and .md")
+
+
+def pid_of(pattern: str) -> int:
+    """The oldest process whose command line matches `pattern` (pgrep -f)."""
+    found = subprocess.run(["pgrep", "-of", pattern], capture_output=True, text=True, check=True)
+    return int(found.stdout.split()[0])
+
+
+def group_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of every live process in `pid`'s process group (Triton and its backend stubs)."""
+    group, total = os.getpgid(pid), 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:  # fields after the command: state, ppid, pgrp, ..., utime (11), stime (12)
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import resource
 import shutil
 import tempfile
 import threading
@@ -30,9 +31,18 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 from prometheus_client import CollectorRegistry
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from benchmarks.common import RESULTS, markdown_table, run_info, write_results
+from benchmarks.common import (
+    RESULTS,
+    group_cpu_seconds,
+    markdown_table,
+    pid_of,
+    process_cpu_seconds,
+    run_info,
+    write_results,
+)
 from benchmarks.index_bench import synthetic_dataset
 from benchmarks.loadgen import GatewayTarget, RunResult, TritonTarget, closed_loop, new_histogram, open_loop
 from clients.client import NewImage as UploadImage
@@ -139,6 +149,24 @@ def embed_for_ann(triton_url: str, pixels: np.ndarray) -> np.ndarray:
     return np.concatenate(out)
 
 
+class CpuMeter:
+    """CPU time per request of each party: Triton (with its backend stubs), the gateway, the load generator
+    (finished worker processes of this one). On a shared host their sum is what caps throughput."""
+
+    def __init__(self, triton_pid: int, gateway_pid: int) -> None:
+        self.triton_pid, self.gateway_pid = triton_pid, gateway_pid
+
+    def snapshot(self) -> tuple[float, float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (group_cpu_seconds(self.triton_pid), process_cpu_seconds(self.gateway_pid),
+                children.ru_utime + children.ru_stime)
+
+    def per_request(self, before: tuple[float, float, float], requests: int) -> dict[str, float]:
+        after = self.snapshot()
+        names = ("cpu_ms_triton", "cpu_ms_gateway", "cpu_ms_loadgen")
+        return {n: round(1000 * (a - b) / max(requests, 1), 2) for n, a, b in zip(names, after, before, strict=True)}
+
+
 def row(target: str, result: RunResult) -> dict[str, object]:
     return {"target": target, **result.summary()}
 
@@ -150,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--k", type=int, default=20)
     args = parser.parse_args(argv)
     quick = args.quick
+    threadpool_limits(1, user_api="blas")  # as in the gateway: no spinning BLAS thread in this process either
     filler = args.filler if args.filler is not None else (25_000 if quick else 200_000)
     n_c1, n_sat, copies = (150, 300, 1) if quick else (600, 1500, 4)
     saturation = 16
@@ -181,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             searcher = Searcher(None, settings, GatewayMetrics(CollectorRegistry()))  # type: ignore[arg-type]
             vectors = embed_for_ann(triton_url, pixels)
             index_type = catalog.index.describe()[0]
+            cpu = CpuMeter(pid_of(f"tritonserver.*--grpc-port={settings.triton_grpc_port}"),
+                           pid_of(f"server.service .*--grpc-port {settings.grpc_port}"))
 
             for name, run in (
                 ("triton", lambda c, n: closed_loop(triton, c, n, warmup=16)),
@@ -190,8 +221,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 for c, n in ((1, n_c1), (saturation, n_sat)):
                     if name == "ann" and c > 1:
                         continue  # in-process, one thread: the gateway searches one query at a time
+                    before = cpu.snapshot()
                     result = run(c, n)
-                    rows.append(row(name, result))
+                    rows.append({**row(name, result), **cpu.per_request(before, result.requests)})
                     print(f"{name:8s} c={c}: {result.qps:7.1f}/s p50 {result.percentile_ms(50):7.2f} ms "
                           f"p99 {result.percentile_ms(99):7.2f} ms errors {result.errors}", flush=True)
             catalog.close()
@@ -247,6 +279,7 @@ def report(info: dict[str, object], rows: list[dict[str, object]], sweep: list[d
              "max_qps_within_slo": f"p99 <= {SLO_P99_MS:.0f} ms"}
     columns = ["target", "mode", "concurrency", "target_rate", "requests", "qps", "p50_ms", "p90_ms", "p99_ms",
                "p99.9_ms", "errors"]
+    cpu_columns = ["target", "concurrency", "qps", "cpu_ms_triton", "cpu_ms_gateway", "cpu_ms_loadgen"]
     return "\n".join([
         "# End-to-end benchmark", "",
         f"`python -m benchmarks.e2e_bench{' --quick' if info['params']['quick'] else ''}` — commit "
@@ -258,6 +291,9 @@ def report(info: dict[str, object], rows: list[dict[str, object]], sweep: list[d
                        ["metric", "measured", "goal"]), "",
         "## Three targets (closed loop)", "",
         markdown_table(rows, columns), "",
+        "CPU time per request by process (2 cores = 2,000 ms of CPU per second; the gateway's target includes "
+        "its decode, ANN search and gRPC work, the Triton target's client sends preprocessed tensors):", "",
+        markdown_table([r for r in rows if r["target"] != "ann"], cpu_columns), "",
         "## Open-loop rate sweep of Search", "",
         markdown_table(sweep, columns), "", "![latency vs throughput](e2e_latency_vs_throughput.png)", "",
         "## Indexing", "",

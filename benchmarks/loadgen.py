@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing.synchronize import Barrier
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
@@ -124,20 +125,24 @@ class _Recorder:
             self.histogram.record_value(max(LOWEST_US, min(HIGHEST_US, elapsed_us)))
             self.done += 1
 
-    def report(self, out: mp.Queue, duration_s: float) -> None:
-        out.put((self.done, duration_s, dict(self.errors), self.histogram.encode()))
+    def report(self, out: mp.Queue, started: float) -> None:
+        """Wall-clock start and end (comparable across processes), so the run's duration spans all workers."""
+        out.put((self.done, started, time.time(), dict(self.errors), self.histogram.encode()))
 
 
-def _connect_and_warm_up(target: object, warmup: int, offset: int) -> Callable[[int], None]:
+def _connect_and_warm_up(target: object, warmup: int, offset: int, barrier: Barrier) -> Callable[[int], None]:
+    """Connect and warm up, then wait for every worker: all start measuring together."""
     call = target.connect()
     for i in range(warmup):
         with contextlib.suppress(Exception):
             call(offset + i)
+    barrier.wait()
     return call
 
 
-def _closed_worker(target: object, threads: int, requests: int, warmup: int, offset: int, out: mp.Queue) -> None:
-    call = _connect_and_warm_up(target, warmup, offset)
+def _closed_worker(target: object, threads: int, requests: int, warmup: int, offset: int, barrier: Barrier,
+                   out: mp.Queue) -> None:
+    call = _connect_and_warm_up(target, warmup, offset, barrier)
     recorder, lock = _Recorder(), threading.Lock()
     counter = iter(range(requests))
 
@@ -149,28 +154,28 @@ def _closed_worker(target: object, threads: int, requests: int, warmup: int, off
                 return
             recorder.run(call, offset + i, time.perf_counter())
 
-    start = time.perf_counter()
+    started = time.time()
     workers = [threading.Thread(target=loop) for _ in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    recorder.report(out, time.perf_counter() - start)
+    recorder.report(out, started)
 
 
 def _open_worker(target: object, rate: float, requests: int, warmup: int, seed: int, offset: int,
-                 max_in_flight: int, out: mp.Queue) -> None:
-    call = _connect_and_warm_up(target, warmup, offset)
+                 max_in_flight: int, barrier: Barrier, out: mp.Queue) -> None:
     schedule = poisson_schedule(rate, requests, seed)
+    call = _connect_and_warm_up(target, warmup, offset, barrier)
     recorder = _Recorder()
-    start = time.perf_counter()
+    started, start = time.time(), time.perf_counter()
     with ThreadPoolExecutor(max_in_flight) as pool:
         for i, t in enumerate(schedule):
             delay = start + t - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
             pool.submit(recorder.run, call, offset + i, start + t)
-    recorder.report(out, time.perf_counter() - start)
+    recorder.report(out, started)
 
 
 def poisson_schedule(rate: float, count: int, seed: int) -> np.ndarray:
@@ -183,10 +188,11 @@ def _collect(mode: str, processes: list[mp.Process], out: mp.Queue) -> RunResult
     for p in processes:
         p.join()
     histogram, errors = new_histogram(), Counter()
-    for _, _, errs, encoded in results:
+    for _, _, _, errs, encoded in results:
         histogram.add(HdrHistogram.decode(encoded))
         errors.update(errs)
-    return RunResult(mode, sum(r[0] for r in results), max(r[1] for r in results), dict(errors), histogram)
+    duration = max(r[2] for r in results) - min(r[1] for r in results)
+    return RunResult(mode, sum(r[0] for r in results), duration, dict(errors), histogram)
 
 
 def closed_loop(target: object, concurrency: int, requests: int, warmup: int = 10, processes: int = 2) -> RunResult:
@@ -195,8 +201,9 @@ def closed_loop(target: object, concurrency: int, requests: int, warmup: int = 1
     out: mp.Queue = ctx.Queue()
     processes = max(1, min(processes, concurrency))
     shares = [concurrency // processes + (1 if n < concurrency % processes else 0) for n in range(processes)]
+    barrier = ctx.Barrier(processes)
     procs = [ctx.Process(target=_closed_worker,
-                         args=(target, s, requests * s // concurrency, warmup // processes, n * 100_003, out))
+                         args=(target, s, requests * s // concurrency, warmup // processes, n * 100_003, barrier, out))
              for n, s in enumerate(shares)]
     for p in procs:
         p.start()
@@ -210,9 +217,10 @@ def open_loop(target: object, rate: float, requests: int, warmup: int = 10, proc
     """Poisson arrivals at `rate` requests/s in total (each process an independent Poisson stream)."""
     ctx = mp.get_context("spawn")
     out: mp.Queue = ctx.Queue()
+    barrier = ctx.Barrier(processes)
     procs = [ctx.Process(target=_open_worker,
                          args=(target, rate / processes, requests // processes, warmup // processes, seed + n,
-                               n * 100_003, max_in_flight, out)) for n in range(processes)]
+                               n * 100_003, max_in_flight, barrier, out)) for n in range(processes)]
     for p in procs:
         p.start()
     result = _collect("open", procs, out)

@@ -2,15 +2,22 @@
 
     python -m benchmarks.encoder_bench [--quick]
 
-One run: for each Triton config (default = dynamic batching, `no_batching`), closed-loop load at
-concurrency 1, 8, 32, 64 with real photos as preprocessed uint8 tensors; then ONNX Runtime in-process at
-batch 1 and 16, so Triton's own overhead is visible. Writes benchmarks/results/encoder.{json,md,png}.
+One run: for each Triton configuration (the served one: dynamic batching without queue delay; the same
+with 500 us and 2000 us of queue delay; `no_batching`), closed-loop load at concurrency 1, 8, 32, 64 with
+real photos as preprocessed uint8 tensors; then ONNX Runtime in-process at batch 1 and 16, so Triton's own
+overhead is visible. Writes benchmarks/results/encoder.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import matplotlib
 
@@ -27,7 +34,24 @@ from server.corpus import real_photos
 from server.triton import TritonServer
 
 CONCURRENCY = (1, 8, 32, 64)
-CONFIGS = {"dynamic_batching": None, "no_batching": "no_batching"}
+# name -> (--model-config-name, max_queue_delay_microseconds override)
+CONFIGS = {"dynamic_batching (served)": (None, None), "queue_delay_500us": (None, 500),
+           "queue_delay_2000us": (None, 2000), "no_batching": ("no_batching", None)}
+
+
+@contextmanager
+def repository_with_delay(delay_us: int | None) -> Iterator[Path]:
+    """The model repository, or a copy of it whose config waits `delay_us` to form batches."""
+    if delay_us is None:
+        yield MODEL_REPOSITORY
+        return
+    with tempfile.TemporaryDirectory(prefix="encoder-bench-") as tmp:
+        copy = Path(tmp) / "model_repository"
+        shutil.copytree(MODEL_REPOSITORY, copy)
+        config = copy / "encoder" / "config.pbtxt"
+        config.write_text(re.sub(r"max_queue_delay_microseconds: \d+", f"max_queue_delay_microseconds: {delay_us}",
+                                 config.read_text()))
+        yield copy
 
 
 def photo_tensors(count: int) -> np.ndarray:
@@ -58,15 +82,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     requests = 150 if args.quick else 800
     pixels = photo_tensors(32)
     rows = []
-    for name, config in CONFIGS.items():
-        settings = loopback_settings()
-        with TritonServer(settings, model_config_name=config) as triton:
+    for name, (config, delay_us) in CONFIGS.items():
+        with repository_with_delay(delay_us) as repository, \
+                TritonServer(loopback_settings(model_repository=repository), model_config_name=config) as triton:
             target = TritonTarget(triton.endpoint.grpc_url, pixels)
             for c in CONCURRENCY:
                 result = closed_loop(target, c, max(requests, 4 * c), warmup=max(8, c), processes=2)
                 row = {"config": name, **result.summary()}
                 rows.append(row)
-                print(f"{name:17s} c={c:3d}  {row['qps']:7.1f} img/s  p50 {row['p50_ms']:7.2f} ms  "
+                print(f"{name:26s} c={c:3d}  {row['qps']:7.1f} img/s  p50 {row['p50_ms']:7.2f} ms  "
                       f"p99 {row['p99_ms']:7.2f} ms  errors {row['errors']}", flush=True)
     raw = raw_onnxruntime(pixels, 1.0 if args.quick else 4.0)
     for r in raw:

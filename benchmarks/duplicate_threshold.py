@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import re
 
 import matplotlib
 
@@ -25,12 +24,7 @@ from PIL import Image
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from server import imaging
 from server.config import MODEL_REPOSITORY
-from server.corpus import real_photos
-
-
-def picture_key(image_id: str) -> str:
-    """Plasma wallpapers: '<name>-<WxH>' and '<name>-screenshot' are one picture."""
-    return re.sub(r"-(\d+x\d+|screenshot)$", "", image_id)
+from server.corpus import picture_key, real_photos
 
 
 def main() -> None:

@@ -80,6 +80,11 @@ def real_photos() -> tuple[CorpusImage, ...]:
     return tuple(sorted(unique.values(), key=lambda i: i.image_id))
 
 
+def picture_key(image_id: str) -> str:
+    """Plasma wallpapers ship one picture as '<name>-<WxH>' and '<name>-screenshot': the same picture."""
+    return re.sub(r"-(\d+x\d+|screenshot)$", "", image_id)
+
+
 def write_manifest(path: Path) -> None:
     rows = [{**asdict(i), "path": str(i.path)} for i in real_photos()]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")

@@ -1,0 +1,61 @@
+"""Promotion gate: a candidate encoder version ships only if it ranks at least as well as the served one.
+
+    python -m evaluation.gate --candidate 2 [--current 1] [--tolerance 0.005] [--triton-url ...]
+                              [--model-repository DIR] [--set builtin | DIR]
+
+Both versions run through the same evaluation (the real encoder, the index the gateway serves). The
+decision uses nDCG@10 on the served index: promote when candidate >= current - tolerance. The default
+tolerance, 0.005, is a quarter of the nDCG@10 change one query makes on the 80-query built-in set
+(a query moves the mean by up to 1/80 = 0.0125), so the gate refuses any real regression while a
+re-export of the same weights (identical numbers) passes. Exit code 0: promote; 1: refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from benchmarks.common import markdown_table
+from evaluation.run_eval import COLUMNS, load_set, run, triton_url
+from server.config import MODEL_REPOSITORY
+
+METRIC = "ndcg@10"
+DEFAULT_TOLERANCE = 0.005
+
+
+def decide(current: dict[str, float], candidate: dict[str, float], tolerance: float = DEFAULT_TOLERANCE
+           ) -> tuple[bool, str]:
+    """(promote?, reason naming both numbers)."""
+    old, new = current[METRIC], candidate[METRIC]
+    if new >= old - tolerance:
+        verdict = "better than" if new > old else "within tolerance of" if new < old else "equal to"
+        return True, f"promote: {METRIC} {new:.4f} is {verdict} the served {old:.4f} (tolerance {tolerance})"
+    return False, f"refuse: {METRIC} {new:.4f} is worse than the served {old:.4f} by {old - new:.4f} " \
+                  f"(more than the tolerance {tolerance})"
+
+
+def served_row(rows: list[dict[str, object]], version: str) -> dict[str, float]:
+    return next(r for r in rows if r["version"] == version and str(r["index"]).startswith("served"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidate", required=True)
+    parser.add_argument("--current", default="1")
+    parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    parser.add_argument("--set", default="builtin")
+    parser.add_argument("--sources", type=int, default=40)
+    parser.add_argument("--triton-url", default=None)
+    parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
+    args = parser.parse_args(argv)
+    with triton_url(args.triton_url, args.model_repository) as url:
+        rows = run(load_set(args.set, args.sources), [args.current, args.candidate], url)
+    print(markdown_table(rows, COLUMNS))
+    promote, reason = decide(served_row(rows, args.current), served_row(rows, args.candidate), args.tolerance)
+    print(reason)
+    return 0 if promote else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

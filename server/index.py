@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,10 @@ from server.durable import replace_durably
 log = logging.getLogger("index")
 
 FLAT_THRESHOLD = 20_000  # below: exact search costs < ~3 ms and IVF training has too few points
+# Above: an exact float copy for the re-rank (5 KB per 1280-d vector) no longer fits in memory; re-rank on
+# 8-bit scalar-quantized copies and assign lists with an HNSW graph (benchmarks/results/scale.md: 10M vectors
+# in 15.75 GiB at 10-recall@10 0.9875, 12 ms per query).
+LARGE_THRESHOLD = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,19 @@ class IndexParams:
     def is_flat(self) -> bool:
         return self.nprobe == 0
 
+    @property
+    def exact_rerank(self) -> bool:
+        """Flat, or IVF-PQ re-ranked on exact float copies (RFlat): the index holds the exact vectors."""
+        return self.is_flat or self.factory.endswith("RFlat")
 
-def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD) -> IndexParams:
+
+def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD,
+               large_threshold: int = LARGE_THRESHOLD) -> IndexParams:
     """Index type and search parameters for a corpus of n vectors."""
     if n < flat_threshold:
         return IndexParams("Flat")
+    if n >= large_threshold:
+        return large_params(2 ** round(math.log2(math.sqrt(n))), m=dim // 2)
     # ~4*sqrt(n) lists (power of two), keeping >= 39 training points per list as FAISS recommends.
     nlist = 2 ** int(math.log2(max(64, min(4 * math.sqrt(n), n / 39))))
     return ivf_params(nlist, m=dim // 2)
@@ -53,14 +66,29 @@ def ivf_params(nlist: int, m: int) -> IndexParams:
     return IndexParams(f"IVF{nlist},PQ{m}x4fs,RFlat", nprobe=max(16, nlist // 16), k_factor=32)
 
 
-def _build(params: IndexParams, dim: int, vectors: np.ndarray) -> faiss.Index:
+def large_params(nlist: int, m: int) -> IndexParams:
+    """~sqrt(n) lists (k-means on 2 cores must finish), nprobe nlist/32, SQ8 re-rank of 32x the candidates."""
+    return IndexParams(f"IVF{nlist}_HNSW32,PQ{m}x4fs,Refine(SQ8)", nprobe=max(16, nlist // 32), k_factor=32)
+
+
+def _params_of(index: faiss.Index) -> IndexParams:
+    """The parameters of a loaded index (its factory string is not stored)."""
+    if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+        return IndexParams("Flat")
+    nlist, m = faiss.extract_index_ivf(index).nlist, faiss.downcast_index(index.base_index).pq.M
+    refine = faiss.downcast_index(index.refine_index)
+    return large_params(nlist, m) if isinstance(refine, faiss.IndexScalarQuantizer) else ivf_params(nlist, m)
+
+
+def _build(params: IndexParams, dim: int, stored: np.ndarray) -> faiss.Index:
+    """Train on a sample of the stored rows, then add them in chunks (they may be a memory map of 10M rows)."""
     index = faiss.index_factory(dim, params.factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         rng = np.random.default_rng(0)
-        sample = vectors if len(vectors) <= 200_000 else vectors[rng.choice(len(vectors), 200_000, replace=False)]
-        index.train(np.ascontiguousarray(sample))
-    if len(vectors):
-        index.add(vectors)
+        rows = np.sort(rng.choice(len(stored), 200_000, replace=False)) if len(stored) > 200_000 else slice(None)
+        index.train(np.ascontiguousarray(stored[rows], dtype=np.float32))
+    for start in range(0, len(stored), 100_000):
+        index.add(np.ascontiguousarray(stored[start:start + 100_000], dtype=np.float32))
     return _maybe_to_gpu(index)
 
 
@@ -78,10 +106,15 @@ def on_gpu() -> bool:
 class VectorIndex:
     """Thread-safe: searches run concurrently (FAISS releases the GIL); adds and swaps take the lock."""
 
-    def __init__(self, dim: int, flat_threshold: int = FLAT_THRESHOLD, rebuild_in_background: bool = True) -> None:
+    def __init__(self, dim: int, flat_threshold: int = FLAT_THRESHOLD, rebuild_in_background: bool = True,
+                 large_threshold: int = LARGE_THRESHOLD, stored: Callable[[], np.ndarray] | None = None) -> None:
+        """`stored`: every added vector, row = id (the catalog's vector log, memory-mapped). Without it the index
+        must keep exact copies itself, so it never switches to the SQ8 re-rank."""
         self.dim = dim
         self.flat_threshold = flat_threshold
+        self.large_threshold = large_threshold if stored is not None else 2**62
         self.rebuild_in_background = rebuild_in_background
+        self._stored = stored
         self.params = params_for(0, dim, flat_threshold)
         self._index: faiss.Index = _build(self.params, dim, np.empty((0, dim), np.float32))
         self._lock = threading.RLock()
@@ -100,8 +133,12 @@ class VectorIndex:
         return p.factory, {"metric": "inner_product", **extra, "gpu": str(on_gpu()).lower()}
 
     def vectors(self) -> np.ndarray:
-        """Zero-copy view of the exact stored vectors (the Flat index or the RFlat re-rank storage)."""
+        """Every vector added, row = id: a zero-copy view of the index's exact copies (Flat, RFlat) or, for
+        the SQ8 re-rank, the stored rows. The view is invalid after the next add: copy what you keep."""
         with self._lock:
+            if not self.params.exact_rerank:
+                assert self._stored is not None
+                return self._stored()
             flat = self._index if self.params.is_flat else faiss.downcast_index(self._index.refine_index)
             n = flat.ntotal
             if n == 0:
@@ -109,7 +146,7 @@ class VectorIndex:
             return faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        return self.vectors()[np.asarray(ids, dtype=np.int64)].copy()
+        return np.asarray(self.vectors()[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
 
     # -- writes ------------------------------------------------------------------------------------------
     def add(self, first_id: int, vectors: np.ndarray) -> None:
@@ -120,7 +157,7 @@ class VectorIndex:
                 raise ValueError(f"ids are positions: expected first id {self.ntotal}, got {first_id}")
             self._index.add(vectors)
             self.version += 1
-            target = params_for(self.ntotal, self.dim, self.flat_threshold)
+            target = params_for(self.ntotal, self.dim, self.flat_threshold, self.large_threshold)
             if self._needs_rebuild(target) and not self._rebuilding:
                 self._rebuilding = True
                 if self.rebuild_in_background:
@@ -129,22 +166,27 @@ class VectorIndex:
                     self._rebuild(target)
 
     def _needs_rebuild(self, target: IndexParams) -> bool:
-        """Flat -> IVF-PQ at the threshold; re-tune IVF only when the corpus has grown 4x since the last build."""
-        if self.params.is_flat:
-            return not target.is_flat
+        """Flat -> IVF-PQ at the threshold, exact -> SQ8 re-rank at the large threshold; otherwise re-tune IVF
+        only when the corpus has grown 4x since the last build."""
+        if self.params.is_flat or target.exact_rerank != self.params.exact_rerank:
+            return target.factory != self.params.factory
         return target.factory != self.params.factory and self.ntotal >= 4 * self._built_at
 
     def _rebuild(self, target: IndexParams) -> None:
         """Train + fill a new index off to the side; searches continue on the old one; swap under the lock."""
         try:
-            snapshot = self.vectors().copy()
-            log.info("rebuilding index %s -> %s on %d vectors", self.params.factory, target.factory, len(snapshot))
-            index = _build(target, self.dim, snapshot)
             with self._lock:
-                late = self.vectors()[len(snapshot):]
+                # Exact copies inside the index move when it grows: copy them. Stored rows are read in place.
+                source = self.vectors() if self._stored is None else self._stored()
+                snapshot = source.copy() if self._stored is None else source
+                built = self.ntotal
+            log.info("rebuilding index %s -> %s on %d vectors", self.params.factory, target.factory, built)
+            index = _build(target, self.dim, snapshot[:built])
+            with self._lock:
+                late = self.vectors()[built:self.ntotal]
                 if len(late):
-                    index.add(np.ascontiguousarray(late))
-                self._index, self.params, self._built_at = index, target, len(snapshot)
+                    index.add(np.ascontiguousarray(late, dtype=np.float32))
+                self._index, self.params, self._built_at = index, target, built
                 self.version += 1
             log.info("index rebuilt: %s (%d vectors)", target.factory, index.ntotal)
         finally:
@@ -165,6 +207,10 @@ class VectorIndex:
         nprobe, nlist = params.nprobe, faiss.extract_index_ivf(index).nlist
         while True:
             ivf = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
+            # The HNSW coarse quantizer must explore at least nprobe centroids (kept referenced during the search).
+            quantizer = faiss.SearchParametersHNSW(efSearch=2 * nprobe)
+            if not params.exact_rerank:
+                ivf.quantizer_params = quantizer
             search_params = faiss.IndexRefineSearchParameters(k_factor=params.k_factor, base_index_params=ivf)
             scores, ids = index.search(queries, k, params=search_params)
             # A restrictive selector can leave the probed lists with fewer than k eligible vectors: probe more
@@ -188,10 +234,6 @@ class VectorIndex:
         index = faiss.read_index(str(path))
         with self._lock:
             self._index = _maybe_to_gpu(index)
-            if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
-                self.params = IndexParams("Flat")
-            else:
-                ivf = faiss.extract_index_ivf(index)
-                self.params = ivf_params(ivf.nlist, m=faiss.downcast_index(index.base_index).pq.M)
+            self.params = _params_of(index)
             self._built_at = index.ntotal
             self.version += 1

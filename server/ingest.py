@@ -61,9 +61,15 @@ class VectorLog:
         self._file.flush()
         os.fsync(self._file.fileno())
 
+    def view(self) -> np.ndarray:
+        """All rows, memory-mapped (read-only)."""
+        rows = self.rows()
+        if rows == 0:
+            return np.empty((0, self.dim), np.float32)
+        return np.memmap(self.path, dtype="<f4", mode="r", shape=(rows, self.dim))
+
     def read(self, start: int, stop: int) -> np.ndarray:
-        data = np.memmap(self.path, dtype="<f4", mode="r", shape=(self.rows(), self.dim))
-        return np.array(data[start:stop], dtype=np.float32)
+        return np.array(self.view()[start:stop], dtype=np.float32)
 
     def close(self) -> None:
         self._file.close()
@@ -94,7 +100,7 @@ class Catalog:
         self.data_dir, self.dim, self.model_version = data_dir, dim, model_version
         self.store = SqliteMetadataStore(data_dir / "metadata.sqlite")
         self.vector_log = VectorLog(data_dir / "vectors.f32", dim)
-        self.index = VectorIndex(dim, flat_threshold)
+        self.index = VectorIndex(dim, flat_threshold, stored=self.vector_log.view)
         self.eligibility = Eligibility()
         self.image_ids: list[str] = []  # internal id -> external id (hot path: no DB lookups)
         self.hashes: list[str] = []  # internal id -> content hash (duplicate collapse)

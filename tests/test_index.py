@@ -24,6 +24,44 @@ def test_params_follow_corpus_size():
     big = params_for(1_000_000, 1280)
     assert big.factory.startswith("IVF2048,PQ640x4fs") and big.factory.endswith("RFlat")
     assert params_for(30_000, 1280).factory.startswith("IVF")
+    huge = params_for(10_000_000, 1280)
+    assert huge.factory == "IVF4096_HNSW32,PQ640x4fs,Refine(SQ8)" and huge.nprobe == 128 and huge.k_factor == 32
+    assert not huge.exact_rerank and big.exact_rerank
+
+
+@pytest.mark.timeout(300)
+def test_large_corpora_switch_to_sq8_rerank_over_stored_rows_and_keep_recall(tmp_path):
+    """Past the large threshold the index stops holding exact copies: rebuilds read the stored rows (the
+    catalog's memory-mapped vector log), the re-rank uses 8-bit codes, and recall, selectors and snapshots
+    still hold."""
+    dim, n = 128, 12_000
+    x, queries = clustered(n, dim, clusters=100), clustered(200, dim, seed=1, clusters=100)
+    stored = np.lib.format.open_memmap(tmp_path / "rows.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    stored[:] = x
+    index = VectorIndex(dim, flat_threshold=2_000, large_threshold=8_000, rebuild_in_background=False,
+                        stored=lambda: stored)
+    index.add(0, x[:5_000])
+    assert index.describe()[0].endswith("RFlat")
+    index.add(5_000, x[5_000:])
+    factory, _ = index.describe()
+    assert factory.endswith("Refine(SQ8)") and "_HNSW32" in factory
+    np.testing.assert_array_equal(index.reconstruct(np.array([7, 11_999])), x[[7, 11_999]])
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(x)
+    _, truth = exact.search(queries, 10)
+    _, got = index.search(queries, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)])
+    assert recall >= 0.95, recall
+    eligible = Eligibility()
+    for i in range(0, n, 50):  # 2% eligible: most probed lists hold none
+        eligible.set(i, True)
+    selector, _keep = eligible.selector()
+    _, ids = index.search(queries[:5], 10, selector)
+    assert (ids >= 0).all() and all(i % 50 == 0 for i in ids.ravel())
+    index.save(tmp_path / "index.faiss")
+    loaded = VectorIndex(dim, stored=lambda: stored)
+    loaded.load(tmp_path / "index.faiss")
+    assert loaded.describe() == index.describe()
 
 
 @pytest.mark.timeout(300)

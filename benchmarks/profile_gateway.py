@@ -21,7 +21,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
-from benchmarks.e2e_bench import index_through_gateway, search_queries, uploads
+from benchmarks.e2e_bench import add_filler, index_through_gateway, search_queries, uploads
 from benchmarks.loadgen import GatewayTarget, closed_loop
 from server.cli import running_services
 from server.config import loopback_settings
@@ -67,10 +67,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--filler", type=int, default=0, help="generated vectors in the index (see e2e_bench)")
     args = parser.parse_args(argv)
     images = uploads()
     with tempfile.TemporaryDirectory(prefix="vsearch-profile-") as tmp:
         settings = loopback_settings(data_dir=Path(tmp) / "data")
+        add_filler(settings.data_dir, args.filler)
         with running_services(settings, Path(tmp) / "logs"):
             index_through_gateway(settings.grpc_address, images, copies=1)
             metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     info = run_info(seconds=args.seconds, concurrency=args.concurrency)
     data = {**info, "client": client, "server_side": stages, "top_frames": frames}
     md = ["# Gateway profile", "",
-          f"`python -m benchmarks.profile_gateway --concurrency {args.concurrency}` — commit {info['git_commit']}, "
+          f"`python -m benchmarks.profile_gateway --concurrency {args.concurrency} --filler {args.filler}` — "
+          f"commit {info['git_commit']}, "
           f"{info['cpu_count']} CPUs. Client-side: {client['qps']} req/s, mean {client['mean_ms']} ms, "
           f"p50 {client['p50_ms']} ms, p99 {client['p99_ms']} ms.", "",
           "## Server-side means (gateway metrics, during the run)", "",

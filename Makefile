@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-DEBIAN_PACKAGES := prometheus gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers \
+DEBIAN_PACKAGES := prometheus fonts-dejavu-core gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers \
                    ukui-wallpapers lomiri-wallpapers-20.04
 ONNX   := model_repository/encoder/1/model.onnx
 

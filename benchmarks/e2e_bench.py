@@ -24,6 +24,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import faiss
 import matplotlib
 
 matplotlib.use("Agg")
@@ -178,7 +179,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--k", type=int, default=20)
     args = parser.parse_args(argv)
     quick = args.quick
-    threadpool_limits(1, user_api="blas")  # as in the gateway: no spinning BLAS thread in this process either
+    # As in the gateway: one OpenMP thread for FAISS (the raw ANN target must search the way the gateway does)
+    # and no spinning BLAS thread in this process either.
+    faiss.omp_set_num_threads(1)
+    threadpool_limits(1, user_api="blas")
     filler = args.filler if args.filler is not None else (25_000 if quick else 200_000)
     n_c1, n_sat, copies = (150, 300, 1) if quick else (600, 1500, 4)
     saturation = 16

@@ -68,13 +68,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--seconds", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--filler", type=int, default=0, help="generated vectors in the index (see e2e_bench)")
+    parser.add_argument("--copies", type=int, default=1, help="near-identical copies of each photo indexed")
     args = parser.parse_args(argv)
     images = uploads()
     with tempfile.TemporaryDirectory(prefix="vsearch-profile-") as tmp:
         settings = loopback_settings(data_dir=Path(tmp) / "data")
         add_filler(settings.data_dir, args.filler)
         with running_services(settings, Path(tmp) / "logs"):
-            index_through_gateway(settings.grpc_address, images, copies=1)
+            index_through_gateway(settings.grpc_address, images, copies=args.copies)
             metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
             target = GatewayTarget(settings.grpc_address, search_queries(images))
             closed_loop(target, args.concurrency, 100)  # warm-up
@@ -103,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     info = run_info(seconds=args.seconds, concurrency=args.concurrency)
     data = {**info, "client": client, "server_side": stages, "top_frames": frames}
     md = ["# Gateway profile", "",
-          f"`python -m benchmarks.profile_gateway --concurrency {args.concurrency} --filler {args.filler}` — "
+          f"`python -m benchmarks.profile_gateway --concurrency {args.concurrency} --filler {args.filler} "
+          f"--copies {args.copies}` — "
           f"commit {info['git_commit']}, "
           f"{info['cpu_count']} CPUs. Client-side: {client['qps']} req/s, mean {client['mean_ms']} ms, "
           f"p50 {client['p50_ms']} ms, p99 {client['p99_ms']} ms.", "",

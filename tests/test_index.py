@@ -19,6 +19,15 @@ def clustered(n: int, dim: int, seed: int = 0, clusters: int = 200, noise: float
     return x
 
 
+def recall_at_10(index: VectorIndex, x: np.ndarray, queries: np.ndarray) -> float:
+    """10-recall@10 of the index against exact inner-product search over x."""
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    _, truth = exact.search(queries, 10)
+    _, got = index.search(queries, 10)
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)]))
+
+
 def test_params_follow_corpus_size():
     assert params_for(1000, 1280).factory == "Flat"
     big = params_for(1_000_000, 1280)
@@ -46,11 +55,7 @@ def test_large_corpora_switch_to_sq8_rerank_over_stored_rows_and_keep_recall(tmp
     factory, _ = index.describe()
     assert factory.endswith("Refine(SQ8)") and "_HNSW32" in factory
     np.testing.assert_array_equal(index.reconstruct(np.array([7, 11_999])), x[[7, 11_999]])
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(x)
-    _, truth = exact.search(queries, 10)
-    _, got = index.search(queries, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)])
+    recall = recall_at_10(index, x, queries)
     assert recall >= 0.95, recall
     eligible = Eligibility()
     for i in range(0, n, 50):  # 2% eligible: most probed lists hold none
@@ -74,11 +79,7 @@ def test_flat_rebuilds_into_ivfpq_with_recall_above_095():
     index.add(15_000, x[15_000:])
     factory, params = index.describe()
     assert factory.startswith("IVF") and "nprobe" in params
-    exact = faiss.IndexFlatIP(dim)
-    exact.add(x)
-    _, truth = exact.search(queries, 10)
-    _, got = index.search(queries, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(truth, got, strict=True)])
+    recall = recall_at_10(index, x, queries)
     assert recall >= 0.95, recall
 
 

@@ -1,0 +1,137 @@
+"""The storage seam: what the query and indexing paths need from a store of image embeddings.
+
+A `VectorStore` holds the embeddings of ONE encoder version plus each image's record (owner, visibility,
+deleted flag, content hash). Backends: `store/faiss` (embedded, the default) and `store/milvus` (a cluster).
+Every backend passes the same contract suite (tests/test_store_contract.py).
+
+Security properties every backend keeps:
+- `search` returns only eligible images (public and not deleted), filtered INSIDE the ANN search, and returns
+  exactly min(k, eligible images) results;
+- a visibility change or delete is honoured by every search that starts after the call returns;
+- `add` is durable when it returns (an acknowledged image survives a crash of the process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Protocol
+
+import numpy as np
+
+
+class Visibility(IntEnum):
+    PUBLIC = 1
+    PRIVATE = 2
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: str
+    internal_id: int  # position in the store's add order (FAISS id); backends without positions use -1
+    owner_id: str
+    visibility: Visibility
+    deleted: bool
+    content_hash: str
+    model_version: str
+    added_at: float
+
+    @property
+    def eligible(self) -> bool:
+        """May this image appear in search results?"""
+        return self.visibility == Visibility.PUBLIC and not self.deleted
+
+
+@dataclass(frozen=True)
+class NewImage:
+    image_id: str
+    owner_id: str
+    visibility: Visibility
+    content_hash: str
+    vector: np.ndarray  # float32 [dim], unit norm
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One search result before duplicate collapse: its vector and hash let the query layer collapse copies."""
+
+    image_id: str
+    score: float
+    content_hash: str
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class Counts:
+    public: int = 0
+    private: int = 0
+    deleted: int = 0
+
+    @property
+    def live(self) -> int:
+        return self.public + self.private
+
+
+@dataclass(frozen=True)
+class Changed:
+    """Outcome of a visibility change or delete: how many records changed, which IDs are unknown or deleted."""
+
+    count: int
+    not_found: list[str]
+
+
+class VectorStore(Protocol):
+    model_version: str  # `encoder/N`: the only version whose embeddings this store accepts
+    dim: int
+
+    @property
+    def version(self) -> int:
+        """Grows with every change the store serves (answers carry it)."""
+        ...
+
+    def add(self, images: Sequence[NewImage]) -> list[bool]:
+        """Durably add; per item True (added) or False (the ID exists already, in any state)."""
+        ...
+
+    def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Candidate]:
+        """Top-k eligible images by inner product, best first, never `exclude`; min(k, eligible) results."""
+        ...
+
+    def eligible_count(self) -> int: ...
+
+    def get(self, image_id: str) -> ImageRecord | None: ...
+
+    def vector(self, image_id: str) -> np.ndarray | None:
+        """The stored embedding of an image (None if unknown)."""
+        ...
+
+    def set_visibility(self, image_ids: Sequence[str], visibility: Visibility) -> Changed: ...
+
+    def delete(self, image_ids: Sequence[str]) -> Changed: ...
+
+    def counts(self) -> Counts:
+        """Kept incrementally: cheap enough to call every second (no full-table scan)."""
+        ...
+
+    def describe(self) -> tuple[str, dict[str, str]]:
+        """Index type and its parameters, for GetStats and metrics."""
+        ...
+
+    def added_total(self) -> int:
+        """How many images were ever added (deleted ones included): the next add position."""
+        ...
+
+    def records(self, start: int, stop: int) -> list[ImageRecord]:
+        """Records at add positions [start, stop), in add order (a model switch copies by position)."""
+        ...
+
+    def iter_records(self) -> Iterator[ImageRecord]: ...
+
+    def snapshot(self) -> None:
+        """Persist what makes the next start fast (the FAISS index file; a flush on a server)."""
+        ...
+
+    def snapshot_if_due(self) -> bool: ...
+
+    def close(self) -> None: ...

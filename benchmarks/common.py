@@ -35,12 +35,6 @@ def write_results(name: str, data: dict[str, object], markdown: str) -> None:
     print(f"wrote {RESULTS / name}.json and .md")
 
 
-def pid_of(pattern: str) -> int:
-    """The oldest process whose command line matches `pattern` (pgrep -f)."""
-    found = subprocess.run(["pgrep", "-of", pattern], capture_output=True, text=True, check=True)
-    return int(found.stdout.split()[0])
-
-
 def group_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of every live process in `pid`'s process group (Triton and its backend stubs)."""
     group, total = os.getpgid(pid), 0.0

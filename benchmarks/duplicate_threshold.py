@@ -22,9 +22,9 @@ import onnxruntime as ort
 from PIL import Image
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
-from server import imaging
-from server.config import MODEL_REPOSITORY
-from server.corpus import picture_key, real_photos
+from server.core.config import MODEL_REPOSITORY
+from server.embedding import imaging
+from server.tools.corpus import picture_key, real_photos
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ Writes benchmarks/results/e2e.{json,md} and e2e_latency_vs_throughput.png.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import resource
 import shutil
@@ -39,7 +40,6 @@ from benchmarks.common import (
     RESULTS,
     group_cpu_seconds,
     markdown_table,
-    pid_of,
     process_cpu_seconds,
     run_info,
     write_results,
@@ -48,15 +48,18 @@ from benchmarks.index_bench import synthetic_dataset
 from benchmarks.loadgen import GatewayTarget, RunResult, TritonTarget, closed_loop, new_histogram, open_loop
 from clients.client import NewImage as UploadImage
 from clients.client import VisualSearchClient
-from server import imaging
-from server.cli import running_services
-from server.config import ENCODER_MODEL_NAME, loopback_settings
-from server.corpus import real_photos
-from server.encoder import EMBEDDING_DIM
-from server.ingest import Catalog, NewImage, catalog_dir, read_active_version
-from server.metadata import Visibility
-from server.metrics import GatewayMetrics
-from server.search import Searcher
+from server.core.config import loopback_settings
+from server.core.metrics import GatewayMetrics
+from server.embedding import imaging
+from server.embedding.contract import EMBEDDING_DIM, MODEL_NAME
+from server.embedding.encoder import EncoderClient
+from server.embedding.pipeline import embed_pixels
+from server.query.search import Ranker
+from server.store.base import NewImage, VectorStore, Visibility
+from server.store.catalogs import catalog_dir, open_store, read_active_version
+from server.store.faiss import FaissVectorStore
+from server.tools.corpus import real_photos
+from server.tools.launcher import running_services
 
 SLO_P99_MS = 100.0  # the Search latency SLO of deploy/prometheus/rules/alerts.yml
 UPLOAD_MAX_SIDE = 1024  # uploads as a client would send them: a phone-sized JPEG, not a 4K original
@@ -84,15 +87,13 @@ def add_filler(data_dir: Path, count: int) -> None:
     if not count:
         return
     vectors, _ = synthetic_dataset(count, 1)
-    version = f"{ENCODER_MODEL_NAME}/1"
-    catalog = Catalog(catalog_dir(data_dir, version), EMBEDDING_DIM, version)
-    catalog.index.rebuild_in_background = False
+    version = f"{MODEL_NAME}/1"
+    store = FaissVectorStore(catalog_dir(data_dir, version), EMBEDDING_DIM, version, rebuild_in_background=False)
     print(f"adding {count} filler vectors and building the index ...", flush=True)
-    catalog.add([NewImage(f"filler-{i}", "bench", Visibility.PUBLIC, f"filler-{i}", v) for i, v in enumerate(vectors)],
-                version)
-    catalog.snapshot()
-    print(f"filler index: {catalog.index.describe()[0]}", flush=True)
-    catalog.close()
+    store.add([NewImage(f"filler-{i}", "bench", Visibility.PUBLIC, f"filler-{i}", v) for i, v in enumerate(vectors)])
+    store.snapshot()
+    print(f"filler index: {store.describe()[0]}", flush=True)
+    store.close()
 
 
 def index_through_gateway(target: str, images: list[bytes], copies: int, streams: int = 2) -> dict[str, float]:
@@ -125,13 +126,13 @@ def index_through_gateway(target: str, images: list[bytes], copies: int, streams
             "images_per_s": round(len(items) / elapsed, 1), "streams": streams}
 
 
-def ann_run(searcher: Searcher, catalog: Catalog, vectors: np.ndarray, k: int, requests: int) -> RunResult:
+def ann_run(ranker: Ranker, store: VectorStore, vectors: np.ndarray, k: int, requests: int) -> RunResult:
     """The gateway's own search call (index + privacy selector + duplicate collapse), in this process."""
     histogram = new_histogram()
     start = time.perf_counter()
     for i in range(requests):
         t = time.perf_counter()
-        searcher.rank(catalog, vectors[i % len(vectors)], k, None, include_duplicates=False)
+        ranker.rank(store, vectors[i % len(vectors)], k, None, include_duplicates=False)
         histogram.record_value(max(1, int((time.perf_counter() - t) * 1e6)))
     result = RunResult("in-process", requests, time.perf_counter() - start, {}, histogram)
     result.concurrency = 1
@@ -139,15 +140,14 @@ def ann_run(searcher: Searcher, catalog: Catalog, vectors: np.ndarray, k: int, r
 
 
 def embed_for_ann(triton_url: str, pixels: np.ndarray) -> np.ndarray:
-    import tritonclient.grpc as triton_grpc
+    async def embed() -> np.ndarray:
+        encoder = EncoderClient(triton_url)
+        try:
+            return await embed_pixels(encoder, list(pixels), timeout_s=300)
+        finally:
+            await encoder.close()
 
-    client = triton_grpc.InferenceServerClient(triton_url)
-    out = []
-    for start in range(0, len(pixels), 32):
-        tensor = triton_grpc.InferInput("pixels", [len(pixels[start:start + 32]), *pixels.shape[1:]], "UINT8")
-        tensor.set_data_from_numpy(pixels[start:start + 32])
-        out.append(client.infer("encoder", [tensor]).as_numpy("embedding"))
-    return np.concatenate(out)
+    return asyncio.run(embed())
 
 
 class CpuMeter:
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         data_dir = Path(tmp) / "data"
         add_filler(data_dir, filler)
         settings = loopback_settings(data_dir=data_dir)
-        with running_services(settings, Path(tmp) / "logs"):
+        with running_services(settings, Path(tmp) / "logs") as services:
             gateway_url, triton_url = settings.grpc_address, settings.triton_url
             triton = TritonTarget(triton_url, pixels)
             gateway = GatewayTarget(gateway_url, queries, k=args.k)
@@ -210,16 +210,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             # Raw ANN on a copy of the very catalog the gateway serves (the gateway keeps its own open).
             shutil.copytree(data_dir, Path(tmp) / "ann", ignore=shutil.ignore_patterns("*.log"))
             version = read_active_version(data_dir)
-            catalog = Catalog(catalog_dir(Path(tmp) / "ann", version), EMBEDDING_DIM, version)
-            searcher = Searcher(None, settings, GatewayMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+            store = open_store(settings.with_overrides(data_dir=Path(tmp) / "ann"), version)
+            ranker = Ranker(settings.duplicate_threshold, GatewayMetrics(CollectorRegistry()))
             vectors = embed_for_ann(triton_url, pixels)
-            index_type = catalog.index.describe()[0]
-            cpu = CpuMeter(pid_of(f"tritonserver.*--grpc-port={settings.triton_grpc_port}"),
-                           pid_of(f"server.service .*--grpc-port {settings.grpc_port}"))
+            index_type = store.describe()[0]
+            cpu = CpuMeter(services.triton.pid, services.gateway.pid)
 
             for name, run in (
                 ("triton", lambda c, n: closed_loop(triton, c, n, warmup=16)),
-                ("ann", lambda c, n: ann_run(searcher, catalog, vectors, args.k, n)),
+                ("ann", lambda c, n: ann_run(ranker, store, vectors, args.k, n)),
                 ("gateway", lambda c, n: closed_loop(gateway, c, n, warmup=16)),
             ):
                 for c, n in ((1, n_c1), (saturation, n_sat)):
@@ -230,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     rows.append({**row(name, result), **cpu.per_request(before, result.requests)})
                     print(f"{name:8s} c={c}: {result.qps:7.1f}/s p50 {result.percentile_ms(50):7.2f} ms "
                           f"p99 {result.percentile_ms(99):7.2f} ms errors {result.errors}", flush=True)
-            catalog.close()
+            store.close()
 
             sweep = []
             for rate in rates:

@@ -28,10 +28,10 @@ import onnxruntime as ort
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from benchmarks.loadgen import TritonTarget, closed_loop
-from server import imaging
-from server.config import MODEL_REPOSITORY, loopback_settings
-from server.corpus import real_photos
-from server.triton import TritonServer
+from server.core.config import MODEL_REPOSITORY, loopback_settings
+from server.embedding import imaging
+from server.models.triton import TritonServer
+from server.tools.corpus import real_photos
 
 CONCURRENCY = (1, 8, 32, 64)
 # name -> (--model-config-name, max_queue_delay_microseconds override)

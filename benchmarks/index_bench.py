@@ -25,7 +25,7 @@ from faiss.contrib.datasets import SyntheticDataset
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
-from server.index import IndexParams, VectorIndex, params_for
+from server.store.faiss.index import IndexParams, VectorIndex, params_for
 
 DIM = 1280
 QUERIES = 200

@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from benchmarks.e2e_bench import add_filler, index_through_gateway, search_queries, uploads
 from benchmarks.loadgen import GatewayTarget, closed_loop
-from server.cli import running_services
-from server.config import loopback_settings
+from server.core.config import loopback_settings
+from server.tools.launcher import running_services
 
 
 def histogram_sums(metrics_url: str) -> dict[tuple[str, str], tuple[float, float]]:
@@ -41,11 +41,6 @@ def histogram_sums(metrics_url: str) -> dict[tuple[str, str], tuple[float, float
             elif sample.name.endswith("_count"):
                 out.setdefault((family.name, label), [0.0, 0.0])[1] += sample.value
     return {k: (v[0], v[1]) for k, v in out.items()}
-
-
-def gateway_pid(port: int) -> int:
-    found = subprocess.run(["pgrep", "-f", f"server.service .*--grpc-port {port}"], capture_output=True, text=True)
-    return int(found.stdout.split()[0])
 
 
 def top_frames(collapsed: Path, limit: int = 25) -> list[dict[str, object]]:
@@ -74,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="vsearch-profile-") as tmp:
         settings = loopback_settings(data_dir=Path(tmp) / "data")
         add_filler(settings.data_dir, args.filler)
-        with running_services(settings, Path(tmp) / "logs"):
+        with running_services(settings, Path(tmp) / "logs") as services:
             index_through_gateway(settings.grpc_address, images, copies=args.copies)
             metrics_url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
             target = GatewayTarget(settings.grpc_address, search_queries(images))
@@ -87,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             collapsed = Path(tmp) / "profile.txt"
             load = threading.Thread(target=closed_loop, args=(target, args.concurrency, 100 * args.seconds, 0))
             load.start()
-            pid = gateway_pid(settings.grpc_port)
+            pid = services.gateway.pid
             for fmt, path in (("raw", collapsed), ("flamegraph", RESULTS / "profile_gateway.svg")):
                 subprocess.run([Path(sys.executable).with_name("py-spy"), "record", "--pid", str(pid),
                                 "--duration", str(args.seconds // 2), "--rate", "100", "--format", fmt,

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from server import imaging
-from server.corpus import picture_key, real_photos
+from server.embedding import imaging
+from server.tools.corpus import picture_key, real_photos
 
 MAX_SIDE = 1024  # corpus images are stored as a platform would keep uploads: at most 1024 px, JPEG q95
 

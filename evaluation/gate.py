@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmarks.common import markdown_table
 from evaluation.run_eval import COLUMNS, load_set, run, triton_url
-from server.config import MODEL_REPOSITORY
+from server.core.config import MODEL_REPOSITORY
 
 METRIC = "ndcg@10"
 DEFAULT_TOLERANCE = 0.005

@@ -26,10 +26,12 @@ from benchmarks.common import markdown_table
 from benchmarks.index_bench import synthetic_dataset
 from evaluation.dataset import EvalSet, builtin_set
 from evaluation.metrics import evaluate
-from server import imaging
-from server.config import MODEL_REPOSITORY, loopback_settings
-from server.encoder import EMBEDDING_DIM, EncoderClient
-from server.index import VectorIndex
+from server.core.config import MODEL_REPOSITORY, loopback_settings
+from server.embedding.contract import EMBEDDING_DIM
+from server.embedding.encoder import EncoderClient
+from server.embedding.imaging import CropBox, Limits
+from server.embedding.pipeline import ImageInput, embed_images
+from server.store.faiss.index import VectorIndex
 
 KS = (1, 5, 10)
 COLUMNS = ["version", "index", "mrr", "recall@1", "recall@10", "precision@10", "map@10", "ndcg@1", "ndcg@5",
@@ -42,7 +44,7 @@ def triton_url(url: str | None, model_repository: Path = MODEL_REPOSITORY) -> It
     if url:
         yield url
         return
-    from server.triton import TritonServer
+    from server.models.triton import TritonServer
 
     with TritonServer(loopback_settings(model_repository=model_repository)) as triton:
         yield triton.endpoint.grpc_url
@@ -51,19 +53,16 @@ def triton_url(url: str | None, model_repository: Path = MODEL_REPOSITORY) -> It
 async def _embed(url: str, version: str, items: list[tuple[bytes, tuple[float, float, float, float] | None]],
                  desc: str) -> np.ndarray:
     encoder = EncoderClient(url, version=version)
-    limits = imaging.Limits(max_pixels=10**9)
-    out = []
+    inputs = [ImageInput(data, CropBox(*crop) if crop else None) for data, crop in items]
     try:
         with tqdm(total=len(items), desc=desc, unit="img") as bar:
-            for start in range(0, len(items), 32):
-                chunk = items[start:start + 32]
-                pixels = await asyncio.gather(*(asyncio.to_thread(
-                    imaging.prepare, data, imaging.CropBox(*crop) if crop else None, limits) for data, crop in chunk))
-                out.append(await encoder.embed(np.stack(pixels), timeout_s=120))
-                bar.update(len(chunk))
+            vectors = await embed_images(encoder, inputs, Limits(max_pixels=10**9), timeout_s=120, progress=bar.update)
     finally:
         await encoder.close()
-    return np.concatenate(out)
+    rejected = [str(v) for v in vectors if not isinstance(v, np.ndarray)]
+    if rejected:
+        raise RuntimeError(f"{len(rejected)} evaluation images rejected, e.g. {rejected[0]}")
+    return np.stack(vectors)
 
 
 def rank(vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, str]:

@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from server.corpus import CorpusImage, real_photos
+from server.tools.corpus import CorpusImage, real_photos
 
 
 def photo(image_id: str) -> CorpusImage:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from server.config import REPO_ROOT
+from server.core.config import REPO_ROOT
 from tests.photos import photo
 
-VSEARCH = [sys.executable, "-m", "server.cli"]
+VSEARCH = [sys.executable, "-m", "server.tools.cli"]
 
 
 def run(gateway, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -15,10 +15,11 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from server import imaging
-from server.config import loopback_settings
-from server.encoder import EMBEDDING_DIM, EncoderClient
-from server.errors import InvalidInput, Unavailable
+from server.core.config import loopback_settings
+from server.core.errors import InvalidInput, Unavailable
+from server.embedding import imaging
+from server.embedding.contract import EMBEDDING_DIM
+from server.embedding.encoder import EncoderClient
 from tests.photos import photo
 
 
@@ -154,7 +155,7 @@ def test_triton_dies_with_its_parent(tmp_path):
     """kill -9 of the launching process must not leave tritonserver (or its stubs) behind."""
     s = loopback_settings()
     code = (
-        "import time; from server.config import Settings; from server.triton import TritonServer\n"
+        "import time; from server.core.config import Settings; from server.models.triton import TritonServer\n"
         f"t = TritonServer(Settings(triton_http_port={s.triton_http_port}, triton_grpc_port={s.triton_grpc_port}, "
         f"triton_metrics_port={s.triton_metrics_port})).start()\n"
         "print(t.pid, flush=True); time.sleep(600)\n"

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from server.corpus import real_photos
+from server.embedding.contract import INPUT_SIZE
+from server.tools.corpus import real_photos
 from training.augment import augment, load_image
-from training.encoder_model import INPUT_SIZE, load_encoder
+from training.encoder_model import load_encoder
 from training.finetune import CHECKPOINT_NAME, FinetuneConfig, nt_xent_loss, train
 
 

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients.client import NewImage
 from protos.visual_search.v1 import visual_search_pb2 as pb
-from server.interactions import InteractionLog
+from server.store.interactions import InteractionLog
 from tests.fixtures.gateway import start_gateway
 from tests.photos import jpeg, open_photo, small_jpeg
 

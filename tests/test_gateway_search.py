@@ -14,7 +14,7 @@ from PIL import Image
 
 from clients.client import NewImage
 from protos.visual_search.v1 import visual_search_pb2 as pb
-from server.corpus import real_photos
+from server.tools.corpus import real_photos
 from tests.photos import jpeg, open_photo, small_jpeg
 
 CORPUS = ["skimage/astronaut", "skimage/chelsea", "skimage/coffee", "skimage/rocket", "skimage/motorcycle_left",

@@ -6,8 +6,10 @@ import faiss
 import numpy as np
 import pytest
 
-from server.filters import Candidate, Eligibility, collapse_duplicates
-from server.index import VectorIndex, params_for
+from server.query.duplicates import collapse_duplicates
+from server.store.base import Candidate
+from server.store.faiss.eligibility import Eligibility
+from server.store.faiss.index import VectorIndex, params_for
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 200, noise: float = 0.6) -> np.ndarray:
@@ -136,9 +138,9 @@ def test_collapse_keeps_best_of_each_group_and_backfills():
     near = (v[0] + 0.05 * v[1]) / np.linalg.norm(v[0] + 0.05 * v[1])
     vectors = np.stack([v[0], v[0], near, v[2], v[3], v[4]])
     hashes = ["a", "a", "b", "c", "d", "e"]  # 0 and 1: exact copies; 2: near-duplicate of 0
-    ranked = [Candidate(i, 1.0 - i / 10) for i in range(6)]
-    kept, removed = collapse_duplicates(ranked, 3, hashes.__getitem__, lambda ids: vectors[ids], threshold=0.9)
-    assert [c.internal_id for c in kept] == [0, 3, 4] and removed == 2
+    ranked = [Candidate(str(i), 1.0 - i / 10, hashes[i], vectors[i]) for i in range(6)]
+    kept, removed = collapse_duplicates(ranked, 3, threshold=0.9)
+    assert [c.image_id for c in kept] == ["0", "3", "4"] and removed == 2
 
 
 @pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="no CUDA GPU on this host (faiss-cpu build): GPU index path "

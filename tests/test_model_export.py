@@ -11,9 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from server import imaging
-from server.config import MODEL_REPOSITORY, REPO_ROOT
-from server.corpus import real_photos
+from server.core.config import MODEL_REPOSITORY, REPO_ROOT
+from server.embedding import imaging
+from server.tools.corpus import real_photos
 from training.encoder_model import load_encoder
 
 ONNX = MODEL_REPOSITORY / "encoder/1/model.onnx"

@@ -13,11 +13,11 @@ import pytest
 
 from clients.client import NewImage
 from protos.visual_search.v1 import visual_search_pb2 as pb
-from server.config import MODEL_REPOSITORY, loopback_settings
-from server.corpus import real_photos
-from server.interactions import InteractionLog
-from server.model_versions import publish, reload, versions
-from server.triton import TritonServer
+from server.core.config import MODEL_REPOSITORY, loopback_settings
+from server.models.triton import TritonServer
+from server.models.versions import publish, reload, versions
+from server.store.interactions import InteractionLog
+from server.tools.corpus import real_photos
 from tests.fixtures.gateway import start_gateway
 from tests.photos import small_jpeg
 from training.finetune import FinetuneConfig, train

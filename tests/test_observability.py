@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from clients.client import NewImage
-from server.config import REPO_ROOT
-from server.metrics import REQUEST_BUCKETS
+from server.core.config import REPO_ROOT
+from server.core.metrics import REQUEST_BUCKETS
 from tests.photos import small_jpeg
 
 PROMETHEUS_DIR = REPO_ROOT / "deploy/prometheus"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-from training.encoder_model import INPUT_SIZE
+from server.embedding.contract import INPUT_SIZE
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class AugmentConfig:
 def load_image(path: Path, max_side: int = 384) -> Image.Image:
     """Decode as the query path does (orientation, transparency on white), then shrink once so augmenting
     many views of a 4K wallpaper stays cheap; 384 px still leaves a 0.2-scale crop near 224 px."""
-    from server.imaging import Limits, decode_image
+    from server.embedding.imaging import Limits, decode_image
 
     image = decode_image(Path(path).read_bytes(), Limits(max_bytes=200 * 1024 * 1024, max_pixels=200_000_000))
     image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)

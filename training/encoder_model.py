@@ -11,9 +11,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-INPUT_SIZE = 224
-EMBEDDING_DIM = 1280
-
 
 class EncoderModel(nn.Module):
     """uint8 [N, 224, 224, 3] RGB -> float32 [N, 1280] unit vectors (global-average-pooled features)."""

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.encoder_model import INPUT_SIZE, load_encoder
+from server.embedding.contract import INPUT_NAME, INPUT_SIZE, OUTPUT_NAME
+from training.encoder_model import load_encoder
 
 OPSET = 17
 
@@ -32,12 +33,12 @@ def export(output: Path, checkpoint: Path | None = None) -> float:
     os.close(fd)
     try:
         torch.onnx.export(
-            model, (probe,), tmp, input_names=["pixels"], output_names=["embedding"],
-            dynamic_axes={"pixels": {0: "batch"}, "embedding": {0: "batch"}},
+            model, (probe,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=OPSET, dynamo=False,
         )
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        got = session.run(None, {"pixels": probe.numpy()})[0]
+        got = session.run(None, {INPUT_NAME: probe.numpy()})[0]
         with torch.no_grad():
             want = model(probe).numpy()
         diff = float(np.abs(got - want).max())

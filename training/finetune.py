@@ -30,8 +30,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from server.embedding.contract import EMBEDDING_DIM
 from training.augment import AugmentConfig, augment, load_image
-from training.encoder_model import EMBEDDING_DIM, EncoderModel, load_encoder
+from training.encoder_model import EncoderModel, load_encoder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 CHECKPOINT_NAME = "last.pt"
@@ -94,7 +95,7 @@ def trainable_parameters(encoder: EncoderModel, trainable_blocks: int) -> list[n
 def image_paths(directory: Path | None) -> list[Path]:
     """Images under a directory (sorted, so runs are reproducible), or the demo corpus."""
     if directory is None:
-        from server.corpus import real_photos
+        from server.tools.corpus import real_photos
 
         return [photo.path for photo in real_photos()]
     paths = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

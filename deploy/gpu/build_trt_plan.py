@@ -14,7 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-INPUT_NAME, INPUT_SHAPE = "pixels", (224, 224, 3)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script from anywhere
+from server.embedding.contract import INPUT_NAME, INPUT_SIZE
+
+INPUT_SHAPE = (INPUT_SIZE, INPUT_SIZE, 3)
 
 
 def gpu_available() -> tuple[bool, str]:

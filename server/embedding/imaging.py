@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from server.encoder import INPUT_SIZE
-from server.errors import InvalidInput
+from server.core.errors import InvalidInput
+from server.embedding.contract import INPUT_SIZE
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 

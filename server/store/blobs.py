@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from server.durable import write_atomic
+from server.core.durable import write_atomic
 
 
 class BlobStore:

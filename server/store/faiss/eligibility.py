@@ -1,16 +1,13 @@
-"""Re-ranking filters: who may be returned (privacy) and what is worth returning (duplicates).
+"""Privacy inside the ANN search: a bitmap of the internal ids that may be returned (public and not deleted).
 
-Privacy is enforced inside the ANN search: `Eligibility` keeps a bitmap of the internal ids that may be
-returned (public and not deleted) and hands FAISS a selector over it, so k eligible results come back
-whenever k eligible images exist. The bitmap is updated before a hide/delete is acknowledged, so every
-search that starts after the acknowledgement honours it.
+FAISS reads the bitmap through an `IDSelectorBitmap` without copying, so k eligible results come back whenever
+k eligible images exist. A bit is updated before a hide/delete is acknowledged, so every search that starts
+after the acknowledgement honours it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import faiss
 import numpy as np
@@ -65,36 +62,3 @@ class Eligibility:
 
     def eligible_count(self, exclude: int | None = None) -> int:
         return self._count - (1 if exclude is not None and self.is_eligible(exclude) else 0)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    internal_id: int
-    score: float
-
-
-def collapse_duplicates(
-    candidates: list[Candidate], k: int, content_hash: Callable[[int], str], vectors: Callable[[list[int]], np.ndarray],
-    threshold: float,
-) -> tuple[list[Candidate], int]:
-    """Keep the best-ranked of each group of exact (same content hash) or near (cosine > threshold) duplicates.
-
-    Walks the ranked candidates, so the list is backfilled from further candidates: up to k come back.
-    Returns (kept, number removed).
-    """
-    kept: list[Candidate] = []
-    kept_vectors: list[np.ndarray] = []
-    seen_hashes: set[str] = set()
-    removed = 0
-    vecs = vectors([c.internal_id for c in candidates]) if candidates else np.empty((0, 0), np.float32)
-    for candidate, vec in zip(candidates, vecs, strict=True):
-        if len(kept) == k:
-            break
-        digest = content_hash(candidate.internal_id)
-        if digest in seen_hashes or (kept_vectors and float(np.max(np.stack(kept_vectors) @ vec)) > threshold):
-            removed += 1
-            continue
-        seen_hashes.add(digest)
-        kept.append(candidate)
-        kept_vectors.append(vec)
-    return kept, removed

@@ -3,7 +3,7 @@
 Production GPU hosts run NVIDIA's Triton container instead; `TritonEndpoint.external(url)` covers that:
 nothing is launched, we only wait for the model to be ready.
 
-    python -m server.triton [--model-repository model_repository] [--grpc-port 8001] ...
+    python -m server.models.triton [--model-repository model_repository] [--triton-grpc-port 8001] ...
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import tritonclient.http as triton_http
 
-from server.config import ENCODER_MODEL_NAME, MODEL_REPOSITORY, Settings
+from server.core.config import Settings, add_arguments, from_args
+from server.embedding.contract import MODEL_NAME
 
 log = logging.getLogger("triton")
 _PR_SET_PDEATHSIG = 1
@@ -38,7 +39,7 @@ def _pytriton_root() -> Path:
     return Path(pytriton.__file__).resolve().parent / "tritonserver"
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child before exec: the kernel SIGKILLs Triton if the launching process dies."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -73,7 +74,7 @@ class TritonEndpoint:
         host = grpc_url.rsplit(":", 1)[0]
         return cls(grpc_url, http_url or f"{host}:8000", metrics_url or f"http://{host}:8002/metrics")
 
-    def wait_ready(self, model: str = ENCODER_MODEL_NAME, timeout_s: float = 120.0,
+    def wait_ready(self, model: str = MODEL_NAME, timeout_s: float = 120.0,
                    alive: callable | None = None) -> None:
         """Block until `model` is READY; raise TimeoutError (or RuntimeError if the process died)."""
         deadline = time.monotonic() + timeout_s
@@ -142,7 +143,7 @@ class TritonServer:
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         self.process = subprocess.Popen(
             self.command(backend_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=_die_with_parent, start_new_session=True,
+            preexec_fn=die_with_parent, start_new_session=True,
         )
         threading.Thread(target=self._forward_log, daemon=True, name="triton-log").start()
         try:
@@ -197,20 +198,9 @@ class TritonServer:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    defaults = Settings.from_env()
-    parser = argparse.ArgumentParser(description="Run the embedded Triton server until Ctrl-C / SIGTERM.")
-    parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
-    parser.add_argument("--model-config-name", default=None, help="e.g. gpu or no_batching (configs/<name>.pbtxt)")
-    parser.add_argument("--http-port", type=int, default=defaults.triton_http_port)
-    parser.add_argument("--grpc-port", type=int, default=defaults.triton_grpc_port)
-    parser.add_argument("--metrics-port", type=int, default=defaults.triton_metrics_port)
-    parser.add_argument("--log-file", type=Path, default=None)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings.from_env(model_repository=args.model_repository, triton_http_port=args.http_port,
-                                 triton_grpc_port=args.grpc_port, triton_metrics_port=args.metrics_port)
-    server = TritonServer(settings, model_config_name=args.model_config_name, log_path=args.log_file)
+def run(settings: Settings, model_config_name: str | None = None, log_path: Path | None = None) -> None:
+    """Serve until SIGTERM / Ctrl-C (`vsearch triton`)."""
+    server = TritonServer(settings, model_config_name=model_config_name, log_path=log_path)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -219,6 +209,17 @@ def main(argv: list[str] | None = None) -> None:
               f"metrics {server.endpoint.metrics_url}", flush=True)
         while not stop.wait(0.5) and server.process.poll() is None:
             pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run the embedded Triton server until Ctrl-C / SIGTERM.")
+    add_arguments(parser, ("model_repository", "model_name", "triton_http_port", "triton_grpc_port",
+                           "triton_metrics_port"))
+    parser.add_argument("--model-config-name", default=None, help="e.g. gpu or no_batching (configs/<name>.pbtxt)")
+    parser.add_argument("--log-file", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(from_args(args), args.model_config_name, args.log_file)
 
 
 if __name__ == "__main__":

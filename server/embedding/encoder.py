@@ -11,12 +11,8 @@ import tritonclient.grpc.aio as triton_aio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from server.config import ENCODER_MODEL_NAME
-from server.errors import DeadlineExceeded, InvalidInput, Unavailable
-
-EMBEDDING_DIM = 1280
-INPUT_SIZE = 224
-MAX_BATCH_SIZE = 64  # model_repository/encoder/config.pbtxt
+from server.core.errors import DeadlineExceeded, InvalidInput, Unavailable
+from server.embedding.contract import INPUT_NAME, INPUT_SIZE, MAX_BATCH_SIZE, MODEL_NAME, OUTPUT_NAME
 
 
 def _translate(exc: InferenceServerException, url: str) -> Exception:
@@ -36,7 +32,7 @@ class EncoderClient:
     without it the client pins the newest version Triton serves at the first `refresh_version`.
     """
 
-    def __init__(self, url: str, model_name: str = ENCODER_MODEL_NAME, version: str | None = None) -> None:
+    def __init__(self, url: str, model_name: str = MODEL_NAME, version: str | None = None) -> None:
         self.url = url
         self.model_name = model_name
         # Short reconnect backoff: when Triton restarts, the channel is usable again within ~1 s
@@ -92,18 +88,18 @@ class EncoderClient:
     async def _infer(self, batch: np.ndarray, timeout_s: float | None) -> np.ndarray:
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceeded("the request deadline passed before the encoder was called")
-        tensor = InferInput("pixels", list(batch.shape), "UINT8")
+        tensor = InferInput(INPUT_NAME, list(batch.shape), "UINT8")
         tensor.set_data_from_numpy(np.ascontiguousarray(batch))
         try:
             result = await self._client.infer(
                 self.model_name, [tensor], model_version=self._version or "",
-                outputs=[InferRequestedOutput("embedding")], client_timeout=timeout_s,
+                outputs=[InferRequestedOutput(OUTPUT_NAME)], client_timeout=timeout_s,
             )
         except InferenceServerException as exc:
             raise _translate(exc, self.url) from exc
         if self._version is None:
             self._version = result.get_response().model_version or None
-        return result.as_numpy("embedding")
+        return result.as_numpy(OUTPUT_NAME)
 
     async def close(self) -> None:
         await self._client.close()

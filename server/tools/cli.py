@@ -15,11 +15,9 @@ import argparse
 import asyncio
 import io
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from pathlib import Path
 
 import grpc
@@ -28,9 +26,10 @@ from tqdm import tqdm
 
 from clients.client import NewImage, VisualSearchClient
 from protos.visual_search.v1 import visual_search_pb2 as pb
-from server import gallery
-from server.config import Settings
-from server.corpus import IMAGE_SUFFIXES, real_photos
+from server.core.config import Settings, add_arguments, from_args
+from server.tools import gallery
+from server.tools.corpus import IMAGE_SUFFIXES, real_photos
+from server.tools.launcher import running_services
 
 
 class CliError(Exception):
@@ -62,59 +61,9 @@ def _print_hits(response: object) -> None:
 
 
 # -- service management ------------------------------------------------------------------------------------
-@contextmanager
-def running_services(settings: Settings, log_dir: Path) -> Iterator[Settings]:
-    """Triton and the gateway, each in its own process; both stopped on exit (and on our death: PDEATHSIG)."""
-    from server.triton import TritonServer
-
-    log_dir.mkdir(parents=True, exist_ok=True)
-    print(f"starting Triton (gRPC :{settings.triton_grpc_port}, HTTP :{settings.triton_http_port}, "
-          f"metrics :{settings.triton_metrics_port}) ...", flush=True)
-    with TritonServer(settings, log_path=log_dir / "triton.log") as triton:
-        settings.triton_url = triton.endpoint.grpc_url
-        print(f"starting gateway (gRPC {settings.grpc_address}, metrics :{settings.metrics_port}) ...", flush=True)
-        from server.triton import _die_with_parent
-
-        with open(log_dir / "gateway.log", "ab") as gateway_log:
-            gateway = subprocess.Popen(
-                [sys.executable, "-m", "server.service", "--triton-url", settings.triton_url,
-                 "--grpc-host", settings.grpc_host, "--grpc-port", str(settings.grpc_port),
-                 "--metrics-port", str(settings.metrics_port), "--data-dir", str(settings.data_dir)],
-                stdout=gateway_log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-            try:
-                with VisualSearchClient(settings.grpc_address) as client:
-                    _wait_serving(client, gateway)
-                yield settings
-            finally:
-                gateway.send_signal(signal.SIGTERM)
-                try:
-                    gateway.wait(20)
-                except subprocess.TimeoutExpired:
-                    gateway.kill()
-                    gateway.wait()
-
-
-def _wait_serving(client: VisualSearchClient, gateway: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    stub = health_pb2_grpc.HealthStub(client.channel)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if gateway.poll() is not None:
-            raise CliError("the gateway exited during start-up; see its log")
-        try:
-            status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    raise CliError(f"the gateway was not SERVING after {timeout_s:.0f}s")
-
-
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
-    from server.service import run_gateway
-    from server.triton import TritonServer
+    from server.api.app import run_gateway
+    from server.models.triton import TritonServer
 
     if settings.triton_url:
         asyncio.run(run_gateway(settings))
@@ -126,10 +75,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_triton(args: argparse.Namespace, settings: Settings) -> None:
-    from server import triton
+    from server.models.triton import run
 
-    triton.main(["--grpc-port", str(settings.triton_grpc_port), "--http-port", str(settings.triton_http_port),
-                 "--metrics-port", str(settings.triton_metrics_port)])
+    run(settings)
 
 
 # -- indexing ----------------------------------------------------------------------------------------------
@@ -235,7 +183,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
 
 # -- model versions ----------------------------------------------------------------------------------------
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
-    from server.model_versions import publish, reload
+    from server.models.versions import publish, reload
 
     version = publish(args.checkpoint, settings.model_repository, settings.model_name)
     print(f"published {settings.model_name} version {version} in {settings.model_repository}")
@@ -274,7 +222,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
     files = {p.image_id: p.path for p in photos}
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    with running_services(settings, settings.data_dir / "logs") as s, VisualSearchClient(s.grpc_address) as client:
+    with running_services(settings, settings.data_dir / "logs") as services, \
+            VisualSearchClient(settings.grpc_address) as client:
+        s = services.settings
         print(f"indexing {len(photos)} real images from Debian packages and scikit-image ...")
         t0 = time.perf_counter()
         totals = index_files(client, [(p.image_id, p.path) for p in photos], s.data_dir / "demo-indexed-ids.txt")
@@ -312,17 +262,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = Settings.from_env()
     parser = argparse.ArgumentParser(prog="vsearch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gateway", default=None, help=f"gateway host:port (default {d.grpc_address})")
-    parser.add_argument("--grpc-port", type=int, default=d.grpc_port)
-    parser.add_argument("--metrics-port", type=int, default=d.metrics_port)
-    parser.add_argument("--triton-url", default=d.triton_url, help="external Triton host:port (else launch one)")
-    parser.add_argument("--triton-grpc-port", type=int, default=d.triton_grpc_port)
-    parser.add_argument("--triton-http-port", type=int, default=d.triton_http_port)
-    parser.add_argument("--triton-metrics-port", type=int, default=d.triton_metrics_port)
-    parser.add_argument("--data-dir", type=Path, default=d.data_dir)
+    parser.add_argument("--gateway", default=None, help="gateway host:port (default: --grpc-host:--grpc-port)")
+    add_arguments(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run Triton + the gateway until Ctrl-C")
     sub.add_parser("triton", help="run only the embedded Triton")
@@ -359,12 +302,10 @@ COMMANDS = {"serve": cmd_serve, "triton": cmd_triton, "index": cmd_index, "searc
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    settings = Settings.from_env(grpc_port=args.grpc_port, metrics_port=args.metrics_port, triton_url=args.triton_url,
-                                 triton_grpc_port=args.triton_grpc_port, triton_http_port=args.triton_http_port,
-                                 triton_metrics_port=args.triton_metrics_port, data_dir=args.data_dir)
+    settings = from_args(args)
     if args.gateway:
         host, _, port = args.gateway.rpartition(":")
-        settings.grpc_host, settings.grpc_port = host or settings.grpc_host, int(port)
+        settings = settings.with_overrides(grpc_host=host or None, grpc_port=int(port))
     try:
         COMMANDS[args.command](args, settings)
     except CliError as exc:

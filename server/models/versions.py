@@ -10,30 +10,31 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-from server.config import ENCODER_MODEL_NAME, MODEL_REPOSITORY
+from server.core.config import MODEL_REPOSITORY, REPO_ROOT
+from server.embedding.contract import MODEL_NAME
 
 BACKEND_FILE = "model.py"
 
 
-def versions(repository: Path = MODEL_REPOSITORY, model_name: str = ENCODER_MODEL_NAME) -> list[str]:
+def versions(repository: Path = MODEL_REPOSITORY, model_name: str = MODEL_NAME) -> list[str]:
     """Published versions, oldest first."""
     return sorted((p.name for p in (repository / model_name).iterdir() if p.is_dir() and p.name.isdigit()), key=int)
 
 
 def publish(checkpoint: Path | None, repository: Path = MODEL_REPOSITORY,
-            model_name: str = ENCODER_MODEL_NAME) -> str:
+            model_name: str = MODEL_NAME) -> str:
     """Export `checkpoint` (None: the pretrained encoder) as the next version; returns its number."""
-    from training.export_onnx import export
-
     model_dir = repository / model_name
     existing = versions(repository, model_name)
     version = str(int(existing[-1]) + 1 if existing else 1)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=model_dir))
     try:
-        export(staging / "model.onnx", checkpoint)
+        export_onnx(staging / "model.onnx", checkpoint)
         shutil.copy2(model_dir / existing[0] / BACKEND_FILE, staging / BACKEND_FILE)
         os.rename(staging, model_dir / version)
     finally:
@@ -41,7 +42,18 @@ def publish(checkpoint: Path | None, repository: Path = MODEL_REPOSITORY,
     return version
 
 
-def reload(triton_grpc_url: str, model_name: str = ENCODER_MODEL_NAME) -> list[str]:
+def export_onnx(output: Path, checkpoint: Path | None) -> None:
+    """Run the training package's exporter in a child process: serving code never imports training code
+    (nor torch), so a gateway host needs neither; the exporter checks the graph against PyTorch itself."""
+    command = [sys.executable, "-m", "training.export_onnx", "--output", str(output)]
+    if checkpoint is not None:
+        command += ["--checkpoint", str(checkpoint)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ONNX export failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+
+
+def reload(triton_grpc_url: str, model_name: str = MODEL_NAME) -> list[str]:
     """Ask Triton to reload the model: new versions load, served ones keep serving. Returns the loaded versions."""
     import tritonclient.grpc as triton_grpc
 

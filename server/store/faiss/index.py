@@ -21,7 +21,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from server.durable import replace_durably
+from server.core.durable import replace_durably
 
 log = logging.getLogger("index")
 

@@ -1,5 +1,4 @@
-"""Image records. SQLite (WAL, synchronous=FULL) is the embedded default; `MetadataStore` is the interface
-a server database would implement instead."""
+"""Image records of the embedded store in SQLite (WAL, synchronous=FULL): by image ID and by add position."""
 
 from __future__ import annotations
 
@@ -7,45 +6,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from enum import IntEnum
 from pathlib import Path
-from typing import Protocol
 
-
-class Visibility(IntEnum):
-    PUBLIC = 1
-    PRIVATE = 2
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    image_id: str
-    internal_id: int
-    owner_id: str
-    visibility: Visibility
-    deleted: bool
-    content_hash: str
-    model_version: str
-    added_at: float
-
-    @property
-    def eligible(self) -> bool:
-        """May this image appear in search results?"""
-        return self.visibility == Visibility.PUBLIC and not self.deleted
-
-
-class MetadataStore(Protocol):
-    def insert(self, records: list[ImageRecord]) -> None: ...
-    def get(self, image_id: str) -> ImageRecord | None: ...
-    def get_many(self, internal_ids: Iterable[int]) -> dict[int, ImageRecord]: ...
-    def set_visibility(self, image_ids: list[str], visibility: Visibility) -> list[ImageRecord]: ...
-    def mark_deleted(self, image_ids: list[str]) -> list[ImageRecord]: ...
-    def count(self) -> int: ...
-    def counts(self) -> dict[str, int]: ...
-    def iter_all(self) -> Iterator[ImageRecord]: ...
-    def close(self) -> None: ...
-
+from server.store.base import ImageRecord, Visibility
 
 _COLUMNS = "image_id, internal_id, owner_id, visibility, deleted, content_hash, model_version, added_at"
 
@@ -123,18 +86,6 @@ class SqliteMetadataStore:
 
     def mark_deleted(self, image_ids: list[str]) -> list[ImageRecord]:
         return self._update(image_ids, "deleted = 1", (), "1")
-
-    def count(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT SUM(deleted = 0 AND visibility = 1), SUM(deleted = 0 AND visibility = 2), SUM(deleted) "
-                "FROM images").fetchone()
-        public, private, deleted = (int(v or 0) for v in row)
-        return {"public": public, "private": private, "deleted": deleted}
 
     def iter_all(self) -> Iterator[ImageRecord]:
         yield from self._select("ORDER BY internal_id")

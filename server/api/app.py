@@ -1,0 +1,157 @@
+"""The gateway process: wires store, encoder client, servicer, interceptor, health, reflection and metrics.
+
+    python -m server.api.app --triton-url 127.0.0.1:8001 [--grpc-port 50051] [--metrics-port 9464] [--data-dir var]
+
+Every flag is a settings field (server/core/config.py); VSEARCH_<FIELD> environment variables work too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+import faiss
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from threadpoolctl import threadpool_limits
+
+from protos.visual_search.v1 import visual_search_pb2 as pb
+from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
+from server.api.interceptors import StatusAndMetrics
+from server.api.service import VisualSearchServicer
+from server.core.config import Settings, add_arguments, from_args
+from server.core.metrics import GatewayMetrics
+from server.embedding.encoder import EncoderClient
+from server.embedding.imaging import Limits
+from server.ingest.add import Indexer
+from server.ingest.reindex import ModelSwitcher
+from server.query.search import Searcher
+from server.runtime.serving import Live, Serving
+from server.store.blobs import BlobStore
+from server.store.catalogs import open_store, read_active_version, write_active_version
+from server.store.interactions import InteractionLog
+
+log = logging.getLogger("gateway")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VisualSearch"].full_name
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a 20 MiB image plus headroom; batches of them in AddImages streams
+_HEALTH = {True: health_pb2.HealthCheckResponse.SERVING, False: health_pb2.HealthCheckResponse.NOT_SERVING}
+
+
+class Gateway:
+    def __init__(self, settings: Settings, metrics: GatewayMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or GatewayMetrics()
+        self.live: Live | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> int:
+        s = self.settings
+        faiss.omp_set_num_threads(1)  # one query at a time: OpenMP fan-out only adds latency and steals Triton's CPU
+        # Same for BLAS: OpenBLAS's worker thread busy-waits after every call; it burned ~10 ms of CPU per Search
+        # (benchmarks/results/e2e.md, CPU per request) for vector products of a few dozen rows.
+        threadpool_limits(1, user_api="blas")
+        # A new data directory starts with the configured version; afterwards ACTIVE_MODEL decides (SwitchModel).
+        active = read_active_version(s.data_dir) or f"{s.model_name}/{s.model_version}"
+        encoder = EncoderClient(s.triton_url or f"127.0.0.1:{s.triton_grpc_port}", s.model_name,
+                                active.rsplit("/", 1)[-1])
+        store = await asyncio.to_thread(open_store, s, active)
+        await asyncio.to_thread(write_active_version, s.data_dir, active)
+        self.live = Live(Serving(store, encoder))
+        self.interactions = InteractionLog(s.data_dir / "interactions.sqlite")
+        limits = Limits(s.max_image_bytes, s.max_image_pixels)
+        blobs = BlobStore(s.data_dir / "blobs")
+        servicer = VisualSearchServicer(
+            Searcher(self.live, s, self.metrics), Indexer(self.live, blobs, limits, self.metrics),
+            ModelSwitcher(self.live, blobs, s, limits), self.live, self.interactions)
+        self.server = grpc.aio.server(interceptors=[StatusAndMetrics(SERVICE_NAME, self.metrics)], options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ])
+        pb_grpc.add_VisualSearchServicer_to_server(servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server)
+        await self._set_health(False)
+        port = self.server.add_insecure_port(s.grpc_address)
+        await self.server.start()
+        if s.metrics_port:
+            self.metrics.serve(s.metrics_port, s.grpc_host)
+        self._tasks.append(asyncio.create_task(self._watch()))
+        log.info("gateway listening on %s:%d (metrics :%d)", s.grpc_host, port, s.metrics_port)
+        return port
+
+    async def _set_health(self, ready: bool) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, _HEALTH[ready])
+
+    async def _watch(self) -> None:
+        """Health follows Triton's readiness; gauges follow the store (its counts are kept, not scanned)."""
+        serving: bool | None = None
+        while True:
+            ready = await self.live.serving.encoder.is_ready()
+            if ready != serving:
+                await self._set_health(ready)
+                log.info("health: %s", "SERVING" if ready else
+                         f"NOT_SERVING ({self.live.serving.encoder.model_version} not ready on Triton)")
+                serving = ready
+            self._update_gauges()
+            await asyncio.sleep(1.0)
+
+    def _update_gauges(self) -> None:
+        serving = self.live.serving
+        counts = serving.store.counts()
+        for state in ("public", "private", "deleted"):
+            self.metrics.images.labels(state).set(getattr(counts, state))
+        self.metrics.index_vectors.set(serving.store.added_total())
+        index_type, _ = serving.store.describe()
+        self.metrics.build_info.info({"model_version": serving.encoder.model_version, "index_type": index_type,
+                                      "index_version": str(serving.store.version)})
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.server is not None:
+            await self.server.stop(grace_s)
+        if self.live is not None:
+            if self.live.switch is not None and self.live.switch.task is not None:
+                self.live.switch.task.cancel()  # resumes at the next SwitchModel: the new store is durable
+            serving = self.live.serving
+            await asyncio.to_thread(serving.store.snapshot)
+            serving.store.close()
+            self.interactions.close()
+            await serving.encoder.close()
+
+
+async def run_gateway(settings: Settings, ready_event: asyncio.Event | None = None,
+                      stop_event: asyncio.Event | None = None) -> None:
+    gateway = Gateway(settings)
+    stop_event = stop_event or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_event.set)
+    await gateway.start()
+    if ready_event is not None:
+        ready_event.set()
+    try:
+        await stop_event.wait()
+    finally:
+        log.info("stopping gateway")
+        await gateway.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Visual search gRPC gateway (needs a running Triton).")
+    add_arguments(parser)
+    settings = from_args(parser.parse_args(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(run_gateway(settings))
+
+
+if __name__ == "__main__":
+    main()

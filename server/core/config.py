@@ -1,0 +1,116 @@
+"""Settings: one dataclass, defaults documented in the README, overridable by env (VSEARCH_<FIELD>) or flags.
+
+Every command line (the gateway, `vsearch`, the Triton launcher) takes its flags from `add_arguments`, which
+derives them from the fields, and a launcher hands settings to a child process as environment variables
+(`to_env`), so no field is listed by hand anywhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+
+@dataclass
+class Settings:
+    """Everything a deployment can change. Env vars are VSEARCH_<FIELD> (upper case)."""
+
+    # Gateway
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    metrics_port: int = 9464
+    data_dir: Path = field(default_factory=lambda: REPO_ROOT / "var")
+    # Triton: launched embedded unless triton_url points at an external server ("host:port", gRPC).
+    triton_url: str | None = None
+    triton_http_port: int = 8000
+    triton_grpc_port: int = 8001
+    triton_metrics_port: int = 8002
+    model_repository: Path = MODEL_REPOSITORY
+    model_name: str = "encoder"  # Triton's name of the encoder (server/embedding/contract.py: MODEL_NAME)
+    # Encoder version a new data directory is indexed with; afterwards the data directory's ACTIVE_MODEL file
+    # decides (SwitchModel changes it).
+    model_version: str = "1"
+    # Input limits (decompression-bomb and abuse protection).
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    # Search
+    default_k: int = 20
+    max_k: int = 1000
+    # Cosine above which two results are near-duplicates. Measured on real pairs
+    # (benchmarks/results/duplicate_threshold.md): half-size JPEG q50 copies score p5 0.73, different pictures
+    # p99.9 0.95 (the pairs above 0.87 are mostly the same artwork shipped twice); 0.87 collapses 80% of copies
+    # and 0.2% of different-picture pairs.
+    duplicate_threshold: float = 0.87
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        defaults = cls()
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = os.environ.get(_env_name(f.name))
+            if raw is not None:
+                values[f.name] = _parse(getattr(defaults, f.name), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_env(self) -> dict[str, str]:
+        """The settings as VSEARCH_* variables: how a launcher hands them to a child process."""
+        return {_env_name(f.name): str(getattr(self, f.name)) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    def with_overrides(self, **overrides: object) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+
+def _env_name(name: str) -> str:
+    return f"VSEARCH_{name.upper()}"
+
+
+def _parse(default: object, raw: str) -> object:
+    if isinstance(default, bool):
+        return raw.lower() in ("1", "true", "yes")
+    for kind in (int, float, Path):
+        if isinstance(default, kind):
+            return kind(raw)
+    return raw or None if default is None else raw
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One flag per settings field (`--grpc-port` for grpc_port), default None: unset flags leave the env value."""
+    defaults = Settings()
+    for f in fields(Settings):
+        if names is not None and f.name not in names:
+            continue
+        default = getattr(defaults, f.name)
+        kind = type(default) if default is not None and not isinstance(default, bool) else str
+        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None,
+                            help=f"default {default} (env {_env_name(f.name)})")
+
+
+def from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the flags given on the command line."""
+    return Settings.from_env(**{f.name: getattr(args, f.name, None) for f in fields(Settings)})
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loopback_settings(**overrides: object) -> Settings:
+    """Settings whose every port is free: for tests and benchmarks that start their own services."""
+    ports = {name: free_port() for name in ("grpc_port", "metrics_port", "triton_http_port", "triton_grpc_port",
+                                            "triton_metrics_port")}
+    return Settings(**{**ports, **overrides})  # type: ignore[arg-type]

@@ -1,0 +1,15 @@
+"""The encoder's contract, in one place: what every producer and consumer of embeddings agrees on.
+
+Triton's `model_repository/encoder/config.pbtxt` states the same facts for the server side; a test checks the
+two agree (tests/test_model_export.py). The training code and the TensorRT plan builder import from here.
+"""
+
+from __future__ import annotations
+
+MODEL_NAME = "encoder"
+INPUT_NAME = "pixels"  # uint8 [N, 224, 224, 3], RGB, NHWC; scaling happens inside the graph
+OUTPUT_NAME = "embedding"  # float32 [N, 1280], L2-normalised: cosine = inner product
+INPUT_SIZE = 224
+EMBEDDING_DIM = 1280
+MAX_BATCH_SIZE = 64  # Triton's max_batch_size: bigger batches are split by the client
+EMBED_CHUNK = 32  # images prepared and embedded together when indexing (one Triton call each)

@@ -1,0 +1,68 @@
+"""The one embedding pipeline: prepare many images in parallel threads, then embed them in chunks.
+
+AddImages (server/ingest/add.py), the model switch (server/ingest/reindex.py), the offline evaluation and the
+benchmarks all embed through here; the Ray batch job runs the same `imaging.prepare` per image in its stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from server.core.errors import InvalidInput
+from server.embedding.contract import EMBED_CHUNK
+from server.embedding.imaging import CropBox, Limits, prepare
+
+
+class Embedder(Protocol):
+    """Pixels in, unit embeddings out: the Triton client (`EncoderClient`) or an in-process model."""
+
+    @property
+    def model_version(self) -> str: ...
+
+    async def embed(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    data: bytes
+    crop: CropBox | None = None
+    field: str = "image_bytes"  # named in the error if the image is rejected
+
+
+async def prepare_many(items: Sequence[ImageInput], limits: Limits) -> list[np.ndarray | InvalidInput]:
+    """uint8 [224, 224, 3] per item, or the reason it was rejected. Decoding runs in threads (PIL releases the
+    GIL): decoding one image after another left a core idle while indexing."""
+    outcomes = await asyncio.gather(*(asyncio.to_thread(prepare, i.data, i.crop, limits, i.field) for i in items),
+                                    return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, InvalidInput):
+            raise outcome
+    return list(outcomes)  # type: ignore[arg-type]
+
+
+async def embed_pixels(encoder: Embedder, pixels: Sequence[np.ndarray], timeout_s: float | None = None,
+                       chunk: int = EMBED_CHUNK) -> np.ndarray:
+    """float32 [len(pixels), dim], one encoder call per chunk."""
+    parts = [await encoder.embed(np.stack(pixels[start:start + chunk]), timeout_s)
+             for start in range(0, len(pixels), chunk)]
+    return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+
+
+async def embed_images(encoder: Embedder, items: Sequence[ImageInput], limits: Limits,
+                       timeout_s: float | None = None, chunk: int = EMBED_CHUNK,
+                       progress: Callable[[int], None] | None = None) -> list[np.ndarray | InvalidInput]:
+    """Per item its embedding or why the image was rejected; encoder failures raise (they concern every item)."""
+    out: list[np.ndarray | InvalidInput] = []
+    for start in range(0, len(items), chunk):
+        prepared = await prepare_many(items[start:start + chunk], limits)
+        good = [p for p in prepared if isinstance(p, np.ndarray)]
+        vectors = iter(await encoder.embed(np.stack(good), timeout_s) if good else [])
+        out += [next(vectors) if isinstance(p, np.ndarray) else p for p in prepared]
+        if progress is not None:
+            progress(len(prepared))
+    return out

@@ -1,0 +1,139 @@
+"""The Search path: imaging -> encoder -> store search (eligible images only) -> duplicate collapse -> results."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.core.config import Settings
+from server.core.errors import InvalidInput, NotFound, ServiceError
+from server.core.metrics import GatewayMetrics
+from server.embedding import imaging
+from server.query.duplicates import collapse_duplicates
+from server.runtime.serving import Live, Serving
+from server.store.base import VectorStore
+
+
+@dataclass(frozen=True)
+class Query:
+    image_bytes: bytes | None = None
+    image_id: str | None = None
+    crop: imaging.CropBox | None = None
+    k: int = 0
+    min_score: float | None = None
+    include_duplicates: bool = False
+
+
+@dataclass(frozen=True)
+class Hit:
+    image_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    hits: list[Hit]
+    model_version: str
+    index_version: int
+    request_id: str
+
+
+class Ranker:
+    """Store search + duplicate collapse with backfill: the part of a Search after the query vector exists."""
+
+    def __init__(self, duplicate_threshold: float, metrics: GatewayMetrics) -> None:
+        self.duplicate_threshold, self.metrics = duplicate_threshold, metrics
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.metrics.stage_latency.labels(name).observe(time.perf_counter() - start)
+
+    def rank(self, store: VectorStore, vector: np.ndarray, k: int, exclude: str | None,
+             include_duplicates: bool) -> list[Hit]:
+        if include_duplicates:
+            with self.stage("search"):
+                return [Hit(c.image_id, c.score) for c in store.search(vector, k, exclude)]
+        eligible = store.eligible_count()
+        # Ask for more than k so duplicates can be collapsed and backfilled; go back for more if needed.
+        fetch = min(eligible, 2 * k + 10)
+        while True:
+            with self.stage("search"):
+                candidates = store.search(vector, max(fetch, 1), exclude)
+            with self.stage("filter"):
+                kept, removed = collapse_duplicates(candidates, k, self.duplicate_threshold)
+            if len(kept) == k or fetch >= eligible:
+                break
+            fetch = min(eligible, fetch * 4)
+        if removed:
+            self.metrics.filtered_results.labels("duplicate").inc(removed)
+        return [Hit(c.image_id, c.score) for c in kept]
+
+
+class Searcher:
+    """Every query reads `live.serving` once: its vector and its index come from the same model version."""
+
+    def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics) -> None:
+        self.live, self.settings, self.metrics = live, settings, metrics
+        self.limits = imaging.Limits(settings.max_image_bytes, settings.max_image_pixels)
+        self.ranker = Ranker(settings.duplicate_threshold, metrics)
+
+    def _validate(self, query: Query) -> int:
+        k = query.k or self.settings.default_k
+        if not 1 <= k <= self.settings.max_k:
+            raise InvalidInput(f"must be between 1 and {self.settings.max_k} (0 means {self.settings.default_k}), "
+                               f"got {query.k}", field="k")
+        if (query.image_bytes is None) == (query.image_id is None):
+            raise InvalidInput("set exactly one of image_bytes or image_id", field="query")
+        if query.crop is not None and query.image_id is not None:
+            raise InvalidInput("a crop applies to image_bytes only, not to image_id queries", field="crop")
+        if query.min_score is not None and not -1.0 <= query.min_score <= 1.0:
+            raise InvalidInput(f"must be within [-1, 1], got {query.min_score}", field="min_score")
+        return k
+
+    async def embed_query(self, serving: Serving, query: Query, timeout_s: float | None) -> np.ndarray:
+        """The query vector: the stored one for a search by ID, else the encoder's for the (cropped) image."""
+        if query.image_id is not None:
+            record = serving.store.get(query.image_id)
+            vector = serving.store.vector(query.image_id) if record is not None and record.eligible else None
+            if vector is None:
+                raise NotFound(f"no visible indexed image {query.image_id!r}", field="image_id")
+            return vector
+        with self.ranker.stage("decode"):
+            # Off the event loop: decoding a large photo takes milliseconds (PIL releases the GIL).
+            pixels = await asyncio.to_thread(imaging.prepare, query.image_bytes or b"", query.crop, self.limits)
+        with self.ranker.stage("embed"):
+            return (await serving.encoder.embed(pixels[None], timeout_s))[0]
+
+    async def search(self, query: Query, timeout_s: float | None = None) -> Answer:
+        k = self._validate(query)
+        serving = self.live.serving
+        vector = await self.embed_query(serving, query, timeout_s)
+        hits = self.ranker.rank(serving.store, vector, k, query.image_id, query.include_duplicates)
+        if query.min_score is not None:
+            kept = [h for h in hits if h.score >= query.min_score]
+            self.metrics.filtered_results.labels("min_score").inc(len(hits) - len(kept))
+            hits = kept
+        return Answer(hits, serving.encoder.model_version, serving.store.version, uuid.uuid4().hex)
+
+    async def search_many(self, queries: list[Query], timeout_s: float | None) -> list[Answer]:
+        """Queries run concurrently so Triton's dynamic batcher can merge their embeddings.
+
+        The first failing query fails the call, its position named in the message.
+        """
+        answers = await asyncio.gather(*(self.search(q, timeout_s) for q in queries), return_exceptions=True)
+        for n, answer in enumerate(answers):
+            if isinstance(answer, ServiceError):
+                raise answer.prefixed(f"requests[{n}]")
+            if isinstance(answer, BaseException):
+                raise answer
+        return answers  # type: ignore[return-value]

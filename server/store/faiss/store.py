@@ -1,0 +1,190 @@
+"""The embedded `VectorStore`: FAISS index + SQLite records + eligibility bitmap of one encoder version.
+
+On disk (one directory per encoder version, `<data_dir>/catalogs/encoder-N`):
+  vectors.f32      append-only log of embeddings, row i = internal id i (fsync'd before the records commit)
+  metadata.sqlite  image records (WAL, synchronous=FULL); a row exists only once its vector is durable
+  index.faiss      last index snapshot (atomic write + rename); rows after its ntotal are replayed on start
+
+Recovery: rows of vectors.f32 beyond the record count were never acknowledged and are truncated.
+Writes are serialized by one lock; searches are lock-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from server.store.base import Candidate, Changed, Counts, ImageRecord, NewImage, Visibility
+from server.store.faiss.eligibility import Eligibility
+from server.store.faiss.index import FLAT_THRESHOLD, VectorIndex
+from server.store.faiss.vector_log import VectorLog
+from server.store.metadata import SqliteMetadataStore, now
+
+log = logging.getLogger("store.faiss")
+SNAPSHOT_EVERY = 1000  # adds between index snapshots (replay after a crash stays short)
+
+
+class FaissVectorStore:
+    """Embeddings of another encoder version are refused: vectors of two models are not comparable."""
+
+    def __init__(self, data_dir: Path, dim: int, model_version: str, flat_threshold: int = FLAT_THRESHOLD,
+                 rebuild_in_background: bool = True) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir, self.dim, self.model_version = data_dir, dim, model_version
+        self._records = SqliteMetadataStore(data_dir / "metadata.sqlite")
+        self._vector_log = VectorLog(data_dir / "vectors.f32", dim)
+        self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view)
+        self._eligibility = Eligibility()
+        self._image_ids: list[str] = []  # internal id -> image ID (hot path: no DB lookups)
+        self._hashes: list[str] = []  # internal id -> content hash (duplicate collapse)
+        self._counts = {Visibility.PUBLIC: 0, Visibility.PRIVATE: 0, "deleted": 0}
+        self._write_lock = threading.Lock()
+        self._adds_since_snapshot = 0
+        self._recover()
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.data_dir / "index.faiss"
+
+    @property
+    def version(self) -> int:
+        return self._index.version
+
+    def _recover(self) -> None:
+        records = list(self._records.iter_all())
+        committed = len(records)
+        if self._vector_log.rows() > committed:
+            log.warning("dropping %d unacknowledged vector rows", self._vector_log.rows() - committed)
+            self._vector_log.truncate(committed)
+        if self._vector_log.rows() < committed:
+            raise RuntimeError(f"vector log has {self._vector_log.rows()} rows but metadata has {committed}")
+        if self.snapshot_path.exists():
+            self._index.load(self.snapshot_path)
+            if self._index.ntotal > committed:  # cannot happen: snapshots only hold acknowledged rows
+                raise RuntimeError("index snapshot is ahead of the metadata")
+        replay = committed - self._index.ntotal
+        if replay:
+            log.info("replaying %d vectors after the snapshot", replay)
+            self._index.add(self._index.ntotal, self._vector_log.read(self._index.ntotal, committed))
+        self._track(records)
+        log.info("store ready: %d images (%s)", committed, self._index.describe()[0])
+
+    def _track(self, records: list[ImageRecord]) -> None:
+        """Make added records searchable and counted (ids are positions, so they arrive in order)."""
+        for r in records:
+            self._image_ids.append(r.image_id)
+            self._hashes.append(r.content_hash)
+            self._eligibility.set(r.internal_id, r.eligible)
+            self._counts["deleted" if r.deleted else r.visibility] += 1
+
+    # -- writes ------------------------------------------------------------------------------------------
+    def add(self, images: Sequence[NewImage], model_version: str | None = None) -> list[bool]:
+        if model_version is not None and model_version != self.model_version:
+            raise ValueError(f"embeddings of {model_version} cannot join the store of {self.model_version}")
+        with self._write_lock:
+            added_flags, fresh, seen = [], [], set()
+            for image in images:
+                is_new = image.image_id not in seen and self._records.get(image.image_id) is None
+                seen.add(image.image_id)
+                added_flags.append(is_new)
+                if is_new:
+                    fresh.append(image)
+            if not fresh:
+                return added_flags
+            first = self._index.ntotal
+            vectors = np.stack([i.vector for i in fresh]).astype(np.float32)
+            self._vector_log.append(vectors)
+            records = [ImageRecord(i.image_id, first + n, i.owner_id, i.visibility, False, i.content_hash,
+                                   self.model_version, now()) for n, i in enumerate(fresh)]
+            try:
+                self._records.insert(records)
+            except BaseException:
+                self._vector_log.truncate(first)
+                raise
+            # Durable from here on; now make it searchable.
+            self._index.add(first, vectors)
+            self._track(records)
+            self._adds_since_snapshot += len(records)
+            return added_flags
+
+    def set_visibility(self, image_ids: Sequence[str], visibility: Visibility) -> Changed:
+        with self._write_lock:
+            changed = self._records.set_visibility(list(image_ids), visibility)
+            for r in changed:  # live images whose visibility flipped
+                self._eligibility.set(r.internal_id, r.eligible)
+                self._counts[r.visibility] += 1
+                self._counts[Visibility.PRIVATE if r.visibility == Visibility.PUBLIC else Visibility.PUBLIC] -= 1
+            return Changed(len(changed), self._unknown(image_ids))
+
+    def delete(self, image_ids: Sequence[str]) -> Changed:
+        with self._write_lock:
+            unknown = self._unknown(image_ids)
+            deleted = self._records.mark_deleted(list(image_ids))
+            for r in deleted:
+                self._eligibility.set(r.internal_id, False)
+                self._counts[r.visibility] -= 1
+                self._counts["deleted"] += 1
+            return Changed(len(deleted), unknown)
+
+    def _unknown(self, image_ids: Sequence[str]) -> list[str]:
+        return [i for i in image_ids if (r := self._records.get(i)) is None or r.deleted]
+
+    # -- reads -------------------------------------------------------------------------------------------
+    def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Candidate]:
+        skip = None
+        if exclude is not None and (record := self._records.get(exclude)) is not None:
+            skip = record.internal_id
+        selector, _keepalive = self._eligibility.selector(skip)
+        scores, ids = self._index.search(vector[None], max(1, min(k, self.eligible_count())), selector)
+        # Re-check eligibility after the search: a hide acknowledged while it ran must still be honoured.
+        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
+                 if i >= 0 and i != skip and self._eligibility.is_eligible(int(i))]
+        vectors = self._index.reconstruct(np.array([i for i, _ in found], dtype=np.int64))
+        return [Candidate(self._image_ids[i], s, self._hashes[i], v) for (i, s), v in zip(found, vectors, strict=True)]
+
+    def eligible_count(self) -> int:
+        return self._eligibility.count
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        return self._records.get(image_id)
+
+    def vector(self, image_id: str) -> np.ndarray | None:
+        record = self._records.get(image_id)
+        return None if record is None else self._index.reconstruct(np.array([record.internal_id]))[0]
+
+    def counts(self) -> Counts:
+        c = self._counts
+        return Counts(public=c[Visibility.PUBLIC], private=c[Visibility.PRIVATE], deleted=c["deleted"])
+
+    def describe(self) -> tuple[str, dict[str, str]]:
+        return self._index.describe()
+
+    def added_total(self) -> int:
+        return self._index.ntotal
+
+    def records(self, start: int, stop: int) -> list[ImageRecord]:
+        found = self._records.get_many(range(start, stop))
+        return [found[i] for i in range(start, stop)]
+
+    def iter_records(self) -> Iterator[ImageRecord]:
+        return self._records.iter_all()
+
+    # -- persistence -------------------------------------------------------------------------------------
+    def snapshot_if_due(self) -> bool:
+        if self._adds_since_snapshot < SNAPSHOT_EVERY:
+            return False
+        self.snapshot()
+        return True
+
+    def snapshot(self) -> None:
+        with self._write_lock:
+            self._adds_since_snapshot = 0
+        self._index.save(self.snapshot_path)
+
+    def close(self) -> None:
+        self._vector_log.close()
+        self._records.close()

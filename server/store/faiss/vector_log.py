@@ -1,0 +1,40 @@
+"""Append-only float32 rows with fsync: the write-ahead log of embeddings (row i = internal id i)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+class VectorLog:
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path, self.dim = path, dim
+        self._row_bytes = dim * 4
+        self._file = open(path, "ab")  # noqa: SIM115 - kept open for the store's lifetime
+
+    def rows(self) -> int:
+        return os.path.getsize(self.path) // self._row_bytes
+
+    def truncate(self, rows: int) -> None:
+        self._file.flush()
+        os.truncate(self.path, rows * self._row_bytes)
+
+    def append(self, vectors: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def view(self) -> np.ndarray:
+        """All rows, memory-mapped (read-only)."""
+        rows = self.rows()
+        if rows == 0:
+            return np.empty((0, self.dim), np.float32)
+        return np.memmap(self.path, dtype="<f4", mode="r", shape=(rows, self.dim))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return np.array(self.view()[start:stop], dtype=np.float32)
+
+    def close(self) -> None:
+        self._file.close()

@@ -24,6 +24,7 @@ from server.api.interceptors import StatusAndMetrics
 from server.api.service import VisualSearchServicer
 from server.core.config import Settings, add_arguments, from_args
 from server.core.metrics import GatewayMetrics
+from server.embedding.contract import EMBEDDING_DIM
 from server.embedding.encoder import EncoderClient
 from server.embedding.imaging import Limits
 from server.ingest.add import Indexer
@@ -59,7 +60,7 @@ class Gateway:
         active = read_active_version(s.data_dir) or f"{s.model_name}/{s.model_version}"
         encoder = EncoderClient(s.triton_url or f"127.0.0.1:{s.triton_grpc_port}", s.model_name,
                                 active.rsplit("/", 1)[-1])
-        store = await asyncio.to_thread(open_store, s, active)
+        store = await asyncio.to_thread(open_store, s, active, EMBEDDING_DIM)
         await asyncio.to_thread(write_active_version, s.data_dir, active)
         self.live = Live(Serving(store, encoder))
         self.interactions = InteractionLog(s.data_dir / "interactions.sqlite")

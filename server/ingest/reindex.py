@@ -48,7 +48,7 @@ class ModelSwitch:
         self.progress.task = asyncio.create_task(self._run(), name=f"switch-to-{self.target}")
 
     async def _run(self) -> None:
-        new = await asyncio.to_thread(open_store, self.settings, self.target)
+        new = await asyncio.to_thread(open_store, self.settings, self.target, self.live.serving.store.dim)
         self._report(new)
         try:
             log.info("switching to %s: %d of %d images already re-embedded", self.target, new.added_total(),

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from server.core.config import Settings
 from server.core.durable import write_atomic
-from server.embedding.contract import EMBEDDING_DIM
 from server.store.base import VectorStore
 
 ACTIVE_MODEL_FILE = "ACTIVE_MODEL"
@@ -32,8 +31,8 @@ def write_active_version(data_dir: Path, model_version: str) -> None:
     write_atomic(data_dir / ACTIVE_MODEL_FILE, (model_version + "\n").encode())
 
 
-def open_store(settings: Settings, model_version: str) -> VectorStore:
-    """The store holding `model_version`'s embeddings, created empty if new."""
+def open_store(settings: Settings, model_version: str, dim: int) -> VectorStore:
+    """The store holding `model_version`'s embeddings (`dim` floats each), created empty if new."""
     from server.store.faiss import FaissVectorStore
 
-    return FaissVectorStore(catalog_dir(settings.data_dir, model_version), EMBEDDING_DIM, model_version)
+    return FaissVectorStore(catalog_dir(settings.data_dir, model_version), dim, model_version)

@@ -1,0 +1,179 @@
+"""The `VectorStore` contract, run against every backend with deterministic stand-in embeddings (no Triton).
+
+Each backend must: return only eligible (public, not deleted) images, exactly min(k, eligible) of them even when
+90% of the corpus is private; honour hides, shows and deletes from the next search on; add idempotently; count
+without scanning; and come back with everything acknowledged after a crash. The query layer's duplicate collapse
+with backfill must work on top of it unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from server.core.metrics import GatewayMetrics
+from server.query.search import Ranker
+from server.store.base import NewImage, VectorStore, Visibility
+from server.store.faiss import FaissVectorStore
+
+DIM = 64
+VERSION = "encoder/1"
+OpenStore = Callable[[], VectorStore]
+
+
+def stand_in_vector(key: str, dim: int = DIM) -> np.ndarray:
+    """A deterministic unit vector per key: what an encoder would be for the contract's purposes."""
+    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
+    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def image(image_id: str, visibility: Visibility = Visibility.PUBLIC, vector: np.ndarray | None = None,
+          digest: str | None = None) -> NewImage:
+    return NewImage(image_id, "owner", visibility, digest or hashlib.sha256(image_id.encode()).hexdigest(),
+                    stand_in_vector(image_id) if vector is None else vector)
+
+
+def faiss_backend(root: Path) -> OpenStore:
+    # A low flat threshold so the contract runs against the IVF-PQ index, not only exact search.
+    return lambda: FaissVectorStore(root / "faiss", DIM, VERSION, flat_threshold=500, rebuild_in_background=False)
+
+
+BACKENDS = {"faiss": faiss_backend}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    opened: list[VectorStore] = []
+
+    def open_() -> VectorStore:
+        opened.append(BACKENDS[request.param](tmp_path)())
+        return opened[-1]
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+def ids(candidates: list) -> list[str]:
+    return [c.image_id for c in candidates]
+
+
+def test_add_then_search_finds_the_image_first_and_add_is_idempotent(open_store):
+    store = open_store()
+    assert store.add([image(f"a{i}") for i in range(50)]) == [True] * 50
+    assert store.add([image("a3"), image("new")]) == [False, True]
+    hits = store.search(stand_in_vector("a7"), 5)
+    assert hits[0].image_id == "a7" and hits[0].score == pytest.approx(1.0, abs=1e-3)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert hits[0].content_hash == hashlib.sha256(b"a7").hexdigest()
+    np.testing.assert_allclose(hits[0].vector, stand_in_vector("a7"), atol=1e-5)
+    assert "a7" not in ids(store.search(stand_in_vector("a7"), 5, exclude="a7"))
+    assert store.get("a7").eligible and store.get("missing") is None
+    np.testing.assert_allclose(store.vector("a7"), stand_in_vector("a7"), atol=1e-5)
+
+
+@pytest.mark.parametrize("eligible_share", [0.1, 0.01])
+def test_exactly_k_eligible_results_when_most_of_the_corpus_is_private(open_store, eligible_share):
+    store = open_store()
+    n = 3000
+    rng = random.Random(7)
+    public = set(rng.sample(range(n), int(n * eligible_share)))
+    store.add([image(f"p{i}", Visibility.PUBLIC if i in public else Visibility.PRIVATE) for i in range(n)])
+    assert store.describe()[0] != "Flat", "the contract must exercise the ANN index"
+    k = min(50, len(public))
+    for q in range(10):
+        hits = store.search(stand_in_vector(f"query-{q}"), k)
+        assert len(hits) == k and len(set(ids(hits))) == k
+        assert all(int(h.image_id[1:]) in public for h in hits)
+
+
+def test_hide_show_delete_are_honoured_by_the_next_search(open_store):
+    store = open_store()
+    store.add([image(f"v{i}") for i in range(40)])
+    probe = stand_in_vector("v5")
+    changed = store.set_visibility(["v5", "v6", "nope"], Visibility.PRIVATE)
+    assert changed.count == 2 and changed.not_found == ["nope"]
+    assert not {"v5", "v6"} & set(ids(store.search(probe, 40)))
+    assert len(store.search(probe, 40)) == 38
+    assert store.set_visibility(["v5"], Visibility.PUBLIC).count == 1
+    assert ids(store.search(probe, 1)) == ["v5"]
+    deleted = store.delete(["v5", "ghost"])
+    assert deleted.count == 1 and deleted.not_found == ["ghost"]
+    assert "v5" not in ids(store.search(probe, 40))
+    # A deleted image stays deleted: showing it again changes nothing, re-adding its ID is refused.
+    again = store.set_visibility(["v5"], Visibility.PUBLIC)
+    assert again.count == 0 and again.not_found == ["v5"]
+    assert store.add([image("v5")]) == [False] and "v5" not in ids(store.search(probe, 40))
+    counts = store.counts()
+    assert (counts.public, counts.private, counts.deleted) == (38, 1, 1)
+
+
+def test_duplicate_collapse_with_backfill_on_top_of_the_store(open_store):
+    store = open_store()
+    base = stand_in_vector("original")
+    noise = np.random.default_rng(1)
+    copies = []
+    for i in range(6):  # near-identical copies of one picture, and an exact byte copy
+        v = base + 0.02 * noise.standard_normal(DIM).astype(np.float32)
+        copies.append(image(f"copy{i}", vector=v / np.linalg.norm(v)))
+    copies.append(image("byte-copy", vector=stand_in_vector("other"), digest=copies[0].content_hash))
+    store.add([image("original", vector=base), *copies, *(image(f"d{i}") for i in range(30))])
+    ranker = Ranker(duplicate_threshold=0.9, metrics=GatewayMetrics(CollectorRegistry()))
+    hits = ranker.rank(store, base, 10, exclude=None, include_duplicates=False)
+    assert len(hits) == 10 and hits[0].image_id == "original"
+    assert not {f"copy{i}" for i in range(6)} & {h.image_id for h in hits}
+    assert len(ranker.rank(store, base, 10, exclude=None, include_duplicates=True)) == 10
+
+
+def test_everything_acknowledged_survives_a_crash(open_store):
+    store = open_store()
+    store.add([image(f"c{i}", Visibility.PRIVATE if i % 3 == 0 else Visibility.PUBLIC) for i in range(700)])
+    store.delete(["c1"])
+    # No close, no snapshot: the process "dies" here and a new one opens the same store.
+    reopened = open_store()
+    assert reopened.counts() == store.counts()
+    assert reopened.added_total() == 700 and reopened.get("c1").deleted
+    assert ids(reopened.search(stand_in_vector("c2"), 1)) == ["c2"]
+    assert "c3" not in ids(reopened.search(stand_in_vector("c3"), 50))
+    assert [r.image_id for r in reopened.records(10, 13)] == ["c10", "c11", "c12"]
+
+
+def test_random_operations_match_a_reference_model(open_store):
+    store = open_store()
+    rng = random.Random(11)
+    reference: dict[str, str] = {}  # image ID -> public | private | deleted
+    for step in range(600):
+        op = rng.random()
+        known = sorted(reference)
+        if op < 0.35 or not known:
+            batch = [f"r{step}-{j}" for j in range(rng.randint(1, 5))]
+            vis = rng.choice([Visibility.PUBLIC, Visibility.PRIVATE])
+            store.add([image(i, vis) for i in batch])
+            reference.update({i: vis.name.lower() for i in batch})
+        elif op < 0.55:
+            target = rng.sample(known, min(3, len(known)))
+            vis = rng.choice([Visibility.PUBLIC, Visibility.PRIVATE])
+            store.set_visibility(target, vis)
+            reference.update({i: vis.name.lower() for i in target if reference[i] != "deleted"})
+        elif op < 0.65:
+            target = rng.sample(known, min(2, len(known)))
+            store.delete(target)
+            reference.update({i: "deleted" for i in target})
+        else:
+            eligible = {i for i, state in reference.items() if state == "public"}
+            k = rng.choice([1, 10, 1000])
+            found = ids(store.search(stand_in_vector(f"q{step}"), k))
+            assert set(found) <= eligible, f"leaked: {set(found) - eligible}"
+            assert len(found) == len(set(found)) == min(k, len(eligible))
+    states = list(reference.values())
+    counts = store.counts()
+    assert (counts.public, counts.private, counts.deleted) == (
+        states.count("public"), states.count("private"), states.count("deleted"))
+    assert store.eligible_count() == states.count("public")

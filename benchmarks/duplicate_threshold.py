@@ -24,6 +24,7 @@ from PIL import Image
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from server.core.config import MODEL_REPOSITORY
 from server.embedding import imaging
+from server.embedding.contract import INPUT_NAME
 from server.tools.corpus import picture_key, real_photos
 
 
@@ -37,7 +38,7 @@ def main() -> None:
         buffer = io.BytesIO()
         image.resize((max(1, image.width // 2), max(1, image.height // 2))).save(buffer, "JPEG", quality=50)
         copies.append(imaging.prepare(buffer.getvalue()))
-    embed = lambda x: np.concatenate([session.run(None, {"pixels": np.stack(x[i:i + 16])})[0]  # noqa: E731
+    embed = lambda x: np.concatenate([session.run(None, {INPUT_NAME: np.stack(x[i:i + 16])})[0]  # noqa: E731
                                       for i in range(0, len(x), 16)])
     e, c = embed(originals), embed(copies)
     keys = [picture_key(p.image_id) for p in photos]

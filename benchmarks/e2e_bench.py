@@ -51,7 +51,7 @@ from clients.client import VisualSearchClient
 from server.core.config import loopback_settings
 from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
-from server.embedding.contract import EMBEDDING_DIM, MODEL_NAME
+from server.embedding.contract import EMBED_CHUNK, EMBEDDING_DIM, MODEL_NAME
 from server.embedding.encoder import EncoderClient
 from server.embedding.pipeline import embed_pixels
 from server.query.search import Ranker
@@ -106,7 +106,7 @@ def index_through_gateway(target: str, images: list[bytes], copies: int, streams
             buffer = io.BytesIO()
             image.crop((c, c, w - c, h - c)).save(buffer, "JPEG", quality=90)
             items.append(UploadImage(f"photo-{n}-copy-{c}", buffer.getvalue()))
-    chunks = [items[s:s + 32] for s in range(0, len(items), 32)]
+    chunks = [items[s:s + EMBED_CHUNK] for s in range(0, len(items), EMBED_CHUNK)]
     bar = tqdm(total=len(items), unit="img", desc="AddImages")
     lock = threading.Lock()
 

@@ -30,6 +30,7 @@ from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from benchmarks.loadgen import TritonTarget, closed_loop
 from server.core.config import MODEL_REPOSITORY, loopback_settings
 from server.embedding import imaging
+from server.embedding.contract import INPUT_NAME
 from server.models.triton import TritonServer
 from server.tools.corpus import real_photos
 
@@ -63,11 +64,11 @@ def raw_onnxruntime(pixels: np.ndarray, seconds: float) -> list[dict[str, object
     rows = []
     for batch in (1, 16):
         x = np.resize(pixels, (batch, *pixels.shape[1:]))
-        session.run(None, {"pixels": x})
+        session.run(None, {INPUT_NAME: x})
         times, start = [], time.perf_counter()
         while time.perf_counter() - start < seconds:
             t = time.perf_counter()
-            session.run(None, {"pixels": x})
+            session.run(None, {INPUT_NAME: x})
             times.append(time.perf_counter() - t)
         rows.append({"backend": "onnxruntime in-process", "batch": batch,
                      "images_per_s": round(batch * len(times) / sum(times), 1),

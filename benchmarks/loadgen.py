@@ -27,6 +27,8 @@ from multiprocessing.synchronize import Barrier
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from server.embedding.contract import INPUT_NAME, MODEL_NAME
+
 LOWEST_US, HIGHEST_US, DIGITS = 1, 60_000_000, 3
 
 
@@ -38,7 +40,7 @@ def new_histogram() -> HdrHistogram:
 class TritonTarget:
     url: str
     pixels: np.ndarray  # uint8 [Q, 224, 224, 3]: one row per request, cycled
-    model: str = "encoder"
+    model: str = MODEL_NAME
 
     def connect(self) -> Callable[[int], None]:
         import tritonclient.grpc as triton_grpc
@@ -46,7 +48,7 @@ class TritonTarget:
         client = triton_grpc.InferenceServerClient(self.url)
 
         def call(i: int) -> None:
-            tensor = triton_grpc.InferInput("pixels", [1, *self.pixels.shape[1:]], "UINT8")
+            tensor = triton_grpc.InferInput(INPUT_NAME, [1, *self.pixels.shape[1:]], "UINT8")
             tensor.set_data_from_numpy(self.pixels[i % len(self.pixels)][None])
             client.infer(self.model, [tensor], client_timeout=30)
         return call

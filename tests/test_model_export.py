@@ -60,3 +60,22 @@ def test_tensorrt_plan_builds_and_matches_onnx(tmp_path, photos):  # pragma: no 
     subprocess.run([sys.executable, "deploy/gpu/build_trt_plan.py", "--onnx", str(ONNX), "--output", str(plan)],
                    check=True, cwd=REPO_ROOT)
     assert plan.stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("config", ["config.pbtxt", "configs/gpu.pbtxt", "configs/no_batching.pbtxt"])
+def test_triton_configs_state_the_same_contract_as_the_code(config):
+    """server/embedding/contract.py and every Triton config of the encoder agree (names, sizes, batch limit)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from server.embedding import contract
+
+    parsed = text_format.Parse((MODEL_REPOSITORY / "encoder" / config).read_text(), model_config_pb2.ModelConfig())
+    assert parsed.name == contract.MODEL_NAME
+    assert (parsed.input[0].name, list(parsed.input[0].dims)) == (
+        contract.INPUT_NAME, [contract.INPUT_SIZE, contract.INPUT_SIZE, 3])
+    assert (parsed.output[0].name, list(parsed.output[0].dims)) == (contract.OUTPUT_NAME, [contract.EMBEDDING_DIM])
+    assert parsed.max_batch_size in (0, contract.MAX_BATCH_SIZE)
+    session = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == [contract.INPUT_NAME]
+    assert [o.name for o in session.get_outputs()] == [contract.OUTPUT_NAME]

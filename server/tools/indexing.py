@@ -7,6 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from clients.client import NewImage, VisualSearchClient
+from server.embedding.contract import EMBED_CHUNK
 from server.tools.corpus import IMAGE_SUFFIXES
 from server.tools.output import CliError, read_file
 
@@ -26,7 +27,7 @@ def collect(paths: list[Path]) -> list[tuple[str, Path]]:
 
 
 def index_files(client: VisualSearchClient, items: list[tuple[str, Path]], state_file: Path,
-                private: bool = False, batch: int = 32) -> dict[str, int]:
+                private: bool = False, batch: int = EMBED_CHUNK) -> dict[str, int]:
     """Resumable: IDs acknowledged earlier (in the state file) are skipped; re-sending is harmless anyway."""
     done = set(state_file.read_text().split("\n")) if state_file.exists() else set()
     todo = [(i, p) for i, p in items if i not in done]

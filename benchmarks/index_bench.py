@@ -4,7 +4,7 @@
 
 Two data sets of the embedding dimension (1280): faiss's SyntheticDataset (low intrinsic dimension, like
 real embeddings) and a hard one (weakly clustered Gaussian, high intrinsic dimension). For each: the
-default parameters chosen by `server.index.params_for`, an 8-bit PQ variant and a coarser 4-bit one, and a
+default parameters chosen by `server.store.faiss.index.params_for`, an 8-bit PQ variant and a coarser 4-bit one, and a
 sweep of nprobe x k_factor. One query at a time, one thread (how the gateway searches).
 Writes benchmarks/results/index.{json,md} and index_recall_latency.png (index_<n>.* with an explicit --n).
 """

@@ -1,4 +1,4 @@
-"""Real photos for tests (from packages, see server/corpus.py) and helpers to make query variants."""
+"""Real photos for tests (from packages, see server/tools/corpus.py) and helpers to make query variants."""
 
 from __future__ import annotations
 

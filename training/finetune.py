@@ -41,7 +41,7 @@ CHECKPOINT_NAME = "last.pt"
 @dataclass
 class FinetuneConfig:
     out: Path
-    images: list[Path] | None = None  # None: the demo corpus (server.corpus.real_photos)
+    images: list[Path] | None = None  # None: the demo corpus (server.tools.corpus.real_photos)
     steps: int = 300
     batch_size: int = 16
     lr: float = 3e-4

@@ -1,7 +1,7 @@
 """Impressions and clicks from surfaces that showed Search results: durable log, CTR, training positives.
 
-    python -m server.interactions ctr --db var/interactions.sqlite
-    python -m server.interactions export-clicks --db var/interactions.sqlite --output clicks.jsonl
+    python -m server.store.interactions ctr --db var/interactions.sqlite
+    python -m server.store.interactions export-clicks --db var/interactions.sqlite --output clicks.jsonl
 """
 
 from __future__ import annotations

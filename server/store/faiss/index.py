@@ -6,7 +6,7 @@ vector log and the index agree row for row, and replay after a snapshot is "add 
 
 Below `flat_threshold` vectors the index is exact (`Flat`); above it, IVF with 4-bit fast-scan PQ and
 an exact re-rank on the stored vectors (`RFlat`), parameters derived from the corpus size and
-rebuilt as the corpus grows (docs/INDEX.md has the measurements behind the rule).
+rebuilt as the corpus grows (benchmarks/results/index.md has the measurements behind the rule).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD,
 
 def ivf_params(nlist: int, m: int) -> IndexParams:
     """2 dims per 4-bit sub-quantizer and a 32x exact re-rank: 10-recall@10 >= 0.95 on hard synthetic sets
-    where 4 dims per sub-quantizer or an 8x re-rank stay below 0.9 (docs/INDEX.md, tests/test_index.py)."""
+    where 4 dims per sub-quantizer or an 8x re-rank stay below 0.9 (benchmarks/results/index.md, tests/test_index.py)."""
     return IndexParams(f"IVF{nlist},PQ{m}x4fs,RFlat", nprobe=max(16, nlist // 16), k_factor=32)
 
 

@@ -177,3 +177,34 @@ def test_random_operations_match_a_reference_model(open_store):
     assert (counts.public, counts.private, counts.deleted) == (
         states.count("public"), states.count("private"), states.count("deleted"))
     assert store.eligible_count() == states.count("public")
+
+
+def test_one_store_search_per_query_on_a_duplicate_heavy_corpus(open_store):
+    """Each picture stored 8 times (near copies): after a few queries the first fetch is sized from the measured
+    collapse rate, so the ranker stops going back to the store for more."""
+    store = open_store()
+    noise = np.random.default_rng(5)
+    images = []
+    for p in range(120):
+        base = stand_in_vector(f"picture{p}")
+        for c in range(8):
+            v = base + 0.01 * noise.standard_normal(DIM).astype(np.float32)
+            images.append(image(f"pic{p}-copy{c}", vector=v / np.linalg.norm(v)))
+    store.add(images)
+    registry = CollectorRegistry()
+    ranker = Ranker(duplicate_threshold=0.9, metrics=GatewayMetrics(registry))
+
+    def searches_per_query(queries: range) -> float:
+        def total() -> float:
+            return registry.get_sample_value("vsearch_ann_searches_per_query_sum") or 0.0
+
+        before = total()
+        for q in queries:
+            hits = ranker.rank(store, stand_in_vector(f"picture{q}"), 20, exclude=None, include_duplicates=False)
+            assert len(hits) == 20 and len({h.image_id.split("-")[0] for h in hits}) == 20
+        return (total() - before) / len(queries)
+
+    cold = searches_per_query(range(0, 10))
+    warm = searches_per_query(range(10, 60))
+    assert cold > 1.0, "the corpus must force the backfill at first, or the test proves nothing"
+    assert warm <= 1.1

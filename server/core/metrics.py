@@ -43,6 +43,11 @@ class GatewayMetrics:
             "(decode, embed, search, filter, persist).",
             ["stage"], buckets=STAGE_BUCKETS, registry=registry,
         )
+        self.ann_searches = Histogram(
+            "vsearch_ann_searches_per_query",
+            "Store searches one query needed (more than 1 when duplicate collapse had to go back for more).",
+            buckets=(1, 2, 3, 4, 6, 8), registry=registry,
+        )
         self.filtered_results = Counter(
             "vsearch_filtered_results_total",
             "Candidates removed by a filter (reason: private, deleted, duplicate, query_image, min_score).",

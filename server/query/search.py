@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,10 +46,15 @@ class Answer:
 
 
 class Ranker:
-    """Store search + duplicate collapse with backfill: the part of a Search after the query vector exists."""
+    """Store search + duplicate collapse with backfill: the part of a Search after the query vector exists.
+
+    The first fetch is sized from the share of candidates the collapse kept in recent queries, so on a
+    duplicate-heavy corpus one store search usually suffices; it goes back for more only when that fell short.
+    """
 
     def __init__(self, duplicate_threshold: float, metrics: GatewayMetrics) -> None:
         self.duplicate_threshold, self.metrics = duplicate_threshold, metrics
+        self.keep_rate = 1.0  # moving average of kept / examined candidates
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -58,22 +64,31 @@ class Ranker:
         finally:
             self.metrics.stage_latency.labels(name).observe(time.perf_counter() - start)
 
+    def first_fetch(self, k: int) -> int:
+        """Enough candidates that k survive the collapse at the recent keep rate, with a 25% margin."""
+        return max(2 * k + 10, math.ceil(1.25 * k / max(self.keep_rate, 0.02)) + 10)
+
     def rank(self, store: VectorStore, vector: np.ndarray, k: int, exclude: str | None,
              include_duplicates: bool) -> list[Hit]:
         if include_duplicates:
             with self.stage("search"):
-                return [Hit(c.image_id, c.score) for c in store.search(vector, k, exclude)]
+                hits = [Hit(c.image_id, c.score) for c in store.search(vector, k, exclude)]
+            self.metrics.ann_searches.observe(1)
+            return hits
         eligible = store.eligible_count()
-        # Ask for more than k so duplicates can be collapsed and backfilled; go back for more if needed.
-        fetch = min(eligible, 2 * k + 10)
+        fetch, searches = min(eligible, self.first_fetch(k)), 0
         while True:
             with self.stage("search"):
                 candidates = store.search(vector, max(fetch, 1), exclude)
+            searches += 1
             with self.stage("filter"):
                 kept, removed = collapse_duplicates(candidates, k, self.duplicate_threshold)
+            if kept:
+                self.keep_rate = 0.9 * self.keep_rate + 0.1 * len(kept) / (len(kept) + removed)
             if len(kept) == k or fetch >= eligible:
                 break
             fetch = min(eligible, fetch * 4)
+        self.metrics.ann_searches.observe(searches)
         if removed:
             self.metrics.filtered_results.labels("duplicate").inc(removed)
         return [Hit(c.image_id, c.score) for c in kept]

@@ -56,7 +56,8 @@ async def _embed(url: str, version: str, items: list[tuple[bytes, tuple[float, f
     inputs = [ImageInput(data, CropBox(*crop) if crop else None) for data, crop in items]
     try:
         with tqdm(total=len(items), desc=desc, unit="img") as bar:
-            vectors = await embed_images(encoder, inputs, Limits(max_pixels=10**9), timeout_s=120, progress=bar.update)
+            vectors = await embed_images(encoder, inputs, Limits(max_pixels=10**9), timeout_s=120, progress=bar.update,
+                                         local_decode=True)
     finally:
         await encoder.close()
     rejected = [str(v) for v in vectors if not isinstance(v, np.ndarray)]

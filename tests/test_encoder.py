@@ -170,3 +170,44 @@ def test_triton_dies_with_its_parent(tmp_path):
         assert all(_wait_gone(p) for p in stubs)
     finally:
         parent.kill()
+
+
+def _embed_images(url: str, items: list[tuple[bytes, imaging.CropBox | None]], version: str | None = "1") -> list:
+    async def run() -> list:
+        client = EncoderClient(url, version=version)
+        try:
+            return await asyncio.gather(*(client.embed_image(data, crop, timeout_s=60) for data, crop in items),
+                                        return_exceptions=True)
+        finally:
+            await client.close()
+    return asyncio.run(run())
+
+
+def test_image_model_decodes_inside_triton_exactly_like_the_gateway(triton_server):
+    """Bytes + crop to Triton's image model give the embedding of the gateway's own preprocessing."""
+    items = [(photo(i).path.read_bytes(), crop) for i in ("skimage/astronaut", "skimage/chelsea", "skimage/coffee")
+             for crop in (None, imaging.CropBox(0.3, 0.0, 0.75, 0.45))]
+    remote = _embed_images(triton_server.endpoint.grpc_url, items)
+    local = embed(triton_server.endpoint.grpc_url, np.stack([imaging.prepare(d, c) for d, c in items]))
+    for got, want in zip(remote, local, strict=True):
+        assert float(got @ want) >= 0.9999
+
+
+def test_a_bad_image_fails_only_its_own_request_with_the_field_named(triton_server):
+    good = photo("skimage/rocket").path.read_bytes()
+    truncated = good[: len(good) // 3]
+    outcomes = _embed_images(triton_server.endpoint.grpc_url, [
+        (good, None), (b"GIF89a not really", None), (good, None), (truncated, None),
+        (good, imaging.CropBox(0.1, 0.1, 0.2, 0.2)), (b"", None)])
+    assert [isinstance(o, np.ndarray) for o in outcomes] == [True, False, True, False, True, False]
+    for bad in (outcomes[1], outcomes[3], outcomes[5]):
+        assert isinstance(bad, InvalidInput) and bad.message.startswith("image_bytes: ")
+
+
+def test_image_model_embeds_with_the_requested_encoder_version(triton_server):
+    data = photo("skimage/chelsea").path.read_bytes()
+    pinned, newest = _embed_images(triton_server.endpoint.grpc_url, [(data, None)], "1")[0], \
+        _embed_images(triton_server.endpoint.grpc_url, [(data, None)], None)[0]
+    assert float(pinned @ newest) >= 0.9999
+    missing = _embed_images(triton_server.endpoint.grpc_url, [(data, None)], "99")[0]
+    assert isinstance(missing, Unavailable | InvalidInput) and "99" in str(missing)

@@ -39,6 +39,8 @@ class Settings:
     # Input limits (decompression-bomb and abuse protection).
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    # Decode, crop and resize in the gateway instead of in Triton's image model (benchmarks/results/e2e.md).
+    decode_in_gateway: bool = False
     # Search
     default_k: int = 20
     max_k: int = 1000

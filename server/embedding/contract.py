@@ -13,3 +13,12 @@ INPUT_SIZE = 224
 EMBEDDING_DIM = 1280
 MAX_BATCH_SIZE = 64  # Triton's max_batch_size: bigger batches are split by the client
 EMBED_CHUNK = 32  # images prepared and embedded together when indexing (one Triton call each)
+
+# Preprocessing inside Triton (model_repository/image_encoder): raw image bytes + a normalized crop box in,
+# the encoder's embedding out. The encoder version is a request parameter, so a model switch can embed with
+# the candidate version while queries use the served one.
+IMAGE_MODEL_NAME = "image_encoder"
+IMAGE_INPUT_NAME = "image_bytes"  # BYTES [N, 1]: the encoded image as uploaded
+CROP_INPUT_NAME = "crop"  # FP32 [N, 4]: x_min, y_min, x_max, y_max in [0, 1]; (0, 0, 1, 1) is the whole image
+VERSION_PARAMETER = "encoder_version"
+WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)

@@ -12,16 +12,30 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from server.core.errors import DeadlineExceeded, InvalidInput, Unavailable
-from server.embedding.contract import INPUT_NAME, INPUT_SIZE, MAX_BATCH_SIZE, MODEL_NAME, OUTPUT_NAME
+from server.embedding.contract import (
+    CROP_INPUT_NAME,
+    IMAGE_INPUT_NAME,
+    IMAGE_MODEL_NAME,
+    INPUT_NAME,
+    INPUT_SIZE,
+    MAX_BATCH_SIZE,
+    MODEL_NAME,
+    OUTPUT_NAME,
+    VERSION_PARAMETER,
+    WHOLE_IMAGE,
+)
+from server.embedding.imaging import CropBox
 
 
-def _translate(exc: InferenceServerException, url: str) -> Exception:
+def _translate(exc: InferenceServerException, url: str, invalid_field: str | None = "pixels") -> Exception:
     status = str(exc.status() or "")
     text = exc.message() or str(exc)
     if "DEADLINE_EXCEEDED" in status or "Deadline" in text:
         return DeadlineExceeded("the encoder did not answer within the request deadline")
     if "INVALID_ARGUMENT" in status:
-        return InvalidInput(f"encoder rejected the input: {text}", field="pixels")
+        # The image model's messages name the request field already (`image_bytes: ...`, `crop: ...`).
+        return InvalidInput(text if invalid_field is None else f"encoder rejected the input: {text}",
+                            field=invalid_field)
     return Unavailable(f"encoder (Triton at {url}) is unavailable: {text}")
 
 
@@ -70,7 +84,8 @@ class EncoderClient:
 
     async def is_ready(self) -> bool:
         try:
-            return bool(await self._client.is_model_ready(self.model_name, self._version or ""))
+            return bool(await self._client.is_model_ready(self.model_name, self._version or "")
+                        and await self._client.is_model_ready(IMAGE_MODEL_NAME))
         except Exception:
             return False
 
@@ -100,6 +115,25 @@ class EncoderClient:
         if self._version is None:
             self._version = result.get_response().model_version or None
         return result.as_numpy(OUTPUT_NAME)
+
+    async def embed_image(self, data: bytes, crop: CropBox | None = None, timeout_s: float | None = None
+                          ) -> np.ndarray:
+        """Encoded image bytes (+ crop) -> float32 [dim]: decoding and resizing happen inside Triton."""
+        if timeout_s is not None and timeout_s <= 0:
+            raise DeadlineExceeded("the request deadline passed before the encoder was called")
+        if crop is not None:
+            crop.validate()
+        image = InferInput(IMAGE_INPUT_NAME, [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+        box = InferInput(CROP_INPUT_NAME, [1, 4], "FP32")
+        box.set_data_from_numpy(np.array([crop.as_tuple() if crop else WHOLE_IMAGE], dtype=np.float32))
+        try:
+            result = await self._client.infer(
+                IMAGE_MODEL_NAME, [image, box], outputs=[InferRequestedOutput(OUTPUT_NAME)],
+                parameters={VERSION_PARAMETER: self._version} if self._version else None, client_timeout=timeout_s)
+        except InferenceServerException as exc:
+            raise _translate(exc, self.url, invalid_field=None) from exc
+        return result.as_numpy(OUTPUT_NAME)[0]
 
     async def close(self) -> None:
         await self._client.close()

@@ -31,12 +31,23 @@ class CropBox:
     x_max: float
     y_max: float
 
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return self.x_min, self.y_min, self.x_max, self.y_max
+
     def validate(self) -> None:
         values = (self.x_min, self.y_min, self.x_max, self.y_max)
         if not all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in values):
             raise InvalidInput(f"coordinates must be within [0, 1], got {values}", field="crop")
         if not (self.x_min < self.x_max and self.y_min < self.y_max):
             raise InvalidInput("needs x_min < x_max and y_min < y_max (an empty box)", field="crop")
+
+
+def check_size(data: bytes, limits: Limits, field: str = "image_bytes") -> None:
+    """The byte limit, checked before anything is decoded or sent on."""
+    if not data:
+        raise InvalidInput("is empty", field=field)
+    if len(data) > limits.max_bytes:
+        raise InvalidInput(f"{len(data)} bytes is over the {limits.max_bytes}-byte limit", field=field)
 
 
 def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_bytes",
@@ -46,10 +57,7 @@ def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_byt
     `needed`: the smallest side, in pixels, the caller will use; JPEGs then decode at a reduced scale (libjpeg's
     DCT scaling), which costs a fraction of a full decode (benchmarks/results/profile_gateway.md).
     """
-    if not data:
-        raise InvalidInput("is empty", field=field)
-    if len(data) > limits.max_bytes:
-        raise InvalidInput(f"{len(data)} bytes is over the {limits.max_bytes}-byte limit", field=field)
+    check_size(data, limits, field)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -1,7 +1,10 @@
-"""The one embedding pipeline: prepare many images in parallel threads, then embed them in chunks.
+"""The one embedding pipeline: images in, embeddings (or the reason an image was rejected) out, in chunks.
 
-AddImages (server/ingest/add.py), the model switch (server/ingest/reindex.py), the offline evaluation and the
-benchmarks all embed through here; the Ray batch job runs the same `imaging.prepare` per image in its stage.
+By default the bytes go to Triton's image model, which decodes, crops and resizes in parallel instances outside
+the gateway (`EncoderClient.embed_image`); with `local_decode` they are prepared here in threads and the pixels
+are sent (`prepare_many` + `embed_pixels`). AddImages (server/ingest/add.py), the model switch
+(server/ingest/reindex.py), the offline evaluation and the benchmarks all embed through here; the Ray batch job
+runs the same `imaging.prepare` per image in its stage.
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ import numpy as np
 
 from server.core.errors import InvalidInput
 from server.embedding.contract import EMBED_CHUNK
-from server.embedding.imaging import CropBox, Limits, prepare
+from server.embedding.imaging import CropBox, Limits, check_size, prepare
 
 
 class Embedder(Protocol):
-    """Pixels in, unit embeddings out: the Triton client (`EncoderClient`) or an in-process model."""
+    """Pixels or image bytes in, unit embeddings out: the Triton client (`EncoderClient`)."""
 
     @property
     def model_version(self) -> str: ...
 
     async def embed(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray: ...
+
+    async def embed_image(self, data: bytes, crop: CropBox | None = None, timeout_s: float | None = None
+                          ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -55,14 +61,36 @@ async def embed_pixels(encoder: Embedder, pixels: Sequence[np.ndarray], timeout_
 
 async def embed_images(encoder: Embedder, items: Sequence[ImageInput], limits: Limits,
                        timeout_s: float | None = None, chunk: int = EMBED_CHUNK,
-                       progress: Callable[[int], None] | None = None) -> list[np.ndarray | InvalidInput]:
+                       progress: Callable[[int], None] | None = None, local_decode: bool = False
+                       ) -> list[np.ndarray | InvalidInput]:
     """Per item its embedding or why the image was rejected; encoder failures raise (they concern every item)."""
     out: list[np.ndarray | InvalidInput] = []
     for start in range(0, len(items), chunk):
-        prepared = await prepare_many(items[start:start + chunk], limits)
-        good = [p for p in prepared if isinstance(p, np.ndarray)]
-        vectors = iter(await encoder.embed(np.stack(good), timeout_s) if good else [])
-        out += [next(vectors) if isinstance(p, np.ndarray) else p for p in prepared]
+        part = items[start:start + chunk]
+        out += await (_embed_locally(encoder, part, limits, timeout_s) if local_decode
+                      else _embed_remotely(encoder, part, limits, timeout_s))
         if progress is not None:
-            progress(len(prepared))
+            progress(len(part))
     return out
+
+
+async def _embed_locally(encoder: Embedder, items: Sequence[ImageInput], limits: Limits, timeout_s: float | None
+                         ) -> list[np.ndarray | InvalidInput]:
+    prepared = await prepare_many(items, limits)
+    good = [p for p in prepared if isinstance(p, np.ndarray)]
+    vectors = iter(await encoder.embed(np.stack(good), timeout_s) if good else [])
+    return [next(vectors) if isinstance(p, np.ndarray) else p for p in prepared]
+
+
+async def _embed_remotely(encoder: Embedder, items: Sequence[ImageInput], limits: Limits, timeout_s: float | None
+                          ) -> list[np.ndarray | InvalidInput]:
+    """Concurrent single-image calls: Triton's dynamic batcher merges them; decoding runs in its instances."""
+    async def one(item: ImageInput) -> np.ndarray:
+        check_size(item.data, limits, item.field)
+        return await encoder.embed_image(item.data, item.crop, timeout_s)
+
+    outcomes = await asyncio.gather(*(one(i) for i in items), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, InvalidInput):
+            raise outcome
+    return list(outcomes)  # type: ignore[arg-type]

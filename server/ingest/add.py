@@ -1,8 +1,8 @@
 """The AddImages path: an image is acknowledged only once its original, embedding and record are durable,
 and it is searchable as soon as it is acknowledged.
 
-decode (parallel threads) -> embed (one encoder call per chunk) -> blob store (originals, for re-embedding)
--> store.add (vector log fsync, records, index) -> per-item outcome.
+embed (Triton's image model decodes; or the gateway with `decode_in_gateway`) -> blob store (originals, for
+re-embedding) -> store.add (vector log fsync, records, index) -> per-item outcome.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 from server.core.errors import InvalidInput, ServiceError
 from server.core.metrics import GatewayMetrics
 from server.embedding.imaging import Limits
-from server.embedding.pipeline import ImageInput, embed_pixels, prepare_many
+from server.embedding.pipeline import Embedder, ImageInput, embed_images
 from server.runtime.serving import Live
 from server.store.base import NewImage, Visibility
 from server.store.blobs import BlobStore
@@ -57,8 +57,10 @@ def _check_id(image_id: str) -> None:
 
 
 class Indexer:
-    def __init__(self, live: Live, blobs: BlobStore, limits: Limits, metrics: GatewayMetrics) -> None:
+    def __init__(self, live: Live, blobs: BlobStore, limits: Limits, metrics: GatewayMetrics,
+                 local_decode: bool = False) -> None:
         self.live, self.blobs, self.limits, self.metrics = live, blobs, limits, metrics
+        self.local_decode = local_decode
 
     async def add(self, uploads: Sequence[Upload], timeout_s: float | None = None) -> list[Outcome]:
         """One outcome per upload, in order. Send at most EMBED_CHUNK uploads per call (one encoder call)."""
@@ -75,43 +77,46 @@ class Indexer:
                 outcomes[n] = Outcome(Status.ALREADY_EXISTS)  # idempotent: skip the decode and embed
             else:
                 todo.append(n)
-        start = time.perf_counter()
-        prepared = await prepare_many([ImageInput(uploads[n].data) for n in todo], self.limits)
-        self.metrics.stage_latency.labels("decode").observe(time.perf_counter() - start)
-        pixels: dict[int, np.ndarray] = {}
-        for n, outcome in zip(todo, prepared, strict=True):
-            if isinstance(outcome, InvalidInput):
-                outcomes[n] = Outcome(Status.REJECTED, outcome)
-            else:
-                pixels[n] = outcome
-        if pixels:
-            try:
-                outcomes.update(await self._persist(uploads, pixels, timeout_s))
-            except ServiceError as exc:
-                outcomes.update({n: Outcome(Status.REJECTED, exc) for n in pixels})
+        try:
+            vectors = await self._embed(serving.encoder, [uploads[n] for n in todo], timeout_s)
+            embedded = {}
+            for n, vector in zip(todo, vectors, strict=True):
+                if isinstance(vector, InvalidInput):
+                    outcomes[n] = Outcome(Status.REJECTED, vector)
+                else:
+                    embedded[n] = vector
+            if embedded:
+                outcomes.update(await self._persist(uploads, embedded, timeout_s))
+        except ServiceError as exc:  # the encoder or the store failed: nothing of this chunk was acknowledged
+            outcomes.update({n: Outcome(Status.REJECTED, exc) for n in todo if n not in outcomes})
         for outcome in outcomes.values():
             self.metrics.images_added.labels(outcome.status.value).inc()
         return [outcomes[n] for n in range(len(uploads))]
 
-    async def _persist(self, uploads: Sequence[Upload], pixels: dict[int, np.ndarray], timeout_s: float | None
+    async def _embed(self, encoder: Embedder, uploads: Sequence[Upload], timeout_s: float | None
+                     ) -> list[np.ndarray | InvalidInput]:
+        start = time.perf_counter()
+        vectors = await embed_images(encoder, [ImageInput(u.data) for u in uploads], self.limits, timeout_s,
+                                     local_decode=self.local_decode)
+        self.metrics.stage_latency.labels("embed").observe(time.perf_counter() - start)
+        return vectors
+
+    async def _persist(self, uploads: Sequence[Upload], embedded: dict[int, np.ndarray], timeout_s: float | None
                        ) -> dict[int, Outcome]:
-        order = list(pixels)
-        batch = [pixels[n] for n in order]
+        order = list(embedded)
         hashes = [content_hash(uploads[n].data) for n in order]
         serving = self.live.serving
-        start = time.perf_counter()
-        vectors = await embed_pixels(serving.encoder, batch, timeout_s)
-        self.metrics.stage_latency.labels("embed").observe(time.perf_counter() - start)
         start = time.perf_counter()
         # Originals first: a new model version re-embeds from them (server/ingest/reindex.py).
         await asyncio.to_thread(self.blobs.put_many, [(h, uploads[n].data) for h, n in zip(hashes, order,
                                                                                             strict=True)])
         async with self.live.writes:
+            vectors = [embedded[n] for n in order]
             if self.live.serving is not serving:  # a model cut-over happened meanwhile: embed for the new one
                 serving = self.live.serving
-                vectors = await embed_pixels(serving.encoder, batch, timeout_s)
-            images = [NewImage(uploads[n].image_id, uploads[n].owner_id, uploads[n].visibility, h, vectors[j])
-                      for j, (n, h) in enumerate(zip(order, hashes, strict=True))]
+                vectors = await self._embed(serving.encoder, [uploads[n] for n in order], timeout_s)
+            images = [NewImage(uploads[n].image_id, uploads[n].owner_id, uploads[n].visibility, h, v)
+                      for n, h, v in zip(order, hashes, vectors, strict=True)]
             added = await asyncio.to_thread(serving.store.add, images)
         self.metrics.stage_latency.labels("persist").observe(time.perf_counter() - start)
         return {n: Outcome(Status.ADDED if ok else Status.ALREADY_EXISTS) for n, ok in zip(order, added, strict=True)}

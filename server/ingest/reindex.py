@@ -89,7 +89,8 @@ class ModelSwitch:
             return False
         rows = await asyncio.to_thread(old.records, start, stop)
         originals = await asyncio.to_thread(lambda: [self.blobs.get(r.content_hash) for r in rows])
-        vectors = await embed_images(self.encoder, [ImageInput(o) for o in originals], self.limits)
+        vectors = await embed_images(self.encoder, [ImageInput(o) for o in originals], self.limits,
+                                     local_decode=self.settings.decode_in_gateway)
         for row, vector in zip(rows, vectors, strict=True):
             if isinstance(vector, InvalidInput):  # accepted once, so only a changed limit can reject it now
                 raise RuntimeError(f"cannot re-embed {row.image_id}: {vector}")

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import tritonclient.http as triton_http
 
-from server.core.config import Settings, add_arguments, from_args
-from server.embedding.contract import MODEL_NAME
+from server.core.config import REPO_ROOT, Settings, add_arguments, from_args
+from server.embedding.contract import IMAGE_MODEL_NAME, MODEL_NAME
 
 log = logging.getLogger("triton")
 _PR_SET_PDEATHSIG = 1
@@ -126,7 +126,7 @@ class TritonServer:
             "--exit-on-error=true", "--strict-readiness=true",
             # Explicit control: a newly published version is loaded by a `load_model` call (reload), never by
             # polling the repository behind the operator's back.
-            "--model-control-mode=explicit", f"--load-model={s.model_name}",
+            "--model-control-mode=explicit", f"--load-model={s.model_name}", f"--load-model={IMAGE_MODEL_NAME}",
             f"--log-verbose={self.log_verbose}",
         ]
         if self.model_config_name:
@@ -139,15 +139,20 @@ class TritonServer:
         env = dict(os.environ)
         libs = Path(_pytriton_root()).parent.parent / "nvidia_pytriton.libs"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
-        # The Python backend's stub imports numpy/onnxruntime from the interpreter found on PATH.
+        # The Python backend's stub imports numpy/onnxruntime from the interpreter found on PATH, and the
+        # image model imports this checkout's preprocessing (`server.embedding.imaging`).
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        limits = self.settings.to_env()
+        env.update({k: limits[k] for k in ("VSEARCH_MAX_IMAGE_BYTES", "VSEARCH_MAX_IMAGE_PIXELS")})
         self.process = subprocess.Popen(
             self.command(backend_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
             preexec_fn=die_with_parent, start_new_session=True,
         )
         threading.Thread(target=self._forward_log, daemon=True, name="triton-log").start()
         try:
-            self.endpoint.wait_ready(self.settings.model_name, timeout_s, alive=lambda: self.process.poll() is None)
+            for model in (self.settings.model_name, IMAGE_MODEL_NAME):
+                self.endpoint.wait_ready(model, timeout_s, alive=lambda: self.process.poll() is None)
         except Exception as exc:
             tail = "\n".join(self._log_tail)
             self.stop()

@@ -123,6 +123,10 @@ class Searcher:
             if vector is None:
                 raise NotFound(f"no visible indexed image {query.image_id!r}", field="image_id")
             return vector
+        if not self.settings.decode_in_gateway:  # Triton's image model decodes, crops and resizes
+            imaging.check_size(query.image_bytes or b"", self.limits)
+            with self.ranker.stage("embed"):
+                return await serving.encoder.embed_image(query.image_bytes or b"", query.crop, timeout_s)
         with self.ranker.stage("decode"):
             # Off the event loop: decoding a large photo takes milliseconds (PIL releases the GIL).
             pixels = await asyncio.to_thread(imaging.prepare, query.image_bytes or b"", query.crop, self.limits)

@@ -27,7 +27,15 @@ from multiprocessing.synchronize import Barrier
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from server.embedding.contract import INPUT_NAME, MODEL_NAME
+from server.embedding.contract import (
+    CROP_INPUT_NAME,
+    IMAGE_INPUT_NAME,
+    IMAGE_MODEL_NAME,
+    INPUT_NAME,
+    MODEL_NAME,
+    VERSION_PARAMETER,
+    WHOLE_IMAGE,
+)
 
 LOWEST_US, HIGHEST_US, DIGITS = 1, 60_000_000, 3
 
@@ -51,6 +59,30 @@ class TritonTarget:
             tensor = triton_grpc.InferInput(INPUT_NAME, [1, *self.pixels.shape[1:]], "UINT8")
             tensor.set_data_from_numpy(self.pixels[i % len(self.pixels)][None])
             client.infer(self.model, [tensor], client_timeout=30)
+        return call
+
+
+@dataclass(frozen=True)
+class TritonImageTarget:
+    """Image bytes + crop box straight to Triton's image model (decode, crop, resize and encode in Triton)."""
+
+    url: str
+    queries: list[tuple[bytes, tuple[float, float, float, float] | None]]
+    version: str = "1"
+
+    def connect(self) -> Callable[[int], None]:
+        import tritonclient.grpc as triton_grpc
+
+        client = triton_grpc.InferenceServerClient(self.url)
+
+        def call(i: int) -> None:
+            data, crop = self.queries[i % len(self.queries)]
+            image = triton_grpc.InferInput(IMAGE_INPUT_NAME, [1, 1], "BYTES")
+            image.set_data_from_numpy(np.array([[data]], dtype=np.object_))
+            box = triton_grpc.InferInput(CROP_INPUT_NAME, [1, 4], "FP32")
+            box.set_data_from_numpy(np.array([crop or WHOLE_IMAGE], dtype=np.float32))
+            client.infer(IMAGE_MODEL_NAME, [image, box], parameters={VERSION_PARAMETER: self.version},
+                         client_timeout=30)
         return call
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -79,3 +81,27 @@ def test_triton_configs_state_the_same_contract_as_the_code(config):
     session = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [contract.INPUT_NAME]
     assert [o.name for o in session.get_outputs()] == [contract.OUTPUT_NAME]
+
+
+def test_dali_preprocessing_matches_the_cpu_path_on_real_photos():  # pragma: no cover - GPU hosts
+    """GPU hosts: the DALI pipeline (nvJPEG) gives the CPU path's pixels up to resampling differences."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from deploy.gpu.build_dali_pipeline import build, dali_available
+
+    ok, why = dali_available()
+    if not ok:
+        pytest.skip(f"DALI preprocessing needs a GPU: {why}")
+    from nvidia.dali.pipeline import Pipeline
+
+    path = build(Path(tempfile.mkdtemp()) / "model.dali", max_batch=4)
+    pipe = Pipeline.deserialize(filename=str(path))
+    pipe.build()
+    jpegs = [p.path.read_bytes() for p in real_photos() if p.path.suffix.lower() in (".jpg", ".jpeg")][:4]
+    crops = np.array([(0.0, 0.0, 1.0, 1.0), (0.3, 0.0, 0.75, 0.45)] * 2, np.float32)
+    pipe.feed_input("image_bytes", [np.frombuffer(j, np.uint8) for j in jpegs])
+    pipe.feed_input("crop", list(crops))
+    (pixels,) = pipe.run()
+    for n, got in enumerate(pixels.as_cpu().as_array()):
+        box = None if n % 2 == 0 else imaging.CropBox(*crops[n])
+        want = imaging.prepare(jpegs[n], box)
+        assert np.abs(got.astype(int) - want.astype(int)).mean() < 6

@@ -50,6 +50,18 @@ def check_size(data: bytes, limits: Limits, field: str = "image_bytes") -> None:
         raise InvalidInput(f"{len(data)} bytes is over the {limits.max_bytes}-byte limit", field=field)
 
 
+def check_header(data: bytes, limits: Limits, field: str = "image_bytes") -> tuple[int, int]:
+    """Byte and pixel limits from the header alone (nothing decoded); returns (width, height)."""
+    check_size(data, limits, field)
+    try:
+        width, height = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS).size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidInput(f"not a decodable JPEG, PNG, WebP or GIF image ({exc})", field=field) from exc
+    if width * height > limits.max_pixels:
+        raise InvalidInput(f"{width}x{height} pixels is over the {limits.max_pixels}-pixel limit", field=field)
+    return width, height
+
+
 def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_bytes",
                  needed: int | None = None) -> Image.Image:
     """Bytes -> oriented RGB image. Size limits are checked on the header, before any pixel is decoded.

@@ -12,7 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from server.core.errors import InvalidInput
-from server.embedding.imaging import CropBox, Limits, prepare
+from server.embedding.imaging import CropBox, Limits, check_header, prepare
 
 
 class TritonPythonModel:
@@ -23,6 +23,8 @@ class TritonPythonModel:
         self.limits = Limits(int(os.environ.get("VSEARCH_MAX_IMAGE_BYTES", params["max_image_bytes"])),
                              int(os.environ.get("VSEARCH_MAX_IMAGE_PIXELS", params["max_image_pixels"])))
         self.encoder = params["encoder_model"]
+        # GPU hosts (configs/gpu.pbtxt): JPEGs go to the DALI model (nvJPEG); everything else stays on this path.
+        self.gpu_preprocess = params.get("preprocess_model", "")
 
     def _prepare(self, request: "pb_utils.InferenceRequest") -> np.ndarray:
         data = pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy().reshape(-1)
@@ -30,7 +32,24 @@ class TritonPythonModel:
         if len(data) != 1 or len(crop) != 1:
             raise InvalidInput("send one image per request (the server batches requests itself)", field="image_bytes")
         box = None if tuple(crop[0]) == (0.0, 0.0, 1.0, 1.0) else CropBox(*(float(v) for v in crop[0]))
-        return prepare(bytes(data[0]), box, self.limits)
+        image = bytes(data[0])
+        if self.gpu_preprocess and image[:2] == b"\xff\xd8":
+            return self._prepare_on_gpu(image, box)
+        return prepare(image, box, self.limits)
+
+    def _prepare_on_gpu(self, image: bytes, box: CropBox | None) -> np.ndarray:
+        """The same checks as the CPU path first (limits on the header), then nvJPEG decode + crop + resize."""
+        check_header(image, self.limits)
+        if box is not None:
+            box.validate()
+        response = pb_utils.InferenceRequest(
+            model_name=self.gpu_preprocess, requested_output_names=["pixels"],
+            inputs=[pb_utils.Tensor("image_bytes", np.frombuffer(image, np.uint8)[None]),
+                    pb_utils.Tensor("crop", np.array([box.as_tuple() if box else (0.0, 0.0, 1.0, 1.0)], np.float32))],
+        ).exec()
+        if response.has_error():
+            return prepare(image, box, self.limits)  # nvJPEG refused it: the CPU decoder decides (and explains)
+        return pb_utils.get_output_tensor_by_name(response, "pixels").as_numpy()[0]
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)

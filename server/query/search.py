@@ -137,7 +137,10 @@ class Searcher:
         k = self._validate(query)
         serving = self.live.serving
         vector = await self.embed_query(serving, query, timeout_s)
-        hits = self.ranker.rank(serving.store, vector, k, query.image_id, query.include_duplicates)
+        # In a worker thread: FAISS releases the GIL, so concurrent searches use every core while the event
+        # loop keeps serving gRPC.
+        hits = await asyncio.to_thread(self.ranker.rank, serving.store, vector, k, query.image_id,
+                                       query.include_duplicates)
         if query.min_score is not None:
             kept = [h for h in hits if h.score >= query.min_score]
             self.metrics.filtered_results.labels("min_score").inc(len(hits) - len(kept))

@@ -103,6 +103,24 @@ class GatewayTarget:
         return call
 
 
+@dataclass(frozen=True)
+class GatewayByIdTarget:
+    """"More like this" searches by indexed image ID: no image to embed, only the gateway and the store."""
+
+    url: str
+    image_ids: list[str]
+    k: int = 10
+
+    def connect(self) -> Callable[[int], None]:
+        from clients.client import VisualSearchClient
+
+        client = VisualSearchClient(self.url, timeout_s=30)
+
+        def call(i: int) -> None:
+            client.similar(self.image_ids[i % len(self.image_ids)], k=self.k)
+        return call
+
+
 @dataclass
 class RunResult:
     mode: str

@@ -65,7 +65,7 @@ class Gateway:
         self.live = Live(Serving(store, encoder))
         self.interactions = InteractionLog(s.data_dir / "interactions.sqlite")
         limits = Limits(s.max_image_bytes, s.max_image_pixels)
-        blobs = BlobStore(s.data_dir / "blobs")
+        blobs = BlobStore(s.blob_url or s.data_dir / "blobs")
         servicer = VisualSearchServicer(
             Searcher(self.live, s, self.metrics), Indexer(self.live, blobs, limits, self.metrics, s.decode_in_gateway),
             ModelSwitcher(self.live, blobs, s, limits), self.live, self.interactions)
@@ -92,14 +92,18 @@ class Gateway:
             await self.health.set(name, _HEALTH[ready])
 
     async def _watch(self) -> None:
-        """Health follows Triton's readiness; gauges follow the store (its counts are kept, not scanned)."""
+        """Health follows Triton's readiness and the store's; gauges follow the store (counts kept, not scanned)."""
         serving: bool | None = None
         while True:
-            ready = await self.live.serving.encoder.is_ready()
+            live = self.live.serving
+            encoder_ready = await live.encoder.is_ready()
+            store_ready = await asyncio.to_thread(live.store.healthy)
+            ready = encoder_ready and store_ready
             if ready != serving:
                 await self._set_health(ready)
-                log.info("health: %s", "SERVING" if ready else
-                         f"NOT_SERVING ({self.live.serving.encoder.model_version} not ready on Triton)")
+                why = [f"{live.encoder.model_version} not ready on Triton"] if not encoder_ready else []
+                why += [] if store_ready else ["the vector store is unreachable"]
+                log.info("health: %s", "SERVING" if ready else f"NOT_SERVING ({'; '.join(why)})")
                 serving = ready
             self._update_gauges()
             await asyncio.sleep(1.0)

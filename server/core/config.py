@@ -26,6 +26,9 @@ class Settings:
     grpc_port: int = 50051
     metrics_port: int = 9464
     data_dir: Path = field(default_factory=lambda: REPO_ROOT / "var")
+    # Originals of indexed images (re-embedded by a model switch): a path or a URL (s3://bucket/prefix) that
+    # every gateway reaches; default <data_dir>/blobs.
+    blob_url: str | None = None
     # Triton: launched embedded unless triton_url points at an external server ("host:port", gRPC).
     triton_url: str | None = None
     triton_http_port: int = 8000

@@ -128,6 +128,10 @@ class VectorStore(Protocol):
 
     def iter_records(self) -> Iterator[ImageRecord]: ...
 
+    def healthy(self) -> bool:
+        """Can the store serve right now? (A server backend checks its connection; health follows it.)"""
+        ...
+
     def snapshot(self) -> None:
         """Persist what makes the next start fast (the FAISS index file; a flush on a server)."""
         ...

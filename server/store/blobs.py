@@ -1,33 +1,42 @@
 """Content-addressed store of the original image bytes, so a new encoder version can re-embed every image.
 
-Files are named by the SHA-256 of their bytes (the content hash the catalog already keeps), written to a
-temporary name, fsync'd and renamed: a blob is complete or absent, and durable before its image is
-acknowledged. Equal uploads share one file.
+Blobs are named by the SHA-256 of their bytes (the content hash every store keeps) under a root given as a
+path or a URL (`s3://bucket/prefix`, anything fsspec knows), so several stateless gateways can share it. On
+a local disk a blob is written to a temporary name, fsync'd and renamed: complete or absent, and durable
+before its image is acknowledged. Object stores give the same guarantee per PUT. Equal uploads share one blob.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import fsspec
+
 from server.core.durable import write_atomic
 
 
 class BlobStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+    def __init__(self, root: Path | str) -> None:
+        self.fs, path = fsspec.core.url_to_fs(str(root))
+        self.local = "file" in self.fs.protocol
+        self.root = path.rstrip("/")
+        self.fs.makedirs(self.root, exist_ok=True)
 
-    def path(self, digest: str) -> Path:
-        return self.root / digest[:2] / digest
+    def path(self, digest: str) -> str:
+        return f"{self.root}/{digest[:2]}/{digest}"
 
     def put(self, digest: str, data: bytes) -> None:
         target = self.path(digest)
-        if not target.exists():
-            target.parent.mkdir(exist_ok=True)
-            write_atomic(target, data)
+        if self.fs.exists(target):
+            return
+        if self.local:
+            Path(target).parent.mkdir(exist_ok=True)
+            write_atomic(Path(target), data)
+        else:
+            self.fs.pipe_file(target, data)
 
     def get(self, digest: str) -> bytes:
-        return self.path(digest).read_bytes()
+        return self.fs.cat_file(self.path(digest))
 
     def put_many(self, blobs: list[tuple[str, bytes]]) -> None:
         for digest, data in blobs:

@@ -173,6 +173,9 @@ class FaissVectorStore:
     def iter_records(self) -> Iterator[ImageRecord]:
         return self._records.iter_all()
 
+    def healthy(self) -> bool:
+        return True  # in-process: serving whenever the gateway is
+
     # -- persistence -------------------------------------------------------------------------------------
     def snapshot_if_due(self) -> bool:
         if self._adds_since_snapshot < SNAPSHOT_EVERY:

@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
             # Raw ANN on a copy of the very catalog the gateway serves (the gateway keeps its own open).
             shutil.copytree(data_dir, Path(tmp) / "ann", ignore=shutil.ignore_patterns("*.log"))
-            version = read_active_version(data_dir)
+            version = read_active_version(settings)
             store = open_store(settings.with_overrides(data_dir=Path(tmp) / "ann"), version, EMBEDDING_DIM)
             ranker = Ranker(settings.duplicate_threshold, GatewayMetrics(CollectorRegistry()))
             vectors = embed_for_ann(triton_url, pixels)

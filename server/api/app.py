@@ -57,11 +57,11 @@ class Gateway:
         # (benchmarks/results/e2e.md, CPU per request) for vector products of a few dozen rows.
         threadpool_limits(1, user_api="blas")
         # A new data directory starts with the configured version; afterwards ACTIVE_MODEL decides (SwitchModel).
-        active = read_active_version(s.data_dir) or f"{s.model_name}/{s.model_version}"
+        active = await asyncio.to_thread(read_active_version, s) or f"{s.model_name}/{s.model_version}"
         encoder = EncoderClient(s.triton_url or f"127.0.0.1:{s.triton_grpc_port}", s.model_name,
                                 active.rsplit("/", 1)[-1])
         store = await asyncio.to_thread(open_store, s, active, EMBEDDING_DIM)
-        await asyncio.to_thread(write_active_version, s.data_dir, active)
+        await asyncio.to_thread(write_active_version, s, active)
         self.live = Live(Serving(store, encoder))
         self.interactions = InteractionLog(s.data_dir / "interactions.sqlite")
         limits = Limits(s.max_image_bytes, s.max_image_pixels)

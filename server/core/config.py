@@ -26,6 +26,11 @@ class Settings:
     grpc_port: int = 50051
     metrics_port: int = 9464
     data_dir: Path = field(default_factory=lambda: REPO_ROOT / "var")
+    # Where the vectors live: `faiss` (embedded in this process, the default) or `milvus` (a Milvus cluster at
+    # milvus_uri; gateways become stateless replicas). Index type on Milvus: IVF_PQ, HNSW, GPU_IVF_PQ, GPU_CAGRA.
+    index_backend: str = "faiss"
+    milvus_uri: str | None = None
+    milvus_index: str = "IVF_PQ"
     # Originals of indexed images (re-embedded by a model switch): a path or a URL (s3://bucket/prefix) that
     # every gateway reaches; default <data_dir>/blobs.
     blob_url: str | None = None

@@ -61,7 +61,7 @@ class ModelSwitch:
                 old = self.live.serving
                 await asyncio.to_thread(_copy_states, old.store, new)
                 await asyncio.to_thread(new.snapshot)
-                await asyncio.to_thread(write_active_version, self.settings.data_dir, self.target)
+                await asyncio.to_thread(write_active_version, self.settings, self.target)
                 self.live.serving = Serving(new, self.encoder)
             log.info("cut over to %s (%d images)", self.target, new.added_total())
         except Exception as exc:

@@ -1,7 +1,9 @@
-"""Which store serves which encoder version: one catalog per version, and the durable pointer to the live one.
+"""Which store serves which encoder version: one store per version, and the durable pointer to the live one.
 
-`<data_dir>/ACTIVE_MODEL` names the served version (`encoder/2`); writing it is the cut-over point of a model
-switch. `open_store` is the one place that picks the backend from the settings.
+The backend is a setting (`index_backend`): `faiss` (embedded, the default) keeps one catalog directory per
+version and names the served one in `<data_dir>/ACTIVE_MODEL`; `milvus` keeps one collection per version and
+names the served one with a Milvus alias, so every gateway of a cluster reads the same pointer. Writing the
+pointer is the cut-over point of a model switch. This module is the one place that picks the backend.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from server.core.durable import write_atomic
 from server.store.base import VectorStore
 
 ACTIVE_MODEL_FILE = "ACTIVE_MODEL"
+BACKENDS = ("faiss", "milvus")
 
 
 def catalog_dir(data_dir: Path, model_version: str) -> Path:
@@ -20,19 +23,41 @@ def catalog_dir(data_dir: Path, model_version: str) -> Path:
     return data_dir / "catalogs" / model_version.replace("/", "-")
 
 
-def read_active_version(data_dir: Path) -> str | None:
-    """The model version (`encoder/2`) whose catalog the gateway serves; None for a new data directory."""
-    path = data_dir / ACTIVE_MODEL_FILE
+def _milvus(settings: Settings) -> str:
+    if not settings.milvus_uri:
+        raise ValueError("index_backend milvus needs milvus_uri (e.g. http://127.0.0.1:19530)")
+    return settings.milvus_uri
+
+
+def read_active_version(settings: Settings) -> str | None:
+    """The model version (`encoder/2`) whose store the gateways serve; None before the first start."""
+    if settings.index_backend == "milvus":
+        from server.store.milvus.store import live_model_version
+
+        return live_model_version(_milvus(settings))
+    path = settings.data_dir / ACTIVE_MODEL_FILE
     return path.read_text().strip() if path.exists() else None
 
 
-def write_active_version(data_dir: Path, model_version: str) -> None:
-    """Atomic and durable: the cut-over point of a model switch."""
-    write_atomic(data_dir / ACTIVE_MODEL_FILE, (model_version + "\n").encode())
+def write_active_version(settings: Settings, model_version: str) -> None:
+    """Atomic and durable: the cut-over point of a model switch (its store must exist already)."""
+    if settings.index_backend == "milvus":
+        from server.store.milvus.store import point_live_alias
+
+        point_live_alias(_milvus(settings), model_version)
+        return
+    write_atomic(settings.data_dir / ACTIVE_MODEL_FILE, (model_version + "\n").encode())
 
 
 def open_store(settings: Settings, model_version: str, dim: int) -> VectorStore:
     """The store holding `model_version`'s embeddings (`dim` floats each), created empty if new."""
+    if settings.index_backend not in BACKENDS:
+        raise ValueError(f"index_backend must be one of {', '.join(BACKENDS)}, got {settings.index_backend!r}")
+    if settings.index_backend == "milvus":
+        from server.store.milvus.store import MilvusIndexConfig, MilvusVectorStore
+
+        return MilvusVectorStore(_milvus(settings), model_version, dim,
+                                 index=MilvusIndexConfig(kind=settings.milvus_index))
     from server.store.faiss import FaissVectorStore
 
     return FaissVectorStore(catalog_dir(settings.data_dir, model_version), dim, model_version)

@@ -67,7 +67,8 @@ class Gateway:
         limits = Limits(s.max_image_bytes, s.max_image_pixels)
         blobs = BlobStore(s.blob_url or s.data_dir / "blobs")
         servicer = VisualSearchServicer(
-            Searcher(self.live, s, self.metrics), Indexer(self.live, blobs, limits, self.metrics, s.decode_in_gateway),
+            Searcher(self.live, s, self.metrics, self.interactions),
+            Indexer(self.live, blobs, limits, self.metrics, s.decode_in_gateway),
             ModelSwitcher(self.live, blobs, s, limits), self.live, self.interactions)
         self.server = grpc.aio.server(interceptors=[StatusAndMetrics(SERVICE_NAME, self.metrics)], options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

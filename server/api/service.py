@@ -65,11 +65,7 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
         self.live, self.interactions = live, interactions
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        query = _query(request)
-        answer = await self.searcher.search(query, context.time_remaining())
-        if query.image_id is not None:
-            await asyncio.to_thread(self.interactions.remember_query, answer.request_id, query.image_id)
-        return _response(answer)
+        return _response(await self.searcher.search(_query(request), context.time_remaining()))
 
     async def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.aio.ServicerContext
                           ) -> pb.SearchBatchResponse:
@@ -101,17 +97,14 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
 
     async def DeleteImages(self, request: pb.DeleteImagesRequest, context: grpc.aio.ServicerContext
                            ) -> pb.DeleteImagesResponse:
-        async with self.live.writes:
-            changed = await asyncio.to_thread(self.live.serving.store.delete, list(request.image_ids))
+        changed = await self.indexer.delete(list(request.image_ids))
         return pb.DeleteImagesResponse(deleted_count=changed.count, not_found_ids=changed.not_found)
 
     async def SetVisibility(self, request: pb.SetVisibilityRequest, context: grpc.aio.ServicerContext
                             ) -> pb.SetVisibilityResponse:
         if request.visibility not in (pb.VISIBILITY_PUBLIC, pb.VISIBILITY_PRIVATE):
             raise InvalidInput("must be VISIBILITY_PUBLIC or VISIBILITY_PRIVATE", field="visibility")
-        async with self.live.writes:
-            changed = await asyncio.to_thread(self.live.serving.store.set_visibility, list(request.image_ids),
-                                              _VISIBILITY[request.visibility])
+        changed = await self.indexer.set_visibility(list(request.image_ids), _VISIBILITY[request.visibility])
         return pb.SetVisibilityResponse(updated_count=changed.count, not_found_ids=changed.not_found)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:

@@ -21,7 +21,7 @@ from server.core.metrics import GatewayMetrics
 from server.embedding.imaging import Limits
 from server.embedding.pipeline import Embedder, ImageInput, embed_images
 from server.runtime.serving import Live
-from server.store.base import NewImage, Visibility
+from server.store.base import Changed, NewImage, Visibility
 from server.store.blobs import BlobStore
 
 MAX_IMAGE_ID_BYTES = 256
@@ -120,6 +120,15 @@ class Indexer:
             added = await asyncio.to_thread(serving.store.add, images)
         self.metrics.stage_latency.labels("persist").observe(time.perf_counter() - start)
         return {n: Outcome(Status.ADDED if ok else Status.ALREADY_EXISTS) for n, ok in zip(order, added, strict=True)}
+
+    async def delete(self, image_ids: Sequence[str]) -> Changed:
+        """Deleted images never come back; honoured by every search that starts after this returns."""
+        async with self.live.writes:
+            return await asyncio.to_thread(self.live.serving.store.delete, image_ids)
+
+    async def set_visibility(self, image_ids: Sequence[str], visibility: Visibility) -> Changed:
+        async with self.live.writes:
+            return await asyncio.to_thread(self.live.serving.store.set_visibility, image_ids, visibility)
 
     async def finish(self) -> int:
         """After a stream of adds: snapshot the index if enough was added; returns the store's version."""

@@ -19,6 +19,7 @@ from server.embedding import imaging
 from server.query.duplicates import collapse_duplicates
 from server.runtime.serving import Live, Serving
 from server.store.base import VectorStore
+from server.store.interactions import InteractionLog
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,9 @@ class Ranker:
 class Searcher:
     """Every query reads `live.serving` once: its vector and its index come from the same model version."""
 
-    def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics) -> None:
-        self.live, self.settings, self.metrics = live, settings, metrics
+    def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics,
+                 interactions: InteractionLog | None = None) -> None:
+        self.live, self.settings, self.metrics, self.interactions = live, settings, metrics, interactions
         self.limits = imaging.Limits(settings.max_image_bytes, settings.max_image_pixels)
         self.ranker = Ranker(settings.duplicate_threshold, metrics)
 
@@ -145,7 +147,10 @@ class Searcher:
             kept = [h for h in hits if h.score >= query.min_score]
             self.metrics.filtered_results.labels("min_score").inc(len(hits) - len(kept))
             hits = kept
-        return Answer(hits, serving.encoder.model_version, serving.store.version, uuid.uuid4().hex)
+        answer = Answer(hits, serving.encoder.model_version, serving.store.version, uuid.uuid4().hex)
+        if query.image_id is not None and self.interactions is not None:  # clicks on it become training pairs
+            self.interactions.remember_query(answer.request_id, query.image_id)
+        return answer
 
     async def search_many(self, queries: list[Query], timeout_s: float | None) -> list[Answer]:
         """Queries run concurrently so Triton's dynamic batcher can merge their embeddings.

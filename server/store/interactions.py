@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 IMPRESSION, CLICK = 1, 2
+QUERY_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,11 @@ class InteractionLog:
             position INTEGER NOT NULL, image_id TEXT NOT NULL, kind INTEGER NOT NULL, time REAL NOT NULL)""")
         self._db.execute("""CREATE TABLE IF NOT EXISTS queries (request_id TEXT PRIMARY KEY,
             query_image_id TEXT NOT NULL)""")
+        self._pending_queries: list[tuple[str, str]] = []
 
     def record(self, items: list[Interaction]) -> int:
         with self._lock:
+            self._flush_queries()  # a click refers to a query remembered before it
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("INSERT INTO interactions VALUES (?,?,?,?,?)",
                                  [(i.request_id, i.position, i.image_id, i.kind, i.time) for i in items])
@@ -46,9 +49,20 @@ class InteractionLog:
         return len(items)
 
     def remember_query(self, request_id: str, query_image_id: str) -> None:
-        """For "more like this" searches: which image was the query (so clicks become training pairs)."""
+        """For "more like this" searches: which image was the query (so clicks become training pairs).
+
+        Buffered, written with the next interactions or every QUERY_BATCH queries: an fsync'd commit per
+        search by ID cost the query path a disk flush (a crash forgets at most the last batch of these hints).
+        """
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO queries VALUES (?, ?)", (request_id, query_image_id))
+            self._pending_queries.append((request_id, query_image_id))
+            if len(self._pending_queries) >= QUERY_BATCH:
+                self._flush_queries()
+
+    def _flush_queries(self) -> None:
+        if self._pending_queries:
+            self._db.executemany("INSERT OR REPLACE INTO queries VALUES (?, ?)", self._pending_queries)
+            self._pending_queries = []
 
     def ctr(self) -> dict[str, object]:
         """Clicks / impressions overall, by UTC day, and by result position (position bias)."""
@@ -67,12 +81,15 @@ class InteractionLog:
     def click_pairs(self) -> list[tuple[str, str]]:
         """(query image ID, clicked image ID) for clicks on "more like this" searches."""
         with self._lock:
+            self._flush_queries()
             return [tuple(r) for r in self._db.execute(
                 "SELECT q.query_image_id, i.image_id FROM interactions i JOIN queries q USING (request_id) "
                 "WHERE i.kind = 2 ORDER BY i.time")]
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._flush_queries()
+            self._db.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -34,19 +34,24 @@ def prepare_batch(batch: dict[str, np.ndarray], limits: Limits = DEFAULT_LIMITS)
         except InvalidInput as exc:  # undecodable, over the byte or pixel limits
             errors[i] = f"prepare: {exc}"
     del batch["data"]
-    batch.update(pixels=pixels, content_hash=np.array(hashes, dtype=object), error=np.array(errors, dtype=object),
+    batch.update(pixels=pixels, prepare_node=np.array([_node_ip()] * n, dtype=object),
+                 content_hash=np.array(hashes, dtype=object), error=np.array(errors, dtype=object),
                  prepare_s=np.full(n, (time.perf_counter() - started) / max(1, n)),
                  prepare_cpu_s=np.full(n, (time.process_time() - cpu_started) / max(1, n)))
     return batch
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 class _Embedder:
     """Base of the embedding actors: runs `_embed` on the rows without an error, records who did it and how long."""
 
     def __init__(self) -> None:
-        import ray
-
-        self.name = f"{ray.util.get_node_ip_address()}:{os.getpid()}"
+        self.name = f"{_node_ip()}:{os.getpid()}"
 
     def _embed(self, pixels: np.ndarray) -> np.ndarray:
         raise NotImplementedError

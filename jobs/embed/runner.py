@@ -13,11 +13,13 @@ Resources (the pitfalls measured on these machines, see /work/shared/README.md):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,25 @@ def build_dataset(config: JobConfig, manifest: Manifest, pending: list[int], pla
                                          "threads": max(1, round(plan.actor_cpus)), "use_gpu": plan.actor_gpus > 0}
     return ds.map_batches(embedder, fn_constructor_kwargs=kwargs, batch_size=config.batch_size,
                           compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.actor_cpus,
-                          num_gpus=plan.actor_gpus or None)  # Ray Data SPREADs its actors by default
+                          num_gpus=plan.actor_gpus or None, ray_remote_args_fn=_round_robin_nodes(plan))
+
+
+def _round_robin_nodes(plan: Plan) -> Callable[[], dict[str, Any]] | None:
+    """Actors placed on the nodes that can host one, in turn (soft: elsewhere if that node is gone).
+
+    Ray Data's default SPREAD still put both actors of a 2-actor pool on one node of a two-node cluster
+    (observed here), so a node loss took the whole pool down. Called by Ray Data for every actor it starts.
+    `ray_remote_args_fn` is deprecated for removal in Ray 2.64: revisit when upgrading.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]
+             and n["Resources"].get("CPU", 0) >= plan.actor_cpus and n["Resources"].get("GPU", 0) >= plan.actor_gpus]
+    if plan.actors < 2 or len(nodes) < 2:
+        return None
+    turn = itertools.count()
+    return lambda: {"scheduling_strategy": NodeAffinitySchedulingStrategy(nodes[next(turn) % len(nodes)], soft=True)}
 
 
 def _stage_summary(committer: ShardCommitter, wall_s: float) -> dict[str, Any]:
@@ -140,6 +160,7 @@ def _stage_summary(committer: ShardCommitter, wall_s: float) -> dict[str, Any]:
                    "embed": stage(s["embed_s"], s["embed_cpu_s"])},
         "actors": {name: {"rows": int(n), "busy_s": round(sec, 3), "images_per_busy_s": round(n / sec, 1) if sec else 0}
                    for name, (n, sec) in sorted(times.actors.items())},
+        "prepared_on": dict(sorted(times.prepared_on.items())),
     }
 
 

@@ -51,11 +51,14 @@ class StageTimes:
     rows: int = 0
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_COLUMNS, 0.0))
     actors: dict[str, list[float]] = field(default_factory=dict)  # name -> [rows, embed seconds]
+    prepared_on: dict[str, int] = field(default_factory=dict)  # node IP -> rows prepared there
 
     def add(self, batch: dict[str, np.ndarray]) -> None:
         self.rows += len(batch["image_id"])
         for column in TIMING_COLUMNS:
             self.seconds[column] += float(np.sum(batch[column]))
+        for node in batch["prepare_node"]:
+            self.prepared_on[str(node)] = self.prepared_on.get(str(node), 0) + 1
         for actor, seconds in zip(batch["embed_actor"], batch["embed_s"], strict=True):
             entry = self.actors.setdefault(str(actor), [0, 0.0])
             entry[0] += 1

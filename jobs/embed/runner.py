@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.embed.adapters import ENCODER_MODEL_NAME, REPO_ROOT, Limits, open_vector_store
+from jobs.embed.adapters import ENCODER_MODEL_NAME, INPUT_SIZE, REPO_ROOT, Limits, open_vector_store
 from jobs.embed.mapper import OrtEmbedder, TritonEmbedder, prepare_batch
 from jobs.embed.reader import Manifest, expand_shard, freeze_manifest, read_bytes
 from jobs.embed.writer import ShardCommitter, done_shards, load_into_store
@@ -106,6 +106,9 @@ def build_dataset(config: JobConfig, manifest: Manifest, pending: list[int], pla
     """The Ray Data pipeline over the pending shards (lazy; executed by iterating it)."""
     import ray
 
+    # Blocks of about one embedding batch of pixels: by default a task's output is cut at 128 MiB, so a whole
+    # shard reached the actors as ONE block, embedded by one actor only after the shard was fully prepared.
+    ray.data.DataContext.get_current().target_max_block_size = config.batch_size * INPUT_SIZE * INPUT_SIZE * 3
     # One block per pending shard (file readers coalesce small files into one task: no parallelism), expanded
     # into batches of rows by the first (fused) task stage; the driver holds shard paths only.
     shards = [{"path": str(manifest.shard_path(s))} for s in pending]
@@ -187,10 +190,11 @@ def run(config: JobConfig) -> dict[str, Any]:
             log.info("ray: %s", summary["ray"])
             ds = build_dataset(config, manifest, pending, plan)
             committer = ShardCommitter(config.out, manifest, config.model_tag, pending)
-            run_started = time.monotonic()
+            run_started, started_at = time.monotonic(), time.time()
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
                 committer.add(batch)
             summary["run"] = _stage_summary(committer, time.monotonic() - run_started)
+            summary["run"].update(started_at=started_at, ended_at=time.time())  # epoch s: lines up with CPU samples
             summary["ray_data_stats"] = ds.stats()
         finally:
             if config.ray_address == "local" or not config.ray_address.startswith("ray://"):

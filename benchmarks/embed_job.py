@@ -184,10 +184,10 @@ def projection(prepare_ms: float, overhead_ms: float) -> list[dict[str, object]]
         cpu_bound = cores * 1000 / (prepare_ms + overhead_ms)  # images/s the node's CPUs can prepare and move
         gpu_bound = gpus * TRT_IMAGES_PER_S_PER_GPU
         per_node = min(cpu_bound, gpu_bound)
-        for nodes in (8, 64, 256):
-            days = 1e9 / (per_node * nodes) / 86400
+        for nodes in (1, 8, 64):
+            hours = 1e9 / (per_node * nodes) / 3600
             rows.append({"node": label, "nodes": nodes, "node_images_per_s": round(per_node),
-                         "bound": "CPU (decode)" if cpu_bound < gpu_bound else "GPU", "days_for_1B": round(days, 2)})
+                         "bound": "CPU (decode)" if cpu_bound < gpu_bound else "GPU", "hours_for_1B": round(hours, 1)})
     return rows
 
 
@@ -213,7 +213,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=3, help="each photo this many times (distinct image IDs)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of the configurations")
+    parser.add_argument("--report-only", action="store_true", help="re-render the report from the saved JSON")
     args = parser.parse_args()
+    if args.report_only:
+        data = json.loads((RESULTS / "embed_job.json").read_text())
+        overhead = max(0.0, data["marginal_640px"]["ray_overhead_cpu_ms_per_image"])
+        data["projection"] = {"full_size": projection(data["prepare_cpu_ms_full_size"], overhead),
+                              "640px": projection(data["prepare_cpu_ms_640px"], overhead)}
+        write_results("embed_job", data, report(data))
+        plot(data, RESULTS / "embed_job.png")
+        return
     photos = package_photos()
     info = run_info(images=len(photos) * args.repeat, distinct_photos=len(photos), rounds=args.rounds)
     results: dict[str, list[dict[str, float]]] = {}
@@ -316,11 +325,11 @@ same class. CPU costs are the ones measured above. Reasoning and caveats: docs/e
 Full-size photos (prepare {data['prepare_cpu_ms_full_size']:.1f} ms + Ray's marginal overhead
 {max(0.0, data['marginal_640px']['ray_overhead_cpu_ms_per_image']):.1f} ms per image):
 
-{markdown_table(data['projection']['full_size'], ["node", "nodes", "node_images_per_s", "bound", "days_for_1B"])}
+{markdown_table(data['projection']['full_size'], ["node", "nodes", "node_images_per_s", "bound", "hours_for_1B"])}
 
 640-px JPEGs (prepare {data['prepare_cpu_ms_640px']:.1f} ms + the same overhead):
 
-{markdown_table(data['projection']['640px'], ["node", "nodes", "node_images_per_s", "bound", "days_for_1B"])}
+{markdown_table(data['projection']['640px'], ["node", "nodes", "node_images_per_s", "bound", "hours_for_1B"])}
 """
 
 

@@ -22,7 +22,15 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.embed.adapters import EncoderClient, open_vector_store, prepare
+from jobs.embed.adapters import (
+    BlobStore,
+    EncoderClient,
+    NewImage,
+    Visibility,
+    content_hash,
+    open_vector_store,
+    prepare,
+)
 from jobs.embed.runner import JobConfig, plan_resources
 from tests.fixtures.ray_cluster import HEAD_IP, WORKER_IP, RayCluster
 
@@ -191,6 +199,46 @@ def test_job_loads_the_catalog_idempotently(first_job, ray_cluster):
         assert store.added_total() == 40
     finally:
         store.close()
+
+
+def test_catalog_manifest_reembeds_the_live_images_into_the_next_versions_catalog(ray_cluster, first_job, tmp_path):
+    """The model-switch path: every live image of encoder/1 (originals from the blob store) -> encoder/2."""
+    _, out, chosen = first_job
+    ids, vectors = embeddings(out)
+    by_id = dict(zip(ids, vectors, strict=True))
+    data_dir, live = tmp_path / "data", chosen[:7]
+    blobs = BlobStore(data_dir / "blobs")
+    old = open_vector_store(data_dir, "encoder/1")
+    try:
+        images = []
+        for n, (image_id, path) in enumerate(live):
+            data = path.read_bytes()
+            blobs.put(content_hash(data), data)
+            visibility = Visibility.PRIVATE if n == 1 else Visibility.PUBLIC
+            images.append(NewImage(image_id, f"owner-{n}", visibility, content_hash(data), by_id[image_id]))
+        assert old.add(images) == [True] * 7
+        assert old.delete([live[0][0]]).count == 1  # deleted: must not come back in the new version
+    finally:
+        old.close()
+    repository = tmp_path / "model_repository"  # version 2 = the same graph, so the vectors must match v1's
+    (repository / "encoder" / "2").mkdir(parents=True)
+    (repository / "encoder" / "2" / "model.onnx").symlink_to(MODEL)
+    command = [sys.executable, "-m", "jobs.embed", "--manifest", "catalog:encoder/1", "--model-version", "2",
+               "--out", str(tmp_path / "out"), "--ray-address", ray_cluster.address, "--actors", "2",
+               "--shard-size", "2", "--data-dir", str(data_dir), "--model-repository", str(repository)]
+    summary = run_job(ray_cluster, command)
+    assert (summary["images"], summary["embedded"], summary["failed"]) == (6, 6, 0)
+    assert summary["store"]["added"] == 6
+    new = open_vector_store(data_dir, "encoder/2")
+    try:
+        assert new.get(live[0][0]) is None
+        for n, (image_id, _) in enumerate(live[1:], start=1):
+            record = new.get(image_id)
+            assert record is not None and record.owner_id == f"owner-{n}"
+            assert int(record.visibility) == (Visibility.PRIVATE if n == 1 else Visibility.PUBLIC)
+            assert float(new.vector(image_id) @ by_id[image_id]) >= 0.9999
+    finally:
+        new.close()
 
 
 def test_triton_actors_give_the_gateways_embeddings(ray_cluster, triton_server, images, tmp_path):

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from server.blobs import BlobStore
 from server.config import ENCODER_MODEL_NAME, REPO_ROOT
 from server.durable import replace_durably, write_atomic
@@ -26,7 +28,7 @@ from server.ingest import Catalog, catalog_dir, content_hash
 from server.ingest import NewImage as CatalogNewImage
 from server.metadata import ImageRecord, SqliteMetadataStore
 from server.metadata import Visibility as CatalogVisibility
-from server.store.base import NewImage, VectorStore, Visibility
+from server.store.base import Changed, NewImage, VectorStore, Visibility
 
 __all__ = [
     "EMBEDDING_DIM", "ENCODER_MODEL_NAME", "INPUT_SIZE", "REPO_ROOT", "BlobStore", "EncoderClient", "InvalidInput",
@@ -36,7 +38,8 @@ __all__ = [
 
 
 class _CatalogStore:
-    """Today's FAISS `Catalog` seen through the part of the `VectorStore` protocol the job uses (add, close)."""
+    """Today's FAISS `Catalog` seen through the part of the `VectorStore` protocol the job (add, close) and its
+    tests (delete, get, vector) use."""
 
     def __init__(self, catalog: Catalog) -> None:
         self._catalog = catalog
@@ -46,6 +49,17 @@ class _CatalogStore:
         """Durable on return; False for IDs the catalog holds already (idempotent reruns)."""
         return self._catalog.add([CatalogNewImage(i.image_id, i.owner_id, CatalogVisibility(int(i.visibility)),
                                                   i.content_hash, i.vector) for i in images], self.model_version)
+
+    def delete(self, image_ids: Sequence[str]) -> Changed:
+        count, not_found = self._catalog.delete(list(image_ids))
+        return Changed(count, not_found)
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        return self._catalog.store.get(image_id)
+
+    def vector(self, image_id: str) -> np.ndarray | None:
+        record = self._catalog.store.get(image_id)
+        return None if record is None else self._catalog.vector_log.read(record.internal_id, record.internal_id + 1)[0]
 
     def added_total(self) -> int:
         return len(self._catalog.image_ids)

@@ -312,6 +312,21 @@ def test_driver_killed_then_rerun_resumes_exactly(ray_cluster, images, tmp_path)
     assert_exact(out, {i for i, _ in images})
 
 
+def test_local_mode_needs_no_cluster(images, tmp_path):
+    """`--ray-address local`: Ray started by the job on this machine (2 CPUs -> 1 actor), stopped at the end."""
+    chosen = images[5::29][:5]
+    manifest = write_manifest(tmp_path / "manifest.csv", [(i, str(p)) for i, p in chosen])
+    command = [sys.executable, "-m", "jobs.embed", "--manifest", str(manifest), "--model-version", "1",
+               "--out", str(tmp_path / "out"), "--ray-address", "local", "--shard-size", "2"]
+    done = subprocess.run(command, cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True,
+                          text=True, timeout=JOB_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "5 images: 5 embedded, 0 failed" in done.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["ray"]["address"] == "local" and summary["ray"]["actors"] == 1
+    assert_exact(tmp_path / "out", {i for i, _ in chosen})
+
+
 def test_actor_pool_that_would_starve_the_read_tasks_is_refused():
     config = JobConfig(manifest="x", out=Path("x"), model_version=1, actors=2)
     with pytest.raises(ValueError, match="wait forever"):

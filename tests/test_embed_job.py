@@ -21,6 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from jobs.embed.adapters import (
     BlobStore,
@@ -141,12 +142,15 @@ def assert_exact(out: Path, expected_ids: set[str], expected_failures: set[str] 
 
 @pytest.fixture(scope="module")
 def first_job(ray_cluster: RayCluster, images, tmp_path_factory) -> tuple[dict, Path, list[tuple[str, Path]]]:
-    """40 photos + a corrupt file + a missing file, through the cluster into a FAISS catalog."""
+    """40 photos + a corrupt file + a missing file + one over the pixel limit, through the cluster into a catalog."""
     tmp = tmp_path_factory.mktemp("embed")
     corrupt = tmp / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(2000))
+    huge = tmp / "huge.png"  # 54 Mpixels, over the gateway's default 50 Mpixel limit (a small file: one colour)
+    Image.new("RGB", (9000, 6000), (90, 120, 150)).save(huge)
     chosen = images[::3][:40]
-    rows = [(i, str(p)) for i, p in chosen] + [("bad/corrupt", str(corrupt)), ("bad/missing", str(tmp / "nope.jpg"))]
+    rows = [(i, str(p)) for i, p in chosen] + [("bad/corrupt", str(corrupt)), ("bad/missing", str(tmp / "nope.jpg")),
+                                               ("bad/huge", str(huge))]
     manifest = write_manifest(tmp / "manifest.csv", rows)
     out = tmp / "out"
     summary = run_job(ray_cluster, job_command(ray_cluster, manifest, out, "--shard-size", "8",
@@ -156,14 +160,15 @@ def first_job(ray_cluster: RayCluster, images, tmp_path_factory) -> tuple[dict, 
 
 def test_job_embeds_every_image_once_and_reports_failures(first_job):
     summary, out, chosen = first_job
-    assert (summary["images"], summary["embedded"], summary["failed"]) == (42, 40, 2)
-    assert_exact(out, {i for i, _ in chosen}, {"bad/corrupt", "bad/missing"})
+    assert (summary["images"], summary["embedded"], summary["failed"]) == (43, 40, 3)
+    assert_exact(out, {i for i, _ in chosen}, {"bad/corrupt", "bad/missing", "bad/huge"})
     reasons = failures(out)
+    assert reasons["bad/huge"]["stage"] == "prepare" and "pixel limit" in reasons["bad/huge"]["reason"]
     assert reasons["bad/corrupt"]["stage"] == "prepare" and "decodable" in reasons["bad/corrupt"]["reason"]
     assert reasons["bad/missing"]["stage"] == "read" and "FileNotFoundError" in reasons["bad/missing"]["reason"]
     actors = summary["run"]["actors"]
     assert {name.split(":")[0] for name in actors} <= {HEAD_IP, WORKER_IP}, summary["run"]
-    assert sum(a["rows"] for a in actors.values()) == sum(summary["run"]["prepared_on"].values()) == 42
+    assert sum(a["rows"] for a in actors.values()) == sum(summary["run"]["prepared_on"].values()) == 43
     # prepare ran as a task stage of its own, not fused into the embedding actors.
     stats = summary["ray_data_stats"]
     assert "MapBatches(OrtEmbedder)" in stats and "MapBatches(prepare_batch)" in stats

@@ -3,7 +3,7 @@
     python -m jobs.embed --manifest DIR|FILE.csv|FILE.parquet|catalog:encoder/N|blobs:DIR --model-version N \
         --out OUT [--ray-address local|auto|ray://HOST:PORT|HOST:PORT] [--data-dir var] [--triton-url HOST:8001]
 
-Resources (the pitfalls measured on these machines, see /work/shared/README.md):
+Resources (pitfalls reproduced on the project's 2-core machines):
 - prepare tasks and embed actors reserve different resources (`prepare_cpus` != `actor_cpus`), so Ray Data cannot
   fuse the prepare stage into the actors (decoding would then run serially inside them);
 - CPU actors reserve at most all CPUs but one: a pool holding every CPU leaves none to the read/prepare tasks and
@@ -59,18 +59,26 @@ class JobConfig:
         return self.model_repository / ENCODER_MODEL_NAME / str(self.model_version) / "model.onnx"
 
 
-def connect(address: str, driver_ip: str | None = None) -> None:
-    """`local`: a Ray instance on this machine (no cluster needed); otherwise join the cluster at `address`."""
+def connect(address: str, driver_ip: str | None = None) -> bool:
+    """`local`: a Ray instance on this machine (no cluster needed); otherwise join the cluster at `address`.
+
+    A driver on a loopback address joins as that node (Ray would otherwise look for a raylet on the machine's
+    external address). Returns False when Ray was connected already (the caller's Ray is left running).
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address == "local":
         ray.init(include_dashboard=False, configure_logging=False)
-        return
+        return True
     host = address.removeprefix("ray://").rsplit(":", 1)[0]
     ip = driver_ip or (host if host.startswith("127.") and not address.startswith("ray://") else None)
-    ray.init(address=address, _node_ip_address=ip, configure_logging=False) if ip else ray.init(address=address)
+    if ip:
+        ray.init(address=address, _node_ip_address=ip, configure_logging=False)
+    else:
+        ray.init(address=address, configure_logging=False)
+    return True
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,7 @@ def run(config: JobConfig) -> dict[str, Any]:
     if pending:
         import ray
 
-        connect(config.ray_address, config.driver_ip)
+        owned = connect(config.ray_address, config.driver_ip)
         try:
             plan = plan_resources(config, ray.cluster_resources())
             summary["ray"] = {"address": config.ray_address, **asdict(plan), "prepare_cpus": config.prepare_cpus,
@@ -197,8 +205,8 @@ def run(config: JobConfig) -> dict[str, Any]:
             summary["run"].update(started_at=started_at, ended_at=time.time())  # epoch s: lines up with CPU samples
             summary["ray_data_stats"] = ds.stats()
         finally:
-            if config.ray_address == "local" or not config.ray_address.startswith("ray://"):
-                ray.shutdown()
+            if owned:
+                ray.shutdown()  # local mode: stops the Ray this job started; a cluster keeps running
         if committer.incomplete():
             raise RuntimeError(f"shards incomplete after the stream ended (shard: rows received): "
                                f"{committer.incomplete()}")
@@ -265,9 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-cpus", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--driver-ip")
-    args = parser.parse_args(argv)
+    parser.add_argument("--max-image-bytes", type=int, default=Limits().max_bytes, help="as the gateway's limit")
+    parser.add_argument("--max-image-pixels", type=int, default=Limits().max_pixels, help="as the gateway's limit")
+    args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    config = JobConfig(**{k: v for k, v in vars(args).items()})
+    limits = Limits(max_bytes=args.pop("max_image_bytes"), max_pixels=args.pop("max_image_pixels"))
+    config = JobConfig(**args, limits=limits)
     try:
         summary = run(config)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:

@@ -32,7 +32,7 @@ from jobs.embed.adapters import (
     open_vector_store,
     prepare,
 )
-from jobs.embed.runner import JobConfig, plan_resources
+from jobs.embed.runner import JobConfig, plan_resources, run
 from tests.fixtures.ray_cluster import HEAD_IP, WORKER_IP, RayCluster
 
 REPO = Path(__file__).resolve().parent.parent
@@ -206,44 +206,53 @@ def test_job_loads_the_catalog_idempotently(first_job, ray_cluster):
         store.close()
 
 
-def test_catalog_manifest_reembeds_the_live_images_into_the_next_versions_catalog(ray_cluster, first_job, tmp_path):
-    """The model-switch path: every live image of encoder/1 (originals from the blob store) -> encoder/2."""
+def test_catalog_manifest_builds_an_aligned_prefix_of_the_next_versions_catalog(ray_cluster, first_job, tmp_path):
+    """The model-switch path: the records of encoder/1 (originals from the blob store) -> encoder/2 at the same add
+    positions, deleted ones marked deleted, up to the first image that fails (the gateway's switch resumes there)."""
     _, out, chosen = first_job
     ids, vectors = embeddings(out)
     by_id = dict(zip(ids, vectors, strict=True))
-    data_dir, live = tmp_path / "data", chosen[:7]
+    data_dir, records = tmp_path / "data", chosen[:8]
     blobs = BlobStore(data_dir / "blobs")
     old = open_vector_store(data_dir, "encoder/1")
     try:
         images = []
-        for n, (image_id, path) in enumerate(live):
+        for n, (image_id, path) in enumerate(records):
             data = path.read_bytes()
             blobs.put(content_hash(data), data)
             visibility = Visibility.PRIVATE if n == 1 else Visibility.PUBLIC
             images.append(NewImage(image_id, f"owner-{n}", visibility, content_hash(data), by_id[image_id]))
-        assert old.add(images) == [True] * 7
-        assert old.delete([live[0][0]]).count == 1  # deleted: must not come back in the new version
+        assert old.add(images) == [True] * 8
+        assert old.delete([records[0][0]]).count == 1  # deleted: must never be searchable in the new version
+        old_ids = {image_id: old.get(image_id).internal_id for image_id, _ in records}
     finally:
         old.close()
+    blobs.path(images[6].content_hash).unlink()  # the original at position 6 is gone: the prefix ends there
     repository = tmp_path / "model_repository"  # version 2 = the same graph, so the vectors must match v1's
     (repository / "encoder" / "2").mkdir(parents=True)
     (repository / "encoder" / "2" / "model.onnx").symlink_to(MODEL)
     command = [sys.executable, "-m", "jobs.embed", "--manifest", "catalog:encoder/1", "--model-version", "2",
                "--out", str(tmp_path / "out"), "--ray-address", ray_cluster.address, "--actors", "2",
-               "--shard-size", "2", "--data-dir", str(data_dir), "--model-repository", str(repository)]
+               "--shard-size", "3", "--data-dir", str(data_dir), "--model-repository", str(repository)]
     summary = run_job(ray_cluster, command)
-    assert (summary["images"], summary["embedded"], summary["failed"]) == (6, 6, 0)
-    assert summary["store"]["added"] == 6
+    assert (summary["images"], summary["embedded"], summary["failed"]) == (8, 7, 1)
+    assert failures(tmp_path / "out")[records[6][0]]["stage"] == "read"
+    assert summary["store"] == {"added": 6, "present_before": 0, "aligned_prefix_end": 6}
     new = open_vector_store(data_dir, "encoder/2")
     try:
-        assert new.get(live[0][0]) is None
-        for n, (image_id, _) in enumerate(live[1:], start=1):
+        assert new.added_total() == 6
+        assert new.get(records[0][0]).deleted
+        for n, (image_id, _) in enumerate(records[:6]):
             record = new.get(image_id)
-            assert record is not None and record.owner_id == f"owner-{n}"
+            assert record.internal_id == old_ids[image_id] == n
+            assert record.owner_id == f"owner-{n}"
             assert int(record.visibility) == (Visibility.PRIVATE if n == 1 else Visibility.PUBLIC)
             assert float(new.vector(image_id) @ by_id[image_id]) >= 0.9999
+        assert new.get(records[7][0]) is None  # after the gap: left to the gateway's switch
     finally:
         new.close()
+    again = run_job(ray_cluster, command)  # nothing to embed or add twice
+    assert again["shards_run"] == 0 and again["store"]["added"] == 0
 
 
 def test_triton_actors_give_the_gateways_embeddings(ray_cluster, triton_server, images, tmp_path):
@@ -330,6 +339,13 @@ def test_local_mode_needs_no_cluster(images, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["ray"]["address"] == "local" and summary["ray"]["actors"] == 1
     assert_exact(tmp_path / "out", {i for i, _ in chosen})
+
+
+def test_the_catalog_the_gateway_serves_is_refused(tmp_path):
+    (tmp_path / "ACTIVE_MODEL").write_text("encoder/1\n")
+    with pytest.raises(ValueError, match="gateway serves"):
+        run(JobConfig(manifest=str(tmp_path), out=tmp_path / "out", model_version=1, data_dir=tmp_path))
+    assert not (tmp_path / "out").exists()
 
 
 def test_actor_pool_that_would_starve_the_read_tasks_is_refused():

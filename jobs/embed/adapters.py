@@ -24,7 +24,7 @@ from server.durable import replace_durably, write_atomic
 from server.encoder import EMBEDDING_DIM, INPUT_SIZE, EncoderClient
 from server.errors import InvalidInput
 from server.imaging import Limits, prepare
-from server.ingest import Catalog, catalog_dir, content_hash
+from server.ingest import Catalog, catalog_dir, content_hash, read_active_version
 from server.ingest import NewImage as CatalogNewImage
 from server.metadata import ImageRecord, SqliteMetadataStore
 from server.metadata import Visibility as CatalogVisibility
@@ -33,7 +33,7 @@ from server.store.base import Changed, NewImage, VectorStore, Visibility
 __all__ = [
     "EMBEDDING_DIM", "ENCODER_MODEL_NAME", "INPUT_SIZE", "REPO_ROOT", "BlobStore", "EncoderClient", "InvalidInput",
     "Limits", "NewImage", "VectorStore", "Visibility", "content_hash", "iter_catalog_records", "open_vector_store",
-    "prepare", "replace_durably", "write_atomic",
+    "prepare", "read_active_version", "replace_durably", "write_atomic",
 ]
 
 

@@ -3,7 +3,9 @@
 A manifest source is one of:
   DIR                    every image file under a directory tree; image ID = relative path without suffix
   FILE.csv / FILE.parquet  columns `image_id`, `uri` (+ optional `owner_id`, `visibility` 1 public / 2 private)
-  catalog:encoder/N      the live images of a catalog under --data-dir, read from the blob store (model switch)
+  catalog:encoder/N      every record of a catalog under --data-dir in add order, deleted ones included, bytes from
+                         the blob store (model switch: the new catalog becomes a position-aligned prefix of the old
+                         one, which the gateway's SwitchModel resumes from and cuts over)
   blobs:DIR              every blob of a content-addressed blob store; image ID = content hash
 
 The manifest is frozen on the first run (`OUT/manifest/`, one Parquet file per shard, renamed into place as a
@@ -30,7 +32,8 @@ from jobs.embed.adapters import Visibility, iter_catalog_records
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif"}
 MANIFEST_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("owner_id", pa.string()),
-                             ("visibility", pa.int8()), ("shard", pa.int32())])
+                             ("visibility", pa.int8()), ("deleted", pa.bool_()), ("position", pa.int64()),
+                             ("shard", pa.int32())])
 FAILURE_SCHEMA = pa.schema([("image_id", pa.string()), ("uri", pa.string()), ("stage", pa.string()),
                             ("reason", pa.string())])
 
@@ -43,6 +46,7 @@ class Manifest:
     source: str
     shard_rows: list[int]  # rows of each shard (the last one may be shorter)
     rejected: int  # manifest rows refused up front (duplicate IDs), in failures/manifest.parquet
+    aligned: bool = False  # catalog source: row `position` = the record's add position in the source catalog
 
     @property
     def total(self) -> int:
@@ -69,8 +73,8 @@ def _rows_from_table(path: Path) -> list[dict[str, Any]]:
 def _rows_from_catalog(data_dir: Path, model_version: str) -> list[dict[str, Any]]:
     blobs = data_dir / "blobs"
     return [{"image_id": r.image_id, "uri": str(blobs / r.content_hash[:2] / r.content_hash),
-             "owner_id": r.owner_id, "visibility": int(r.visibility)}
-            for r in iter_catalog_records(data_dir, model_version) if not r.deleted]
+             "owner_id": r.owner_id, "visibility": int(r.visibility), "deleted": r.deleted, "position": r.internal_id}
+            for r in iter_catalog_records(data_dir, model_version)]
 
 
 def _rows_from_blobs(root: Path) -> list[dict[str, Any]]:
@@ -102,9 +106,11 @@ def freeze_manifest(source: str, out: Path, shard_size: int, data_dir: Path | No
         index = json.loads(index_path.read_text())
         if index["source"] != source:
             raise ValueError(f"{out} holds a job over {index['source']!r}, not {source!r}: use another --out")
-        return Manifest(root, index["source"], index["shard_rows"], index["rejected"])
+        return Manifest(root, index["source"], index["shard_rows"], index["rejected"], index.get("aligned", False))
 
-    rows = sorted(list_source(source, data_dir), key=lambda r: (str(r["image_id"]), str(r["uri"])))
+    aligned = source.startswith("catalog:")
+    rows = list_source(source, data_dir)
+    rows.sort(key=(lambda r: r["position"]) if aligned else (lambda r: (str(r["image_id"]), str(r["uri"]))))
     unique, duplicates = [], []
     for row in rows:
         if unique and unique[-1]["image_id"] == str(row["image_id"]):
@@ -113,7 +119,8 @@ def freeze_manifest(source: str, out: Path, shard_size: int, data_dir: Path | No
             continue
         unique.append({"image_id": str(row["image_id"]), "uri": str(row["uri"]),
                        "owner_id": str(row.get("owner_id") or ""),
-                       "visibility": int(row.get("visibility") or Visibility.PUBLIC)})
+                       "visibility": int(row.get("visibility") or Visibility.PUBLIC),
+                       "deleted": bool(row.get("deleted", False)), "position": int(row.get("position", len(unique)))})
 
     tmp = out / f".manifest.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -126,10 +133,10 @@ def freeze_manifest(source: str, out: Path, shard_size: int, data_dir: Path | No
         shard_rows.append(len(part))
     (out / "failures").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(duplicates, schema=FAILURE_SCHEMA), out / "failures" / "manifest.parquet")
-    (tmp / "_index.json").write_text(json.dumps({"source": source, "shard_rows": shard_rows,
+    (tmp / "_index.json").write_text(json.dumps({"source": source, "shard_rows": shard_rows, "aligned": aligned,
                                                  "rejected": len(duplicates), "created": time.time()}))
     os.replace(tmp, root)  # the manifest appears whole or not at all
-    return Manifest(root, source, shard_rows, len(duplicates))
+    return Manifest(root, source, shard_rows, len(duplicates), aligned)
 
 
 def expand_shard(batch: dict[str, np.ndarray], rows_per_batch: int = 16) -> Iterator[dict[str, np.ndarray]]:

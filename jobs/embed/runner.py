@@ -24,7 +24,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobs.embed.adapters import ENCODER_MODEL_NAME, INPUT_SIZE, REPO_ROOT, Limits, open_vector_store
+from jobs.embed.adapters import (
+    ENCODER_MODEL_NAME,
+    INPUT_SIZE,
+    REPO_ROOT,
+    Limits,
+    open_vector_store,
+    read_active_version,
+)
 from jobs.embed.mapper import OrtEmbedder, TritonEmbedder, prepare_batch
 from jobs.embed.reader import Manifest, expand_shard, freeze_manifest, read_bytes
 from jobs.embed.writer import ShardCommitter, done_shards, load_into_store
@@ -49,6 +56,7 @@ class JobConfig:
     batch_size: int = 32
     driver_ip: str | None = None  # default: the address's host when it is a loopback address
     limits: Limits = field(default_factory=Limits)
+    allow_active_catalog: bool = False  # load into the catalog the gateway serves (only when it is stopped)
 
     @property
     def model_tag(self) -> str:
@@ -178,6 +186,10 @@ def _stage_summary(committer: ShardCommitter, wall_s: float) -> dict[str, Any]:
 def run(config: JobConfig) -> dict[str, Any]:
     """Run (or resume) the job; returns the summary, also written to OUT/summary.json."""
     started = time.monotonic()
+    if config.data_dir is not None and not config.allow_active_catalog \
+            and read_active_version(config.data_dir) == config.model_tag:
+        raise ValueError(f"{config.model_tag} is the catalog the gateway serves from {config.data_dir}: a second "
+                         "writer would corrupt it. Add through the gateway, or stop it and pass --allow-active-catalog")
     config.out.mkdir(parents=True, exist_ok=True)
     manifest = freeze_manifest(config.manifest, config.out, config.shard_size, config.data_dir)
     done_before = done_shards(config.out)
@@ -273,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prepare-cpus", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--driver-ip")
+    parser.add_argument("--allow-active-catalog", action="store_true",
+                        help="load into the served catalog (only with the gateway stopped)")
     parser.add_argument("--max-image-bytes", type=int, default=Limits().max_bytes, help="as the gateway's limit")
     parser.add_argument("--max-image-pixels", type=int, default=Limits().max_pixels, help="as the gateway's limit")
     args = vars(parser.parse_args(argv))

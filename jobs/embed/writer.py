@@ -25,6 +25,7 @@ from jobs.embed.reader import FAILURE_SCHEMA, Manifest
 EMBEDDING_SCHEMA = pa.schema([
     ("image_id", pa.string()), ("embedding", pa.list_(pa.float32(), EMBEDDING_DIM)), ("content_hash", pa.string()),
     ("owner_id", pa.string()), ("visibility", pa.int8()), ("model_version", pa.string()), ("embed_actor", pa.string()),
+    ("deleted", pa.bool_()), ("position", pa.int64()),
 ])
 TIMING_COLUMNS = ("read_s", "prepare_s", "prepare_cpu_s", "embed_s", "embed_cpu_s")
 
@@ -83,12 +84,13 @@ class ShardCommitter:
             if rows is None:  # a duplicate of a row whose shard is committed already
                 continue
             rows[str(batch["image_id"][i])] = {key: batch[key][i] for key in (
-                "image_id", "uri", "owner_id", "visibility", "content_hash", "embedding", "error", "embed_actor")}
+                "image_id", "uri", "owner_id", "visibility", "content_hash", "embedding", "error", "embed_actor",
+                "deleted", "position")}
             if len(rows) == self.manifest.shard_rows[int(shard)]:
                 self._commit(int(shard), self.pending.pop(int(shard)))
 
     def _commit(self, shard: int, rows: dict[str, dict]) -> None:
-        ordered = [rows[k] for k in sorted(rows)]
+        ordered = sorted(rows.values(), key=lambda r: int(r["position"]))  # manifest order
         ok = [r for r in ordered if not r["error"]]
         failed = [r for r in ordered if r["error"]]
         embeddings = pa.Table.from_pydict({
@@ -99,6 +101,7 @@ class ShardCommitter:
             "content_hash": [str(r["content_hash"]) for r in ok], "owner_id": [str(r["owner_id"]) for r in ok],
             "visibility": pa.array([int(r["visibility"]) for r in ok], pa.int8()),
             "model_version": [self.model_version] * len(ok), "embed_actor": [str(r["embed_actor"]) for r in ok],
+            "deleted": [bool(r["deleted"]) for r in ok], "position": [int(r["position"]) for r in ok],
         }, schema=EMBEDDING_SCHEMA)
         failures = pa.Table.from_pylist([{"image_id": str(r["image_id"]), "uri": str(r["uri"]),
                                           "stage": str(r["error"]).split(":", 1)[0], "reason": str(r["error"])}
@@ -118,8 +121,18 @@ def read_embeddings(out: Path, shard: int) -> pa.Table:
     return pq.read_table(out / "embeddings" / _name(shard, "parquet"))
 
 
+def _images(table: pa.Table) -> list[NewImage]:
+    flat = table.column("embedding").combine_chunks().flatten()
+    vectors = np.asarray(flat, np.float32).reshape(-1, EMBEDDING_DIM)
+    columns = [table.column(c).to_pylist() for c in ("image_id", "owner_id", "visibility", "content_hash")]
+    return [NewImage(image_id, owner, Visibility(vis), digest, vectors[i])
+            for i, (image_id, owner, vis, digest) in enumerate(zip(*columns, strict=True))]
+
+
 def load_into_store(out: Path, manifest: Manifest, store: VectorStore) -> dict[str, int]:
     """Add every committed shard to the store, in shard order; idempotent (a rerun adds nothing twice)."""
+    if manifest.aligned:
+        return _load_aligned(out, manifest, store)
     loaded_dir = out / "loaded" / store.model_version.replace("/", "-")
     loaded_dir.mkdir(parents=True, exist_ok=True)
     counts = {"added": 0, "already_present": 0, "shards_skipped": 0}
@@ -129,13 +142,43 @@ def load_into_store(out: Path, manifest: Manifest, store: VectorStore) -> dict[s
             counts["shards_skipped"] += 1
             continue
         table = read_embeddings(out, shard)
-        flat = table.column("embedding").combine_chunks().flatten()
-        vectors = np.asarray(flat, np.float32).reshape(-1, EMBEDDING_DIM)
-        images = [NewImage(image_id, owner, Visibility(vis), digest, vectors[i]) for i, (image_id, owner, vis, digest)
-                  in enumerate(zip(*(table.column(c).to_pylist() for c in ("image_id", "owner_id", "visibility",
-                                                                             "content_hash")), strict=True))]
+        images = _images(table)
         flags = store.add(images) if images else []
+        deleted = [i.image_id for i, gone in zip(images, table.column("deleted").to_pylist(), strict=True) if gone]
+        if deleted:
+            store.delete(deleted)
         counts["added"] += sum(flags)
         counts["already_present"] += len(flags) - sum(flags)
         write_atomic(marker, json.dumps({"added": sum(flags), "rows": len(flags)}).encode())
+    return counts
+
+
+def _load_aligned(out: Path, manifest: Manifest, store: VectorStore) -> dict[str, int]:
+    """Catalog sources: row at add position p of the source lands at add position p of the target, so the target
+    is a prefix of the source that the gateway's model switch resumes from. Loading stops at the first position
+    without an embedding (a failed image): the switch re-embeds from there and reports the error itself.
+    Deleted records are added and then marked deleted (positions stay aligned; they are never searchable)."""
+    counts = {"added": 0, "present_before": store.added_total(), "aligned_prefix_end": 0}
+    for shard in range(len(manifest.shard_rows)):
+        table = read_embeddings(out, shard)
+        positions = table.column("position").to_pylist()
+        start = store.added_total()
+        if positions and positions[-1] < start:
+            continue  # loaded before
+        keep = [i for i, p in enumerate(positions) if p >= start]
+        contiguous = 0
+        while contiguous < len(keep) and positions[keep[contiguous]] == start + contiguous:
+            contiguous += 1
+        part = table.take(pa.array(keep[:contiguous], type=pa.int64()))
+        images = _images(part)
+        if images:
+            flags = store.add(images)
+            counts["added"] += sum(flags)
+            deleted = [i.image_id for i, gone in zip(images, part.column("deleted").to_pylist(), strict=True) if gone]
+            if deleted:
+                store.delete(deleted)
+        shard_end = manifest.shard_rows[shard] + sum(manifest.shard_rows[:shard])  # first position after the shard
+        if store.added_total() < shard_end:
+            break  # a gap: an image of this shard failed
+    counts["aligned_prefix_end"] = store.added_total()
     return counts

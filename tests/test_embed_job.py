@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from clients.client import NewImage as GatewayImage
 from jobs.embed.adapters import (
     BlobStore,
     EncoderClient,
@@ -33,7 +35,12 @@ from jobs.embed.adapters import (
     prepare,
 )
 from jobs.embed.runner import JobConfig, plan_resources, run
+from protos.visual_search.v1 import visual_search_pb2 as pb
+from server.config import loopback_settings
+from server.triton import TritonServer
+from tests.fixtures.gateway import start_gateway
 from tests.fixtures.ray_cluster import HEAD_IP, WORKER_IP, RayCluster
+from tests.photos import jpeg
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "model_repository" / "encoder" / "1" / "model.onnx"
@@ -253,6 +260,57 @@ def test_catalog_manifest_builds_an_aligned_prefix_of_the_next_versions_catalog(
         new.close()
     again = run_job(ray_cluster, command)  # nothing to embed or add twice
     assert again["shards_run"] == 0 and again["store"]["added"] == 0
+
+
+def test_switch_model_resumes_from_the_jobs_prefix_and_keeps_writes_made_meanwhile(ray_cluster, images, tmp_path):
+    """The hand-off end to end: a running gateway serves encoder/1; the job builds encoder/2's catalog; deletes,
+    hides and adds arrive after the job froze its manifest; SwitchModel(2) resumes from the job's prefix and cuts
+    over without losing the new image or resurrecting the deleted or hidden ones."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(MODEL.parent.parent.parent, repository,
+                    ignore=lambda d, names: [n for n in names if (n.isdigit() and n != "1") or n.startswith(".")])
+    shutil.copytree(repository / "encoder" / "1", repository / "encoder" / "2")  # v2: the same graph, published
+    photos = images[2::4][:24]
+    added_later = images[1]
+    with TritonServer(loopback_settings(model_repository=repository), log_path=tmp_path / "triton.log") as triton:
+        gateway = start_gateway(triton.endpoint.grpc_url, tmp_path / "data")
+        try:
+            with gateway.client() as client:
+                client.add_images([GatewayImage(i, jpeg(Image.open(p), max_side=320)) for i, p in photos])
+                deleted, hidden = photos[3][0], photos[4][0]
+                out, log = tmp_path / "out", tmp_path / "job.log"
+                job = start_job(ray_cluster, [
+                    sys.executable, "-m", "jobs.embed", "--manifest", "catalog:encoder/1", "--model-version", "2",
+                    "--out", str(out), "--ray-address", ray_cluster.address, "--actors", "2", "--shard-size", "4",
+                    "--data-dir", str(gateway.data_dir), "--model-repository", str(repository)], log)
+                try:
+                    wait_until(lambda: (out / "manifest" / "_index.json").exists(), job, log, "the manifest was frozen")
+                    client.delete([deleted])
+                    client.set_visibility([hidden], private=True)
+                    client.add_images([GatewayImage(added_later[0], jpeg(Image.open(added_later[1]), max_side=320))])
+                    job.wait(JOB_TIMEOUT_S)
+                finally:
+                    if job.poll() is None:
+                        job.kill()
+                assert job.returncode == 0, log.read_text()[-5000:]
+                summary = json.loads((out / "summary.json").read_text())
+                assert summary["store"]["aligned_prefix_end"] == len(photos)  # the snapshot, not the later add
+
+                assert client.switch_model("2").state == pb.SwitchModelResponse.STARTED
+                deadline = time.monotonic() + JOB_TIMEOUT_S
+                while (stats := client.stats()).model_version != "encoder/2":
+                    assert not stats.switch_error and time.monotonic() < deadline, stats.switch_error
+                    time.sleep(0.2)
+                assert (stats.public_count, stats.private_count, stats.deleted_count) == (len(photos) - 1, 1, 1)
+                found = client.similar(photos[0][0], k=50)
+                assert found.model_version == "encoder/2"
+                ids = {r.image_id for r in found.results}
+                assert added_later[0] in ids and not {deleted, hidden} & ids
+                assert len(ids) == len(photos) - 2  # every visible image but the query itself
+        finally:
+            gateway.stop()
+    # The switch re-embedded only what the job had not: the image added meanwhile.
+    assert f"{len(photos)} of {len(photos) + 1} images already re-embedded" in gateway.log_path.read_text()
 
 
 def test_triton_actors_give_the_gateways_embeddings(ray_cluster, triton_server, images, tmp_path):

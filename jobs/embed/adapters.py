@@ -9,6 +9,9 @@ embeddings equal the gateway's. When the `server/` refactor lands (issue 12), re
     server.ingest.Catalog     -> server.store.faiss.FaissVectorStore (then `open_vector_store` returns it as is)
     server.blobs              -> server.store.blobs
     server.durable            -> server.store.durable (or wherever it lands)
+    server.errors             -> server.core.errors            (InvalidInput)
+    server.metadata           -> server.store.faiss / store.base (ImageRecord, the catalog's SQLite records)
+    server.ingest             -> server.store.faiss             (catalog_dir, content_hash, read_active_version)
 """
 
 from __future__ import annotations

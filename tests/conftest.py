@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.triton",
     "tests.fixtures.gateway",
     "tests.fixtures.prometheus",
+    "tests.fixtures.ray_cluster",
 ]

@@ -1,0 +1,119 @@
+"""Stages 2 and 3: prepare (the gateway's own decode/EXIF/resize, a CPU task) and embed (an actor pool).
+
+Rows that failed earlier keep their `error` and pass through untouched: every manifest row reaches the writer,
+either with an embedding or with the reason it has none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jobs.embed.adapters import EMBEDDING_DIM, INPUT_SIZE, EncoderClient, InvalidInput, Limits, content_hash, prepare
+
+CHUNK = 32  # images per encoder call (the gateway's chunk size)
+DEFAULT_LIMITS = Limits()
+
+
+def prepare_batch(batch: dict[str, np.ndarray], limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
+    """Ray Data stage: bytes -> `pixels` uint8 [n, 224, 224, 3] and `content_hash`; drops the bytes."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    n = len(batch["image_id"])
+    pixels = np.zeros((n, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    hashes, errors = [], list(batch["error"])
+    for i, data in enumerate(batch["data"]):
+        hashes.append(content_hash(data) if not errors[i] else "")
+        if errors[i]:
+            continue
+        try:
+            pixels[i] = prepare(data, None, limits)
+        except InvalidInput as exc:  # undecodable, over the byte or pixel limits
+            errors[i] = f"prepare: {exc}"
+    del batch["data"]
+    batch.update(pixels=pixels, prepare_node=np.array([_node_ip()] * n, dtype=object),
+                 content_hash=np.array(hashes, dtype=object), error=np.array(errors, dtype=object),
+                 prepare_s=np.full(n, (time.perf_counter() - started) / max(1, n)),
+                 prepare_cpu_s=np.full(n, (time.process_time() - cpu_started) / max(1, n)))
+    return batch
+
+
+def _node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
+
+
+class _Embedder:
+    """Base of the embedding actors: runs `_embed` on the rows without an error, records who did it and how long."""
+
+    def __init__(self) -> None:
+        self.name = f"{_node_ip()}:{os.getpid()}"
+
+    def _embed(self, pixels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        n = len(batch["image_id"])
+        errors = list(batch["error"])
+        ok = np.array([not e for e in errors], dtype=bool)
+        embeddings = np.zeros((n, EMBEDDING_DIM), np.float32)
+        if ok.any():
+            pixels = batch["pixels"][ok]
+            try:
+                embeddings[ok] = np.concatenate([self._embed(pixels[i : i + CHUNK])
+                                                 for i in range(0, len(pixels), CHUNK)])
+            except InvalidInput as exc:  # the encoder refused the input: a per-batch failure, reported per row
+                errors = [e or f"embed: {exc}" for e in errors]
+        del batch["pixels"]
+        batch.update(embedding=embeddings, error=np.array(errors, dtype=object),
+                     embed_actor=np.array([self.name] * n, dtype=object),
+                     embed_s=np.full(n, (time.perf_counter() - started) / max(1, n)),
+                     embed_cpu_s=np.full(n, (time.process_time() - cpu_started) / max(1, n)))
+        return batch
+
+
+class OrtEmbedder(_Embedder):
+    """One ONNX Runtime session per actor on `model_repository/encoder/<version>/model.onnx` (the default).
+
+    Threads = the CPUs the actor reserved (a pool must not oversubscribe the node's cores); CUDA when the actor
+    holds a GPU and onnxruntime-gpu is installed. Spinning off, as in the Triton model (model.py).
+    """
+
+    def __init__(self, model_path: str, threads: int, use_gpu: bool) -> None:
+        super().__init__()
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = ["CPUExecutionProvider"]
+        if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        if not Path(model_path).exists():
+            raise FileNotFoundError(f"no encoder at {model_path} (make setup exports version 1)")
+        self.session = ort.InferenceSession(model_path, options, providers=providers)
+
+    def _embed(self, pixels: np.ndarray) -> np.ndarray:
+        return self.session.run(["embedding"], {"pixels": np.ascontiguousarray(pixels)})[0]
+
+
+class TritonEmbedder(_Embedder):
+    """The gateway's own async Triton client, pinned to the job's model version, on an event loop of its own."""
+
+    def __init__(self, url: str, version: str) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.client = self.loop.run_until_complete(self._connect(url, version))  # the channel binds to this loop
+
+    @staticmethod
+    async def _connect(url: str, version: str) -> EncoderClient:
+        return EncoderClient(url, version=version)
+
+    def _embed(self, pixels: np.ndarray) -> np.ndarray:
+        return self.loop.run_until_complete(self.client.embed(pixels, timeout_s=120))

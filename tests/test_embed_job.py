@@ -36,8 +36,8 @@ from jobs.embed.adapters import (
 )
 from jobs.embed.runner import JobConfig, plan_resources, run
 from protos.visual_search.v1 import visual_search_pb2 as pb
-from server.config import loopback_settings
-from server.triton import TritonServer
+from server.core.config import loopback_settings
+from server.models.triton import TritonServer
 from tests.fixtures.gateway import start_gateway
 from tests.fixtures.ray_cluster import HEAD_IP, WORKER_IP, RayCluster
 from tests.photos import jpeg
@@ -234,7 +234,7 @@ def test_catalog_manifest_builds_an_aligned_prefix_of_the_next_versions_catalog(
         old_ids = {image_id: old.get(image_id).internal_id for image_id, _ in records}
     finally:
         old.close()
-    blobs.path(images[6].content_hash).unlink()  # the original at position 6 is gone: the prefix ends there
+    Path(blobs.path(images[6].content_hash)).unlink()  # the original at position 6 is gone: the prefix ends there
     repository = tmp_path / "model_repository"  # version 2 = the same graph, so the vectors must match v1's
     (repository / "encoder" / "2").mkdir(parents=True)
     (repository / "encoder" / "2" / "model.onnx").symlink_to(MODEL)

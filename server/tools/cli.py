@@ -42,6 +42,18 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
         asyncio.run(run_gateway(settings))
 
 
+def cmd_embed(args: argparse.Namespace, settings: Settings) -> None:
+    """The Ray Data batch embedding job (jobs/embed), as its own process: serving code does not import it."""
+    import subprocess
+
+    job = list(args.job_args)
+    if "--data-dir" not in job and not {"-h", "--help"} & set(job):
+        job += ["--data-dir", str(settings.data_dir)]
+    done = subprocess.run([sys.executable, "-m", "jobs.embed", *job])
+    if done.returncode:
+        raise CliError(f"the embedding job failed (exit {done.returncode}); its output above says why")
+
+
 def cmd_triton(args: argparse.Namespace, settings: Settings) -> None:
     from server.models.triton import run
 
@@ -150,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("switch-model", help="re-embed everything with another encoder version, then cut over")
     p.add_argument("version")
     p.add_argument("--wait", action="store_true", help="show progress until the cut-over")
+    p = sub.add_parser("embed", help="batch-embed a manifest with Ray Data (python -m jobs.embed --help)",
+                       prefix_chars="\0")
+    p.add_argument("job_args", nargs=argparse.REMAINDER)
     p = sub.add_parser("demo", help="index the real corpus and run example queries")
     p.add_argument("--output", type=Path, default=Path("demo-out"))
     p.add_argument("-k", type=int, default=10)
@@ -159,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 COMMANDS = {"serve": cmd_serve, "triton": cmd_triton, "index": cmd_index, "search": cmd_search,
             "similar": cmd_similar, "delete": cmd_delete, "hide": cmd_visibility, "show": cmd_visibility,
-            "stats": cmd_stats, "publish": cmd_publish, "switch-model": cmd_switch_model, "demo": run_demo}
+            "stats": cmd_stats, "publish": cmd_publish, "switch-model": cmd_switch_model,
+            "embed": cmd_embed, "demo": run_demo}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -46,10 +46,7 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> None:
     """The Ray Data batch embedding job (jobs/embed), as its own process: serving code does not import it."""
     import subprocess
 
-    job = list(args.job_args)
-    if "--data-dir" not in job and not {"-h", "--help"} & set(job):
-        job += ["--data-dir", str(settings.data_dir)]
-    done = subprocess.run([sys.executable, "-m", "jobs.embed", *job])
+    done = subprocess.run([sys.executable, "-m", "jobs.embed", *args.job_args])
     if done.returncode:
         raise CliError(f"the embedding job failed (exit {done.returncode}); its output above says why")
 

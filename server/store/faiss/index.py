@@ -62,7 +62,8 @@ def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD,
 
 def ivf_params(nlist: int, m: int) -> IndexParams:
     """2 dims per 4-bit sub-quantizer and a 32x exact re-rank: 10-recall@10 >= 0.95 on hard synthetic sets
-    where 4 dims per sub-quantizer or an 8x re-rank stay below 0.9 (benchmarks/results/index.md, tests/test_index.py)."""
+    where 4 dims per sub-quantizer or an 8x re-rank stay below 0.9
+    (benchmarks/results/index.md, tests/test_index.py)."""
     return IndexParams(f"IVF{nlist},PQ{m}x4fs,RFlat", nprobe=max(16, nlist // 16), k_factor=32)
 
 

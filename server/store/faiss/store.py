@@ -37,7 +37,8 @@ class FaissVectorStore:
         self.data_dir, self.dim, self.model_version = data_dir, dim, model_version
         self._records = SqliteMetadataStore(data_dir / "metadata.sqlite")
         self._vector_log = VectorLog(data_dir / "vectors.f32", dim)
-        self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view)
+        self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view,
+                                  on_rebuilt=self._records.bump_version)
         self._eligibility = Eligibility()
         self._image_ids: list[str] = []  # internal id -> image ID (hot path: no DB lookups)
         self._hashes: list[str] = []  # internal id -> content hash (duplicate collapse)
@@ -52,7 +53,11 @@ class FaissVectorStore:
 
     @property
     def version(self) -> int:
-        return self._index.version
+        """Grows with every add, visibility change, delete and index rebuild; persisted, so never goes back."""
+        return self._records.version
+
+    def advance_version(self, at_least: int) -> None:
+        self._records.advance_version(at_least)
 
     def _recover(self) -> None:
         records = list(self._records.iter_all())

@@ -63,17 +63,18 @@ class Ranker:
         if include_duplicates:
             with self.stage("search"):
                 return [Hit(c.image_id, c.score) for c in store.search(vector, k, exclude)]
-        eligible = store.eligible_count()
-        # Ask for more than k so duplicates can be collapsed and backfilled; go back for more if needed.
-        fetch = min(eligible, 2 * k + 10)
+        # Ask for more than k so duplicates can be collapsed and backfilled; go back for more if needed. The store
+        # clamps to the eligible images it sees: fewer candidates than asked means there are no more (no count is
+        # read here: one read before the search goes stale when visibility flips meanwhile).
+        fetch = 2 * k + 10
         while True:
             with self.stage("search"):
-                candidates = store.search(vector, max(fetch, 1), exclude)
+                candidates = store.search(vector, fetch, exclude)
             with self.stage("filter"):
                 kept, removed = collapse_duplicates(candidates, k, self.duplicate_threshold)
-            if len(kept) == k or fetch >= eligible:
+            if len(kept) == k or len(candidates) < fetch:
                 break
-            fetch = min(eligible, fetch * 4)
+            fetch *= 4
         if removed:
             self.metrics.filtered_results.labels("duplicate").inc(removed)
         return [Hit(c.image_id, c.score) for c in kept]

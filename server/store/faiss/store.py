@@ -143,8 +143,10 @@ class FaissVectorStore:
         skip = None
         if exclude is not None and (record := self._records.get(exclude)) is not None:
             skip = record.internal_id
-        selector, _keepalive = self._eligibility.selector(skip)
-        scores, ids = self._index.search(vector[None], max(1, min(k, self.eligible_count())), selector)
+        selector, _keepalive, eligible = self._eligibility.snapshot(skip)
+        if eligible == 0:
+            return []
+        scores, ids = self._index.search(vector[None], min(k, eligible), selector)
         # Re-check eligibility after the search: a hide acknowledged while it ran must still be honoured.
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
                  if i >= 0 and i != skip and self._eligibility.is_eligible(int(i))]

@@ -13,6 +13,7 @@ from protos.visual_search.v1 import visual_search_pb2 as pb
 from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
 from server.api.status import code_of
 from server.core.errors import InvalidInput
+from server.core.ids import check_image_id, check_image_ids
 from server.embedding.contract import EMBED_CHUNK, EMBEDDING_DIM
 from server.embedding.imaging import CropBox
 from server.ingest.add import Indexer, Outcome, Status, Upload
@@ -101,6 +102,7 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
 
     async def DeleteImages(self, request: pb.DeleteImagesRequest, context: grpc.aio.ServicerContext
                            ) -> pb.DeleteImagesResponse:
+        check_image_ids(list(request.image_ids))
         async with self.live.writes:
             changed = await asyncio.to_thread(self.live.serving.store.delete, list(request.image_ids))
         return pb.DeleteImagesResponse(deleted_count=changed.count, not_found_ids=changed.not_found)
@@ -109,6 +111,7 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
                             ) -> pb.SetVisibilityResponse:
         if request.visibility not in (pb.VISIBILITY_PUBLIC, pb.VISIBILITY_PRIVATE):
             raise InvalidInput("must be VISIBILITY_PUBLIC or VISIBILITY_PRIVATE", field="visibility")
+        check_image_ids(list(request.image_ids))
         async with self.live.writes:
             changed = await asyncio.to_thread(self.live.serving.store.set_visibility, list(request.image_ids),
                                               _VISIBILITY[request.visibility])
@@ -144,6 +147,8 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
             if i.kind not in (pb.Interaction.IMPRESSION, pb.Interaction.CLICK) or not i.request_id or not i.image_id:
                 raise InvalidInput("needs request_id, image_id and kind IMPRESSION or CLICK",
                                    field=f"interactions[{n}]")
+            check_image_id(i.image_id, f"interactions[{n}].image_id")
+            check_image_id(i.request_id, f"interactions[{n}].request_id")
             when = i.time.ToSeconds() + i.time.nanos / 1e9 if i.HasField("time") else time.time()
             items.append(Interaction(i.request_id, i.position, i.image_id, int(i.kind), when))
         accepted = await asyncio.to_thread(self.interactions.record, items)

@@ -17,14 +17,13 @@ from enum import Enum
 import numpy as np
 
 from server.core.errors import InvalidInput, ServiceError
+from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding.imaging import Limits
 from server.embedding.pipeline import ImageInput, embed_pixels, prepare_many
 from server.runtime.serving import Live
 from server.store.base import NewImage, Visibility
 from server.store.blobs import BlobStore
-
-MAX_IMAGE_ID_BYTES = 256
 
 
 def content_hash(data: bytes) -> str:
@@ -51,11 +50,6 @@ class Outcome:
     error: ServiceError | None = None
 
 
-def _check_id(image_id: str) -> None:
-    if not image_id or len(image_id.encode()) > MAX_IMAGE_ID_BYTES:
-        raise InvalidInput(f"must be 1..{MAX_IMAGE_ID_BYTES} bytes of UTF-8", field="image_id")
-
-
 class Indexer:
     def __init__(self, live: Live, blobs: BlobStore, limits: Limits, metrics: GatewayMetrics) -> None:
         self.live, self.blobs, self.limits, self.metrics = live, blobs, limits, metrics
@@ -67,7 +61,7 @@ class Indexer:
         todo = []
         for n, upload in enumerate(uploads):
             try:
-                _check_id(upload.image_id)
+                check_image_id(upload.image_id)
             except InvalidInput as exc:
                 outcomes[n] = Outcome(Status.REJECTED, exc)
                 continue

@@ -13,6 +13,7 @@ import numpy as np
 
 from server.core.config import Settings
 from server.core.errors import InvalidInput, NotFound, ServiceError
+from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.query.duplicates import collapse_duplicates
@@ -95,6 +96,8 @@ class Searcher:
                                f"got {query.k}", field="k")
         if (query.image_bytes is None) == (query.image_id is None):
             raise InvalidInput("set exactly one of image_bytes or image_id", field="query")
+        if query.image_id is not None:
+            check_image_id(query.image_id)
         if query.crop is not None and query.image_id is not None:
             raise InvalidInput("a crop applies to image_bytes only, not to image_id queries", field="crop")
         if query.min_score is not None and not -1.0 <= query.min_score <= 1.0:

@@ -32,6 +32,8 @@ class Settings:
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     model_repository: Path = MODEL_REPOSITORY
+    # Header value Triton requires on its model-control APIs; the launcher generates one per start if unset.
+    triton_admin_key: str | None = None
     model_name: str = "encoder"  # Triton's name of the encoder (server/embedding/contract.py: MODEL_NAME)
     # Encoder version a new data directory is indexed with; afterwards the data directory's ACTIVE_MODEL file
     # decides (SwitchModel changes it).

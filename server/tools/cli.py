@@ -31,12 +31,14 @@ from server.tools.output import CliError, parse_crop, print_hits, print_stats, r
 # -- service management ------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from server.api.app import run_gateway
+    from server.models.endpoint import save_admin_key
     from server.models.triton import TritonServer
 
     if settings.triton_url:
         asyncio.run(run_gateway(settings))
         return
     with TritonServer(settings, log_path=settings.data_dir / "triton.log") as triton:
+        save_admin_key(settings.data_dir, settings.triton_admin_key or "")
         settings.triton_url = triton.endpoint.grpc_url
         print(f"Triton ready at {settings.triton_url}; gateway on {settings.grpc_address}", flush=True)
         asyncio.run(run_gateway(settings))
@@ -91,13 +93,15 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
 
 # -- model versions ----------------------------------------------------------------------------------------
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
+    from server.models.endpoint import load_admin_key
     from server.models.versions import publish, reload
 
     version = publish(args.checkpoint, settings.model_repository, settings.model_name)
     print(f"published {settings.model_name} version {version} in {settings.model_repository}")
     triton = settings.triton_url or f"127.0.0.1:{settings.triton_grpc_port}"
     try:
-        print(f"Triton at {triton} now serves versions {', '.join(reload(triton, settings.model_name))}")
+        key = settings.triton_admin_key or load_admin_key(settings.data_dir)
+        print(f"Triton at {triton} now serves versions {', '.join(reload(triton, settings.model_name, key))}")
     except Exception as exc:  # Triton not running: it loads every version when it starts
         print(f"Triton at {triton} not reloaded ({exc}); it loads the version when it starts")
 

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.client import VisualSearchClient
 from server.core.config import REPO_ROOT, Settings
+from server.models.endpoint import save_admin_key
 from server.models.triton import TritonServer, die_with_parent
 
 
@@ -118,6 +119,7 @@ def running_services(settings: Settings, log_dir: Path, announce: bool = True) -
         print(f"starting Triton (gRPC :{settings.triton_grpc_port}, HTTP :{settings.triton_http_port}, "
               f"metrics :{settings.triton_metrics_port}) ...", flush=True)
     with TritonServer(settings, log_path=log_dir / "triton.log") as triton:
+        save_admin_key(settings.data_dir, settings.triton_admin_key or "")
         settings.triton_url = triton.endpoint.grpc_url
         if announce:
             print(f"starting gateway (gRPC {settings.grpc_address}, metrics :{settings.metrics_port}) ...",

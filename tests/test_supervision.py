@@ -169,3 +169,17 @@ def test_kill9_of_the_serving_process_mid_ingest_leaves_nothing(tmp_path):
     finally:
         serve.kill()
         serve.wait()
+
+
+def test_leftovers_of_a_guardian_killed_with_9_are_swept_at_the_next_start(tmp_path):
+    first = TritonServer(loopback_settings(), log_path=tmp_path / "first.log", supervise=False).start()
+    guardian_pid, triton_pid = first.process.pid, first.pid
+    stubs = _descendants(triton_pid)
+    os.kill(guardian_pid, signal.SIGKILL)  # the double fault: nobody is left to clean up
+    first.process.wait()
+    assert _wait(lambda: not _alive(triton_pid), 10)  # PDEATHSIG
+    assert list(Path("/tmp").glob(f"vsearch-triton-{guardian_pid}-*")), "expected a leftover workdir to sweep"
+    with TritonServer(loopback_settings(), log_path=tmp_path / "second.log"):
+        assert not any(_alive(p) for p in stubs), "stubs of the killed Triton survived the next start"
+        assert not list(SHM_DIR.glob(f"{SHM_PREFIX}{guardian_pid}_*"))
+        assert not list(Path("/tmp").glob(f"vsearch-triton-{guardian_pid}-*"))

@@ -30,6 +30,7 @@ from server.embedding.imaging import Limits
 from server.ingest.add import Indexer
 from server.ingest.reindex import ModelSwitcher
 from server.query.search import Searcher
+from server.runtime.admission import Admission
 from server.runtime.serving import Live, Serving
 from server.store.blobs import BlobStore
 from server.store.catalogs import open_store, read_active_version, write_active_version
@@ -66,8 +67,9 @@ class Gateway:
         self.interactions = InteractionLog(s.data_dir / "interactions.sqlite")
         limits = Limits(s.max_image_bytes, s.max_image_pixels)
         blobs = BlobStore(s.data_dir / "blobs")
+        ingest = Admission("ingest", s.ingest_max_in_flight, 4 * s.max_image_pixels, None)
         servicer = VisualSearchServicer(
-            Searcher(self.live, s, self.metrics), Indexer(self.live, blobs, limits, self.metrics),
+            Searcher(self.live, s, self.metrics), Indexer(self.live, blobs, limits, self.metrics, ingest),
             ModelSwitcher(self.live, blobs, s, limits), self.live, self.interactions)
         self.server = grpc.aio.server(interceptors=[StatusAndMetrics(SERVICE_NAME, self.metrics)], options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

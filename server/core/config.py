@@ -41,6 +41,14 @@ class Settings:
     # Input limits (decompression-bomb and abuse protection).
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
+    # SearchBatch: decoded pixels of all its images together (read from the headers before decoding).
+    max_batch_pixels: int = 100_000_000
+    # Admission control (server/runtime/admission.py): in-flight searches and their decoded pixels; a search
+    # waits at most this long to start (and never past its deadline), else RESOURCE_EXHAUSTED at once.
+    admission_max_in_flight: int = 4
+    admission_max_pixels: int = 100_000_000
+    admission_max_queue_delay_ms: float = 50.0
+    ingest_max_in_flight: int = 2  # AddImages chunks (of 32 images) being decoded/embedded at once
     # Search
     default_k: int = 20
     max_k: int = 1000

@@ -82,6 +82,18 @@ def _reason(exc: BaseException) -> str:
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+def header_pixels(data: bytes) -> int | None:
+    """Width x height from the header alone (nothing decoded): what a request will cost to decode. None if the
+    header cannot be read (the decode then fails with the precise error)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS).size
+        return width * height
+    except Exception:  # Pillow's bomb error included: the decode refuses it with the configured limit
+        return None
+
+
 def _to_rgb(image: Image.Image) -> Image.Image:
     """Transparent pixels become white: product cut-outs are shown on white backgrounds. 16-bit grey is scaled
     to 8 bits (Pillow's convert would clip everything above 255 to white)."""

@@ -19,8 +19,9 @@ import numpy as np
 from server.core.errors import InvalidInput, ServiceError
 from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
-from server.embedding.imaging import Limits
+from server.embedding.imaging import Limits, header_pixels
 from server.embedding.pipeline import ImageInput, embed_pixels, prepare_many
+from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.serving import Live
 from server.store.base import NewImage, Visibility
 from server.store.blobs import BlobStore
@@ -51,8 +52,11 @@ class Outcome:
 
 
 class Indexer:
-    def __init__(self, live: Live, blobs: BlobStore, limits: Limits, metrics: GatewayMetrics) -> None:
+    def __init__(self, live: Live, blobs: BlobStore, limits: Limits, metrics: GatewayMetrics,
+                 admission: Admission | None = None) -> None:
         self.live, self.blobs, self.limits, self.metrics = live, blobs, limits, metrics
+        # Chunks being decoded and embedded at once; waits as long as the stream's deadline allows.
+        self.admission = admission or Admission("ingest", 2, 4 * limits.max_pixels, None)
 
     async def add(self, uploads: Sequence[Upload], timeout_s: float | None = None) -> list[Outcome]:
         """One outcome per upload, in order. Send at most EMBED_CHUNK uploads per call (one encoder call)."""
@@ -69,6 +73,12 @@ class Indexer:
                 outcomes[n] = Outcome(Status.ALREADY_EXISTS)  # idempotent: skip the decode and embed
             else:
                 todo.append(n)
+        cost = sum(header_pixels(uploads[n].data) or MIN_COST_PIXELS for n in todo)
+        async with self.admission.admit(cost, timeout_s):
+            return await self._decode_and_persist(uploads, todo, outcomes, timeout_s)
+
+    async def _decode_and_persist(self, uploads: Sequence[Upload], todo: list[int], outcomes: dict[int, Outcome],
+                                  timeout_s: float | None) -> list[Outcome]:
         start = time.perf_counter()
         prepared = await prepare_many([ImageInput(uploads[n].data) for n in todo], self.limits)
         self.metrics.stage_latency.labels("decode").observe(time.perf_counter() - start)

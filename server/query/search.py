@@ -17,6 +17,7 @@ from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.query.duplicates import collapse_duplicates
+from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.serving import Live, Serving
 from server.store.base import VectorStore
 
@@ -84,8 +85,12 @@ class Ranker:
 class Searcher:
     """Every query reads `live.serving` once: its vector and its index come from the same model version."""
 
-    def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics) -> None:
+    def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics,
+                 admission: Admission | None = None) -> None:
         self.live, self.settings, self.metrics = live, settings, metrics
+        self.admission = admission or Admission(
+            "search", settings.admission_max_in_flight, settings.admission_max_pixels,
+            settings.admission_max_queue_delay_ms / 1000 if settings.admission_max_queue_delay_ms > 0 else None)
         self.limits = imaging.Limits(settings.max_image_bytes, settings.max_image_pixels)
         self.ranker = Ranker(settings.duplicate_threshold, metrics)
 
@@ -118,8 +123,18 @@ class Searcher:
         with self.ranker.stage("embed"):
             return (await serving.encoder.embed(pixels[None], timeout_s))[0]
 
+    def _cost(self, query: Query) -> int:
+        """Decoded pixels, from the header: what admission counts (a search by ID decodes nothing)."""
+        if query.image_bytes is None:
+            return MIN_COST_PIXELS
+        return imaging.header_pixels(query.image_bytes) or MIN_COST_PIXELS
+
     async def search(self, query: Query, timeout_s: float | None = None) -> Answer:
         k = self._validate(query)
+        async with self.admission.admit(self._cost(query), timeout_s):
+            return await self._search(query, k, timeout_s)
+
+    async def _search(self, query: Query, k: int, timeout_s: float | None) -> Answer:
         serving = self.live.serving
         vector = await self.embed_query(serving, query, timeout_s)
         hits = self.ranker.rank(serving.store, vector, k, query.image_id, query.include_duplicates)
@@ -130,11 +145,24 @@ class Searcher:
         return Answer(hits, serving.encoder.model_version, serving.store.version, uuid.uuid4().hex)
 
     async def search_many(self, queries: list[Query], timeout_s: float | None) -> list[Answer]:
-        """Queries run concurrently so Triton's dynamic batcher can merge their embeddings.
+        """Queries run concurrently so Triton's dynamic batcher can merge their embeddings. The batch is admitted
+        as one unit costing the decoded pixels of all its images, checked against the batch budget first.
 
         The first failing query fails the call, its position named in the message.
         """
-        answers = await asyncio.gather(*(self.search(q, timeout_s) for q in queries), return_exceptions=True)
+        ks = []
+        for n, query in enumerate(queries):
+            try:
+                ks.append(self._validate(query))
+            except ServiceError as exc:
+                raise exc.prefixed(f"requests[{n}]") from None
+        pixels = sum(self._cost(q) for q in queries)
+        if pixels > self.settings.max_batch_pixels:
+            raise InvalidInput(f"the images decode to {pixels} pixels in all, over the "
+                               f"{self.settings.max_batch_pixels}-pixel batch limit", field="requests")
+        async with self.admission.admit(pixels, timeout_s, units=len(queries)):
+            answers = await asyncio.gather(*(self._search(q, k, timeout_s) for q, k in zip(queries, ks, strict=True)),
+                                           return_exceptions=True)
         for n, answer in enumerate(answers):
             if isinstance(answer, ServiceError):
                 raise answer.prefixed(f"requests[{n}]")

@@ -47,7 +47,7 @@ class Settings:
     # waits at most this long to start (and never past its deadline), else RESOURCE_EXHAUSTED at once.
     admission_max_in_flight: int = 4
     admission_max_pixels: int = 100_000_000
-    admission_max_queue_delay_ms: float = 50.0
+    admission_max_queue_delay_ms: float = 25.0
     ingest_max_in_flight: int = 2  # AddImages chunks (of 32 images) being decoded/embedded at once
     # Search
     default_k: int = 20

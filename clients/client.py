@@ -40,15 +40,31 @@ class NewImage:
 
 
 class VisualSearchClient:
-    def __init__(self, target: str, timeout_s: float = 10.0) -> None:
+    """`root_certificates` (PEM of the gateway's CA) switches to TLS; `token` is sent as a bearer token on every
+    call (TLS only); `client_cert`/`client_key` (PEM) for mutual TLS. Without them: a plaintext channel for a
+    gateway in insecure-local mode."""
+
+    def __init__(self, target: str, timeout_s: float = 10.0, token: str | None = None,
+                 root_certificates: bytes | None = None, client_cert: bytes | None = None,
+                 client_key: bytes | None = None) -> None:
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(target, options=[
+        options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.keepalive_time_ms", 30_000),
-        ])
+        ]
+        if root_certificates is None:
+            if token is not None:
+                raise ValueError("a bearer token needs TLS: pass root_certificates")
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
+            if token is not None:
+                credentials = grpc.composite_channel_credentials(credentials,
+                                                                 grpc.access_token_call_credentials(token))
+            self.channel = grpc.secure_channel(target, credentials, options=options)
         self.stub = pb_grpc.VisualSearchStub(self.channel)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:

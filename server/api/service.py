@@ -11,13 +11,15 @@ import grpc
 
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
+from server.api.auth import Caller, current_caller
 from server.api.status import code_of
-from server.core.errors import InvalidInput
+from server.core.errors import InvalidInput, PermissionDenied
 from server.core.ids import check_image_id, check_image_ids
 from server.embedding.contract import EMBED_CHUNK, EMBEDDING_DIM
 from server.embedding.imaging import CropBox
 from server.ingest.add import Indexer, Outcome, Status, Upload
 from server.ingest.reindex import ModelSwitcher
+from server.query.issued import IssuedResults
 from server.query.search import Answer, Query, Searcher
 from server.runtime.serving import Live
 from server.store.base import Visibility
@@ -59,25 +61,54 @@ def _add_result(image_id: str, outcome: Outcome) -> pb.AddImageResult:
     return result
 
 
+def _owner_check(caller: Caller, item: pb.AddImageRequest) -> PermissionDenied | None:
+    """Writers add only for their owners, and only IDs in an owner's namespace (`<owner_id>/...`): so an
+    AddImages answer can never tell a writer whether another owner's (private or deleted) ID exists."""
+    if caller.admin:
+        return None
+    if not caller.owns(item.owner_id):
+        return PermissionDenied(f"this token may write for {sorted(caller.owners)} only", field="owner_id")
+    if not item.image_id.startswith(f"{item.owner_id}/"):
+        return PermissionDenied(f"must start with '{item.owner_id}/' (the owner's namespace)", field="image_id")
+    return None
+
+
 class VisualSearchServicer(pb_grpc.VisualSearchServicer):
     def __init__(self, searcher: Searcher, indexer: Indexer, switcher: ModelSwitcher, live: Live,
-                 interactions: InteractionLog) -> None:
+                 interactions: InteractionLog, issued: IssuedResults | None = None) -> None:
         self.searcher, self.indexer, self.switcher = searcher, indexer, switcher
         self.live, self.interactions = live, interactions
+        self.issued = issued or IssuedResults()
+
+    def _issue(self, answer: Answer) -> pb.SearchResponse:
+        self.issued.remember(answer.request_id, current_caller().subject, [h.image_id for h in answer.hits])
+        return _response(answer)
+
+    def _mine(self, image_ids: list[str]) -> tuple[list[str], list[str]]:
+        """(IDs this caller may change, the others). Another owner's image, public or private, a deleted one and
+        one that never existed all land in the second list: the answer is the same for each."""
+        caller = current_caller()
+        store = self.live.serving.store
+        mine, others = [], []
+        for image_id in image_ids:
+            record = store.get(image_id)
+            ok = record is not None and not record.deleted and caller.owns(record.owner_id)
+            (mine if ok else others).append(image_id)
+        return mine, others
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         query = _query(request)
         answer = await self.searcher.search(query, context.time_remaining())
         if query.image_id is not None:
             await asyncio.to_thread(self.interactions.remember_query, answer.request_id, query.image_id)
-        return _response(answer)
+        return self._issue(answer)
 
     async def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.aio.ServicerContext
                           ) -> pb.SearchBatchResponse:
         if not 1 <= len(request.requests) <= MAX_BATCH_QUERIES:
             raise InvalidInput(f"needs 1..{MAX_BATCH_QUERIES} queries, got {len(request.requests)}", field="requests")
         answers = await self.searcher.search_many([_query(r) for r in request.requests], context.time_remaining())
-        return pb.SearchBatchResponse(responses=[_response(a) for a in answers])
+        return pb.SearchBatchResponse(responses=[self._issue(a) for a in answers])
 
     async def AddImages(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.AddImagesResponse:
         results: list[pb.AddImageResult] = []
@@ -92,20 +123,23 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
         return pb.AddImagesResponse(results=results, index_version=await self.indexer.finish())
 
     async def _add_chunk(self, items: list[pb.AddImageRequest], timeout_s: float | None) -> list[pb.AddImageResult]:
-        known = [i for i in items if i.visibility in _VISIBILITY]
+        denied = {id(i): Outcome(Status.REJECTED, e) for i in items if (e := _owner_check(current_caller(), i))}
+        known = [i for i in items if i.visibility in _VISIBILITY and id(i) not in denied]
         outcomes = dict(zip((id(i) for i in known), await self.indexer.add(
             [Upload(i.image_id, i.image_bytes, i.owner_id, _VISIBILITY[i.visibility]) for i in known], timeout_s),
             strict=True))
         unknown = Outcome(Status.REJECTED, InvalidInput("unknown value; use VISIBILITY_PUBLIC or VISIBILITY_PRIVATE",
                                                         field="visibility"))
+        outcomes.update(denied)
         return [_add_result(i.image_id, outcomes.get(id(i), unknown)) for i in items]
 
     async def DeleteImages(self, request: pb.DeleteImagesRequest, context: grpc.aio.ServicerContext
                            ) -> pb.DeleteImagesResponse:
         check_image_ids(list(request.image_ids))
         async with self.live.writes:
-            changed = await asyncio.to_thread(self.live.serving.store.delete, list(request.image_ids))
-        return pb.DeleteImagesResponse(deleted_count=changed.count, not_found_ids=changed.not_found)
+            mine, others = await asyncio.to_thread(self._mine, list(request.image_ids))
+            changed = await asyncio.to_thread(self.live.serving.store.delete, mine)
+        return pb.DeleteImagesResponse(deleted_count=changed.count, not_found_ids=[*changed.not_found, *others])
 
     async def SetVisibility(self, request: pb.SetVisibilityRequest, context: grpc.aio.ServicerContext
                             ) -> pb.SetVisibilityResponse:
@@ -113,17 +147,20 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
             raise InvalidInput("must be VISIBILITY_PUBLIC or VISIBILITY_PRIVATE", field="visibility")
         check_image_ids(list(request.image_ids))
         async with self.live.writes:
-            changed = await asyncio.to_thread(self.live.serving.store.set_visibility, list(request.image_ids),
+            mine, others = await asyncio.to_thread(self._mine, list(request.image_ids))
+            changed = await asyncio.to_thread(self.live.serving.store.set_visibility, mine,
                                               _VISIBILITY[request.visibility])
-        return pb.SetVisibilityResponse(updated_count=changed.count, not_found_ids=changed.not_found)
+        return pb.SetVisibilityResponse(updated_count=changed.count, not_found_ids=[*changed.not_found, *others])
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:
         serving, switch = self.live.serving, self.live.switch
         counts = serving.store.counts()
         index_type, params = serving.store.describe()
+        admin = current_caller().admin  # private and deleted counts are for admins only
         return pb.GetStatsResponse(
-            image_count=counts.live, public_count=counts.public, private_count=counts.private,
-            deleted_count=counts.deleted, index_type=index_type, index_params=params, embedding_dim=EMBEDDING_DIM,
+            image_count=counts.live if admin else counts.public, public_count=counts.public,
+            private_count=counts.private if admin else 0, deleted_count=counts.deleted if admin else 0,
+            index_type=index_type, index_params=params, embedding_dim=EMBEDDING_DIM,
             model_version=serving.encoder.model_version, index_version=serving.store.version,
             index_on_gpu=params.get("gpu") == "true",
             switching_to_model_version=switch.target if switch else "",
@@ -142,7 +179,7 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
         if not 1 <= len(request.interactions) <= MAX_INTERACTIONS:
             raise InvalidInput(f"needs 1..{MAX_INTERACTIONS} items, got {len(request.interactions)}",
                                field="interactions")
-        items = []
+        items, subject = [], current_caller().subject
         for n, i in enumerate(request.interactions):
             if i.kind not in (pb.Interaction.IMPRESSION, pb.Interaction.CLICK) or not i.request_id or not i.image_id:
                 raise InvalidInput("needs request_id, image_id and kind IMPRESSION or CLICK",
@@ -150,6 +187,8 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
             check_image_id(i.image_id, f"interactions[{n}].image_id")
             check_image_id(i.request_id, f"interactions[{n}].request_id")
             when = i.time.ToSeconds() + i.time.nanos / 1e9 if i.HasField("time") else time.time()
-            items.append(Interaction(i.request_id, i.position, i.image_id, int(i.kind), when))
-        accepted = await asyncio.to_thread(self.interactions.record, items)
+            # Only for results this gateway returned to this caller, each at most once (no forged clicks).
+            if self.issued.accept(i.request_id, subject, i.position, i.image_id, int(i.kind)):
+                items.append(Interaction(i.request_id, i.position, i.image_id, int(i.kind), when))
+        accepted = await asyncio.to_thread(self.interactions.record, items) if items else 0
         return pb.LogInteractionsResponse(accepted_count=accepted)

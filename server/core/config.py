@@ -26,6 +26,16 @@ class Settings:
     grpc_port: int = 50051
     metrics_port: int = 9464
     data_dir: Path = field(default_factory=lambda: REPO_ROOT / "var")
+    # Access control (server/api/auth.py, docs/OPERATIONS.md). "jwt": bearer tokens verified against the public
+    # keys of a JWKS file, over TLS (both required). "insecure-local": no TLS, no tokens, every caller is admin;
+    # loopback only, announced loudly (make demo, tests).
+    auth_mode: str = "jwt"
+    jwt_keys_file: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = "visual-search"
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None  # set: mutual TLS, clients must present a certificate it signed
     # Triton: launched embedded unless triton_url points at an external server ("host:port", gRPC).
     triton_url: str | None = None
     triton_http_port: int = 8000
@@ -120,7 +130,8 @@ def free_port() -> int:
 
 
 def loopback_settings(**overrides: object) -> Settings:
-    """Settings whose every port is free: for tests and benchmarks that start their own services."""
+    """Settings whose every port is free, in insecure-local mode unless overridden: for tests and benchmarks that
+    start their own services on loopback."""
     ports = {name: free_port() for name in ("grpc_port", "metrics_port", "triton_http_port", "triton_grpc_port",
                                             "triton_metrics_port")}
-    return Settings(**{**ports, **overrides})  # type: ignore[arg-type]
+    return Settings(**{"auth_mode": "insecure-local", **ports, **overrides})  # type: ignore[arg-type]

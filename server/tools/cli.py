@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,13 @@ from server.core.config import Settings, add_arguments, from_args
 from server.tools.demo import known_files, run_demo, write_gallery
 from server.tools.indexing import collect, index_files
 from server.tools.output import CliError, parse_crop, print_hits, print_stats, read_file
+
+
+def connect(settings: Settings) -> VisualSearchClient:
+    """A client of the configured gateway: TLS and a bearer token from VSEARCH_TLS_CA / VSEARCH_TOKEN if set."""
+    ca, token = os.environ.get("VSEARCH_TLS_CA"), os.environ.get("VSEARCH_TOKEN")
+    return VisualSearchClient(settings.grpc_address, token=token, root_certificates=Path(ca).read_bytes() if ca
+                              else None)
 
 
 # -- service management ------------------------------------------------------------------------------------
@@ -52,7 +60,7 @@ def cmd_triton(args: argparse.Namespace, settings: Settings) -> None:
 
 # -- indexing ----------------------------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         totals = index_files(client, collect(args.paths), settings.data_dir / "cli-indexed-ids.txt", args.private)
     print(", ".join(f"{k}: {v}" for k, v in totals.items()))
     if totals["rejected"]:
@@ -62,7 +70,7 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> None:
 # -- queries -----------------------------------------------------------------------------------------------
 def cmd_search(args: argparse.Namespace, settings: Settings) -> None:
     data, crop = read_file(args.image), parse_crop(args.crop)
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         response = client.search(data, crop=crop, k=args.k)
     print_hits(response)
     if args.gallery:
@@ -70,24 +78,24 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         print_hits(client.similar(args.image_id, k=args.k))
 
 
 def cmd_delete(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         r = client.delete(args.image_ids)
     print(f"deleted {r.deleted_count}" + (f"; not found: {', '.join(r.not_found_ids)}" if r.not_found_ids else ""))
 
 
 def cmd_visibility(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         r = client.set_visibility(args.image_ids, private=args.command == "hide")
     print(f"updated {r.updated_count}" + (f"; not found: {', '.join(r.not_found_ids)}" if r.not_found_ids else ""))
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         print_stats(client.stats())
 
 
@@ -107,7 +115,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_switch_model(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         response = client.switch_model(args.version)
         print(f"{pb.SwitchModelResponse.State.Name(response.state)} (serving {response.active_model_version})")
         target = f"{settings.model_name}/{args.version}"

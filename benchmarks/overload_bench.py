@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from benchmarks.e2e_bench import SLO_P99_MS, search_queries, uploads
@@ -29,7 +31,38 @@ from server.core.config import loopback_settings
 from server.tools.launcher import running_services
 
 LEVELS = (0.5, 1.0, 1.5, 2.0, 3.0)
-UNLIMITED = {"admission_max_in_flight": 100_000, "admission_max_pixels": 10**15, "admission_max_queue_delay_ms": 0.0}
+UNLIMITED = {"admission_max_in_flight": 100_000, "admission_max_pixels": 10**15, "admission_max_queue_delay_ms": 0.0,
+             "admission_target_service_ms": 0.0}
+
+
+def server_buckets(metrics_url: str) -> dict[float, float]:
+    """Cumulative counts of the gateway's own Search latency histogram (OK answers), by upper bound."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name.endswith("_bucket") and labels.get("method") == "Search" and labels.get("code") == "OK":
+                out[float(labels["le"])] = sample.value
+    return out
+
+
+def server_p99_ms(before: dict[float, float], after: dict[float, float]) -> float:
+    """p99 from the histogram's increase over one level (linear within a bucket): queueing inside the gateway
+    included, the client's own scheduling lag and the network excluded."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return float("nan")
+    rank, lower, below = 0.99 * counts[-1], 0.0, 0.0
+    for bound, cumulative in zip(bounds, counts, strict=True):
+        if cumulative >= rank:
+            inside = cumulative - below
+            upper = bound if bound != float("inf") else lower
+            return 1000 * (lower + (upper - lower) * ((rank - below) / inside if inside else 1.0))
+        lower, below = bound, cumulative
+    return float("nan")
 
 
 def sweep(label: str, overrides: dict[str, object], images: list[bytes], args: argparse.Namespace,
@@ -49,6 +82,8 @@ def sweep(label: str, overrides: dict[str, object], images: list[bytes], args: a
                   f" p99 {measured.percentile_ms(99):.0f} ms, errors {measured.errors})", flush=True)
         for level in args.levels:
             rate = level * capacity
+            metrics_url = f"http://{settings.grpc_host}:{settings.metrics_port}/metrics"
+            before = server_buckets(metrics_url)
             result = open_loop(target, rate, max(20, int(rate * args.duration)), warmup=10, max_in_flight=512)
             offered = result.requests + sum(result.errors.values())
             row = {"run": label, "level": level, "offered_per_s": round(rate, 1),
@@ -59,10 +94,12 @@ def sweep(label: str, overrides: dict[str, object], images: list[bytes], args: a
                    "deadline_exceeded": result.errors.get("DEADLINE_EXCEEDED", 0),
                    "other_errors": sum(v for k, v in result.errors.items()
                                        if k not in ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")),
-                   "p50_ms": round(result.percentile_ms(50), 1), "p99_ms": round(result.percentile_ms(99), 1)}
+                   "p50_ms": round(result.percentile_ms(50), 1), "p99_ms": round(result.percentile_ms(99), 1),
+                   "server_p99_ms": round(server_p99_ms(before, server_buckets(metrics_url)), 1)}
             rows.append(row)
             print(f"{label} {level:.1f}x ({rate:.0f}/s): goodput {row['goodput_per_s']}/s "
-                  f"({row['goodput_over_capacity']:.0%} of capacity), p99 {row['p99_ms']} ms, shed {row['shed']}, "
+                  f"({row['goodput_over_capacity']:.0%} of capacity), p99 {row['p99_ms']} ms "
+                  f"(server {row['server_p99_ms']}), shed {row['shed']}, "
                   f"deadline {row['deadline_exceeded']}, other {row['other_errors']}", flush=True)
     return capacity, rows
 
@@ -105,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             "goodput_at_3x_over_capacity": at_3x["goodput_over_capacity"] if at_3x else None,
             "p99_ms_at_3x": at_3x["p99_ms"] if at_3x else None, "slo_p99_ms": SLO_P99_MS, "rows": rows}
     plot(rows, capacity, RESULTS / "overload.png")
-    columns = ["run", "level", "offered_per_s", "goodput_per_s", "goodput_over_capacity", "p50_ms", "p99_ms", "ok",
+    columns = ["run", "level", "offered_per_s", "goodput_per_s", "goodput_over_capacity", "p50_ms", "p99_ms",
+               "server_p99_ms", "ok",
                "shed", "deadline_exceeded", "other_errors"]
     markdown = (f"# Overload: goodput and p99 at 0.5x-3x capacity\n\n"
                 f"`python -m benchmarks.overload_bench{' --baseline' if args.baseline else ''}` — {data['date']}, "

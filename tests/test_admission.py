@@ -104,3 +104,19 @@ def test_a_batch_of_64_huge_pngs_is_refused_before_decoding(gateway, huge_png):
         assert "batch limit" in error.value.details() and "requests" in error.value.details()
         # and the gateway keeps serving others
         assert client.stub.Search(pb.SearchRequest(image_bytes=small_jpeg("skimage/coffee", 200), k=1), timeout=30)
+
+
+def test_the_adaptive_limit_shrinks_while_service_is_slower_than_its_target_and_grows_back():
+    async def scenario() -> None:
+        admission = Admission("search", max_in_flight=4, max_pixels=10**9, max_queue_delay_s=None,
+                              target_service_s=1e-9)  # every request is "too slow"
+        for _ in range(30):
+            async with admission.admit(1, None):
+                pass
+        assert admission.max_in_flight == 1  # 4 -> 1, one step per 10 completions, never below 1
+        admission.target_service_s = 1e9  # now every request is fast
+        for _ in range(30):
+            async with admission.admit(1, None):
+                pass
+        assert admission.max_in_flight == 4  # back to the configured ceiling, not above
+    asyncio.run(scenario())

@@ -58,6 +58,9 @@ class Settings:
     admission_max_in_flight: int = 4
     admission_max_pixels: int = 100_000_000
     admission_max_queue_delay_ms: float = 25.0
+    # If > 0: fewer searches at once while one takes longer than this (AIMD). Off by default: on the shared
+    # benchmark host it cost goodput without bringing p99 down (benchmarks/results/overload.md).
+    admission_target_service_ms: float = 0.0
     ingest_max_in_flight: int = 2  # AddImages chunks (of 32 images) being decoded/embedded at once
     # Search
     default_k: int = 20

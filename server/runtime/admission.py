@@ -37,9 +37,12 @@ class Admission:
     """One stage's limiter. `max_queue_delay_s=None`: only the caller's deadline bounds the wait."""
 
     def __init__(self, name: str, max_in_flight: int, max_pixels: int, max_queue_delay_s: float | None,
-                 initial_service_s: float = 0.05) -> None:
+                 initial_service_s: float = 0.05, target_service_s: float | None = None) -> None:
         self.name, self.max_in_flight, self.max_pixels = name, max_in_flight, max_pixels
         self.max_queue_delay_s = max_queue_delay_s
+        # Adaptive limit (AIMD on the measured service time): when the host is slower than usual (other load,
+        # a degraded encoder), fewer requests run at once so each still finishes within the target.
+        self.ceiling, self.target_service_s, self._completed = max_in_flight, target_service_s, 0
         self.service_s = initial_service_s  # EWMA of one unit's service time, measured
         self.in_flight = self.pixels = 0
         self.shed = self.admitted = 0
@@ -78,9 +81,19 @@ class Admission:
         finally:
             if units == 1:
                 self.service_s = 0.9 * self.service_s + 0.1 * (time.monotonic() - started)
+                self._adapt()
             self.in_flight -= units
             self.pixels -= pixels
             self._wake()
+
+    def _adapt(self) -> None:
+        self._completed += 1
+        if self.target_service_s is None or self._completed % 10:
+            return
+        if self.service_s > self.target_service_s and self.max_in_flight > 1:
+            self.max_in_flight -= 1
+        elif self.service_s < 0.7 * self.target_service_s and self.max_in_flight < self.ceiling:
+            self.max_in_flight += 1
 
     async def _wait(self, units: int, pixels: int, budget: float | None) -> None:
         expected = (len(self._queue) + 1) * self.service_s / self.max_in_flight

@@ -109,11 +109,15 @@ class TritonServer:
         self.process = process
         threading.Thread(target=self._forward_log, args=(process,), daemon=True, name="triton-log").start()
         try:
-            self.endpoint.wait_ready(self.settings.model_name, timeout_s, alive=lambda: process.poll() is None)
+            self.endpoint.wait_ready(self.settings.model_name, timeout_s,
+                                     alive=lambda: process.poll() is None and not self._stopping.is_set())
         except Exception as exc:
             tail = "\n".join(self._log_tail)
             self._stop_process(process)
             raise RuntimeError(f"Triton did not become ready: {exc}\n--- last log lines ---\n{tail}") from exc
+        if self._stopping.is_set():  # stop() was called while this (re)start was under way
+            self._stop_process(process)
+            return
         log.info("Triton ready (pid %s, guardian %d): gRPC %s", self.pid, process.pid, self.endpoint.grpc_url)
 
     def _supervise(self) -> None:
@@ -186,7 +190,7 @@ class TritonServer:
     def stop(self, timeout_s: float = 20.0) -> None:
         self._stopping.set()
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
-            self._supervisor.join(5)
+            self._supervisor.join(timeout_s + 130)  # a restart under way finishes (or fails) and stops itself
         self._supervisor = None
         if self.process is not None:
             self._stop_process(self.process, timeout_s)

@@ -18,17 +18,20 @@ from protos.visual_search.v1 import visual_search_pb2 as pb
 from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Every RPC of the service is safe to retry on UNAVAILABLE: AddImages is idempotent on image_id, deletes and
-# visibility changes are idempotent, LogInteractions is the exception (a retry may log twice) and is excluded.
+# Every RPC of the service is safe to retry on UNAVAILABLE and on RESOURCE_EXHAUSTED (shed by admission control
+# before any work): AddImages is idempotent on image_id, deletes and visibility changes are idempotent,
+# LogInteractions is left out. Retries stay within the call's deadline, and gRPC's retry throttling stops them
+# while most calls fail (tokens: -1 per failure, +0.1 per success, no retries below half), so an overloaded
+# gateway is not hit by a retry storm.
 _RETRY_POLICY = {
     "maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2.0,
-    "retryableStatusCodes": ["UNAVAILABLE"],
+    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
 }
 _SERVICE_CONFIG = json.dumps({"methodConfig": [{
     "name": [{"service": "visual_search.v1.VisualSearch", "method": m} for m in (
         "Search", "SearchBatch", "AddImages", "DeleteImages", "SetVisibility", "GetStats")],
     "retryPolicy": _RETRY_POLICY,
-}]})
+}], "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}})
 
 
 @dataclass(frozen=True)

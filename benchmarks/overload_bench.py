@@ -13,6 +13,7 @@ Writes benchmarks/results/overload.{json,md} and overload.png.
 from __future__ import annotations
 
 import argparse
+import resource
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -23,16 +24,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.common import RESULTS, markdown_table, run_info, write_results
+from benchmarks.common import RESULTS, group_cpu_seconds, markdown_table, process_cpu_seconds, run_info, write_results
 from benchmarks.e2e_bench import SLO_P99_MS, search_queries, uploads
 from benchmarks.loadgen import GatewayTarget, closed_loop, open_loop
 from clients.client import NewImage, VisualSearchClient
 from server.core.config import loopback_settings
-from server.tools.launcher import running_services
+from server.tools.launcher import Services, running_services
 
 LEVELS = (0.5, 1.0, 1.5, 2.0, 3.0)
 UNLIMITED = {"admission_max_in_flight": 100_000, "admission_max_pixels": 10**15, "admission_max_queue_delay_ms": 0.0,
              "admission_target_service_ms": 0.0}
+
+
+def cpu_seconds(services: Services) -> tuple[float, float, float]:
+    """CPU seconds so far of the gateway, Triton (with its stubs) and the finished load-generator processes."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (process_cpu_seconds(services.gateway.pid), group_cpu_seconds(services.triton.pid),
+            children.ru_utime + children.ru_stime)
 
 
 def server_buckets(metrics_url: str) -> dict[float, float]:
@@ -70,7 +78,7 @@ def sweep(label: str, overrides: dict[str, object], images: list[bytes], args: a
     """Start the services with `overrides`, index the corpus, measure capacity (unless given), sweep the levels."""
     settings = loopback_settings(data_dir=logs / label / "data", **overrides)
     rows = []
-    with running_services(settings, logs / label, announce=False):
+    with running_services(settings, logs / label, announce=False) as services:
         with VisualSearchClient(settings.grpc_address, timeout_s=300) as client:
             client.add_images(NewImage(f"photo-{n}", data) for n, data in enumerate(images))
         target = GatewayTarget(settings.grpc_address, search_queries(images), k=10,
@@ -84,7 +92,9 @@ def sweep(label: str, overrides: dict[str, object], images: list[bytes], args: a
             rate = level * capacity
             metrics_url = f"http://{settings.grpc_host}:{settings.metrics_port}/metrics"
             before = server_buckets(metrics_url)
+            cpu_before = cpu_seconds(services)
             result = open_loop(target, rate, max(20, int(rate * args.duration)), warmup=10, max_in_flight=512)
+            cpu = [(b - a) / result.duration_s for a, b in zip(cpu_before, cpu_seconds(services), strict=True)]
             offered = result.requests + sum(result.errors.values())
             row = {"run": label, "level": level, "offered_per_s": round(rate, 1),
                    "goodput_per_s": round(result.requests / result.duration_s, 1),
@@ -95,7 +105,9 @@ def sweep(label: str, overrides: dict[str, object], images: list[bytes], args: a
                    "other_errors": sum(v for k, v in result.errors.items()
                                        if k not in ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")),
                    "p50_ms": round(result.percentile_ms(50), 1), "p99_ms": round(result.percentile_ms(99), 1),
-                   "server_p99_ms": round(server_p99_ms(before, server_buckets(metrics_url)), 1)}
+                   "server_p99_ms": round(server_p99_ms(before, server_buckets(metrics_url)), 1),
+                   "cores_gateway": round(cpu[0], 2), "cores_triton": round(cpu[1], 2),
+                   "cores_load_generator": round(cpu[2], 2)}
             rows.append(row)
             print(f"{label} {level:.1f}x ({rate:.0f}/s): goodput {row['goodput_per_s']}/s "
                   f"({row['goodput_over_capacity']:.0%} of capacity), p99 {row['p99_ms']} ms "
@@ -132,26 +144,29 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     args.duration = args.duration or (8.0 if args.quick else 20.0)
     args.capacity_requests = 200 if args.quick else 600
+    info = run_info(**dict(vars(args)))  # load average at the start, not the end
     images = uploads()
     with tempfile.TemporaryDirectory(prefix="vsearch-overload-") as tmp:
         capacity, rows = sweep("admission", {}, images, args, None, Path(tmp))
         if args.baseline:
             rows += sweep("no admission", UNLIMITED, images, args, capacity, Path(tmp))[1]
     at_3x = next((r for r in rows if r["run"] == "admission" and r["level"] == 3.0), None)
-    data = {**run_info(**{k: v for k, v in vars(args).items()}), "capacity_per_s": round(capacity, 1),
+    data = {**info, "capacity_per_s": round(capacity, 1),
             "goodput_at_3x_over_capacity": at_3x["goodput_over_capacity"] if at_3x else None,
             "p99_ms_at_3x": at_3x["p99_ms"] if at_3x else None, "slo_p99_ms": SLO_P99_MS, "rows": rows}
     plot(rows, capacity, RESULTS / "overload.png")
     columns = ["run", "level", "offered_per_s", "goodput_per_s", "goodput_over_capacity", "p50_ms", "p99_ms",
                "server_p99_ms", "ok",
-               "shed", "deadline_exceeded", "other_errors"]
+               "shed", "deadline_exceeded", "other_errors", "cores_gateway", "cores_triton", "cores_load_generator"]
     markdown = (f"# Overload: goodput and p99 at 0.5x-3x capacity\n\n"
                 f"`python -m benchmarks.overload_bench{' --baseline' if args.baseline else ''}` — {data['date']}, "
                 f"commit {data['git_commit']}, {data['cpu_count']} CPUs (shared; load average at start "
                 f"{data['load_average_at_start']:.2f}).\n\nCapacity {capacity:.1f} Search/s (closed loop at the "
                 f"admission concurrency). Every caller's deadline: {args.deadline_ms:.0f} ms; {args.duration:.0f} s "
                 f"per level, Poisson arrivals. Goodput = OK answers per second; p99 over OK answers from the "
-                f"scheduled send time.\n\n**Goodput at 3x capacity: {data['goodput_at_3x_over_capacity']:.0%} of "
+                f"scheduled send time; server_p99_ms from the gateway's own histogram. cores_*: CPU used per "
+                f"second by the gateway, Triton and the load generator, which runs on the same 2 cores (as do other "
+                f"jobs on this shared host).\n\n**Goodput at 3x capacity: {data['goodput_at_3x_over_capacity']:.0%} of "
                 f"capacity** (goal >= 80%), p99 {data['p99_ms_at_3x']} ms (SLO {SLO_P99_MS:.0f} ms).\n\n"
                 + markdown_table(rows, columns) + "\n\n![goodput and p99 vs offered load](overload.png)\n")
     write_results("overload", data, markdown)

@@ -50,7 +50,8 @@ class Caller:
 
 
 LOCAL_ADMIN = Caller("insecure-local", frozenset({ADMIN}))
-_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", default=LOCAL_ADMIN)
+NOBODY = Caller("anonymous", frozenset())  # fail closed: code reached without the interceptor may do nothing
+_CALLER: contextvars.ContextVar[Caller] = contextvars.ContextVar("caller", default=NOBODY)
 
 
 def current_caller() -> Caller:

@@ -18,7 +18,8 @@ import time
 
 from benchmarks.common import RESULTS, markdown_table, run_info
 
-FULL = ("encoder_bench", "index_bench", "e2e_bench", "gateway_ceiling", "profile_gateway", "duplicate_threshold")
+FULL = ("encoder_bench", "index_bench", "e2e_bench", "gateway_ceiling", "profile_gateway", "duplicate_threshold",
+        "overload_bench")
 QUICK = ("index_bench", "e2e_bench", "gateway_ceiling")
 GOALS = {"e2e_qps_over_encoder_qps": ">= 0.8", "e2e_p50_over_stage_sum": "<= 1.3",
          "gateway_overhead_p99_ms": "<= 2 ms", "indexing_over_encoder_throughput": ">= 0.8",

@@ -18,17 +18,20 @@ from protos.visual_search.v1 import visual_search_pb2 as pb
 from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Every RPC of the service is safe to retry on UNAVAILABLE: AddImages is idempotent on image_id, deletes and
-# visibility changes are idempotent, LogInteractions is the exception (a retry may log twice) and is excluded.
+# Every RPC of the service is safe to retry on UNAVAILABLE and on RESOURCE_EXHAUSTED (shed by admission control
+# before any work): AddImages is idempotent on image_id, deletes and visibility changes are idempotent,
+# LogInteractions is left out. Retries stay within the call's deadline, and gRPC's retry throttling stops them
+# while most calls fail (tokens: -1 per failure, +0.1 per success, no retries below half), so an overloaded
+# gateway is not hit by a retry storm.
 _RETRY_POLICY = {
     "maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s", "backoffMultiplier": 2.0,
-    "retryableStatusCodes": ["UNAVAILABLE"],
+    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
 }
 _SERVICE_CONFIG = json.dumps({"methodConfig": [{
     "name": [{"service": "visual_search.v1.VisualSearch", "method": m} for m in (
         "Search", "SearchBatch", "AddImages", "DeleteImages", "SetVisibility", "GetStats")],
     "retryPolicy": _RETRY_POLICY,
-}]})
+}], "retryThrottling": {"maxTokens": 10, "tokenRatio": 0.1}})
 
 
 @dataclass(frozen=True)
@@ -40,15 +43,31 @@ class NewImage:
 
 
 class VisualSearchClient:
-    def __init__(self, target: str, timeout_s: float = 10.0) -> None:
+    """`root_certificates` (PEM of the gateway's CA) switches to TLS; `token` is sent as a bearer token on every
+    call (TLS only); `client_cert`/`client_key` (PEM) for mutual TLS. Without them: a plaintext channel for a
+    gateway in insecure-local mode."""
+
+    def __init__(self, target: str, timeout_s: float = 10.0, token: str | None = None,
+                 root_certificates: bytes | None = None, client_cert: bytes | None = None,
+                 client_key: bytes | None = None) -> None:
         self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(target, options=[
+        options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.keepalive_time_ms", 30_000),
-        ])
+        ]
+        if root_certificates is None:
+            if token is not None:
+                raise ValueError("a bearer token needs TLS: pass root_certificates")
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            credentials = grpc.ssl_channel_credentials(root_certificates, client_key, client_cert)
+            if token is not None:
+                credentials = grpc.composite_channel_credentials(credentials,
+                                                                 grpc.access_token_call_credentials(token))
+            self.channel = grpc.secure_channel(target, credentials, options=options)
         self.stub = pb_grpc.VisualSearchStub(self.channel)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:

@@ -111,6 +111,7 @@ ERROR_CASES = {
     "k_too_large": (pb.SearchRequest(image_id="e2e/skimage/coffee", k=1001), "INVALID_ARGUMENT", "k"),
     "no_query": (pb.SearchRequest(), "INVALID_ARGUMENT", "query"),
     "unknown_id": (pb.SearchRequest(image_id="e2e/no-such-image"), "NOT_FOUND", "image_id"),
+    "huge_id": (pb.SearchRequest(image_id="x" * 20_000), "INVALID_ARGUMENT", "image_id"),
 }
 
 
@@ -123,7 +124,7 @@ def test_bad_input_gets_precise_status_and_the_server_keeps_serving(indexed, cas
         with pytest.raises(grpc.RpcError) as error:
             client.stub.Search(request, timeout=30)
         assert error.value.code().name == code
-        assert field in error.value.details()
+        assert field in error.value.details() and len(error.value.details()) <= 1003
         assert client.similar("e2e/skimage/coffee", k=3).results  # and the next request succeeds
 
 
@@ -177,3 +178,31 @@ def test_stats_report_the_index(indexed):
 def test_corpus_has_real_photos():
     sources = {p.source for p in real_photos()}
     assert "scikit-image" in sources and len(real_photos()) > 100, sources
+
+
+TRUNCATED = b"\x0a\x05ab"  # field 1, length 5, but only 2 bytes follow: no protobuf parser accepts it
+
+
+@pytest.mark.parametrize("method", ["Search", "SearchBatch", "DeleteImages"])
+def test_malformed_protobuf_is_invalid_argument(indexed, method):
+    with grpc.insecure_channel(indexed.target) as channel:
+        call = channel.unary_unary(f"/visual_search.v1.VisualSearch/{method}")
+        with pytest.raises(grpc.RpcError) as error:
+            call(TRUNCATED, timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+    assert "protobuf" in error.value.details()
+
+
+def test_malformed_protobuf_in_a_stream_is_invalid_argument(indexed):
+    with grpc.insecure_channel(indexed.target) as channel:
+        call = channel.stream_unary("/visual_search.v1.VisualSearch/AddImages")
+        with pytest.raises(grpc.RpcError) as error:
+            call(iter([TRUNCATED]), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, error.value.details()
+
+
+def test_long_ids_in_writes_are_refused_without_echo(indexed):
+    with indexed.client() as client, pytest.raises(grpc.RpcError) as error:
+        client.stub.DeleteImages(pb.DeleteImagesRequest(image_ids=["e2e/ok", "y" * 50_000]), timeout=10)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "image_ids[1]" in error.value.details() and "yyyy" not in error.value.details()

@@ -62,7 +62,7 @@ def test_large_corpora_switch_to_sq8_rerank_over_stored_rows_and_keep_recall(tmp
     eligible = Eligibility()
     for i in range(0, n, 50):  # 2% eligible: most probed lists hold none
         eligible.set(i, True)
-    selector, _keep = eligible.selector()
+    selector, _keep, _count = eligible.snapshot()
     _, ids = index.search(queries[:5], 10, selector)
     assert (ids >= 0).all() and all(i % 50 == 0 for i in ids.ravel())
     index.save(tmp_path / "index.faiss")
@@ -103,7 +103,7 @@ def test_selector_filters_inside_the_search_and_still_returns_k(n):
     allowed = set(rng.choice(n, size=60, replace=False).tolist())  # 1.2%: post-filtering would starve
     for i in range(n):
         eligible.set(i, i in allowed)
-    selector, _keep = eligible.selector()
+    selector, _keep, _count = eligible.snapshot()
     _, ids = index.search(x[:20], 50, selector)
     assert all(set(row) <= allowed and len(set(row)) == 50 for row in ids)
 
@@ -116,8 +116,10 @@ def test_eligibility_exclude_and_toggle():
     e.set(4, False)
     e.set(4, False)
     assert e.count == 9 and not e.is_eligible(4) and not e.is_eligible(10_000)
-    selector, _ = e.selector(exclude=6)
-    assert not selector.is_member(6) and selector.is_member(8) and not selector.is_member(4)
+    selector, _, count = e.snapshot(exclude=6)
+    assert not selector.is_member(6) and selector.is_member(8) and not selector.is_member(4) and count == 8
+    e.set(8, False)  # a snapshot: later changes do not reach a search already under way, nor its count
+    assert selector.is_member(8) and count == 8 and e.count == 8
 
 
 def test_snapshot_round_trip(tmp_path):

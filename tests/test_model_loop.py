@@ -70,7 +70,7 @@ def test_finetune_publish_switch_search_and_ctr(loop_env, tmp_path):
                                           batch_size=4, seed=1, progress=False))
         assert publish(checkpoint, repository) == "2"
         assert versions(repository) == ["1", "2"]
-        assert reload(triton.endpoint.grpc_url) == ["1", "2"]
+        assert reload(triton.endpoint.grpc_url, admin_key=triton.settings.triton_admin_key) == ["1", "2"]
 
         started = client.switch_model("2")
         assert started.state == pb.SwitchModelResponse.STARTED and started.active_model_version == "encoder/1"

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import faiss
 import grpc
@@ -20,6 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
+from server.api.auth import INSECURE, JWT, Authorize, KeySet
 from server.api.interceptors import StatusAndMetrics
 from server.api.service import VisualSearchServicer
 from server.core.config import Settings, add_arguments, from_args
@@ -30,6 +32,7 @@ from server.embedding.imaging import Limits
 from server.ingest.add import Indexer
 from server.ingest.reindex import ModelSwitcher
 from server.query.search import Searcher
+from server.runtime.admission import Admission
 from server.runtime.serving import Live, Serving
 from server.store.blobs import BlobStore
 from server.store.catalogs import open_store, read_active_version, write_active_version
@@ -39,6 +42,29 @@ log = logging.getLogger("gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VisualSearch"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a 20 MiB image plus headroom; batches of them in AddImages streams
 _HEALTH = {True: health_pb2.HealthCheckResponse.SERVING, False: health_pb2.HealthCheckResponse.NOT_SERVING}
+
+
+def access_keys(s: Settings) -> KeySet | None:
+    """Production is secure by default: tokens over TLS, or the gateway refuses to start and says why."""
+    if s.auth_mode == INSECURE:
+        if s.grpc_host not in ("127.0.0.1", "::1", "localhost"):
+            raise SystemExit(f"auth_mode {INSECURE} serves loopback only, not {s.grpc_host}")
+        log.warning("*** INSECURE LOCAL MODE: no TLS, no authentication, every caller is admin. For demos and "
+                    "tests on this machine only; production runs --auth-mode jwt (docs/OPERATIONS.md). ***")
+        return None
+    if s.auth_mode != JWT:
+        raise SystemExit(f"auth_mode must be {JWT} or {INSECURE}, got {s.auth_mode!r}")
+    if not s.jwt_keys_file or not (s.tls_cert_file and s.tls_key_file):
+        raise SystemExit("auth_mode jwt needs --jwt-keys-file (a JWKS file of public keys) and --tls-cert-file/"
+                         "--tls-key-file (tokens never travel in plaintext); see docs/OPERATIONS.md, or run "
+                         f"--auth-mode {INSECURE} for a demo on this machine")
+    return KeySet(Path(s.jwt_keys_file), s.jwt_issuer, s.jwt_audience)
+
+
+def server_credentials(s: Settings) -> grpc.ServerCredentials:
+    client_ca = Path(s.tls_client_ca_file).read_bytes() if s.tls_client_ca_file else None
+    return grpc.ssl_server_credentials([(Path(s.tls_key_file).read_bytes(), Path(s.tls_cert_file).read_bytes())],
+                                       root_certificates=client_ca, require_client_auth=client_ca is not None)
 
 
 class Gateway:
@@ -66,11 +92,14 @@ class Gateway:
         self.interactions = InteractionLog(s.data_dir / "interactions.sqlite")
         limits = Limits(s.max_image_bytes, s.max_image_pixels)
         blobs = BlobStore(s.blob_url or s.data_dir / "blobs")
+        ingest = Admission("ingest", s.ingest_max_in_flight, 4 * s.max_image_pixels, None)
         servicer = VisualSearchServicer(
             Searcher(self.live, s, self.metrics, self.interactions),
-            Indexer(self.live, blobs, limits, self.metrics, s.decode_in_gateway),
+            Indexer(self.live, blobs, limits, self.metrics, ingest, s.decode_in_gateway),
             ModelSwitcher(self.live, blobs, s, limits), self.live, self.interactions)
-        self.server = grpc.aio.server(interceptors=[StatusAndMetrics(SERVICE_NAME, self.metrics)], options=[
+        keys = access_keys(s)
+        self.server = grpc.aio.server(interceptors=[StatusAndMetrics(SERVICE_NAME, self.metrics),
+                                                    Authorize(SERVICE_NAME, keys)], options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ])
@@ -80,7 +109,10 @@ class Gateway:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server)
         await self._set_health(False)
-        port = self.server.add_insecure_port(s.grpc_address)
+        if s.tls_cert_file and s.tls_key_file:
+            port = self.server.add_secure_port(s.grpc_address, server_credentials(s))
+        else:
+            port = self.server.add_insecure_port(s.grpc_address)
         await self.server.start()
         if s.metrics_port:
             self.metrics.serve(s.metrics_port, s.grpc_host)

@@ -11,12 +11,15 @@ import grpc
 
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
+from server.api.auth import Caller, current_caller
 from server.api.status import code_of
-from server.core.errors import InvalidInput
+from server.core.errors import InvalidInput, PermissionDenied
+from server.core.ids import check_image_id, check_image_ids
 from server.embedding.contract import EMBED_CHUNK, EMBEDDING_DIM
 from server.embedding.imaging import CropBox
 from server.ingest.add import Indexer, Outcome, Status, Upload
 from server.ingest.reindex import ModelSwitcher
+from server.query.issued import IssuedResults
 from server.query.search import Answer, Query, Searcher
 from server.runtime.serving import Live
 from server.store.base import Visibility
@@ -58,21 +61,38 @@ def _add_result(image_id: str, outcome: Outcome) -> pb.AddImageResult:
     return result
 
 
+def _owner_check(caller: Caller, item: pb.AddImageRequest) -> PermissionDenied | None:
+    """Writers add only for their owners, and only IDs in an owner's namespace (`<owner_id>/...`): so an
+    AddImages answer can never tell a writer whether another owner's (private or deleted) ID exists."""
+    if caller.admin:
+        return None
+    if not caller.owns(item.owner_id):
+        return PermissionDenied(f"this token may write for {sorted(caller.owners)} only", field="owner_id")
+    if not item.image_id.startswith(f"{item.owner_id}/"):
+        return PermissionDenied(f"must start with '{item.owner_id}/' (the owner's namespace)", field="image_id")
+    return None
+
+
 class VisualSearchServicer(pb_grpc.VisualSearchServicer):
     def __init__(self, searcher: Searcher, indexer: Indexer, switcher: ModelSwitcher, live: Live,
-                 interactions: InteractionLog) -> None:
+                 interactions: InteractionLog, issued: IssuedResults | None = None) -> None:
         self.searcher, self.indexer, self.switcher = searcher, indexer, switcher
         self.live, self.interactions = live, interactions
+        self.issued = issued or IssuedResults()
+
+    def _issue(self, answer: Answer) -> pb.SearchResponse:
+        self.issued.remember(answer.request_id, current_caller().subject, [h.image_id for h in answer.hits])
+        return _response(answer)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        return _response(await self.searcher.search(_query(request), context.time_remaining()))
+        return self._issue(await self.searcher.search(_query(request), context.time_remaining()))
 
     async def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.aio.ServicerContext
                           ) -> pb.SearchBatchResponse:
         if not 1 <= len(request.requests) <= MAX_BATCH_QUERIES:
             raise InvalidInput(f"needs 1..{MAX_BATCH_QUERIES} queries, got {len(request.requests)}", field="requests")
         answers = await self.searcher.search_many([_query(r) for r in request.requests], context.time_remaining())
-        return pb.SearchBatchResponse(responses=[_response(a) for a in answers])
+        return pb.SearchBatchResponse(responses=[self._issue(a) for a in answers])
 
     async def AddImages(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.AddImagesResponse:
         results: list[pb.AddImageResult] = []
@@ -87,33 +107,40 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
         return pb.AddImagesResponse(results=results, index_version=await self.indexer.finish())
 
     async def _add_chunk(self, items: list[pb.AddImageRequest], timeout_s: float | None) -> list[pb.AddImageResult]:
-        known = [i for i in items if i.visibility in _VISIBILITY]
+        denied = {id(i): Outcome(Status.REJECTED, e) for i in items if (e := _owner_check(current_caller(), i))}
+        known = [i for i in items if i.visibility in _VISIBILITY and id(i) not in denied]
         outcomes = dict(zip((id(i) for i in known), await self.indexer.add(
             [Upload(i.image_id, i.image_bytes, i.owner_id, _VISIBILITY[i.visibility]) for i in known], timeout_s),
             strict=True))
         unknown = Outcome(Status.REJECTED, InvalidInput("unknown value; use VISIBILITY_PUBLIC or VISIBILITY_PRIVATE",
                                                         field="visibility"))
+        outcomes.update(denied)
         return [_add_result(i.image_id, outcomes.get(id(i), unknown)) for i in items]
 
     async def DeleteImages(self, request: pb.DeleteImagesRequest, context: grpc.aio.ServicerContext
                            ) -> pb.DeleteImagesResponse:
-        changed = await self.indexer.delete(list(request.image_ids))
+        check_image_ids(list(request.image_ids))
+        changed = await self.indexer.delete(list(request.image_ids), current_caller().owns)
         return pb.DeleteImagesResponse(deleted_count=changed.count, not_found_ids=changed.not_found)
 
     async def SetVisibility(self, request: pb.SetVisibilityRequest, context: grpc.aio.ServicerContext
                             ) -> pb.SetVisibilityResponse:
         if request.visibility not in (pb.VISIBILITY_PUBLIC, pb.VISIBILITY_PRIVATE):
             raise InvalidInput("must be VISIBILITY_PUBLIC or VISIBILITY_PRIVATE", field="visibility")
-        changed = await self.indexer.set_visibility(list(request.image_ids), _VISIBILITY[request.visibility])
+        check_image_ids(list(request.image_ids))
+        changed = await self.indexer.set_visibility(list(request.image_ids), _VISIBILITY[request.visibility],
+                                                    current_caller().owns)
         return pb.SetVisibilityResponse(updated_count=changed.count, not_found_ids=changed.not_found)
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:
         serving, switch = self.live.serving, self.live.switch
         counts = serving.store.counts()
         index_type, params = serving.store.describe()
+        admin = current_caller().admin  # private and deleted counts are for admins only
         return pb.GetStatsResponse(
-            image_count=counts.live, public_count=counts.public, private_count=counts.private,
-            deleted_count=counts.deleted, index_type=index_type, index_params=params, embedding_dim=EMBEDDING_DIM,
+            image_count=counts.live if admin else counts.public, public_count=counts.public,
+            private_count=counts.private if admin else 0, deleted_count=counts.deleted if admin else 0,
+            index_type=index_type, index_params=params, embedding_dim=EMBEDDING_DIM,
             model_version=serving.encoder.model_version, index_version=serving.store.version,
             index_on_gpu=params.get("gpu") == "true",
             switching_to_model_version=switch.target if switch else "",
@@ -132,12 +159,16 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
         if not 1 <= len(request.interactions) <= MAX_INTERACTIONS:
             raise InvalidInput(f"needs 1..{MAX_INTERACTIONS} items, got {len(request.interactions)}",
                                field="interactions")
-        items = []
+        items, subject = [], current_caller().subject
         for n, i in enumerate(request.interactions):
             if i.kind not in (pb.Interaction.IMPRESSION, pb.Interaction.CLICK) or not i.request_id or not i.image_id:
                 raise InvalidInput("needs request_id, image_id and kind IMPRESSION or CLICK",
                                    field=f"interactions[{n}]")
+            check_image_id(i.image_id, f"interactions[{n}].image_id")
+            check_image_id(i.request_id, f"interactions[{n}].request_id")
             when = i.time.ToSeconds() + i.time.nanos / 1e9 if i.HasField("time") else time.time()
-            items.append(Interaction(i.request_id, i.position, i.image_id, int(i.kind), when))
-        accepted = await asyncio.to_thread(self.interactions.record, items)
+            # Only for results this gateway returned to this caller, each at most once (no forged clicks).
+            if self.issued.accept(i.request_id, subject, i.position, i.image_id, int(i.kind)):
+                items.append(Interaction(i.request_id, i.position, i.image_id, int(i.kind), when))
+        accepted = await asyncio.to_thread(self.interactions.record, items) if items else 0
         return pb.LogInteractionsResponse(accepted_count=accepted)

@@ -34,12 +34,24 @@ class Settings:
     # Originals of indexed images (re-embedded by a model switch): a path or a URL (s3://bucket/prefix) that
     # every gateway reaches; default <data_dir>/blobs.
     blob_url: str | None = None
+    # Access control (server/api/auth.py, docs/OPERATIONS.md). "jwt": bearer tokens verified against the public
+    # keys of a JWKS file, over TLS (both required). "insecure-local": no TLS, no tokens, every caller is admin;
+    # loopback only, announced loudly (make demo, tests).
+    auth_mode: str = "jwt"
+    jwt_keys_file: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = "visual-search"
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None  # set: mutual TLS, clients must present a certificate it signed
     # Triton: launched embedded unless triton_url points at an external server ("host:port", gRPC).
     triton_url: str | None = None
     triton_http_port: int = 8000
     triton_grpc_port: int = 8001
     triton_metrics_port: int = 8002
     model_repository: Path = MODEL_REPOSITORY
+    # Header value Triton requires on its model-control APIs; the launcher generates one per start if unset.
+    triton_admin_key: str | None = None
     model_name: str = "encoder"  # Triton's name of the encoder (server/embedding/contract.py: MODEL_NAME)
     # Encoder version a new data directory is indexed with; afterwards the data directory's ACTIVE_MODEL file
     # decides (SwitchModel changes it).
@@ -49,6 +61,17 @@ class Settings:
     max_image_pixels: int = 50_000_000
     # Decode, crop and resize in the gateway instead of in Triton's image model (benchmarks/results/e2e.md).
     decode_in_gateway: bool = False
+    # SearchBatch: decoded pixels of all its images together (read from the headers before decoding).
+    max_batch_pixels: int = 100_000_000
+    # Admission control (server/runtime/admission.py): in-flight searches and their decoded pixels; a search
+    # waits at most this long to start (and never past its deadline), else RESOURCE_EXHAUSTED at once.
+    admission_max_in_flight: int = 4
+    admission_max_pixels: int = 100_000_000
+    admission_max_queue_delay_ms: float = 100.0  # the whole latency SLO: a longer wait cannot end in time
+    # If > 0: fewer searches at once while one takes longer than this (AIMD). Off by default: on the shared
+    # benchmark host it cost goodput without bringing p99 down (benchmarks/results/overload.md).
+    admission_target_service_ms: float = 0.0
+    ingest_max_in_flight: int = 2  # AddImages chunks (of 32 images) being decoded/embedded at once
     # Search
     default_k: int = 20
     max_k: int = 1000
@@ -120,7 +143,8 @@ def free_port() -> int:
 
 
 def loopback_settings(**overrides: object) -> Settings:
-    """Settings whose every port is free: for tests and benchmarks that start their own services."""
+    """Settings whose every port is free, in insecure-local mode unless overridden: for tests and benchmarks that
+    start their own services on loopback."""
     ports = {name: free_port() for name in ("grpc_port", "metrics_port", "triton_http_port", "triton_grpc_port",
                                             "triton_metrics_port")}
-    return Settings(**{**ports, **overrides})  # type: ignore[arg-type]
+    return Settings(**{"auth_mode": "insecure-local", **ports, **overrides})  # type: ignore[arg-type]

@@ -40,3 +40,11 @@ class DeadlineExceeded(ServiceError):
 
 class FailedPrecondition(ServiceError):
     """The system is not in a state that allows the call (e.g. another model switch is running)."""
+
+
+class Unauthenticated(ServiceError):
+    """No credentials, or credentials that do not verify (expired, unknown key, bad signature)."""
+
+
+class PermissionDenied(ServiceError):
+    """The caller is known but its role or owners do not allow this."""

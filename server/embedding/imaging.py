@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -72,6 +73,7 @@ def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_byt
     check_size(data, limits, field)
     try:
         with warnings.catch_warnings():
+            # Our own pixel limit applies; Pillow's bomb warning is an error so nothing slips past either.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
             width, height = image.size
@@ -83,13 +85,41 @@ def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_byt
             image.seek(0)  # GIF/WebP: first frame
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
-        raise InvalidInput(f"not a decodable JPEG, PNG, WebP or GIF image ({exc})", field=field) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses before it reports the size (its own limit is above ours): name the configured limit.
+        raise InvalidInput(f"over the {limits.max_pixels}-pixel limit", field=field) from exc
+    except UnidentifiedImageError as exc:  # its message names a BytesIO object, not the input
+        raise InvalidInput("not a decodable JPEG, PNG, WebP or GIF image", field=field) from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidInput(f"not a decodable JPEG, PNG, WebP or GIF image ({_reason(exc)})", field=field) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """Pillow's reason without object addresses (`<_io.BytesIO object at 0x...>`), bounded."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the input", str(exc))[:200]
+
+
+_WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def header_pixels(data: bytes) -> int | None:
+    """Width x height from the header alone (nothing decoded): what a request will cost to decode. None if the
+    header cannot be read (the decode then fails with the precise error)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS).size
+        return width * height
+    except Exception:  # Pillow's bomb error included: the decode refuses it with the configured limit
+        return None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
-    """Transparent pixels become white: product cut-outs are shown on white backgrounds."""
+    """Transparent pixels become white: product cut-outs are shown on white backgrounds. 16-bit grey is scaled
+    to 8 bits (Pillow's convert would clip everything above 255 to white)."""
+    if image.mode in _WIDE_MODES:
+        wide = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)  # PNG's 16-bit grey opens as I;16 or I
+        return Image.fromarray((wide >> 8).astype(np.uint8), "L").convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGB", image.size, (255, 255, 255))

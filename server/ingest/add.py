@@ -10,21 +10,21 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
 import numpy as np
 
 from server.core.errors import InvalidInput, ServiceError
+from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
-from server.embedding.imaging import Limits
+from server.embedding.imaging import Limits, header_pixels
 from server.embedding.pipeline import Embedder, ImageInput, embed_images
+from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.serving import Live
 from server.store.base import Changed, NewImage, Visibility
 from server.store.blobs import BlobStore
-
-MAX_IMAGE_ID_BYTES = 256
 
 
 def content_hash(data: bytes) -> str:
@@ -51,15 +51,19 @@ class Outcome:
     error: ServiceError | None = None
 
 
-def _check_id(image_id: str) -> None:
-    if not image_id or len(image_id.encode()) > MAX_IMAGE_ID_BYTES:
-        raise InvalidInput(f"must be 1..{MAX_IMAGE_ID_BYTES} bytes of UTF-8", field="image_id")
+OwnerCheck = Callable[[str], bool]  # may the caller change images of this owner?
+
+
+def _anyone(owner_id: str) -> bool:
+    return True
 
 
 class Indexer:
     def __init__(self, live: Live, blobs: BlobStore, limits: Limits, metrics: GatewayMetrics,
-                 local_decode: bool = False) -> None:
+                 admission: Admission | None = None, local_decode: bool = False) -> None:
         self.live, self.blobs, self.limits, self.metrics = live, blobs, limits, metrics
+        # Chunks being decoded and embedded at once; waits as long as the stream's deadline allows.
+        self.admission = admission or Admission("ingest", 2, 4 * limits.max_pixels, None)
         self.local_decode = local_decode
 
     async def add(self, uploads: Sequence[Upload], timeout_s: float | None = None) -> list[Outcome]:
@@ -69,7 +73,7 @@ class Indexer:
         todo = []
         for n, upload in enumerate(uploads):
             try:
-                _check_id(upload.image_id)
+                check_image_id(upload.image_id)
             except InvalidInput as exc:
                 outcomes[n] = Outcome(Status.REJECTED, exc)
                 continue
@@ -77,18 +81,20 @@ class Indexer:
                 outcomes[n] = Outcome(Status.ALREADY_EXISTS)  # idempotent: skip the decode and embed
             else:
                 todo.append(n)
-        try:
-            vectors = await self._embed(serving.encoder, [uploads[n] for n in todo], timeout_s)
-            embedded = {}
-            for n, vector in zip(todo, vectors, strict=True):
-                if isinstance(vector, InvalidInput):
-                    outcomes[n] = Outcome(Status.REJECTED, vector)
-                else:
-                    embedded[n] = vector
-            if embedded:
-                outcomes.update(await self._persist(uploads, embedded, timeout_s))
-        except ServiceError as exc:  # the encoder or the store failed: nothing of this chunk was acknowledged
-            outcomes.update({n: Outcome(Status.REJECTED, exc) for n in todo if n not in outcomes})
+        cost = sum(header_pixels(uploads[n].data) or MIN_COST_PIXELS for n in todo)
+        async with self.admission.admit(cost, timeout_s):
+            try:
+                vectors = await self._embed(serving.encoder, [uploads[n] for n in todo], timeout_s)
+                embedded = {}
+                for n, vector in zip(todo, vectors, strict=True):
+                    if isinstance(vector, InvalidInput):
+                        outcomes[n] = Outcome(Status.REJECTED, vector)
+                    else:
+                        embedded[n] = vector
+                if embedded:
+                    outcomes.update(await self._persist(uploads, embedded, timeout_s))
+            except ServiceError as exc:  # the encoder or the store failed: nothing of this chunk was acknowledged
+                outcomes.update({n: Outcome(Status.REJECTED, exc) for n in todo if n not in outcomes})
         for outcome in outcomes.values():
             self.metrics.images_added.labels(outcome.status.value).inc()
         return [outcomes[n] for n in range(len(uploads))]
@@ -121,14 +127,28 @@ class Indexer:
         self.metrics.stage_latency.labels("persist").observe(time.perf_counter() - start)
         return {n: Outcome(Status.ADDED if ok else Status.ALREADY_EXISTS) for n, ok in zip(order, added, strict=True)}
 
-    async def delete(self, image_ids: Sequence[str]) -> Changed:
+    async def delete(self, image_ids: Sequence[str], owns: OwnerCheck = _anyone) -> Changed:
         """Deleted images never come back; honoured by every search that starts after this returns."""
         async with self.live.writes:
-            return await asyncio.to_thread(self.live.serving.store.delete, image_ids)
+            return await asyncio.to_thread(self._change, image_ids, owns, self.live.serving.store.delete)
 
-    async def set_visibility(self, image_ids: Sequence[str], visibility: Visibility) -> Changed:
+    async def set_visibility(self, image_ids: Sequence[str], visibility: Visibility,
+                             owns: OwnerCheck = _anyone) -> Changed:
         async with self.live.writes:
-            return await asyncio.to_thread(self.live.serving.store.set_visibility, image_ids, visibility)
+            return await asyncio.to_thread(self._change, image_ids, owns,
+                                           lambda mine: self.live.serving.store.set_visibility(mine, visibility))
+
+    def _change(self, image_ids: Sequence[str], owns: OwnerCheck, change: Callable[[list[str]], Changed]) -> Changed:
+        """Apply `change` to the caller's own live images. Another owner's image (public or private), a deleted one
+        and one that never existed all come back as not found: the answer is the same for each."""
+        store = self.live.serving.store
+        mine, others = [], []
+        for image_id in image_ids:
+            record = store.get(image_id)
+            ok = record is not None and not record.deleted and owns(record.owner_id)
+            (mine if ok else others).append(image_id)
+        changed = change(mine) if mine else Changed(0, [])
+        return Changed(changed.count, [*changed.not_found, *others])
 
     async def finish(self) -> int:
         """After a stream of adds: snapshot the index if enough was added; returns the store's version."""

@@ -60,6 +60,7 @@ class ModelSwitch:
                     pass
                 old = self.live.serving
                 await asyncio.to_thread(_copy_states, old.store, new)
+                await asyncio.to_thread(new.advance_version, old.store.version + 1)  # answers' version only grows
                 await asyncio.to_thread(new.snapshot)
                 await asyncio.to_thread(write_active_version, self.settings, self.target)
                 self.live.serving = Serving(new, self.encoder)

@@ -10,102 +10,44 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import logging
 import os
-import shutil
+import secrets
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
-import tritonclient.http as triton_http
-
 from server.core.config import REPO_ROOT, Settings, add_arguments, from_args
-from server.embedding.contract import IMAGE_MODEL_NAME, MODEL_NAME
+from server.embedding.contract import IMAGE_MODEL_NAME
+from server.models import guardian
+from server.models.endpoint import ADMIN_HEADER, RESTRICTED, TritonEndpoint
+from server.models.guardian import _pytriton_root, die_with_parent
+
+__all__ = ["TritonEndpoint", "TritonServer", "die_with_parent"]
 
 log = logging.getLogger("triton")
-_PR_SET_PDEATHSIG = 1
-
-
-def _pytriton_root() -> Path:
-    import pytriton
-
-    return Path(pytriton.__file__).resolve().parent / "tritonserver"
-
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: the kernel SIGKILLs Triton if the launching process dies."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def assemble_backend_dir(target: Path) -> Path:
-    """libtriton_python.so + the stub for *this* Python, in one directory (what Triton expects)."""
-    root = _pytriton_root()
-    python_dir = target / "python"
-    python_dir.mkdir(parents=True, exist_ok=True)
-    for item in (root / "backends" / "python").iterdir():
-        if item.is_file():
-            shutil.copy2(item, python_dir / item.name)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
-    if not stub.exists():
-        raise RuntimeError(f"nvidia-pytriton has no Python backend stub for Python {version}")
-    shutil.copy2(stub, python_dir / stub.name)
-    return target
-
-
-@dataclass
-class TritonEndpoint:
-    """Where a Triton serves: gRPC for inference, HTTP for readiness, metrics for Prometheus."""
-
-    grpc_url: str
-    http_url: str
-    metrics_url: str | None = None
-
-    @classmethod
-    def external(cls, grpc_url: str, http_url: str | None = None, metrics_url: str | None = None) -> TritonEndpoint:
-        host = grpc_url.rsplit(":", 1)[0]
-        return cls(grpc_url, http_url or f"{host}:8000", metrics_url or f"http://{host}:8002/metrics")
-
-    def wait_ready(self, model: str = MODEL_NAME, timeout_s: float = 120.0,
-                   alive: callable | None = None) -> None:
-        """Block until `model` is READY; raise TimeoutError (or RuntimeError if the process died)."""
-        deadline = time.monotonic() + timeout_s
-        client = triton_http.InferenceServerClient(self.http_url, connection_timeout=2.0, network_timeout=2.0)
-        try:
-            while time.monotonic() < deadline:
-                if alive is not None and not alive():
-                    raise RuntimeError("tritonserver exited before the model became ready")
-                try:
-                    if client.is_model_ready(model):
-                        return
-                except Exception:
-                    pass
-                time.sleep(0.25)
-        finally:
-            client.close()
-        raise TimeoutError(f"model {model!r} not ready at {self.http_url} after {timeout_s:.0f}s")
+RESTART_BACKOFF_S, MAX_BACKOFF_S = 0.5, 30.0
 
 
 class TritonServer:
-    """A tritonserver child process. Use as a context manager; `stop()` is idempotent."""
+    """tritonserver under its guardian (server/models/guardian.py), restarted with backoff when it dies.
+
+    Use as a context manager; `stop()` is idempotent. `restarts` counts the supervised restarts."""
 
     def __init__(self, settings: Settings | None = None, model_config_name: str | None = None,
-                 log_path: Path | None = None, log_verbose: int = 0) -> None:
+                 log_path: Path | None = None, log_verbose: int = 0, supervise: bool = True) -> None:
         self.settings = settings or Settings()
-        self.model_config_name = model_config_name
-        self.log_path = log_path
-        self.log_verbose = log_verbose
-        self.process: subprocess.Popen[bytes] | None = None
-        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self.model_config_name, self.log_path, self.log_verbose = model_config_name, log_path, log_verbose
+        self.supervise = supervise
+        self.process: subprocess.Popen[bytes] | None = None  # the guardian
+        self.restarts = 0
         self._log_tail: deque[str] = deque(maxlen=60)
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
         s = self.settings
         self.endpoint = TritonEndpoint(
             grpc_url=f"127.0.0.1:{s.triton_grpc_port}",
@@ -113,15 +55,19 @@ class TritonServer:
             metrics_url=f"http://127.0.0.1:{s.triton_metrics_port}/metrics",
         )
 
-    def command(self, backend_dir: Path) -> list[str]:
+    def command(self, backend_dir: Path | str, shm_prefix: str) -> list[str]:
         s = self.settings
         cmd = [
             str(_pytriton_root() / "bin" / "tritonserver"),
             f"--model-repository={s.model_repository}",
             f"--backend-directory={backend_dir}",
+            f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
             f"--http-port={s.triton_http_port}", f"--grpc-port={s.triton_grpc_port}",
             f"--metrics-port={s.triton_metrics_port}",
-            "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+            # Loopback only, and the model-control/repository APIs need the key only launcher and gateway hold.
+            "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+            f"--http-restricted-api={RESTRICTED}:{ADMIN_HEADER}={s.triton_admin_key}",
+            f"--grpc-restricted-protocol={RESTRICTED}:{ADMIN_HEADER}={s.triton_admin_key}",
             "--allow-cpu-metrics=true", "--metrics-interval-ms=1000",
             "--exit-on-error=true", "--strict-readiness=true",
             # Explicit control: a newly published version is loaded by a `load_model` call (reload), never by
@@ -134,8 +80,18 @@ class TritonServer:
         return cmd
 
     def start(self, timeout_s: float = 120.0) -> TritonServer:
-        self._workdir = tempfile.TemporaryDirectory(prefix="vsearch-triton-")
-        backend_dir = assemble_backend_dir(Path(self._workdir.name) / "backends")
+        for leftover in guardian.sweep():
+            log.warning("removed a leftover of a Triton killed with its guardian: %s", leftover)
+        if not self.settings.triton_admin_key:
+            self.settings.triton_admin_key = secrets.token_urlsafe(24)
+        self._stopping.clear()
+        self._launch(timeout_s)
+        if self.supervise and (self._supervisor is None or not self._supervisor.is_alive()):
+            self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="triton-supervisor")
+            self._supervisor.start()
+        return self
+
+    def _launch(self, timeout_s: float) -> None:
         env = dict(os.environ)
         libs = Path(_pytriton_root()).parent.parent / "nvidia_pytriton.libs"
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
@@ -143,58 +99,107 @@ class TritonServer:
         # image model imports this checkout's preprocessing (`server.embedding.imaging`).
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        limits = self.settings.to_env()
+        limits = self.settings.to_env()  # the image model checks the gateway's limits
         env.update({k: limits[k] for k in ("VSEARCH_MAX_IMAGE_BYTES", "VSEARCH_MAX_IMAGE_PIXELS")})
-        self.process = subprocess.Popen(
-            self.command(backend_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-            preexec_fn=die_with_parent, start_new_session=True,
-        )
-        threading.Thread(target=self._forward_log, daemon=True, name="triton-log").start()
+        if self.log_path is not None:  # before Triton writes a line (if it cannot be made, the reader still drains)
+            with contextlib.suppress(OSError):
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        # The guardian fills in its backend folder and shm prefix (both named after its pid, so a sweep can tell
+        # whose they are); it runs in a session of its own without PDEATHSIG, to clean up after our death.
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server.models.guardian", "--", *self.command(guardian.BACKENDS,
+                                                                                 guardian.SHM)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT,
+            start_new_session=True)
+        self.process = process
+        threading.Thread(target=self._forward_log, args=(process,), daemon=True, name="triton-log").start()
         try:
             for model in (self.settings.model_name, IMAGE_MODEL_NAME):
-                self.endpoint.wait_ready(model, timeout_s, alive=lambda: self.process.poll() is None)
+                self.endpoint.wait_ready(model, timeout_s,
+                                         alive=lambda: process.poll() is None and not self._stopping.is_set())
         except Exception as exc:
             tail = "\n".join(self._log_tail)
-            self.stop()
+            self._stop_process(process)
             raise RuntimeError(f"Triton did not become ready: {exc}\n--- last log lines ---\n{tail}") from exc
-        log.info("Triton ready (pid %d): gRPC %s", self.process.pid, self.endpoint.grpc_url)
-        return self
+        if self._stopping.is_set():  # stop() was called while this (re)start was under way
+            self._stop_process(process)
+            return
+        log.info("Triton ready (pid %s, guardian %d): gRPC %s", self.pid, process.pid, self.endpoint.grpc_url)
 
-    def _forward_log(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        sink = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - lives as long as the thread
+    def _supervise(self) -> None:
+        """Restart Triton when it dies, with exponential backoff (reset after a minute of good health)."""
+        backoff = RESTART_BACKOFF_S
+        while not self._stopping.is_set():
+            process = self.process
+            if process is None or process.poll() is None:
+                self._stopping.wait(0.2)
+                continue
+            if self._stopping.is_set():
+                break
+            up_since = time.monotonic()
+            log.error("Triton exited with code %s; restarting in %.1f s", process.returncode, backoff)
+            if self._stopping.wait(backoff):
+                break
+            try:
+                self._launch(120.0)
+                self.restarts += 1
+            except Exception:
+                log.exception("Triton restart failed")
+            backoff = RESTART_BACKOFF_S if time.monotonic() - up_since > 60 else min(backoff * 2, MAX_BACKOFF_S)
+
+    def _forward_log(self, process: subprocess.Popen[bytes]) -> None:
+        """Drains the pipe to its end whatever happens to the log file: a full pipe would block Triton."""
+        assert process.stdout is not None
+        sink = None
         try:
-            for raw in self.process.stdout:
-                line = raw.decode(errors="replace").rstrip()
-                self._log_tail.append(line)
-                log.debug("%s", line)
-                if sink:
+            sink = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - lives with the thread
+        except OSError:
+            log.exception("cannot write Triton's log to %s; keeping only its tail in memory", self.log_path)
+        for raw in process.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self._log_tail.append(line)
+            log.debug("%s", line)
+            if sink is not None:
+                try:
                     sink.write(raw)
                     sink.flush()
-        finally:
-            if sink:
-                sink.close()
+                except OSError:
+                    sink = None
+        if sink is not None:
+            sink.close()
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        """tritonserver's pid (the guardian's only child), None when it is not running."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        for _ in range(50):
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children").read_text().split()
+                if children:
+                    return int(children[0])
+            time.sleep(0.02)
+        return None
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM (Triton unloads models and exits), then SIGKILL the whole process group."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
+    def _stop_process(self, process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+        """Close the lifeline: the guardian stops Triton, kills the stubs, removes shm and workdir, exits."""
+        if process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                process.stdin.close()
             try:
-                self.process.wait(timeout_s)
+                process.wait(timeout_s)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+                process.kill()
+                process.wait()
+                guardian.sweep()
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        self._stopping.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout_s + 130)  # a restart under way finishes (or fails) and stops itself
+        self._supervisor = None
         if self.process is not None:
-            # Python-backend stubs are in Triton's process group; make sure none outlives it.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        if self._workdir is not None:
-            self._workdir.cleanup()
-            self._workdir = None
+            self._stop_process(self.process, timeout_s)
 
     def __enter__(self) -> TritonServer:
         return self.start() if self.process is None else self

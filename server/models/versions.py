@@ -17,6 +17,7 @@ from pathlib import Path
 
 from server.core.config import MODEL_REPOSITORY, REPO_ROOT
 from server.embedding.contract import MODEL_NAME
+from server.models.endpoint import GRPC_ADMIN_HEADER
 
 BACKEND_FILE = "model.py"
 
@@ -53,13 +54,14 @@ def export_onnx(output: Path, checkpoint: Path | None) -> None:
         raise RuntimeError(f"ONNX export failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
 
-def reload(triton_grpc_url: str, model_name: str = MODEL_NAME) -> list[str]:
-    """Ask Triton to reload the model: new versions load, served ones keep serving. Returns the loaded versions."""
+def reload(triton_grpc_url: str, model_name: str = MODEL_NAME, admin_key: str | None = None) -> list[str]:
+    """Ask Triton to reload the model: new versions load, served ones keep serving. Returns the loaded versions.
+    The model-repository API needs the launcher's admin key (server/models/endpoint.py)."""
     import tritonclient.grpc as triton_grpc
 
     client = triton_grpc.InferenceServerClient(triton_grpc_url)
     try:
-        client.load_model(model_name)
+        client.load_model(model_name, headers={GRPC_ADMIN_HEADER: admin_key} if admin_key else None)
         return sorted(client.get_model_metadata(model_name, as_json=True)["versions"], key=int)
     finally:
         client.close()

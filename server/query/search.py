@@ -14,9 +14,11 @@ import numpy as np
 
 from server.core.config import Settings
 from server.core.errors import InvalidInput, NotFound, ServiceError
+from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.query.duplicates import collapse_duplicates
+from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.serving import Live, Serving
 from server.store.base import VectorStore
 from server.store.interactions import InteractionLog
@@ -76,19 +78,22 @@ class Ranker:
                 hits = [Hit(c.image_id, c.score) for c in store.search(vector, k, exclude)]
             self.metrics.ann_searches.observe(1)
             return hits
-        eligible = store.eligible_count()
-        fetch, searches = min(eligible, self.first_fetch(k)), 0
+        # Ask for more than k so duplicates can be collapsed and backfilled, as many more as the recent collapse
+        # rate says; go back for more only if that fell short. The store clamps to the eligible images it sees:
+        # fewer candidates than asked means there are no more (no count is read here: one read before the search
+        # goes stale when visibility flips meanwhile).
+        fetch, searches = self.first_fetch(k), 0
         while True:
             with self.stage("search"):
-                candidates = store.search(vector, max(fetch, 1), exclude)
+                candidates = store.search(vector, fetch, exclude)
             searches += 1
             with self.stage("filter"):
                 kept, removed = collapse_duplicates(candidates, k, self.duplicate_threshold)
             if kept:
                 self.keep_rate = 0.9 * self.keep_rate + 0.1 * len(kept) / (len(kept) + removed)
-            if len(kept) == k or fetch >= eligible:
+            if len(kept) == k or len(candidates) < fetch:
                 break
-            fetch = min(eligible, fetch * 4)
+            fetch *= 4
         self.metrics.ann_searches.observe(searches)
         if removed:
             self.metrics.filtered_results.labels("duplicate").inc(removed)
@@ -99,8 +104,13 @@ class Searcher:
     """Every query reads `live.serving` once: its vector and its index come from the same model version."""
 
     def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics,
-                 interactions: InteractionLog | None = None) -> None:
+                 interactions: InteractionLog | None = None, admission: Admission | None = None) -> None:
         self.live, self.settings, self.metrics, self.interactions = live, settings, metrics, interactions
+        self.admission = admission or Admission(
+            "search", settings.admission_max_in_flight, settings.admission_max_pixels,
+            settings.admission_max_queue_delay_ms / 1000 if settings.admission_max_queue_delay_ms > 0 else None,
+            target_service_s=settings.admission_target_service_ms / 1000 if settings.admission_target_service_ms > 0
+            else None)
         self.limits = imaging.Limits(settings.max_image_bytes, settings.max_image_pixels)
         self.ranker = Ranker(settings.duplicate_threshold, metrics)
 
@@ -111,6 +121,8 @@ class Searcher:
                                f"got {query.k}", field="k")
         if (query.image_bytes is None) == (query.image_id is None):
             raise InvalidInput("set exactly one of image_bytes or image_id", field="query")
+        if query.image_id is not None:
+            check_image_id(query.image_id)
         if query.crop is not None and query.image_id is not None:
             raise InvalidInput("a crop applies to image_bytes only, not to image_id queries", field="crop")
         if query.min_score is not None and not -1.0 <= query.min_score <= 1.0:
@@ -135,8 +147,18 @@ class Searcher:
         with self.ranker.stage("embed"):
             return (await serving.encoder.embed(pixels[None], timeout_s))[0]
 
+    def _cost(self, query: Query) -> int:
+        """Decoded pixels, from the header: what admission counts (a search by ID decodes nothing)."""
+        if query.image_bytes is None:
+            return MIN_COST_PIXELS
+        return imaging.header_pixels(query.image_bytes) or MIN_COST_PIXELS
+
     async def search(self, query: Query, timeout_s: float | None = None) -> Answer:
         k = self._validate(query)
+        async with self.admission.admit(self._cost(query), timeout_s):
+            return await self._search(query, k, timeout_s)
+
+    async def _search(self, query: Query, k: int, timeout_s: float | None) -> Answer:
         serving = self.live.serving
         vector = await self.embed_query(serving, query, timeout_s)
         # In a worker thread: FAISS releases the GIL, so concurrent searches use every core while the event
@@ -153,11 +175,24 @@ class Searcher:
         return answer
 
     async def search_many(self, queries: list[Query], timeout_s: float | None) -> list[Answer]:
-        """Queries run concurrently so Triton's dynamic batcher can merge their embeddings.
+        """Queries run concurrently so Triton's dynamic batcher can merge their embeddings. The batch is admitted
+        as one unit costing the decoded pixels of all its images, checked against the batch budget first.
 
         The first failing query fails the call, its position named in the message.
         """
-        answers = await asyncio.gather(*(self.search(q, timeout_s) for q in queries), return_exceptions=True)
+        ks = []
+        for n, query in enumerate(queries):
+            try:
+                ks.append(self._validate(query))
+            except ServiceError as exc:
+                raise exc.prefixed(f"requests[{n}]") from None
+        pixels = sum(self._cost(q) for q in queries)
+        if pixels > self.settings.max_batch_pixels:
+            raise InvalidInput(f"the images decode to {pixels} pixels in all, over the "
+                               f"{self.settings.max_batch_pixels}-pixel batch limit", field="requests")
+        async with self.admission.admit(pixels, timeout_s, units=len(queries)):
+            answers = await asyncio.gather(*(self._search(q, k, timeout_s) for q, k in zip(queries, ks, strict=True)),
+                                           return_exceptions=True)
         for n, answer in enumerate(answers):
             if isinstance(answer, ServiceError):
                 raise answer.prefixed(f"requests[{n}]")

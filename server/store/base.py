@@ -87,7 +87,12 @@ class VectorStore(Protocol):
 
     @property
     def version(self) -> int:
-        """Grows with every change the store serves (answers carry it)."""
+        """Grows with every change the store serves (answers carry it); persisted: never goes back, not even
+        across restarts."""
+        ...
+
+    def advance_version(self, at_least: int) -> None:
+        """Make `version` at least `at_least` (a new catalog taking over from an older one at a model switch)."""
         ...
 
     def add(self, images: Sequence[NewImage]) -> list[bool]:

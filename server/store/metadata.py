@@ -31,15 +31,39 @@ class SqliteMetadataStore:
             visibility INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, content_hash TEXT NOT NULL,
             model_version TEXT NOT NULL, added_at REAL NOT NULL)""")
         self._db.execute("CREATE INDEX IF NOT EXISTS images_hash ON images(content_hash)")
+        # The index version answers carry: bumped in the same transaction as every change, so it only grows,
+        # across restarts and kill -9 alike.
+        self._db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        self._db.execute("INSERT OR IGNORE INTO counters VALUES ('version', 0)")
+        self.version = self._db.execute("SELECT value FROM counters WHERE name = 'version'").fetchone()[0]
+
+    def _bump(self) -> None:
+        """Inside an open transaction, lock held."""
+        self._db.execute("UPDATE counters SET value = value + 1 WHERE name = 'version'")
+        self.version += 1
+
+    def advance_version(self, at_least: int) -> None:
+        with self._lock:
+            self._db.execute("UPDATE counters SET value = MAX(value, ?) WHERE name = 'version'", (at_least,))
+            self.version = max(self.version, at_least)
+
+    def bump_version(self) -> None:
+        """A change that is not a row change (the index was rebuilt)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._bump()
+            self._db.execute("COMMIT")
 
     def _write(self, sql: str, rows: list[tuple]) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(sql, rows)
+                self._bump()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self.version = self._db.execute("SELECT value FROM counters WHERE name = 'version'").fetchone()[0]
                 raise
 
     def insert(self, records: list[ImageRecord]) -> None:
@@ -75,9 +99,12 @@ class SqliteMetadataStore:
                                            f"AND {still}", (*args, image_id))
                     if cur.rowcount:
                         changed.append(image_id)
+                if changed:
+                    self._bump()
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                self.version = self._db.execute("SELECT value FROM counters WHERE name = 'version'").fetchone()[0]
                 raise
         return [r for i in changed if (r := self.get(i))]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,15 +29,24 @@ from server.tools.indexing import collect, index_files
 from server.tools.output import CliError, parse_crop, print_hits, print_stats, read_file
 
 
+def connect(settings: Settings) -> VisualSearchClient:
+    """A client of the configured gateway: TLS and a bearer token from VSEARCH_TLS_CA / VSEARCH_TOKEN if set."""
+    ca, token = os.environ.get("VSEARCH_TLS_CA"), os.environ.get("VSEARCH_TOKEN")
+    return VisualSearchClient(settings.grpc_address, token=token, root_certificates=Path(ca).read_bytes() if ca
+                              else None)
+
+
 # -- service management ------------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> None:
     from server.api.app import run_gateway
+    from server.models.endpoint import save_admin_key
     from server.models.triton import TritonServer
 
     if settings.triton_url:
         asyncio.run(run_gateway(settings))
         return
     with TritonServer(settings, log_path=settings.data_dir / "triton.log") as triton:
+        save_admin_key(settings.data_dir, settings.triton_admin_key or "")
         settings.triton_url = triton.endpoint.grpc_url
         print(f"Triton ready at {settings.triton_url}; gateway on {settings.grpc_address}", flush=True)
         asyncio.run(run_gateway(settings))
@@ -59,7 +69,7 @@ def cmd_triton(args: argparse.Namespace, settings: Settings) -> None:
 
 # -- indexing ----------------------------------------------------------------------------------------------
 def cmd_index(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         totals = index_files(client, collect(args.paths), settings.data_dir / "cli-indexed-ids.txt", args.private)
     print(", ".join(f"{k}: {v}" for k, v in totals.items()))
     if totals["rejected"]:
@@ -69,7 +79,7 @@ def cmd_index(args: argparse.Namespace, settings: Settings) -> None:
 # -- queries -----------------------------------------------------------------------------------------------
 def cmd_search(args: argparse.Namespace, settings: Settings) -> None:
     data, crop = read_file(args.image), parse_crop(args.crop)
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         response = client.search(data, crop=crop, k=args.k)
     print_hits(response)
     if args.gallery:
@@ -77,42 +87,44 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_similar(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         print_hits(client.similar(args.image_id, k=args.k))
 
 
 def cmd_delete(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         r = client.delete(args.image_ids)
     print(f"deleted {r.deleted_count}" + (f"; not found: {', '.join(r.not_found_ids)}" if r.not_found_ids else ""))
 
 
 def cmd_visibility(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         r = client.set_visibility(args.image_ids, private=args.command == "hide")
     print(f"updated {r.updated_count}" + (f"; not found: {', '.join(r.not_found_ids)}" if r.not_found_ids else ""))
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         print_stats(client.stats())
 
 
 # -- model versions ----------------------------------------------------------------------------------------
 def cmd_publish(args: argparse.Namespace, settings: Settings) -> None:
+    from server.models.endpoint import load_admin_key
     from server.models.versions import publish, reload
 
     version = publish(args.checkpoint, settings.model_repository, settings.model_name)
     print(f"published {settings.model_name} version {version} in {settings.model_repository}")
     triton = settings.triton_url or f"127.0.0.1:{settings.triton_grpc_port}"
     try:
-        print(f"Triton at {triton} now serves versions {', '.join(reload(triton, settings.model_name))}")
+        key = settings.triton_admin_key or load_admin_key(settings.data_dir)
+        print(f"Triton at {triton} now serves versions {', '.join(reload(triton, settings.model_name, key))}")
     except Exception as exc:  # Triton not running: it loads every version when it starts
         print(f"Triton at {triton} not reloaded ({exc}); it loads the version when it starts")
 
 
 def cmd_switch_model(args: argparse.Namespace, settings: Settings) -> None:
-    with VisualSearchClient(settings.grpc_address) as client:
+    with connect(settings) as client:
         response = client.switch_model(args.version)
         print(f"{pb.SwitchModelResponse.State.Name(response.state)} (serving {response.active_model_version})")
         target = f"{settings.model_name}/{args.version}"

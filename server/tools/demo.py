@@ -41,6 +41,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> None:
     files = {p.image_id: p.path for p in photos}
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
+    if settings.auth_mode != "insecure-local":
+        print("demo: running the gateway in INSECURE LOCAL mode (loopback, no TLS, no tokens, everyone is admin);"
+              " production runs --auth-mode jwt, see docs/OPERATIONS.md", flush=True)
+        settings = settings.with_overrides(auth_mode="insecure-local", grpc_host="127.0.0.1")
     with running_services(settings, settings.data_dir / "logs") as services, \
             VisualSearchClient(settings.grpc_address) as client:
         s = services.settings

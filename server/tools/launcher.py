@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.client import VisualSearchClient
 from server.core.config import REPO_ROOT, Settings
+from server.models.endpoint import save_admin_key
 from server.models.triton import TritonServer, die_with_parent
 
 
@@ -46,8 +47,16 @@ class GatewayProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def root_certificates(self) -> bytes | None:
+        """The gateway's certificate when it serves TLS (self-signed in tests: its own root)."""
+        cert = self.settings.tls_cert_file
+        return Path(cert).read_bytes() if cert and self.settings.tls_key_file else None
+
     def health(self) -> int:
-        with grpc.insecure_channel(self.target) as channel:
+        roots = self.root_certificates
+        with (grpc.secure_channel(self.target, grpc.ssl_channel_credentials(roots)) if roots
+              else grpc.insecure_channel(self.target)) as channel:
             return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
 
     def _log_tail(self) -> str:
@@ -66,8 +75,9 @@ class GatewayProcess:
             time.sleep(0.1)
         raise TimeoutError(f"the gateway was not SERVING after {timeout_s:.0f}s:\n{self._log_tail()}")
 
-    def client(self, timeout_s: float = 30) -> VisualSearchClient:
-        return VisualSearchClient(self.target, timeout_s=timeout_s)
+    def client(self, timeout_s: float = 30, token: str | None = None) -> VisualSearchClient:
+        return VisualSearchClient(self.target, timeout_s=timeout_s, token=token,
+                                  root_certificates=self.root_certificates)
 
     def stop(self, timeout_s: float = 20) -> None:
         if self.process.poll() is None:
@@ -118,6 +128,7 @@ def running_services(settings: Settings, log_dir: Path, announce: bool = True) -
         print(f"starting Triton (gRPC :{settings.triton_grpc_port}, HTTP :{settings.triton_http_port}, "
               f"metrics :{settings.triton_metrics_port}) ...", flush=True)
     with TritonServer(settings, log_path=log_dir / "triton.log") as triton:
+        save_admin_key(settings.data_dir, settings.triton_admin_key or "")
         settings.triton_url = triton.endpoint.grpc_url
         if announce:
             print(f"starting gateway (gRPC {settings.grpc_address}, metrics :{settings.metrics_port}) ...",

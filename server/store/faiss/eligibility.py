@@ -51,14 +51,19 @@ class Eligibility:
     def is_eligible(self, internal_id: int) -> bool:
         return 0 <= internal_id < self._size and bool(self._bits[internal_id >> 3] & (1 << (internal_id & 7)))
 
-    def selector(self, exclude: int | None = None) -> tuple[faiss.IDSelector, np.ndarray]:
-        """A FAISS selector; keep the returned array alive while the search runs."""
+    def snapshot(self, exclude: int | None = None) -> tuple[faiss.IDSelector, np.ndarray, int]:
+        """A FAISS selector over a copy of the bitmap and the exact number of ids it accepts, taken together.
+
+        A copy, not the live array: with the live array, an image made public after the count was read could
+        take the place of one that was public all along when k >= the count (issue 17). The copy is size/8
+        bytes (1.25 MB at 10M images). Keep the returned array alive while the search runs."""
         with self._lock:
-            bits, size = self._bits, self._size
-            if exclude is not None and 0 <= exclude < size:
-                bits = bits.copy()
-                bits[exclude >> 3] &= np.uint8(~(1 << (exclude & 7)) & 0xFF)
-        return faiss.IDSelectorBitmap(size, faiss.swig_ptr(bits)), bits
+            size, count = self._size, self._count
+            bits = self._bits[: (size + 7) // 8].copy()
+        if exclude is not None and 0 <= exclude < size and bits[exclude >> 3] & (1 << (exclude & 7)):
+            bits[exclude >> 3] &= np.uint8(~(1 << (exclude & 7)) & 0xFF)
+            count -= 1
+        return faiss.IDSelectorBitmap(size, faiss.swig_ptr(bits)), bits, count
 
     def eligible_count(self, exclude: int | None = None) -> int:
         return self._count - (1 if exclude is not None and self.is_eligible(exclude) else 0)

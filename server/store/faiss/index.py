@@ -61,8 +61,9 @@ def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD,
 
 
 def ivf_params(nlist: int, m: int) -> IndexParams:
-    """2 dims per 4-bit sub-quantizer and a 32x exact re-rank: 10-recall@10 >= 0.95 on hard synthetic sets where
-    4 dims per sub-quantizer or an 8x re-rank stay below 0.9 (benchmarks/results/index.md, tests/test_index.py)."""
+    """2 dims per 4-bit sub-quantizer and a 32x exact re-rank: 10-recall@10 >= 0.95 on hard synthetic sets
+    where 4 dims per sub-quantizer or an 8x re-rank stay below 0.9
+    (benchmarks/results/index.md, tests/test_index.py)."""
     return IndexParams(f"IVF{nlist},PQ{m}x4fs,RFlat", nprobe=max(16, nlist // 16), k_factor=32)
 
 
@@ -107,7 +108,8 @@ class VectorIndex:
     """Thread-safe: searches run concurrently (FAISS releases the GIL); adds and swaps take the lock."""
 
     def __init__(self, dim: int, flat_threshold: int = FLAT_THRESHOLD, rebuild_in_background: bool = True,
-                 large_threshold: int = LARGE_THRESHOLD, stored: Callable[[], np.ndarray] | None = None) -> None:
+                 large_threshold: int = LARGE_THRESHOLD, stored: Callable[[], np.ndarray] | None = None,
+                 on_rebuilt: Callable[[], None] | None = None) -> None:
         """`stored`: every added vector, row = id (the catalog's vector log, memory-mapped). Without it the index
         must keep exact copies itself, so it never switches to the SQ8 re-rank."""
         self.dim = dim
@@ -115,6 +117,7 @@ class VectorIndex:
         self.large_threshold = large_threshold if stored is not None else 2**62
         self.rebuild_in_background = rebuild_in_background
         self._stored = stored
+        self._on_rebuilt = on_rebuilt
         self.params = params_for(0, dim, flat_threshold)
         self._index: faiss.Index = _build(self.params, dim, np.empty((0, dim), np.float32))
         self._lock = threading.RLock()
@@ -188,6 +191,8 @@ class VectorIndex:
                     index.add(np.ascontiguousarray(late, dtype=np.float32))
                 self._index, self.params, self._built_at = index, target, built
                 self.version += 1
+                if self._on_rebuilt is not None:
+                    self._on_rebuilt()
             log.info("index rebuilt: %s (%d vectors)", target.factory, index.ntotal)
         finally:
             self._rebuilding = False

@@ -37,7 +37,8 @@ class FaissVectorStore:
         self.data_dir, self.dim, self.model_version = data_dir, dim, model_version
         self._records = SqliteMetadataStore(data_dir / "metadata.sqlite")
         self._vector_log = VectorLog(data_dir / "vectors.f32", dim)
-        self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view)
+        self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view,
+                                  on_rebuilt=self._records.bump_version)
         self._eligibility = Eligibility()
         self._image_ids: list[str] = []  # internal id -> image ID (hot path: no DB lookups)
         self._hashes: list[str] = []  # internal id -> content hash (duplicate collapse)
@@ -52,7 +53,11 @@ class FaissVectorStore:
 
     @property
     def version(self) -> int:
-        return self._index.version
+        """Grows with every add, visibility change, delete and index rebuild; persisted, so never goes back."""
+        return self._records.version
+
+    def advance_version(self, at_least: int) -> None:
+        self._records.advance_version(at_least)
 
     def _recover(self) -> None:
         records = list(self._records.iter_all())
@@ -138,8 +143,10 @@ class FaissVectorStore:
         skip = None
         if exclude is not None and (record := self._records.get(exclude)) is not None:
             skip = record.internal_id
-        selector, _keepalive = self._eligibility.selector(skip)
-        scores, ids = self._index.search(vector[None], max(1, min(k, self.eligible_count())), selector)
+        selector, _keepalive, eligible = self._eligibility.snapshot(skip)
+        if eligible == 0:
+            return []
+        scores, ids = self._index.search(vector[None], min(k, eligible), selector)
         # Re-check eligibility after the search: a hide acknowledged while it ran must still be honoured.
         found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
                  if i >= 0 and i != skip and self._eligibility.is_eligible(int(i))]

@@ -1,0 +1,122 @@
+"""Admission control on its own (asyncio, no servers) and through the real gateway: limits hold, a request that
+cannot start in time is refused without queueing, the pixel-heavy batch attack is refused before any decode."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import grpc
+import pytest
+from PIL import Image
+
+from protos.visual_search.v1 import visual_search_pb2 as pb
+from server.runtime.admission import Admission, Shed
+from tests.photos import small_jpeg
+
+
+async def _hold(admission: Admission, pixels: int, release: asyncio.Event, started: asyncio.Event | None = None,
+                timeout_s: float | None = None) -> None:
+    async with admission.admit(pixels, timeout_s):
+        if started is not None:
+            started.set()
+        await release.wait()
+
+
+def test_a_request_that_cannot_start_before_its_deadline_is_refused_without_queueing():
+    async def scenario() -> None:
+        admission = Admission("search", max_in_flight=1, max_pixels=10**9, max_queue_delay_s=1.0,
+                              initial_service_s=0.2)
+        release, started = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_hold(admission, 1, release, started))
+        await started.wait()
+        with pytest.raises(Shed, match="at capacity"):
+            async with admission.admit(1, timeout_s=0.1):  # 0.1 s left < 0.2 s of service: hopeless
+                pytest.fail("admitted")
+        assert admission.shed == 1 and not admission._queue
+        release.set()
+        await holder
+        async with admission.admit(1, timeout_s=0.1):  # an idle stage admits at once, even with little time
+            assert admission.in_flight == 1
+        assert admission.in_flight == 0 and admission.pixels == 0
+    asyncio.run(scenario())
+
+
+def test_pixels_in_flight_are_bounded_and_the_queue_is_fifo():
+    async def scenario() -> None:
+        admission = Admission("search", max_in_flight=8, max_pixels=100, max_queue_delay_s=None)
+        order: list[str] = []
+        first_release, first_started = asyncio.Event(), asyncio.Event()
+        first = asyncio.create_task(_hold(admission, 60, first_release, first_started))
+        await first_started.wait()
+
+        async def later(name: str, pixels: int) -> None:
+            async with admission.admit(pixels, None):
+                order.append(name)
+                assert admission.pixels <= 100
+
+        big, small = asyncio.create_task(later("big", 60)), asyncio.create_task(later("small", 1))
+        await asyncio.sleep(0.01)
+        assert order == [] and len(admission._queue) == 2  # small fits, but waits behind big (no starvation)
+        first_release.set()
+        await asyncio.gather(first, big, small)
+        assert order == ["big", "small"] and admission.pixels == 0 and admission.in_flight == 0
+    asyncio.run(scenario())
+
+
+def test_a_waiter_whose_budget_runs_out_is_refused_and_leaves_the_queue():
+    async def scenario() -> None:
+        admission = Admission("search", max_in_flight=1, max_pixels=10**9, max_queue_delay_s=0.05,
+                              initial_service_s=0.001)
+        release, started = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_hold(admission, 1, release, started))
+        await started.wait()
+        with pytest.raises(Shed, match="could not start in time"):
+            async with admission.admit(1, timeout_s=5):
+                pytest.fail("admitted")
+        assert not admission._queue
+        cancelled = asyncio.create_task(_hold(admission, 1, asyncio.Event(), timeout_s=5))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()  # the caller went away while waiting
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        release.set()
+        await holder
+        assert admission.in_flight == 0 and not admission._queue
+    asyncio.run(scenario())
+
+
+@pytest.fixture(scope="module")
+def huge_png() -> bytes:
+    """One colour, 7071 x 7071 (50 Mpixel, just under the limit): ~100 KB that decode to 150 MB."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (7071, 7071), (200, 30, 30)).save(buffer, "PNG", optimize=False, compress_level=9)
+    return buffer.getvalue()
+
+
+def test_a_batch_of_64_huge_pngs_is_refused_before_decoding(gateway, huge_png):
+    batch = pb.SearchBatchRequest(requests=[pb.SearchRequest(image_bytes=huge_png, k=5)] * 64)
+    assert batch.ByteSize() < 64 * 1024 * 1024
+    with gateway.client() as client:
+        with pytest.raises(grpc.RpcError) as error:
+            client.stub.SearchBatch(batch, timeout=60)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "batch limit" in error.value.details() and "requests" in error.value.details()
+        # and the gateway keeps serving others
+        assert client.stub.Search(pb.SearchRequest(image_bytes=small_jpeg("skimage/coffee", 200), k=1), timeout=30)
+
+
+def test_the_adaptive_limit_shrinks_while_service_is_slower_than_its_target_and_grows_back():
+    async def scenario() -> None:
+        admission = Admission("search", max_in_flight=4, max_pixels=10**9, max_queue_delay_s=None,
+                              target_service_s=1e-9)  # every request is "too slow"
+        for _ in range(30):
+            async with admission.admit(1, None):
+                pass
+        assert admission.max_in_flight == 1  # 4 -> 1, one step per 10 completions, never below 1
+        admission.target_service_s = 1e9  # now every request is fast
+        for _ in range(30):
+            async with admission.admit(1, None):
+                pass
+        assert admission.max_in_flight == 4  # back to the configured ceiling, not above
+    asyncio.run(scenario())

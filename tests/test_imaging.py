@@ -1,0 +1,52 @@
+"""The image path on its own (no Triton): bit depth, error texts, the configured limits."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from server.core.errors import InvalidInput
+from server.embedding import imaging
+from tests.photos import open_photo
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_16_bit_grey_png_is_scaled_like_its_8_bit_version():
+    grey = np.asarray(open_photo("skimage/chelsea").convert("L").resize((320, 240)), dtype=np.uint16)
+    wide = Image.fromarray(grey * 257)  # the same picture in 16 bits (0..65535)
+    assert Image.open(io.BytesIO(_png(wide))).mode.startswith("I")
+    eight = imaging.prepare(_png(Image.fromarray(grey.astype(np.uint8))))
+    sixteen = imaging.prepare(_png(wide))
+    assert np.abs(eight.astype(int) - sixteen.astype(int)).max() <= 1  # not clipped to white
+
+
+def test_undecodable_bytes_message_names_no_python_object():
+    with pytest.raises(InvalidInput) as error:
+        imaging.prepare(b"definitely not an image")
+    assert "image_bytes" in error.value.message and "0x" not in error.value.message
+    assert "BytesIO" not in error.value.message
+
+
+def test_truncated_image_message_names_no_python_object():
+    data = _png(open_photo("skimage/coffee").resize((200, 150)))
+    with pytest.raises(InvalidInput) as error:
+        imaging.prepare(data[: len(data) // 2])
+    assert "BytesIO" not in error.value.message and "0x" not in error.value.message
+
+
+def test_image_over_pillows_own_bomb_limit_names_the_configured_limit():
+    # 20000 x 10000 = 200 Mpixel: above Pillow's 2x89 Mpixel error threshold, so Pillow refuses inside open().
+    header = Image.new("1", (20000, 10000))
+    limits = imaging.Limits(max_pixels=1_234_567)
+    with pytest.raises(InvalidInput) as error:
+        imaging.decode_image(_png(header), limits)
+    assert "1234567-pixel limit" in error.value.message, error.value.message
+    assert "decompression bomb" not in error.value.message.lower()

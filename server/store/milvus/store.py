@@ -87,7 +87,7 @@ class MilvusIndexConfig:
     graph_degree: int = 32  # GPU_CAGRA
     intermediate_graph_degree: int = 64
     itopk_size: int = 128
-    refine_factor: int = 4  # candidates fetched per wanted result, re-scored exactly
+    refine_factor: int = 8  # candidates fetched per wanted result, re-scored exactly
     exact_fallback_max: int = 100_000  # largest eligible set answered by an exact scan when the ANN falls short
 
     @classmethod
@@ -227,12 +227,21 @@ class MilvusVectorStore:
         self._version = 0
         self._last_seq = 0
         self._counts: tuple[float, Counts] | None = None
+        self._closed = False
         self._client = _client(uri, timeout_s)
         self._ensure_collections()
 
     # --- set-up -------------------------------------------------------------------------------------------
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return _guard(self.uri, fn, *args, **kwargs)
+        except MilvusException as exc:
+            if "not loaded" not in str(exc):
+                raise
+        # a restarted Milvus reloads collections in the background: load them (waits) and try once more
+        for name in (self.collection, self.tombstones):
+            _guard(self.uri, self._client.load_collection, name)
         return _guard(self.uri, fn, *args, **kwargs)
 
     def _ensure_collections(self) -> None:
@@ -331,7 +340,7 @@ class MilvusVectorStore:
         query = np.asarray(vector, np.float32).reshape(-1)
         expr = ELIGIBLE if exclude is None else f"{ELIGIBLE} and image_id != {_literal(exclude)}"
         limit = min(MAX_TOPK, max(k, k * self.index.refine_factor))
-        widen = 1
+        widen = self._start_widen(limit)
         hits = self._ann(query, expr, limit, widen)
         while len(hits) < k and not self.index.exhausted(widen, limit):
             widen *= 8
@@ -344,6 +353,17 @@ class MilvusVectorStore:
                 else:
                     hits = self._exact_rows(expr)
         return self._rerank(query, hits, k)
+
+    def _start_widen(self, limit: int) -> int:
+        """Breadth for the first try from the eligible fraction (cached counts): probe enough lists to expect
+        4x `limit` eligible rows, as FAISS' selector path does; the retries below handle what this misses."""
+        counts = self.counts()
+        total = counts.live + counts.deleted
+        if counts.public <= 0 or total <= 0 or self.index.kind not in ("IVF_PQ", "GPU_IVF_PQ", "IVF_FLAT"):
+            return 1
+        rows_per_list = counts.public / max(1, min(self.index.nlist, total))
+        lists = 4 * limit / max(rows_per_list, 1e-9)
+        return max(1, math.ceil(lists / self.index.nprobe))
 
     def _ann(self, query: np.ndarray, expr: str, limit: int, widen: int) -> list[dict[str, Any]]:
         found = self._call(self._client.search, self.collection, data=[query.tolist()], filter=expr, limit=limit,
@@ -506,18 +526,27 @@ class MilvusVectorStore:
         """Flush, then wait until every sealed row is indexed (tests and benchmarks: the ANN index is in use)."""
         self.snapshot()
         deadline = time.monotonic() + timeout_s
+        total = self.added_total()
         while time.monotonic() < deadline:
             info = self._call(self._client.describe_index, self.collection, "embedding")
-            if int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= int(
-                    info.get("total_rows", 0)):
+            built = int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= int(
+                info.get("total_rows", 0))
+            # the query node swaps a sealed segment for its indexed version asynchronously ("handoff")
+            segments = self._call(self._client._get_connection().get_query_segment_info, self.collection)
+            served = sum(int(seg.num_rows) for seg in segments if seg.index_name or int(seg.num_rows) < 1024)
+            if built and served >= total:
                 return
             time.sleep(1.0)
-        raise TimeoutError(f"index of {self.collection} not built in {timeout_s} s: {info}")
+        raise TimeoutError(f"index of {self.collection} not served in {timeout_s} s: {info}")
 
     def drop(self) -> None:
-        """Drop both collections (tests, and a model version retired)."""
+        """Drop both collections (tests, and a model version retired); works on a closed store too."""
+        client = _client(self.uri, 10.0) if self._closed else self._client
         for name in (self.collection, self.tombstones):
-            self._call(self._client.drop_collection, name)
+            self._call(client.drop_collection, name)
+        if self._closed:
+            client.close()
 
     def close(self) -> None:
+        self._closed = True
         self._client.close()

@@ -103,7 +103,7 @@ def bench_milvus(xb: np.ndarray, xq: np.ndarray, public: np.ndarray, truth_all: 
         rows = []
         # all public: the same collection searched without the privacy filter (same widening + exact re-rank)
         times, got = [], []
-        limit = 10 * index.refine_factor
+        limit = 10 * index.candidates_per_result
         for q in xq:
             t = time.perf_counter()
             hits = store._ann(q, "", limit, 1)

@@ -9,8 +9,9 @@ Choices, each measured or documented (docs/milvus-scale.md has the numbers):
   Milvus skips ineligible rows while it walks the index. IVF with a selective filter can still return fewer
   than k (the probed lists hold fewer eligible rows): `search` then widens nprobe (x8 per retry, up to nlist,
   i.e. every list) and, if still short of min(k, eligible), answers by an exact scan of the eligible rows.
-- Exact re-rank: Milvus returns `refine_factor * k` candidates with their stored float vectors and we re-score
-  them by exact inner product (what FAISS' `RFlat` does), so PQ's approximate distances never reach callers.
+- Index: HNSW by default (measured against IVF_PQ, see `MilvusIndexConfig.for_corpus`); IVF_PQ, IVF_FLAT, FLAT
+  and the GPU kinds by configuration. Exact scores: candidates come back with their stored float vectors and
+  are re-scored by exact inner product (for PQ kinds 8x k of them, what FAISS' `RFlat` does).
 - Consistency: reads and searches at Session (read-your-writes for the gateway that wrote; measured ~5 ms per
   search here), and every hide / delete ends with a Strong read of the rows it changed (a barrier: it returns
   once the query node serves the new state). Strong on every search cost ~400 ms here (a Strong read waits for
@@ -76,7 +77,7 @@ class MilvusIndexConfig:
     segment (~512 MB of rows), so `for_corpus` sizes nlist from the rows of one segment, not the corpus.
     """
 
-    kind: str = "IVF_PQ"
+    kind: str = "HNSW"
     nlist: int = 1024
     nprobe: int = 64
     m: int = 0  # PQ sub-quantizers; 0: dim // 8 (8 dimensions per byte-sized code)
@@ -87,12 +88,24 @@ class MilvusIndexConfig:
     graph_degree: int = 32  # GPU_CAGRA
     intermediate_graph_degree: int = 64
     itopk_size: int = 128
-    refine_factor: int = 8  # candidates fetched per wanted result, re-scored exactly
+    refine_factor: int = 0  # candidates fetched per wanted result, re-scored exactly; 0: 8 for PQ kinds, else 1
     exact_fallback_max: int = 100_000  # largest eligible set answered by an exact scan when the ANN falls short
 
+    @property
+    def candidates_per_result(self) -> int:
+        """PQ distances are approximate: fetch 8x and re-score; HNSW/IVF_FLAT/FLAT distances are exact already."""
+        return self.refine_factor or (8 if "PQ" in self.kind else 1)
+
     @classmethod
-    def for_corpus(cls, n: int, dim: int, kind: str = "IVF_PQ") -> MilvusIndexConfig:
-        """Parameters like the FAISS default: nlist ~ 4 sqrt(rows of a segment), nprobe = nlist / 16."""
+    def for_corpus(cls, n: int, dim: int, kind: str = "HNSW") -> MilvusIndexConfig:
+        """IVF kinds like the FAISS default: nlist ~ 4 sqrt(rows of a segment), nprobe = nlist / 16.
+
+        The default kind is HNSW, not IVF_PQ, on measurement (benchmarks/results/milvus_index_choice.md, 20k x 1280
+        on 2 shared cores): Milvus 2.3's IVF_PQ trained for 188 s (m = dim/2, 4 bits) to 382 s (m = dim/8, 8 bits)
+        per 20k rows where HNSW took 29 s, and with 90% private it kept 10-recall@10 0.55 (80 candidates
+        re-scored) to 0.88 (320) against HNSW's 0.94 with no re-rank at 4 ms. Milvus holds the raw vectors in the
+        query nodes for either (it returns them), so IVF_PQ saved no memory; compact codes at scale are DISKANN's
+        job (docs/milvus-scale.md)."""
         rows = max(1, min(n, SEGMENT_BYTES // (4 * dim + 64)))
         nlist = int(2 ** round(math.log2(max(16.0, 4 * math.sqrt(rows)))))
         nlist = max(16, min(nlist, 65536, max(16, rows // 39)))  # k-means wants >= 39 points per list
@@ -124,7 +137,7 @@ class MilvusIndexConfig:
         if self.kind in ("IVF_PQ", "GPU_IVF_PQ", "IVF_FLAT"):
             params: dict[str, Any] = {"nprobe": min(self.nlist, self.nprobe * widen)}
         elif self.kind == "HNSW":
-            params = {"ef": max(limit, min(32768, self.ef * widen))}
+            params = {"ef": min(32768, max(4 * limit, self.ef * widen))}  # filtered graph walks need ef >> k
         elif self.kind == "GPU_CAGRA":
             params = {"itopk_size": max(limit, min(1024, self.itopk_size * widen))}
         else:
@@ -339,7 +352,7 @@ class MilvusVectorStore:
             return []
         query = np.asarray(vector, np.float32).reshape(-1)
         expr = ELIGIBLE if exclude is None else f"{ELIGIBLE} and image_id != {_literal(exclude)}"
-        limit = min(MAX_TOPK, max(k, k * self.index.refine_factor))
+        limit = min(MAX_TOPK, max(k, k * self.index.candidates_per_result))
         widen = self._start_widen(limit)
         hits = self._ann(query, expr, limit, widen)
         while len(hits) < k and not self.index.exhausted(widen, limit):
@@ -497,7 +510,8 @@ class MilvusVectorStore:
         spec = self.index.index_params(self.dim)
         params = {k: str(v) for k, v in spec["params"].items()}
         params.update(collection=self.collection, consistency=self.consistency, metric="IP",
-                      search=str(self.index.search_params(1, 0)["params"]), refine_factor=str(self.index.refine_factor))
+                      search=str(self.index.search_params(1, 0)["params"]),
+                      candidates_per_result=str(self.index.candidates_per_result))
         return f"milvus:{spec['index_type']}", params
 
     def added_total(self) -> int:

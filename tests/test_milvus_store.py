@@ -121,6 +121,27 @@ def test_visibility_flips_and_deletes(make_store) -> None:
     assert (counts.public, counts.private, counts.deleted) == (297, 1, 2)
 
 
+def test_a_hide_through_one_gateway_is_honoured_at_once_by_another(make_store, milvus_server, prefix) -> None:  # noqa: F811
+    """Two store objects = two gateways (separate pymilvus connections); the reader never wrote (no session)."""
+    vectors = unit_vectors(3000, 32, seed=11)
+    writer = make_store()
+    writer.add(images(vectors, np.ones(3000, bool)))
+    writer.wait_indexed()  # rows in a sealed segment: a hide's upsert deletes there, and inserts in a growing one
+    reader = MilvusVectorStore(milvus_server.uri, "encoder/1", 32, collection_prefix=prefix, dedicated=True)
+    try:
+        for i in range(40):
+            target = reader.search(vectors[i], 1)[0].image_id
+            assert target == f"img{i}"
+            if i % 2:
+                writer.set_visibility([target], PRIVATE)
+            else:
+                writer.delete([target])
+            ids = [r.image_id for r in reader.search(vectors[i], 5)]
+            assert target not in ids, f"{target} still served by the other gateway after the call returned"
+    finally:
+        reader.close()
+
+
 def test_alias_names_the_live_version_and_switches(make_store, milvus_server, prefix) -> None:  # noqa: F811
     v1, v2 = make_store(version="encoder/1"), make_store(version="encoder/2")
     vectors = unit_vectors(20, 32, seed=3)

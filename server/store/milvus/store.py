@@ -12,14 +12,14 @@ Choices, each measured or documented (docs/milvus-scale.md has the numbers):
 - Index: HNSW by default (measured against IVF_PQ, see `MilvusIndexConfig.for_corpus`); IVF_PQ, IVF_FLAT, FLAT
   and the GPU kinds by configuration. Exact scores: candidates come back with their stored float vectors and
   are re-scored by exact inner product (for PQ kinds 8x k of them, what FAISS' `RFlat` does).
-- Consistency: reads and searches at Session (read-your-writes for the gateway that wrote; measured ~5 ms per
-  search here), and every hide / delete ends with a Strong read of the rows it changed (a barrier: it returns
-  once the query node serves the new state). Strong on every search cost ~400 ms here (a Strong read waits for
-  the query node's safe timestamp, which advances with the 200 ms time tick), far over the latency budget,
-  while hides and deletes are rare. With one replica per shard every search that starts after a hide returned,
-  through any gateway, honours it; with several replicas another replica may lag by about one time tick
-  (measured freshness delay in docs/milvus-scale.md): pass `consistency="Strong"` where that matters more than
-  latency.
+- Consistency: reads and searches at Session (read-your-writes for the gateway that wrote; measured 5-19 ms
+  per search here), and every hide / delete ends with a barrier (`_barrier`): a Strong read of the changed
+  rows, then Eventually reads until no changed row is eligible any more, i.e. until the query node serves the
+  new state to every reader. Strong on every search cost 400-790 ms here (a Strong read waits for the query
+  node's safe timestamp, which advances with the 200 ms time tick), far over the latency budget, while hides
+  and deletes are rare. With one replica (standalone, tested with two store objects) every search that starts
+  after a hide returned, through any gateway, honours it; with several in-memory replicas the barrier sees one
+  of them and another may lag: pass `consistency="Strong"` there if that window matters more than latency.
 - Durability: an insert/upsert/delete returns once the proxy has written it to the log broker (the WAL:
   rocksmq in standalone, Pulsar/Kafka in a cluster; milvus.io/docs/data_processing.md); data nodes persist it
   to segments later, and the docs advise relying on that automatic flush. So `add` does not flush; tested by
@@ -191,8 +191,8 @@ def _guard(where: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         raise
 
 
-def _client(uri: str, timeout_s: float) -> MilvusClient:
-    return _guard(uri, MilvusClient, uri=uri, timeout=timeout_s)
+def _client(uri: str, timeout_s: float, dedicated: bool = False) -> MilvusClient:
+    return _guard(uri, MilvusClient, uri=uri, timeout=timeout_s, dedicated=dedicated)
 
 
 def point_live_alias(uri: str, model_version: str, prefix: str = "vsearch", alias: str = LIVE_ALIAS) -> None:
@@ -227,7 +227,7 @@ class MilvusVectorStore:
 
     def __init__(self, uri: str, model_version: str, dim: int, index: MilvusIndexConfig | None = None,
                  collection_prefix: str = "vsearch", consistency: str = "Session", counts_ttl_s: float = 5.0,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, dedicated: bool = False) -> None:
         self.uri = uri
         self.model_version = model_version
         self.dim = dim
@@ -241,7 +241,7 @@ class MilvusVectorStore:
         self._last_seq = 0
         self._counts: tuple[float, Counts] | None = None
         self._closed = False
-        self._client = _client(uri, timeout_s)
+        self._client = _client(uri, timeout_s, dedicated)  # dedicated: own connection and session
         self._ensure_collections()
 
     # --- set-up -------------------------------------------------------------------------------------------
@@ -440,7 +440,8 @@ class MilvusVectorStore:
             if changed:
                 self._upsert([{**r, "visibility": int(visibility)} for r in changed])
                 self._reapply_deletes(changed)
-                self._barrier([r["image_id"] for r in changed], f"visibility == {int(visibility)}")
+                self._barrier([r["image_id"] for r in changed], f"visibility == {int(visibility)}",
+                              gone=visibility != Visibility.PUBLIC)
                 sign = 1 if visibility == Visibility.PUBLIC else -1
                 self._adjust(public=sign * len(changed), private=-sign * len(changed))
                 self._version += 1
@@ -457,7 +458,7 @@ class MilvusVectorStore:
                 self._call(self._client.upsert, self.tombstones,
                            [{"image_id": r["image_id"], "marker": [0.0, 0.0]} for r in changed])
                 self._upsert([{**r, "deleted": True} for r in changed])
-                self._barrier([r["image_id"] for r in changed], "deleted == true")
+                self._barrier([r["image_id"] for r in changed], "deleted == true", gone=True)
                 public = sum(int(r["visibility"]) == Visibility.PUBLIC for r in changed)
                 self._adjust(public=-public, private=public - len(changed), deleted=len(changed))
                 self._version += 1
@@ -467,16 +468,27 @@ class MilvusVectorStore:
         for start in range(0, len(rows), 500):
             self._call(self._client.upsert, self.collection, rows[start:start + 500])
 
-    def _barrier(self, ids: list[str], state: str) -> None:
-        """Return once a Strong read sees every row of `ids` in `state` (the query node applied our writes)."""
+    def _barrier(self, ids: list[str], state: str, gone: bool = False, timeout_s: float = 10.0) -> None:
+        """Return once a Strong read sees every row of `ids` in `state`, and (gone=True: a hide or delete) once a
+        read at Eventually, what other gateways get, no longer finds any of them eligible. An upsert is a
+        delete of the old row (in a sealed segment) plus an insert (in a growing one): the second check makes
+        sure the delete is applied too, not only the insert visible (cheap: one more query per hide)."""
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
-            expr = f"{_in(chunk)} and {state}"
-            rows = self._call(self._client.query, self.collection, filter=expr, output_fields=["count(*)"],
-                              consistency_level="Strong")
+            rows = self._call(self._client.query, self.collection, filter=f"{_in(chunk)} and {state}",
+                              output_fields=["count(*)"], consistency_level="Strong")
             seen = int(rows[0]["count(*)"]) if rows else 0
             if seen != len(chunk):
                 raise RuntimeError(f"Milvus shows {seen} of {len(chunk)} rows in state {state} after the write")
+            deadline = time.monotonic() + timeout_s
+            while gone:
+                rows = self._call(self._client.query, self.collection, filter=f"{_in(chunk)} and {ELIGIBLE}",
+                                  output_fields=["count(*)"], consistency_level="Eventually")
+                if not rows or int(rows[0]["count(*)"]) == 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise StoreUnavailable(f"Milvus still serves {rows[0]['count(*)']} hidden rows after {timeout_s} s")
+                time.sleep(0.005)
 
     def _reapply_deletes(self, rewritten: list[dict[str, Any]]) -> None:
         """A delete from another gateway between our read and our upsert would be undone by the upsert (Milvus

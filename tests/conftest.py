@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.gateway",
     "tests.fixtures.prometheus",
     "tests.fixtures.ray_cluster",
+    "tests.fixtures.milvus",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import signal
 from pathlib import Path
@@ -125,9 +126,12 @@ class Gateway:
             await self.health.set(name, _HEALTH[ready])
 
     async def _watch(self) -> None:
-        """Health follows Triton's readiness and the store's; gauges follow the store (counts kept, not scanned)."""
+        """Health follows Triton's readiness and the store's; gauges follow the store (counts kept, not scanned);
+        on a shared store the served version follows the live pointer another gateway may have moved."""
         serving: bool | None = None
-        while True:
+        for tick in itertools.count():
+            if self.settings.index_backend == "milvus" and tick % 5 == 0:
+                await self._follow_live_version()
             live = self.live.serving
             encoder_ready = await live.encoder.is_ready()
             store_ready = await asyncio.to_thread(live.store.healthy)
@@ -138,8 +142,35 @@ class Gateway:
                 why += [] if store_ready else ["the vector store is unreachable"]
                 log.info("health: %s", "SERVING" if ready else f"NOT_SERVING ({'; '.join(why)})")
                 serving = ready
-            self._update_gauges()
+            try:
+                await asyncio.to_thread(self._update_gauges)  # a server store answers counts over the network
+            except Exception as exc:  # a store outage shows in health; the gauges wait for it to end
+                log.debug("gauges not updated: %s", exc)
             await asyncio.sleep(1.0)
+
+    async def _follow_live_version(self) -> None:
+        """Gateways over one Milvus are replicas: when another one cut over to a new model version (the alias
+        moved), serve that version too, from its store and with its encoder version."""
+        s, live = self.settings, self.live
+        try:
+            active = await asyncio.to_thread(read_active_version, s)
+        except Exception:  # the store is down: health says so
+            return
+        old = live.serving
+        if not active or active == old.encoder.model_version or live.switch is not None:
+            return
+        store = await asyncio.to_thread(open_store, s, active, EMBEDDING_DIM)
+        encoder = EncoderClient(old.encoder.url, s.model_name, active.rsplit("/", 1)[-1])
+        async with live.writes:
+            live.serving = Serving(store, encoder)
+        log.info("the live pointer moved: serving %s (was %s)", active, old.encoder.model_version)
+        self._tasks.append(asyncio.create_task(self._retire(old)))
+
+    @staticmethod
+    async def _retire(old: Serving, after_s: float = 30.0) -> None:
+        await asyncio.sleep(after_s)  # searches that started on the old pair finish first
+        await asyncio.to_thread(old.store.close)
+        await old.encoder.close()
 
     def _update_gauges(self) -> None:
         serving = self.live.serving

@@ -31,6 +31,7 @@ class Settings:
     index_backend: str = "faiss"
     milvus_uri: str | None = None
     milvus_index: str = "IVF_PQ"
+    milvus_prefix: str = "vsearch"  # collections `<prefix>_encoder_N`, live alias `<prefix>_live`
     # Originals of indexed images (re-embedded by a model switch): a path or a URL (s3://bucket/prefix) that
     # every gateway reaches; default <data_dir>/blobs.
     blob_url: str | None = None

@@ -32,9 +32,9 @@ def _milvus(settings: Settings) -> str:
 def read_active_version(settings: Settings) -> str | None:
     """The model version (`encoder/2`) whose store the gateways serve; None before the first start."""
     if settings.index_backend == "milvus":
-        from server.store.milvus.store import live_model_version
+        from server.store.milvus import live_model_version
 
-        return live_model_version(_milvus(settings))
+        return live_model_version(_milvus(settings), alias=f"{settings.milvus_prefix}_live")
     path = settings.data_dir / ACTIVE_MODEL_FILE
     return path.read_text().strip() if path.exists() else None
 
@@ -42,9 +42,9 @@ def read_active_version(settings: Settings) -> str | None:
 def write_active_version(settings: Settings, model_version: str) -> None:
     """Atomic and durable: the cut-over point of a model switch (its store must exist already)."""
     if settings.index_backend == "milvus":
-        from server.store.milvus.store import point_live_alias
+        from server.store.milvus import point_live_alias
 
-        point_live_alias(_milvus(settings), model_version)
+        point_live_alias(_milvus(settings), model_version, settings.milvus_prefix, f"{settings.milvus_prefix}_live")
         return
     write_atomic(settings.data_dir / ACTIVE_MODEL_FILE, (model_version + "\n").encode())
 
@@ -54,10 +54,11 @@ def open_store(settings: Settings, model_version: str, dim: int) -> VectorStore:
     if settings.index_backend not in BACKENDS:
         raise ValueError(f"index_backend must be one of {', '.join(BACKENDS)}, got {settings.index_backend!r}")
     if settings.index_backend == "milvus":
-        from server.store.milvus.store import MilvusIndexConfig, MilvusVectorStore
+        from server.store.milvus import MilvusIndexConfig, MilvusVectorStore
 
         return MilvusVectorStore(_milvus(settings), model_version, dim,
-                                 index=MilvusIndexConfig(kind=settings.milvus_index))
+                                 index=MilvusIndexConfig(kind=settings.milvus_index),
+                                 collection_prefix=settings.milvus_prefix)
     from server.store.faiss import FaissVectorStore
 
     return FaissVectorStore(catalog_dir(settings.data_dir, model_version), dim, model_version)

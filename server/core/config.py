@@ -31,6 +31,7 @@ class Settings:
     index_backend: str = "faiss"
     milvus_uri: str | None = None
     milvus_index: str = "IVF_PQ"
+    milvus_timeout_s: float = 3.0  # per call to Milvus: down means UNAVAILABLE within seconds, not a hang
     milvus_prefix: str = "vsearch"  # collections `<prefix>_encoder_N`, live alias `<prefix>_live`
     # Originals of indexed images (re-embedded by a model switch): a path or a URL (s3://bucket/prefix) that
     # every gateway reaches; default <data_dir>/blobs.

@@ -58,7 +58,7 @@ def open_store(settings: Settings, model_version: str, dim: int) -> VectorStore:
 
         return MilvusVectorStore(_milvus(settings), model_version, dim,
                                  index=MilvusIndexConfig(kind=settings.milvus_index),
-                                 collection_prefix=settings.milvus_prefix)
+                                 collection_prefix=settings.milvus_prefix, timeout_s=settings.milvus_timeout_s)
     from server.store.faiss import FaissVectorStore
 
     return FaissVectorStore(catalog_dir(settings.data_dir, model_version), dim, model_version)

@@ -63,17 +63,21 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
 
     def wait_serving(self, timeout_s: float = 60.0) -> None:
+        self.wait_health(health_pb2.HealthCheckResponse.SERVING, timeout_s)
+
+    def wait_health(self, status: int, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the gateway exited during start-up:\n{self._log_tail()}")
+                raise RuntimeError(f"the gateway exited:\n{self._log_tail()}")
             try:
-                if self.health() == health_pb2.HealthCheckResponse.SERVING:
+                if self.health() == status:
                     return
             except grpc.RpcError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError(f"the gateway was not SERVING after {timeout_s:.0f}s:\n{self._log_tail()}")
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        raise TimeoutError(f"the gateway was not {name} after {timeout_s:.0f}s:\n{self._log_tail()}")
 
     def client(self, timeout_s: float = 30, token: str | None = None) -> VisualSearchClient:
         return VisualSearchClient(self.target, timeout_s=timeout_s, token=token,

@@ -74,12 +74,16 @@ class MilvusVectorStore(MilvusReads, MilvusWrites):
         self._last_seq = 0
         self._counts: tuple[float, Counts] | None = None
         self._closed = False
+        self.call_timeout_s = max(timeout_s, 120.0)  # set-up (create, load) waits for the server
         self._client = _client(uri, timeout_s, dedicated)  # dedicated: own connection and session
         self._ensure_collections()
+        self.call_timeout_s = timeout_s
 
     # --- set-up -------------------------------------------------------------------------------------------
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if getattr(fn, "__self__", None) is self._client:
+            kwargs.setdefault("timeout", self.call_timeout_s)
         try:
             return _guard(self.uri, fn, *args, **kwargs)
         except MilvusException as exc:

@@ -47,9 +47,11 @@ class MilvusReads:
     def _start_widen(self, limit: int) -> int:
         """Breadth for the first try from the eligible fraction (cached counts): probe enough lists to expect
         4x `limit` eligible rows, as FAISS' selector path does; the retries below handle what this misses."""
+        if self.index.kind not in ("IVF_PQ", "GPU_IVF_PQ", "IVF_FLAT"):
+            return 1
         counts = self.counts()
         total = counts.live + counts.deleted
-        if counts.public <= 0 or total <= 0 or self.index.kind not in ("IVF_PQ", "GPU_IVF_PQ", "IVF_FLAT"):
+        if counts.public <= 0 or total <= 0:
             return 1
         rows_per_list = counts.public / max(1, min(self.index.nlist, total))
         lists = 4 * limit / max(rows_per_list, 1e-9)

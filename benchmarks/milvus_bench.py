@@ -32,7 +32,7 @@ from benchmarks.common import markdown_table, run_info, write_results
 from benchmarks.index_bench import DIM, build, synthetic_dataset
 from server.store.base import NewImage, Visibility
 from server.store.milvus import MilvusIndexConfig, MilvusVectorStore
-from tests.fixtures.milvus import MilvusServer
+from server.tools.milvus_server import MilvusServer
 
 
 def summarize(times: list[float], got: list[list[int]], truth: np.ndarray) -> dict[str, float]:

@@ -20,7 +20,7 @@ from benchmarks.index_bench import synthetic_dataset
 from benchmarks.milvus_bench import exact_truth, summarize
 from server.store.base import NewImage, Visibility
 from server.store.milvus import MilvusIndexConfig, MilvusVectorStore
-from tests.fixtures.milvus import MilvusServer
+from server.tools.milvus_server import MilvusServer
 
 
 def main() -> None:

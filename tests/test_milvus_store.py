@@ -22,7 +22,7 @@ from server.store.milvus import (
     live_model_version,
     point_live_alias,
 )
-from tests.fixtures.milvus import MilvusServer
+from server.tools.milvus_server import MilvusServer
 
 PUBLIC, PRIVATE = Visibility.PUBLIC, Visibility.PRIVATE
 

@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := prometheus fonts-dejavu-core gnome-backgrounds mate-backgroun
                    ukui-wallpapers lomiri-wallpapers-20.04
 ONNX   := model_repository/encoder/1/model.onnx
 
-.PHONY: setup demo test lint proto bench bench-quick clean
+.PHONY: setup demo demo-milvus test lint proto bench bench-quick clean
 setup: $(VENV)/.installed system-packages $(ONNX)
 
 # Debian packages: Prometheus + promtool (observability tests) and the wallpaper photo corpus.
@@ -37,6 +37,10 @@ proto: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/vsearch demo
+
+# The scale-out mode on this machine: a real Milvus server, the gateway on it and a second gateway replica.
+demo-milvus: setup
+	$(VENV)/bin/vsearch demo --milvus --output demo-out/milvus
 
 test: setup
 	$(VENV)/bin/python -m pytest -ra

@@ -145,7 +145,7 @@ def cmd_switch_model(args: argparse.Namespace, settings: Settings) -> None:
 
 # -- demo --------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vsearch", description=__doc__,
+    parser = argparse.ArgumentParser(prog="vsearch", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gateway", default=None, help="gateway host:port (default: --grpc-host:--grpc-port)")
     add_arguments(parser)
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=Path("demo-out"))
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--keep-running", action="store_true")
+    p.add_argument("--milvus", action="store_true", help="the scale-out mode: a real Milvus server, two gateways")
     return parser
 
 

@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import io
 import signal
+import tempfile
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
+import grpc
 from PIL import Image
 
 from clients.client import VisualSearchClient
-from server.core.config import Settings
+from server.core.config import Settings, free_port
 from server.tools import gallery
 from server.tools.corpus import real_photos
 from server.tools.indexing import index_files
-from server.tools.launcher import running_services
+from server.tools.launcher import Services, running_services, start_gateway
+from server.tools.milvus_server import MilvusServer
 from server.tools.output import CliError, print_hits, print_stats
 
 
@@ -34,6 +38,48 @@ def known_files() -> dict[str, Path]:
     return {p.image_id: p.path for p in real_photos()}
 
 
+def wait_visible(client: VisualSearchClient, image_id: str, timeout_s: float = 30.0) -> float:
+    """Milliseconds until `image_id` can be searched by ID through `client` (another gateway than the writer's)."""
+    start = time.perf_counter()
+    while True:
+        try:
+            client.similar(image_id, k=1)
+            return 1000 * (time.perf_counter() - start)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or time.perf_counter() - start > timeout_s:
+                raise
+            time.sleep(0.01)
+
+
+@contextmanager
+def demo_services(settings: Settings, milvus: bool) -> Iterator[tuple[Services, str, Path]]:
+    """Triton + the gateway (embedded FAISS). With `milvus`: a real Milvus server of the demo's own, the gateway
+    on it, and a second gateway replica that answers the queries. Yields (services, query address, state dir)."""
+    logs = settings.data_dir / "logs"
+    if not milvus:
+        with running_services(settings, logs) as services:
+            yield services, settings.grpc_address, settings.data_dir
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.data_dir, prefix="milvus-demo-") as tmp:
+        print("starting a Milvus standalone server (PyPI milvus 2.3.5) ...", flush=True)
+        server = MilvusServer(Path(tmp) / "milvus").start()
+        try:
+            print(f"Milvus ready at {server.uri} in {server.start_seconds:.0f} s", flush=True)
+            on_milvus = settings.with_overrides(index_backend="milvus", milvus_uri=server.uri,
+                                                blob_url=str(Path(tmp) / "blobs"), data_dir=Path(tmp) / "gateway-a")
+            with running_services(on_milvus, logs) as services:
+                replica = start_gateway(on_milvus.with_overrides(grpc_port=free_port(), metrics_port=free_port(),
+                                                                 data_dir=Path(tmp) / "gateway-b"),
+                                        logs / "gateway-replica.log")
+                try:
+                    yield services, replica.target, Path(tmp)
+                finally:
+                    replica.stop()
+        finally:
+            server.stop()
+
+
 def run_demo(args: argparse.Namespace, settings: Settings) -> None:
     photos = real_photos()
     if not photos:
@@ -45,13 +91,17 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> None:
         print("demo: running the gateway in INSECURE LOCAL mode (loopback, no TLS, no tokens, everyone is admin);"
               " production runs --auth-mode jwt, see docs/OPERATIONS.md", flush=True)
         settings = settings.with_overrides(auth_mode="insecure-local", grpc_host="127.0.0.1")
-    with running_services(settings, settings.data_dir / "logs") as services, \
-            VisualSearchClient(settings.grpc_address) as client:
+    with demo_services(settings, args.milvus) as (services, query_target, state_dir), \
+            VisualSearchClient(services.settings.grpc_address) as writer, VisualSearchClient(query_target) as client:
         s = services.settings
         print(f"indexing {len(photos)} real images from Debian packages and scikit-image ...")
         t0 = time.perf_counter()
-        totals = index_files(client, [(p.image_id, p.path) for p in photos], s.data_dir / "demo-indexed-ids.txt")
+        totals = index_files(writer, [(p.image_id, p.path) for p in photos], state_dir / "demo-indexed-ids.txt")
         print(f"indexed in {time.perf_counter() - t0:.1f}s: {totals}")
+        if query_target != s.grpc_address:
+            print(f"queries go to a second gateway ({query_target}): replicas share Milvus, no per-image state")
+            print(f"the replica saw the last write {wait_visible(client, photos[-1].image_id):.0f} ms after its ack "
+                  "(searches read at Session consistency: a writer reads its own writes at once, others ~1 time tick)")
 
         # 1. A whole image: a smaller, re-compressed copy of a corpus photo (what an upload looks like).
         original = files.get("skimage/chelsea") or photos[0].path

@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from clients.client import NewImage
+from server.store.base import Visibility
 from server.tools.launcher import GatewayProcess
 from tests.fixtures.gateway import start_gateway
 from tests.photos import small_jpeg
@@ -108,3 +109,32 @@ def test_milvus_down_gives_unavailable_and_not_serving_then_recovers(triton_serv
             assert ids(client.search(small_jpeg(photo, 200), k=1)) == [photo]
     finally:
         gateway.stop()
+
+
+def test_migration_copies_a_faiss_catalog_into_milvus(milvus_server, tmp_path):
+    from server.core.config import Settings
+    from server.store.catalogs import open_store, read_active_version, write_active_version
+    from server.tools.migrate import migrate_catalog
+    from tests.test_store_contract import image, stand_in_vector
+
+    prefix = f"mig_{uuid.uuid4().hex[:8]}"
+    settings = Settings(data_dir=tmp_path / "data", milvus_prefix=prefix)
+    faiss_store = open_store(settings, "encoder/1", 64)
+    faiss_store.add([image(f"m{i}", Visibility.PRIVATE if i % 4 == 0 else Visibility.PUBLIC) for i in range(300)])
+    faiss_store.delete(["m1", "m2"])
+    write_active_version(settings, "encoder/1")
+    faiss_store.close()
+    done = migrate_catalog(settings, milvus_server.uri, dim=64)
+    assert done["records"] == 300
+    on_milvus = settings.with_overrides(index_backend="milvus", milvus_uri=milvus_server.uri)
+    assert read_active_version(on_milvus) == "encoder/1"
+    milvus_store = open_store(on_milvus, "encoder/1", 64)
+    try:
+        counts = milvus_store.counts()
+        assert (counts.public, counts.private, counts.deleted) == (223, 75, 2)
+        assert [c.image_id for c in milvus_store.search(stand_in_vector("m5"), 1)] == ["m5"]
+        assert "m1" not in [c.image_id for c in milvus_store.search(stand_in_vector("m1"), 50)]
+        assert migrate_catalog(settings, milvus_server.uri, dim=64)["records"] == 300  # a rerun changes nothing
+        assert milvus_store.counts().deleted == 2
+    finally:
+        milvus_store.close()

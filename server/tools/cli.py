@@ -61,6 +61,15 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> None:
         raise CliError(f"the embedding job failed (exit {done.returncode}); its output above says why")
 
 
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
+    from server.tools.migrate import migrate_catalog
+
+    if not settings.milvus_uri:
+        raise CliError("--milvus-uri is required (e.g. http://127.0.0.1:19530)")
+    done = migrate_catalog(settings, settings.milvus_uri)
+    print(f"copied {done['records']} records of {done['model_version']} into Milvus; counts match: {done['counts']}")
+
+
 def cmd_triton(args: argparse.Namespace, settings: Settings) -> None:
     from server.models.triton import run
 
@@ -174,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="batch-embed a manifest with Ray Data (python -m jobs.embed --help)",
                        prefix_chars="\0")
     p.add_argument("job_args", nargs=argparse.REMAINDER)
+    sub.add_parser("migrate-to-milvus", help="copy the served FAISS catalog into Milvus, check counts, switch")
     p = sub.add_parser("demo", help="index the real corpus and run example queries")
     p.add_argument("--output", type=Path, default=Path("demo-out"))
     p.add_argument("-k", type=int, default=10)
@@ -185,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"serve": cmd_serve, "triton": cmd_triton, "index": cmd_index, "search": cmd_search,
             "similar": cmd_similar, "delete": cmd_delete, "hide": cmd_visibility, "show": cmd_visibility,
             "stats": cmd_stats, "publish": cmd_publish, "switch-model": cmd_switch_model,
-            "embed": cmd_embed, "demo": run_demo}
+            "embed": cmd_embed, "migrate-to-milvus": cmd_migrate, "demo": run_demo}
 
 
 def main(argv: list[str] | None = None) -> None:

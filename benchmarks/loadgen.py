@@ -122,6 +122,24 @@ class GatewayByIdTarget:
         return call
 
 
+@dataclass(frozen=True)
+class ReplicasByIdTarget:
+    """Searches by ID spread round-robin over several gateway replicas (each worker keeps one channel per replica)."""
+
+    urls: tuple[str, ...]
+    image_ids: list[str]
+    k: int = 10
+
+    def connect(self) -> Callable[[int], None]:
+        from clients.client import VisualSearchClient
+
+        clients = [VisualSearchClient(url, timeout_s=30) for url in self.urls]
+
+        def call(i: int) -> None:
+            clients[i % len(clients)].similar(self.image_ids[i % len(self.image_ids)], k=self.k)
+        return call
+
+
 @dataclass
 class RunResult:
     mode: str

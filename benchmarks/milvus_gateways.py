@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         f"**gateways_2_over_1 = {ratio}** (goal >= 1.8 where the machine has the cores). What limits it here: the",
         "CPU columns: a search by ID costs the gateways and Milvus together about 13 ms of CPU (Milvus the larger",
         "part), plus the load generator's, and all of them share two cores: at ~130/s the host is saturated, so a",
-        "second gateway process adds no core of its own. On a cluster (query-node replicas for Milvus, one core or more per gateway replica) the",
-        "replicas scale until Milvus does not: shards and replicas are sized in docs/milvus-scale.md.",
+        "second gateway process adds no core of its own. On a cluster (query-node replicas for Milvus, a core or",
+        "more per gateway replica) the replicas scale until Milvus does: shards and replicas are sized in",
+        "docs/milvus-scale.md.",
     ]))
     return data
 

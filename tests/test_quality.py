@@ -1,0 +1,119 @@
+"""Quality evaluation pieces: calibration maths, the per-version calibration file, the held-out split, the edits."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from evaluation.calibrate import (
+    expected_calibration_error,
+    isotonic_fit,
+    precision_recall,
+    threshold_for_precision,
+)
+from evaluation.quality import collapse
+from evaluation.quality_sets import EDITS, SPLITS, split_of
+from server.models.calibration import FORMAT, load_calibration, relevance, save_calibration
+
+
+def test_isotonic_fit_is_monotone_and_matches_block_means() -> None:
+    x = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    y = np.array([0, 1, 0, 0, 1, 1])  # 1 then 0,0 violate the order: pooled to 1/3
+    xs, ys = isotonic_fit(x, y)
+    assert np.all(np.diff(xs) > 0) and np.all(np.diff(ys) >= 0)
+    np.testing.assert_allclose(ys, [0.0, 1 / 3, 1.0])
+    np.testing.assert_allclose(xs, [0.1, 0.3, 0.55])
+
+
+def test_isotonic_fit_calibrates_a_known_probability() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, 20_000)
+    y = (rng.uniform(0, 1, x.size) < x**2).astype(float)  # P(y=1 | x) = x^2
+    xs, ys = isotonic_fit(x, y, max_points=50)
+    assert len(xs) <= 50
+    grid = np.linspace(0.1, 0.9, 9)
+    np.testing.assert_allclose(np.interp(grid, xs, ys), grid**2, atol=0.05)
+    held_x = rng.uniform(0, 1, 20_000)
+    held_y = (rng.uniform(0, 1, held_x.size) < held_x**2).astype(float)
+    assert expected_calibration_error(np.interp(held_x, xs, ys), held_y) < 0.02
+    assert expected_calibration_error(held_x, held_y) > 0.1  # the raw score is not a probability
+
+
+def test_threshold_for_precision_gets_the_most_recall_at_the_target() -> None:
+    scores = np.array([0.99, 0.98, 0.97, 0.96, 0.95, 0.90, 0.80, 0.70])
+    labels = np.array([1, 1, 1, 1, 0, 1, 0, 1])
+    t = threshold_for_precision(scores, labels, 1.0)
+    assert t == pytest.approx(0.95)  # keeps the four copies above the first not-copy
+    assert precision_recall(scores, labels, t) == (1.0, pytest.approx(4 / 6))
+    t80 = threshold_for_precision(scores, labels, 0.8)
+    assert precision_recall(scores, labels, t80)[0] >= 0.8
+    assert t80 < t
+    assert threshold_for_precision(np.array([0.9, 0.8]), np.array([0, 1]), 0.99) == pytest.approx(0.9)
+
+
+def test_collapse_skips_near_copies_and_backfills() -> None:
+    vectors = np.eye(4)
+    vectors[1] = vectors[0] * 0.99 + vectors[1] * 0.141  # near-copy of 0
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert collapse(np.array([0, 1, 2, 3]), vectors, 3, 0.9) == [0, 2, 3]
+    assert collapse(np.array([0, 1, 2, 3]), vectors, 3, 2.0) == [0, 1, 2]
+
+
+def _calibration(version: str = "7") -> dict:
+    return {"format": FORMAT, "model_version": version,
+            "duplicate": {"threshold": 0.93, "target_precision": 0.99, "precision": 0.995, "recall": 0.8},
+            "relevance": {"x": [0.2, 0.5, 0.9], "y": [0.0, 0.4, 1.0], "ece": 0.01, "definition": "test"}}
+
+
+def test_calibration_file_round_trip_and_relevance(tmp_path: Path) -> None:
+    assert load_calibration("7", tmp_path) is None
+    (tmp_path / "encoder" / "7").mkdir(parents=True)
+    save_calibration(_calibration(), "7", tmp_path)
+    cal = load_calibration("7", tmp_path)
+    assert cal is not None and cal.duplicate_threshold == 0.93 and cal.model_version == "7"
+    assert cal.relevance(0.1) == 0.0 and cal.relevance(0.95) == 1.0
+    assert cal.relevance(0.35) == pytest.approx(0.2)
+    np.testing.assert_allclose(cal.relevance(np.array([0.5, 0.7])), [0.4, 0.7])
+    assert relevance(0.5, cal.relevance_x, cal.relevance_y) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("broken", [
+    {"format": 99},
+    {"relevance": {"x": [0.5, 0.2], "y": [0.1, 0.2]}},
+    {"relevance": {"x": [0.2, 0.5], "y": [0.6, 0.2]}},
+    {"duplicate": {"threshold": 3.0}},
+])
+def test_calibration_rejects_malformed_files(tmp_path: Path, broken: dict) -> None:
+    (tmp_path / "encoder" / "1").mkdir(parents=True)
+    with pytest.raises(ValueError):
+        save_calibration({**_calibration("1"), **broken}, "1", tmp_path)
+    (tmp_path / "encoder" / "1" / "calibration.json").write_text(json.dumps({**_calibration("1"), **broken}))
+    with pytest.raises(ValueError):
+        load_calibration("1", tmp_path)
+
+
+def test_split_is_seeded_stable_and_proportioned() -> None:
+    ids = [f"img/{i}" for i in range(4000)]
+    first = [split_of(i) for i in ids]
+    assert first == [split_of(i) for i in ids]
+    assert first != [split_of(i, seed=1) for i in ids]
+    for name, share in SPLITS.items():
+        assert abs(first.count(name) / len(ids) - share) < 0.03
+
+
+def test_edits_are_deterministic_and_change_the_image() -> None:
+    from PIL import Image
+
+    rng_image = np.random.default_rng(0)
+    image = Image.fromarray(rng_image.integers(0, 256, (120, 160, 3), dtype=np.uint8))
+    original = np.asarray(image)
+    for name, edit in EDITS.items():
+        a = edit(image, np.random.default_rng(1))
+        assert a == edit(image, np.random.default_rng(1)), name
+        with Image.open(io.BytesIO(a)) as out:
+            pixels = np.asarray(out.convert("RGB"))
+        assert pixels.shape != original.shape or not np.array_equal(pixels, original), name

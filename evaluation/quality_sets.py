@@ -112,9 +112,23 @@ def render_emoji(text: str) -> Image.Image:
     return white.crop(box)
 
 
-def labelled_images(sources: tuple[str, ...] = ("tuxpaint", "emoji")) -> list[LabelledImage]:
+@cache
+def _distinct(sources: tuple[str, ...]) -> tuple[LabelledImage, ...]:
     loaders = {"tuxpaint": tuxpaint_images, "emoji": emoji_images}
-    return [image for source in sources for image in loaders[source]()]
+    seen, out = set(), []
+    for image in (image for source in sources for image in loaders[source]()):
+        loaded = image.load()
+        digest = hashlib.sha256(loaded.tobytes() + repr(loaded.size).encode()).digest()
+        if digest not in seen:
+            seen.add(digest)
+            out.append(image)
+    return tuple(out)
+
+
+def labelled_images(sources: tuple[str, ...] = ("tuxpaint", "emoji")) -> list[LabelledImage]:
+    """Every labelled image once: a picture that ships twice (a stamp in two folders, flags that Noto draws
+    alike) keeps its first ID only, so no image is both a training image and a held-out one."""
+    return list(_distinct(tuple(sources)))
 
 
 def of_split(images: list[LabelledImage], splits: set[str], seed: int = DEFAULT_SEED) -> list[LabelledImage]:

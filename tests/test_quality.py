@@ -117,3 +117,44 @@ def test_edits_are_deterministic_and_change_the_image() -> None:
         with Image.open(io.BytesIO(a)) as out:
             pixels = np.asarray(out.convert("RGB"))
         assert pixels.shape != original.shape or not np.array_equal(pixels, original), name
+
+
+def test_copy_augmentations_are_seeded_and_sized() -> None:
+    from PIL import Image
+
+    from training.augment import COPY_DETECTION, augment
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 200, 3), dtype=np.uint8))
+    views = [augment(image, np.random.default_rng(s), COPY_DETECTION) for s in (5, 5, 6)]
+    assert all(v.shape == (224, 224, 3) and v.dtype == np.uint8 for v in views)
+    np.testing.assert_array_equal(views[0], views[1])
+    assert not np.array_equal(views[0], views[2])
+
+
+def test_hard_negative_batches_hold_same_category_pairs() -> None:
+    from training.finetune import sample_batch
+
+    categories = [i // 4 for i in range(40)]  # 10 categories of 4
+    groups = [np.array([i for i, c in enumerate(categories) if c == g]) for g in range(10)]
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        batch = sample_batch(rng, 40, 8, groups, hard_share=0.5)
+        assert len(batch) == 8 and len(set(batch.tolist())) == 8
+        pairs = [(batch[i], batch[i + 1]) for i in range(0, 4, 2)]
+        assert all(categories[a] == categories[b] for a, b in pairs)
+    plain = sample_batch(np.random.default_rng(1), 40, 8, groups, hard_share=0.0)
+    np.testing.assert_array_equal(plain, np.random.default_rng(1).choice(40, size=8, replace=False))
+
+
+def test_quality_gate_refuses_a_category_regression_and_a_lost_edit() -> None:
+    from evaluation.gate import decide_quality
+
+    def result(p1: dict[str, float], maps: dict[str, float]) -> dict:
+        return {"copy": {e: {"p@1": v} for e, v in p1.items()}, "category": {n: {"map@10": v} for n, v in maps.items()}}
+
+    served = result({"crop-50": 0.90, "flip": 0.99}, {"tuxpaint": 0.40, "emoji": 0.35})
+    assert decide_quality(served, result({"crop-50": 0.97, "flip": 0.99}, {"tuxpaint": 0.41, "emoji": 0.35}))[0]
+    promote, reason = decide_quality(served, result({"crop-50": 0.99, "flip": 0.99}, {"tuxpaint": 0.38, "emoji": 0.4}))
+    assert not promote and "tuxpaint mAP@10" in reason
+    promote, reason = decide_quality(served, result({"crop-50": 0.99, "flip": 0.95}, {"tuxpaint": 0.4, "emoji": 0.35}))
+    assert not promote and "flip" in reason

@@ -158,3 +158,20 @@ def test_quality_gate_refuses_a_category_regression_and_a_lost_edit() -> None:
     assert not promote and "tuxpaint mAP@10" in reason
     promote, reason = decide_quality(served, result({"crop-50": 0.99, "flip": 0.95}, {"tuxpaint": 0.4, "emoji": 0.35}))
     assert not promote and "flip" in reason
+
+
+@pytest.mark.skipif(not Path("/usr/share/tuxpaint/stamps").is_dir(), reason="needs tuxpaint-stamps-default")
+def test_demo_corpus_has_groups_and_queries_that_point_into_it() -> None:
+    from server.tools.corpus import demo_corpus, real_photos
+
+    corpus, queries = demo_corpus()
+    ids = [i.image_id for i in corpus]
+    assert len(ids) == len(set(ids))
+    assert {p.image_id for p in real_photos()} <= set(ids)
+    folders = {i.rsplit("/", 1)[0] for i in ids if i.startswith("tuxpaint/")}
+    assert len(folders) >= 5
+    by_name = {q.name: q for q in queries}
+    whole = by_name["1-whole-image"]
+    assert whole.path is not None and not any(i.path == whole.path for i in corpus)  # not indexed: finds others
+    assert by_name["3-more-like-this"].image_id in ids and by_name["4-same-picture"].image_id in ids
+    assert by_name["2-crop"].crop is not None

@@ -6,6 +6,8 @@ Embeds in-process with ONNX Runtime (model_repository/encoder/<v>/model.onnx, th
 prepared with `server.embedding.imaging.prepare`, as the gateway does) and reports, per version:
 - copy detection: every held-out source image (Tux Paint stamps + a seeded sample of emoji) edited as issue 16
   lists; the query is the edited copy, the gallery all held-out originals; P@1 and MRR per edit;
+- GCompris "details": each small detail cut-out of a painting / landmark as a query for its full scene (the
+  21 scenes added to that gallery): P@1, recall@10, MRR;
 - category retrieval (Tux Paint folder / emoji subgroup = relevant; leave-one-out over held-out images of the
   same source): P@1, P@10, mAP@10, nDCG@10, and P@10 with near-duplicate collapse at the fixed 0.87 and at the
   version's calibrated threshold;
@@ -44,6 +46,7 @@ from evaluation.quality_sets import (
     EDITS,
     LabelledImage,
     encode,
+    gcompris_details,
     labelled_images,
     of_split,
     split_of,
@@ -69,6 +72,9 @@ class Prepared:
     gallery_pixels: np.ndarray
     copy_queries: list[tuple[int, str]]  # (gallery index of the source, edit name)
     copy_pixels: np.ndarray
+    scene_pixels: np.ndarray | None = None  # GCompris "details": full scenes (added to the gallery) ...
+    detail_scenes: list[int] | None = None  # ... each detail's scene index ...
+    detail_pixels: np.ndarray | None = None  # ... and the details as queries
 
 
 def _rng(seed: int, image_id: str, salt: str) -> np.random.Generator:
@@ -95,7 +101,26 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200) -> Prepared:
             query_pixels.append(prepare(edit(image, _rng(seed, item.image_id, name))))
         queries.append((index, "centre-crop-box"))
         query_pixels.append(prepare(encode(image), CropBox(*CENTRE_CROP_BOX)))
-    return Prepared(gallery, np.stack(pixels), queries, np.stack(query_pixels))
+    prep = Prepared(gallery, np.stack(pixels), queries, np.stack(query_pixels))
+    try:
+        scenes, details = gcompris_details()
+    except FileNotFoundError as exc:
+        print(f"skipping the GCompris details set: {exc}")
+        return prep
+    names = sorted(scenes)
+    prep.scene_pixels = np.stack([prepare(encode(scenes[n])) for n in names])
+    prep.detail_scenes = [names.index(scene) for _, scene, _ in details]
+    prep.detail_pixels = np.stack([prepare(encode(image)) for _, _, image in details])
+    return prep
+
+
+def details_retrieval(prep: Prepared, gallery: np.ndarray, scenes: np.ndarray, details: np.ndarray) -> dict:
+    """Each detail cut-out as a query over the held-out gallery + the scenes; relevant = its own scene."""
+    everything = np.concatenate([scenes, gallery])
+    ranked = _rankings(details @ everything.T, 100)
+    m = evaluate([list(r) for r in ranked], [{s: 1} for s in prep.detail_scenes or []], (1, 10))
+    return {"queries": len(details), "scenes": len(scenes), "gallery": len(everything),
+            "p@1": round(m["precision@1"], 4), "recall@10": round(m["recall@10"], 4), "mrr": round(m["mrr"], 4)}
 
 
 class OnnxEmbedder:
@@ -260,7 +285,11 @@ def evaluate_version(prep: Prepared, version: str, repository: Path, seed: int) 
     gallery = embedder.embed(prep.gallery_pixels, f"v{version} gallery")
     queries = embedder.embed(prep.copy_pixels, f"v{version} copies")
     dup = duplicates(prep, gallery, queries, seed)
-    return {"version": version, "copy": copy_detection(prep, gallery, queries),
+    details = None
+    if prep.scene_pixels is not None and prep.detail_pixels is not None:
+        details = details_retrieval(prep, gallery, embedder.embed(prep.scene_pixels, f"v{version} scenes"),
+                                    embedder.embed(prep.detail_pixels, f"v{version} details"))
+    return {"version": version, "copy": copy_detection(prep, gallery, queries), "details": details,
             "category": category_retrieval(prep, gallery, {"off": 2.0, "fixed-0.87": FIXED_THRESHOLD,
                                                            "calibrated": dup["threshold"]}),
             "duplicates": dup, "relevance": relevance_calibration(prep, gallery, queries, seed)}

@@ -20,6 +20,11 @@ def _copy_table(results: list[dict]) -> str:
     return markdown_table(rows, ["edit"] + [f"v{r['version']} {m}" for r in results for m in ("p@1", "mrr")])
 
 
+def _details_table(results: list[dict]) -> str:
+    rows = [{"version": r["version"], **r["details"]} for r in results if r.get("details")]
+    return markdown_table(rows, ["version", "queries", "scenes", "gallery", "p@1", "recall@10", "mrr"])
+
+
 def _category_table(results: list[dict]) -> str:
     rows = [{"version": r["version"], "set": s, **v} for r in results for s, v in r["category"].items()]
     return markdown_table(rows, ["version", "set", "queries", "gallery", "categories", "p@1", "p@10", "map@10",
@@ -97,6 +102,10 @@ def write(results: list[dict], meta: dict, out: Path) -> None:
         f"evaluation/quality_sets.py, never used by training); {meta['copy_queries']} copy queries.", "",
         "## Copy detection: P@1 and MRR per edit (query = edited copy, relevant = its original)", "",
         _copy_table(results), "", "![copy](quality_copy.png)", "",
+        "## GCompris details: a small detail cut-out (~72 px) finds its full painting / landmark", "",
+        "Queries: the detail images of GCompris' `details` activity (gcompris-qt-data, read from its Qt .rcc "
+        "bundle); relevant: the full scene; gallery: the scenes + the held-out gallery above.", "",
+        _details_table(results), "",
         "## Category retrieval (leave-one-out; same folder / subgroup = relevant)", "",
         "`p@10 collapse X`: P@10 after the gateway's near-duplicate collapse (with backfill) at threshold X.", "",
         _category_table(results), "",

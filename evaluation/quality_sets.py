@@ -135,6 +135,31 @@ def of_split(images: list[LabelledImage], splits: set[str], seed: int = DEFAULT_
     return [i for i in images if split_of(i.image_id, seed) in splits]
 
 
+GCOMPRIS_DETAILS = Path("/usr/share/gcompris-qt/rcc/details.rcc")  # Debian gcompris-qt-data
+
+
+def gcompris_details() -> tuple[dict[str, Image.Image], list[tuple[str, str, Image.Image]]]:
+    """GCompris' "details" activity: full scenes (`<scene>_background.webp`, paintings and landmarks) and the
+    small detail cut-outs of each (`<scene>_<n>.webp`, ~72 px, transparent outside): a real ground truth of
+    "find the picture this detail comes from". Returns ({scene: image}, [(detail id, scene, image)])."""
+    from evaluation.rcc import read_rcc
+
+    if not GCOMPRIS_DETAILS.exists():
+        raise FileNotFoundError(f"{GCOMPRIS_DETAILS}: apt-get install gcompris-qt-data")
+    scenes, details = {}, []
+    for name, data in sorted(read_rcc(GCOMPRIS_DETAILS)):
+        if not name.endswith(".webp"):
+            continue
+        stem = Path(name).stem
+        scene = re.sub(r"_(\d+|background)$", "", stem)
+        image = decode_image(data)
+        if stem.endswith("_background"):
+            scenes[scene] = image
+        else:
+            details.append((f"gcompris/details/{stem}", scene, image))
+    return scenes, [d for d in details if d[1] in scenes]
+
+
 # ---- copy edits ---------------------------------------------------------------------------------------------
 
 def encode(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:

@@ -175,3 +175,22 @@ def test_demo_corpus_has_groups_and_queries_that_point_into_it() -> None:
     assert whole.path is not None and not any(i.path == whole.path for i in corpus)  # not indexed: finds others
     assert by_name["3-more-like-this"].image_id in ids and by_name["4-same-picture"].image_id in ids
     assert by_name["2-crop"].crop is not None
+
+
+def test_rcc_reader_rejects_other_files(tmp_path: Path) -> None:
+    from evaluation.rcc import read_rcc
+
+    (tmp_path / "x.rcc").write_bytes(b"PK\x03\x04 not a Qt bundle")
+    with pytest.raises(ValueError):
+        list(read_rcc(tmp_path / "x.rcc"))
+
+
+@pytest.mark.skipif(not Path("/usr/share/gcompris-qt/rcc/details.rcc").exists(), reason="needs gcompris-qt-data")
+def test_gcompris_details_pair_every_detail_with_its_scene() -> None:
+    from evaluation.quality_sets import gcompris_details
+
+    scenes, details = gcompris_details()
+    assert len(scenes) >= 20 and len(details) >= 100
+    for detail_id, scene, image in details:
+        assert scene in scenes and detail_id.startswith("gcompris/details/")
+        assert image.mode == "RGB" and max(image.size) < min(scenes[scene].size)  # a detail is smaller

@@ -76,12 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", type=int, default=40)
     parser.add_argument("--triton-url", default=None)
     parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
+    parser.add_argument("--write-calibration", action="store_true",
+                        help="--set quality: also write both versions' calibration.json")
     args = parser.parse_args(argv)
     if args.set == "quality":
         from evaluation import quality
 
         current, candidate = quality.main(["--versions", args.current, args.candidate,
-                                           "--model-repository", str(args.model_repository)])
+                                           "--model-repository", str(args.model_repository)]
+                                          + (["--write-calibration"] if args.write_calibration else []))
         promote, reason = decide_quality(current, candidate, args.tolerance)
         print(reason)
         return 0 if promote else 1

@@ -194,3 +194,44 @@ def test_gcompris_details_pair_every_detail_with_its_scene() -> None:
     for detail_id, scene, image in details:
         assert scene in scenes and detail_id.startswith("gcompris/details/")
         assert image.mode == "RGB" and max(image.size) < min(scenes[scene].size)  # a detail is smaller
+
+
+def _synthetic_prepared(seed: int = 0) -> tuple:
+    """Stand-in embeddings: 40 categories x 6 images; each category a direction, each image a noisy member,
+    each copy its image plus smaller noise (crop-50 noisier than flip)."""
+    from evaluation.quality import Prepared
+    from evaluation.quality_sets import LabelledImage
+
+    rng = np.random.default_rng(seed)
+    dim, items, vectors, queries, query_vectors = 64, [], [], [], []
+    centres = rng.normal(size=(40, dim))
+    for c in range(40):
+        for n in range(6):
+            items.append(LabelledImage(f"syn/{c}/{n}", "tuxpaint" if c % 2 else "emoji", f"cat:{c}"))
+            vectors.append(centres[c] + rng.normal(scale=1.2, size=dim))
+    gallery = np.array(vectors)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    for i, v in enumerate(gallery):
+        for edit, noise in (("flip", 0.1), ("crop-50", 0.7)):
+            queries.append((i, edit))
+            query_vectors.append(v + rng.normal(scale=noise / np.sqrt(dim), size=dim))
+    copies = np.array(query_vectors)
+    copies /= np.linalg.norm(copies, axis=1, keepdims=True)
+    empty = np.zeros((0, 224, 224, 3), np.uint8)
+    return Prepared(items, empty, queries, empty), gallery.astype(np.float32), copies.astype(np.float32)
+
+
+def test_quality_metrics_on_stand_in_embeddings() -> None:
+    from evaluation.quality import category_retrieval, copy_detection, duplicates, relevance_calibration
+
+    prep, gallery, copies = _synthetic_prepared()
+    copy = copy_detection(prep, gallery, copies)
+    assert copy["flip"]["p@1"] == 1.0 and copy["crop-50"]["mrr"] >= copy["crop-50"]["p@1"]
+    dup = duplicates(prep, gallery, copies, seed=16)
+    assert dup["calibrated"]["precision"] >= 0.97 and dup["calibrated"]["recall"] > 0.5
+    assert dup["calibrated"]["recall_by_edit"]["flip"] >= dup["calibrated"]["recall_by_edit"]["crop-50"]
+    cats = category_retrieval(prep, gallery, {"off": 2.0, "calibrated": dup["threshold"]})
+    for row in cats.values():
+        assert 0.3 < row["p@1"] <= 1.0 and row["p@10 collapse off"] == row["p@10"]
+    rel = relevance_calibration(prep, gallery, copies, seed=16)
+    assert rel["ece"] < 0.08 and np.all(np.diff(rel["y"]) >= 0)

@@ -118,9 +118,12 @@ def details_retrieval(prep: Prepared, gallery: np.ndarray, scenes: np.ndarray, d
     """Each detail cut-out as a query over the held-out gallery + the scenes; relevant = its own scene."""
     everything = np.concatenate([scenes, gallery])
     ranked = _rankings(details @ everything.T, 100)
-    m = evaluate([list(r) for r in ranked], [{s: 1} for s in prep.detail_scenes or []], (1, 10))
+    relevances = [{s: 1} for s in prep.detail_scenes or []]
+    m = evaluate([list(r) for r in ranked], relevances, (1, 10))
+    among_scenes = evaluate([list(r) for r in _rankings(details @ scenes.T, len(scenes))], relevances, (1,))
     return {"queries": len(details), "scenes": len(scenes), "gallery": len(everything),
-            "p@1": round(m["precision@1"], 4), "recall@10": round(m["recall@10"], 4), "mrr": round(m["mrr"], 4)}
+            "p@1": round(m["precision@1"], 4), "recall@10": round(m["recall@10"], 4), "mrr": round(m["mrr"], 4),
+            "p@1 among scenes only": round(among_scenes["precision@1"], 4)}
 
 
 class OnnxEmbedder:

@@ -49,7 +49,9 @@ class AugmentConfig:
 # What a copy-detection encoder must ignore: crops down to 25% of the area (issue 16 asks for 30%; 25% covers a
 # centre crop box of 50% x 50%), rotations up to +-15 degrees, grayscale, heavy JPEG, downscaling, overlaid text
 # and bands, flips, colour jitter.
-COPY_DETECTION = AugmentConfig(crop_scale=(0.25, 1.0), grayscale_p=0.25, blur_p=0.2, jpeg_p=0.6,
+# Hue shifts only slightly: a full SimCLR hue jitter taught the model that an orange square is a copy of a yellow
+# one and tricolour flags are copies of each other (candidate A in benchmarks/results/quality.md's history).
+COPY_DETECTION = AugmentConfig(crop_scale=(0.25, 1.0), hue=0.02, grayscale_p=0.25, blur_p=0.2, jpeg_p=0.6,
                                jpeg_quality=(10, 95), rotate_p=0.5, overlay_p=0.35, downscale_p=0.4)
 
 

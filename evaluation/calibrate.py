@@ -68,18 +68,16 @@ def precision_recall(scores: np.ndarray, labels: np.ndarray, threshold: float) -
 
 
 def threshold_for_precision(scores: np.ndarray, labels: np.ndarray, target: float) -> float:
-    """The lowest threshold t whose decision `score > t` keeps precision >= target at t and at every higher
-    cut (so a slightly higher threshold is never worse): the most recall for the stated precision."""
+    """The lowest threshold t whose decision `score > t` has precision >= target over the labelled pairs: the
+    most recall at the stated precision. (Requiring every higher cut to reach the target too would let one
+    not-copy at the very top, e.g. two tricolour flags, forbid collapsing anything.)"""
     order = np.argsort(-scores, kind="stable")
     s, lab = scores[order], labels[order].astype(bool)
     precision = np.cumsum(lab) / np.arange(1, len(lab) + 1)
-    # Cutting after position i (keeping 0..i) is only valid where s[i] > s[i+1] (ties go together).
+    # Cutting after position i (keeping 0..i) is only possible where s[i] > s[i+1] (ties go together).
     distinct = np.append(s[:-1] > s[1:], True)
-    ok = (precision >= target) | ~distinct
-    bad = np.flatnonzero(~ok)
-    last = bad[0] - 1 if len(bad) else len(s) - 1
-    while last >= 0 and not distinct[last]:
-        last -= 1
-    if last < 0:
-        return float(s[0])  # nothing can be decided at that precision: only pairs above the best score collapse
+    valid = np.flatnonzero((precision >= target) & distinct)
+    if len(valid) == 0:
+        return float(s[0])  # no cut reaches the precision: nothing collapses (only pairs above the best score)
+    last = valid[-1]
     return float(s[last + 1]) if last + 1 < len(s) else float(s[-1]) - 1e-6

@@ -1,13 +1,18 @@
 """Promotion gate: a candidate encoder version ships only if it ranks at least as well as the served one.
 
     python -m evaluation.gate --candidate 2 [--current 1] [--tolerance 0.005] [--triton-url ...]
-                              [--model-repository DIR] [--set builtin | DIR]
+                              [--model-repository DIR] [--set builtin | DIR | quality]
 
 Both versions run through the same evaluation (the real encoder, the index the gateway serves). The
 decision uses nDCG@10 on the served index: promote when candidate >= current - tolerance. The default
 tolerance, 0.005, is a quarter of the nDCG@10 change one query makes on the 80-query built-in set
 (a query moves the mean by up to 1/80 = 0.0125), so the gate refuses any real regression while a
 re-export of the same weights (identical numbers) passes. Exit code 0: promote; 1: refused.
+
+`--set quality` decides on the held-out package sets of evaluation/quality.py instead (ONNX Runtime in
+process, no Triton): promote when the mean copy-detection P@1 over the edits is not worse, no single edit
+loses more than 0.02 of P@1 (one edit has ~600 queries: 0.02 is ~12 of them), and category mAP@10 on every
+set is not worse than the served version's by more than the tolerance. Writes benchmarks/results/quality.*.
 """
 
 from __future__ import annotations
@@ -35,6 +40,29 @@ def decide(current: dict[str, float], candidate: dict[str, float], tolerance: fl
                   f"(more than the tolerance {tolerance})"
 
 
+def decide_quality(current: dict, candidate: dict, tolerance: float = DEFAULT_TOLERANCE,
+                   max_edit_drop: float = 0.02) -> tuple[bool, str]:
+    """(promote?, reason) from two `evaluation.quality` results."""
+    def mean_p1(result: dict) -> float:
+        return sum(v["p@1"] for v in result["copy"].values()) / len(result["copy"])
+
+    old, new = mean_p1(current), mean_p1(candidate)
+    problems = [] if new >= old - tolerance else [f"mean copy P@1 {new:.4f} < {old:.4f}"]
+    for edit, row in candidate["copy"].items():
+        drop = current["copy"][edit]["p@1"] - row["p@1"]
+        if drop > max_edit_drop:
+            problems.append(f"{edit} P@1 drops by {drop:.4f}")
+    for name, row in candidate["category"].items():
+        before = current["category"][name]["map@10"]
+        if row["map@10"] < before - tolerance:
+            problems.append(f"{name} mAP@10 {row['map@10']:.4f} < {before:.4f}")
+    if problems:
+        return False, "refuse: " + "; ".join(problems)
+    maps = ", ".join(f"{n} mAP@10 {r['map@10']:.4f} (served {current['category'][n]['map@10']:.4f})"
+                     for n, r in candidate["category"].items())
+    return True, f"promote: mean copy P@1 {new:.4f} vs served {old:.4f}; {maps}"
+
+
 def served_row(rows: list[dict[str, object]], version: str) -> dict[str, float]:
     return next(r for r in rows if r["version"] == version and str(r["index"]).startswith("served"))
 
@@ -48,7 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", type=int, default=40)
     parser.add_argument("--triton-url", default=None)
     parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
+    parser.add_argument("--write-calibration", action="store_true",
+                        help="--set quality: also write both versions' calibration.json")
     args = parser.parse_args(argv)
+    if args.set == "quality":
+        from evaluation import quality
+
+        current, candidate = quality.main(["--versions", args.current, args.candidate,
+                                           "--model-repository", str(args.model_repository)]
+                                          + (["--write-calibration"] if args.write_calibration else []))
+        promote, reason = decide_quality(current, candidate, args.tolerance)
+        print(reason)
+        return 0 if promote else 1
     with triton_url(args.triton_url, args.model_repository) as url:
         rows = run(load_set(args.set, args.sources), [args.current, args.candidate], url)
     print(markdown_table(rows, COLUMNS))

@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
 from server.embedding.contract import INPUT_SIZE
+
+CAPTION_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")  # fonts-dejavu-core
+OVERLAY_WORDS = ("lol", "so cute", "#repost", "SALE", "look", "wow", "2024", "my pic", "@user", "FREE", "omg")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,21 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     jpeg_p: float = 0.5
     jpeg_quality: tuple[int, int] = (30, 95)
+    # Copy-detection edits (issue 16); off by default, so the SimCLR recipe draws the same random numbers.
+    rotate_p: float = 0.0
+    rotate_degrees: float = 15.0
+    overlay_p: float = 0.0  # a caption band or large text drawn on the image before cropping
+    downscale_p: float = 0.0
+    downscale: tuple[float, float] = (0.25, 0.8)  # share of the side; the view is scaled back up to 224
+
+
+# What a copy-detection encoder must ignore: crops down to 25% of the area (issue 16 asks for 30%; 25% covers a
+# centre crop box of 50% x 50%), rotations up to +-15 degrees, grayscale, heavy JPEG, downscaling, overlaid text
+# and bands, flips, colour jitter.
+# Hue shifts only slightly: a full SimCLR hue jitter taught the model that an orange square is a copy of a yellow
+# one and tricolour flags are copies of each other (candidate A in benchmarks/results/quality.md's history).
+COPY_DETECTION = AugmentConfig(crop_scale=(0.25, 1.0), hue=0.02, grayscale_p=0.25, blur_p=0.2, jpeg_p=0.6,
+                               jpeg_quality=(10, 95), rotate_p=0.5, overlay_p=0.35, downscale_p=0.4)
 
 
 def load_image(path: Path, max_side: int = 384) -> Image.Image:
@@ -111,15 +129,49 @@ def jpeg_reencode(image: Image.Image, quality: int) -> Image.Image:
         return decoded.convert("RGB")
 
 
+def overlay(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A caption band (black or white, top or bottom) with text, or large semi-transparent text across it."""
+    image = image.copy()
+    w, h = image.size
+    font = ImageFont.truetype(str(CAPTION_FONT), max(8, int(h * rng.uniform(0.06, 0.16))))
+    words = " ".join(rng.choice(OVERLAY_WORDS, size=int(rng.integers(1, 4))))
+    if rng.random() < 0.5:
+        band = int(h * rng.uniform(0.1, 0.22))
+        top = 0 if rng.random() < 0.5 else h - band
+        dark = rng.random() < 0.6
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((0, top, w, top + band), fill=(0, 0, 0) if dark else (255, 255, 255))
+        draw.text((int(w * 0.04), top + band // 2), words, font=font, anchor="lm",
+                  fill=(255, 255, 255) if dark else (0, 0, 0))
+        return image
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+    ImageDraw.Draw(layer).text((int(w * rng.uniform(0.2, 0.8)), int(h * rng.uniform(0.2, 0.8))), words.upper(),
+                               font=font, anchor="mm", fill=(*colour, int(rng.integers(120, 256))))
+    return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
+
+
 def augment(image: Image.Image, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
-    """One random view: crop -> flip -> colour jitter -> grayscale -> blur -> JPEG; uint8 [224, 224, 3]."""
-    view = random_resized_crop(image.convert("RGB"), rng, config.crop_scale, config.crop_ratio)
+    """One random view: [overlay -> rotate ->] crop -> flip -> colour jitter -> grayscale -> [downscale ->] blur
+    -> JPEG; uint8 [224, 224, 3]. The bracketed steps only run when the config turns them on."""
+    image = image.convert("RGB")
+    if config.overlay_p and rng.random() < config.overlay_p:
+        image = overlay(image, rng)
+    if config.rotate_p and rng.random() < config.rotate_p:
+        fill = (255, 255, 255) if rng.random() < 0.5 else (0, 0, 0)
+        image = image.rotate(float(rng.uniform(-config.rotate_degrees, config.rotate_degrees)),
+                             resample=Image.Resampling.BILINEAR, fillcolor=fill)
+    view = random_resized_crop(image, rng, config.crop_scale, config.crop_ratio)
     if rng.random() < config.flip_p:
         view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if rng.random() < config.jitter_p:
         view = color_jitter(view, rng, config)
     if rng.random() < config.grayscale_p:
         view = view.convert("L").convert("RGB")
+    if config.downscale_p and rng.random() < config.downscale_p:
+        side = max(8, round(INPUT_SIZE * rng.uniform(*config.downscale)))
+        view = view.resize((side, side), Image.Resampling.BILINEAR).resize((INPUT_SIZE, INPUT_SIZE),
+                                                                             Image.Resampling.BILINEAR)
     if rng.random() < config.blur_p:
         view = view.filter(ImageFilter.GaussianBlur(radius=rng.uniform(*config.blur_sigma)))
     if rng.random() < config.jpeg_p:

@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from server.embedding.contract import EMBEDDING_DIM
-from training.augment import AugmentConfig, augment, load_image
+from training.augment import COPY_DETECTION, AugmentConfig, augment, load_image
 from training.encoder_model import EncoderModel, load_encoder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
@@ -55,6 +55,12 @@ class FinetuneConfig:
     threads: int = 2
     max_side: int = 384  # images are decoded once and kept in memory at this size
     progress: bool = True
+    # Copy robustness (issue 16): "quality" trains on the `train` split of the labelled package sets
+    # (evaluation/quality_sets.py: the evaluation never sees those images) plus the demo corpus photos.
+    dataset: str = "photos"  # "photos" (images / demo corpus) | "quality"
+    augment: str = "simclr"  # "simclr" | "copy" (training.augment.COPY_DETECTION)
+    hard_negatives: float = 0.0  # share of each batch drawn as pairs of distinct images of one category
+    anchor_weight: float = 0.0  # weight of 1 - cos(view, pretrained embedding of the whole original)
 
 
 class ProjectionHead(nn.Module):
@@ -104,6 +110,52 @@ def image_paths(directory: Path | None) -> list[Path]:
     return paths
 
 
+def quality_training_set(max_side: int, progress: bool) -> tuple[list, list[str]]:
+    """Decoded images and categories: the `train` split of the labelled sets plus the demo corpus photos
+    (each its own picture). Hard negatives are drawn within a category."""
+    from PIL import Image
+
+    from evaluation.quality_sets import labelled_images, of_split
+    from server.tools.corpus import picture_key, real_photos
+
+    labelled = of_split(labelled_images(), {"train"})
+    images, categories = [], []
+    for item in tqdm(labelled, desc="decode train split", disable=not progress):
+        image = item.load()
+        image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        images.append(image)
+        categories.append(item.category)
+    for photo in tqdm(real_photos(), desc="decode photos", disable=not progress):
+        images.append(load_image(photo.path, max_side))
+        categories.append(f"photo:{picture_key(photo.image_id)}")
+    return images, categories
+
+
+def sample_batch(rng: np.random.Generator, size: int, batch_size: int, groups: list[np.ndarray],
+                 hard_share: float) -> np.ndarray:
+    """Distinct indices; `hard_share` of them as pairs from one category (negatives that look alike)."""
+    pairs = min(int(batch_size * hard_share) // 2, len(groups))
+    if pairs == 0:
+        return rng.choice(size, size=batch_size, replace=False)
+    chosen = [int(i) for g in rng.choice(len(groups), size=pairs, replace=False)
+              for i in rng.choice(groups[g], size=2, replace=False)]
+    taken = set(chosen)
+    rest = [int(i) for i in rng.permutation(size) if int(i) not in taken][:batch_size - len(chosen)]
+    return np.array(chosen + rest)
+
+
+@torch.no_grad()
+def whole_image_embeddings(encoder: EncoderModel, images: list, progress: bool) -> torch.Tensor:
+    """The pretrained encoder's embedding of each whole image, as the gateway would index it."""
+    from server.embedding.imaging import to_model_input
+
+    out = []
+    for start in tqdm(range(0, len(images), 64), desc="anchors", disable=not progress):
+        pixels = np.stack([to_model_input(im.convert("RGB")) for im in images[start:start + 64]])
+        out.append(encoder(torch.from_numpy(pixels)))
+    return torch.cat(out)
+
+
 def read_click_pairs(path: Path) -> list[tuple[Path, Path]]:
     pairs = []
     for line in Path(path).read_text().splitlines():
@@ -146,21 +198,31 @@ def train(config: FinetuneConfig) -> Path:
     checkpoint_path = out / CHECKPOINT_NAME
 
     # Positive pairs as indices into one list of decoded images: (i, i) for a photo, (q, c) for a click.
-    paths = list(config.images) if config.images is not None else image_paths(None)
-    clicks = read_click_pairs(config.click_pairs) if config.click_pairs is not None else []
-    unique = list(dict.fromkeys([*paths, *(p for pair in clicks for p in pair)]))
-    index = {p: i for i, p in enumerate(unique)}
-    pool = [(index[p], index[p]) for p in dict.fromkeys(paths)] + [(index[q], index[c]) for q, c in clicks]
+    categories: list[str] = []
+    if config.dataset == "quality":
+        images, categories = quality_training_set(config.max_side, config.progress)
+        pool = [(i, i) for i in range(len(images))]
+    else:
+        paths = list(config.images) if config.images is not None else image_paths(None)
+        clicks = read_click_pairs(config.click_pairs) if config.click_pairs is not None else []
+        unique = list(dict.fromkeys([*paths, *(p for pair in clicks for p in pair)]))
+        index = {p: i for i, p in enumerate(unique)}
+        pool = [(index[p], index[p]) for p in dict.fromkeys(paths)] + [(index[q], index[c]) for q, c in clicks]
+        images = [load_image(p, config.max_side) for p in tqdm(unique, desc="decode", disable=not config.progress)]
     if len(pool) < config.batch_size:
         raise ValueError(f"{len(pool)} positive pairs, fewer than the batch size {config.batch_size}")
-    images = [load_image(p, config.max_side) for p in tqdm(unique, desc="decode", disable=not config.progress)]
+    members: dict[str, list[int]] = {}
+    for i, category in enumerate(categories):
+        members.setdefault(category, []).append(i)
+    groups = [np.array(m) for _, m in sorted(members.items()) if len(m) >= 2]
 
     encoder = load_encoder().to(device)
     encoder.eval()  # BN running statistics and drop-connect stay frozen (see module docstring)
+    anchors = whole_image_embeddings(encoder, images, config.progress) if config.anchor_weight else None
     head = ProjectionHead().to(device)
     params = trainable_parameters(encoder, config.trainable_blocks) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    augment_config = AugmentConfig()
+    augment_config = COPY_DETECTION if config.augment == "copy" else AugmentConfig()
 
     step, losses = 0, []
     if config.resume:
@@ -184,12 +246,17 @@ def train(config: FinetuneConfig) -> Path:
 
     bar = tqdm(total=config.steps, initial=step, desc="finetune", disable=not config.progress)
     while step < config.steps:
-        batch = rng.choice(len(pool), size=config.batch_size, replace=False)
+        batch = sample_batch(rng, len(pool), config.batch_size, groups, config.hard_negatives)
         first = [augment(images[pool[i][0]], rng, augment_config) for i in batch]
         second = [augment(images[pool[i][1]], rng, augment_config) for i in batch]
         pixels = torch.from_numpy(np.stack(first + second)).to(device)
-        projections = head(encoder.features(pixels))
+        features = encoder.features(pixels)
+        projections = head(features)
         loss = nt_xent_loss(projections[:config.batch_size], projections[config.batch_size:], config.temperature)
+        if anchors is not None:  # views stay where the served index puts their whole original
+            targets = anchors[torch.as_tensor([pool[i][0] for i in batch] * 2)].to(device)
+            cosine = (nn.functional.normalize(features, dim=1) * targets).sum(dim=1)
+            loss = loss + config.anchor_weight * (1 - cosine).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -218,12 +285,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trainable-blocks", type=int, default=FinetuneConfig.trainable_blocks)
     parser.add_argument("--checkpoint-every", type=int, default=FinetuneConfig.checkpoint_every)
     parser.add_argument("--click-pairs", type=Path, default=None, help="JSONL of query/clicked image paths")
+    parser.add_argument("--dataset", choices=("photos", "quality"), default=FinetuneConfig.dataset)
+    parser.add_argument("--augment", choices=("simclr", "copy"), default=FinetuneConfig.augment)
+    parser.add_argument("--hard-negatives", type=float, default=FinetuneConfig.hard_negatives)
+    parser.add_argument("--anchor-weight", type=float, default=FinetuneConfig.anchor_weight)
     args = parser.parse_args(argv)
     config = FinetuneConfig(
         out=args.out, images=None if args.images is None else image_paths(args.images), steps=args.steps,
         batch_size=args.batch_size, lr=args.lr, temperature=args.temperature,
         trainable_blocks=args.trainable_blocks, seed=args.seed, resume=args.resume,
-        checkpoint_every=args.checkpoint_every, click_pairs=args.click_pairs,
+        checkpoint_every=args.checkpoint_every, click_pairs=args.click_pairs, dataset=args.dataset,
+        augment=args.augment, hard_negatives=args.hard_negatives, anchor_weight=args.anchor_weight,
     )
     started = time.monotonic()
     path = train(config)

@@ -32,30 +32,34 @@ class CropBox(_message.Message):
     def __init__(self, x_min: _Optional[float] = ..., y_min: _Optional[float] = ..., x_max: _Optional[float] = ..., y_max: _Optional[float] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image_bytes", "image_id", "crop", "k", "min_score", "include_duplicates")
+    __slots__ = ("image_bytes", "image_id", "crop", "k", "min_score", "include_duplicates", "min_relevance")
     IMAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CROP_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    MIN_RELEVANCE_FIELD_NUMBER: _ClassVar[int]
     image_bytes: bytes
     image_id: str
     crop: CropBox
     k: int
     min_score: float
     include_duplicates: bool
-    def __init__(self, image_bytes: _Optional[bytes] = ..., image_id: _Optional[str] = ..., crop: _Optional[_Union[CropBox, _Mapping]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., include_duplicates: _Optional[bool] = ...) -> None: ...
+    min_relevance: float
+    def __init__(self, image_bytes: _Optional[bytes] = ..., image_id: _Optional[str] = ..., crop: _Optional[_Union[CropBox, _Mapping]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., include_duplicates: _Optional[bool] = ..., min_relevance: _Optional[float] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("image_id", "score", "position")
+    __slots__ = ("image_id", "score", "position", "relevance")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
+    RELEVANCE_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     score: float
     position: int
-    def __init__(self, image_id: _Optional[str] = ..., score: _Optional[float] = ..., position: _Optional[int] = ...) -> None: ...
+    relevance: float
+    def __init__(self, image_id: _Optional[str] = ..., score: _Optional[float] = ..., position: _Optional[int] = ..., relevance: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("results", "model_version", "index_version", "request_id")

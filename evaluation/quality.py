@@ -1,0 +1,336 @@
+"""Retrieval quality of encoder versions on held-out package images: copy detection, categories, calibration.
+
+    python -m evaluation.quality --versions 1 [2] [--write-calibration] [--out benchmarks/results]
+
+Embeds in-process with ONNX Runtime (model_repository/encoder/<v>/model.onnx, the graph Triton serves; input
+prepared with `server.embedding.imaging.prepare`, as the gateway does) and reports, per version:
+- copy detection: every held-out source image (Tux Paint stamps + a seeded sample of emoji) edited as issue 16
+  lists; the query is the edited copy, the gallery all held-out originals; P@1 and MRR per edit;
+- GCompris "details": each small detail cut-out of a painting / landmark as a query for its full scene (the
+  21 scenes added to that gallery): P@1, recall@10, MRR;
+- category retrieval (Tux Paint folder / emoji subgroup = relevant; leave-one-out over held-out images of the
+  same source): P@1, P@10, mAP@10, nDCG@10, and P@10 with near-duplicate collapse at the fixed 0.87 and at the
+  version's calibrated threshold;
+- near-duplicate decision: threshold for precision >= 0.99 fitted on the `calib` split, precision/recall on
+  `test` (copies = an original and its edit; not-copies = two distinct images of one category);
+- relevance calibration: isotonic fit of P(relevant | cosine) on the top-20 results of `calib` queries
+  (relevant = same source image or same category), ECE and reliability diagram on `test` queries.
+Writes quality.json / quality.md / quality_*.png; `--write-calibration` also writes each version's
+model_repository/encoder/<v>/calibration.json (server/models/calibration.py reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluation import quality_report
+from evaluation.calibrate import (
+    expected_calibration_error,
+    isotonic_fit,
+    precision_recall,
+    reliability,
+    threshold_for_precision,
+)
+from evaluation.metrics import evaluate
+from evaluation.quality_sets import (
+    CENTRE_CROP_BOX,
+    DEFAULT_SEED,
+    EDITS,
+    LabelledImage,
+    encode,
+    gcompris_details,
+    labelled_images,
+    of_split,
+    split_of,
+)
+from server.core.config import MODEL_REPOSITORY
+from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
+from server.embedding.imaging import CropBox, prepare
+from server.models.calibration import FORMAT, save_calibration
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+TARGET_PRECISION = 0.99
+FIXED_THRESHOLD = 0.87  # the global setting before calibration (server/core/config.py)
+TOP = 20  # judged results per query for the relevance calibration
+RELEVANCE = "relevant = the result is the query's source image or shows the same category (Tux Paint folder, " \
+            "emoji subgroup); judged on the top-20 results of held-out queries over the held-out gallery"
+
+
+@dataclass
+class Prepared:
+    """Every encoder input of the evaluation, prepared once and shared by all versions."""
+
+    gallery: list[LabelledImage]
+    gallery_pixels: np.ndarray
+    copy_queries: list[tuple[int, str]]  # (gallery index of the source, edit name)
+    copy_pixels: np.ndarray
+    scene_pixels: np.ndarray | None = None  # GCompris "details": full scenes (added to the gallery) ...
+    detail_scenes: list[int] | None = None  # ... each detail's scene index ...
+    detail_pixels: np.ndarray | None = None  # ... and the details as queries
+
+
+def _rng(seed: int, image_id: str, salt: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}:{image_id}:{salt}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200) -> Prepared:
+    """Held-out gallery (calib + test splits) and its edited copies, as the encoder's uint8 inputs."""
+    gallery = of_split(labelled_images(), {"calib", "test"}, seed)
+    pixels, originals = [], {}
+    for index, item in enumerate(tqdm(gallery, desc="gallery", unit="img")):
+        image = item.load()
+        originals[index] = image
+        pixels.append(prepare(encode(image)))
+    emoji = [i for i, g in enumerate(gallery) if g.source == "emoji"]
+    sample = set(np.random.default_rng(seed).choice(emoji, min(emoji_copy_sources, len(emoji)), replace=False))
+    sources = [i for i, g in enumerate(gallery) if g.source != "emoji" or i in sample]
+    queries, query_pixels = [], []
+    for index in tqdm(sources, desc="copies", unit="src"):
+        image, item = originals[index], gallery[index]
+        for name, edit in EDITS.items():
+            queries.append((index, name))
+            query_pixels.append(prepare(edit(image, _rng(seed, item.image_id, name))))
+        queries.append((index, "centre-crop-box"))
+        query_pixels.append(prepare(encode(image), CropBox(*CENTRE_CROP_BOX)))
+    prep = Prepared(gallery, np.stack(pixels), queries, np.stack(query_pixels))
+    try:
+        scenes, details = gcompris_details()
+    except FileNotFoundError as exc:
+        print(f"skipping the GCompris details set: {exc}")
+        return prep
+    names = sorted(scenes)
+    prep.scene_pixels = np.stack([prepare(encode(scenes[n])) for n in names])
+    prep.detail_scenes = [names.index(scene) for _, scene, _ in details]
+    prep.detail_pixels = np.stack([prepare(encode(image)) for _, _, image in details])
+    return prep
+
+
+def details_retrieval(prep: Prepared, gallery: np.ndarray, scenes: np.ndarray, details: np.ndarray) -> dict:
+    """Each detail cut-out as a query over the held-out gallery + the scenes; relevant = its own scene."""
+    everything = np.concatenate([scenes, gallery])
+    ranked = _rankings(details @ everything.T, 100)
+    relevances = [{s: 1} for s in prep.detail_scenes or []]
+    m = evaluate([list(r) for r in ranked], relevances, (1, 10))
+    among_scenes = evaluate([list(r) for r in _rankings(details @ scenes.T, len(scenes))], relevances, (1,))
+    return {"queries": len(details), "scenes": len(scenes), "gallery": len(everything),
+            "p@1": round(m["precision@1"], 4), "recall@10": round(m["recall@10"], 4), "mrr": round(m["mrr"], 4),
+            "p@1 among scenes only": round(among_scenes["precision@1"], 4)}
+
+
+class OnnxEmbedder:
+    """One version's model.onnx in ONNX Runtime, in this process."""
+
+    def __init__(self, version: str, repository: Path = MODEL_REPOSITORY, threads: int = 2) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        path = repository / MODEL_NAME / str(version) / "model.onnx"
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.version = str(version)
+
+    def embed(self, pixels: np.ndarray, desc: str, batch: int = 32) -> np.ndarray:
+        out = []
+        for start in tqdm(range(0, len(pixels), batch), desc=desc, unit="batch"):
+            out.append(self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels[start:start + batch]})[0])
+        return np.concatenate(out)
+
+
+def _rankings(sims: np.ndarray, k: int) -> np.ndarray:
+    top = np.argpartition(-sims, kth=min(k, sims.shape[1] - 1), axis=1)[:, :k]
+    return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
+
+
+def copy_detection(prep: Prepared, gallery: np.ndarray, queries: np.ndarray) -> dict[str, dict[str, float]]:
+    sims = queries @ gallery.T
+    ranked = _rankings(sims, 100)
+    per_edit: dict[str, tuple[list, list]] = {}
+    for (source, edit), row in zip(prep.copy_queries, ranked, strict=True):
+        rankings, relevances = per_edit.setdefault(edit, ([], []))
+        rankings.append(list(row))
+        relevances.append({source: 1})
+    out = {}
+    for edit, (rankings, relevances) in per_edit.items():
+        m = evaluate(rankings, relevances, (1,))
+        out[edit] = {"p@1": round(m["precision@1"], 4), "mrr": round(m["mrr"], 4), "queries": len(rankings)}
+    return out
+
+
+def collapse(row: np.ndarray, vectors: np.ndarray, k: int, threshold: float) -> list[int]:
+    """The gateway's rule (server/query/duplicates.py): skip a result whose cosine to a kept one > threshold."""
+    kept: list[int] = []
+    for j in row:
+        if len(kept) == k:
+            break
+        if kept and float(np.max(vectors[kept] @ vectors[j])) > threshold:
+            continue
+        kept.append(int(j))
+    return kept
+
+
+def category_retrieval(prep: Prepared, gallery: np.ndarray, thresholds: dict[str, float]) -> dict[str, dict]:
+    out = {}
+    for source in ("tuxpaint", "emoji"):
+        members = [i for i, g in enumerate(prep.gallery) if g.source == source]
+        counts = Counter(prep.gallery[i].category for i in members)
+        queries = [i for i in members if counts[prep.gallery[i].category] >= 3]
+        vectors = gallery[members]
+        sims = gallery[queries] @ vectors.T
+        for qi, q in enumerate(queries):
+            sims[qi, members.index(q)] = -np.inf  # leave-one-out: the query is not its own result
+        ranked = _rankings(sims, 100)
+        relevances = [{j: 1 for j, m in enumerate(members) if prep.gallery[m].category == prep.gallery[q].category
+                       and m != q} for q in queries]
+        m = evaluate([list(r) for r in ranked], relevances, (1, 10))
+        row = {"queries": len(queries), "gallery": len(members),
+               "categories": sum(1 for c in counts.values() if c >= 3),
+               "p@1": m["precision@1"], "p@10": m["precision@10"], "map@10": m["map@10"], "ndcg@10": m["ndcg@10"]}
+        for name, t in thresholds.items():
+            collapsed = [collapse(r, vectors, 10, t) for r in ranked]
+            row[f"p@10 collapse {name}"] = evaluate(collapsed, relevances, (10,))["precision@10"]
+        out[source] = {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+    return out
+
+
+def duplicate_pairs(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, split: str, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(cosines, is_copy, kind) of labelled pairs whose images are in `split`."""
+    in_split = [split_of(g.image_id, seed) == split for g in prep.gallery]
+    scores, labels, kinds = [], [], []
+    for (source, edit), vector in zip(prep.copy_queries, queries, strict=True):
+        if in_split[source]:
+            scores.append(float(vector @ gallery[source]))
+            labels.append(1)
+            kinds.append(edit)
+    by_category: dict[str, list[int]] = {}
+    for i, g in enumerate(prep.gallery):
+        if in_split[i]:
+            by_category.setdefault(g.category, []).append(i)
+    for members in by_category.values():
+        if len(members) > 1:
+            block = gallery[members] @ gallery[members].T
+            upper = block[np.triu_indices(len(members), 1)]
+            scores.extend(upper.tolist())
+            labels.extend([0] * len(upper))
+            kinds.extend(["same-category"] * len(upper))
+    return np.array(scores), np.array(labels), kinds
+
+
+def duplicates(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, seed: int) -> dict:
+    cal_s, cal_l, _ = duplicate_pairs(prep, gallery, queries, "calib", seed)
+    test_s, test_l, test_k = duplicate_pairs(prep, gallery, queries, "test", seed)
+    threshold = threshold_for_precision(cal_s, cal_l, TARGET_PRECISION)
+    out = {"threshold": round(threshold, 4), "target_precision": TARGET_PRECISION,
+           "calib_pairs": {"copies": int(cal_l.sum()), "not_copies": int((cal_l == 0).sum())},
+           "test_pairs": {"copies": int(test_l.sum()), "not_copies": int((test_l == 0).sum())}}
+    for name, t in (("calibrated", threshold), ("fixed-0.87", FIXED_THRESHOLD)):
+        p, r = precision_recall(test_s, test_l, t)
+        kinds = np.array(test_k)
+        recall_by_edit = {e: round(float((test_s[kinds == e] > t).mean()), 4) for e in sorted(set(test_k))
+                          if e != "same-category"}
+        out[name] = {"threshold": round(t, 4), "precision": round(p, 4), "recall": round(r, 4),
+                     "recall_by_edit": recall_by_edit}
+    curve = np.linspace(0.5, 1.0, 101)
+    out["curve"] = [{"threshold": round(float(t), 3), **dict(zip(("precision", "recall"),
+                    (round(v, 4) for v in precision_recall(test_s, test_l, t)), strict=True))} for t in curve]
+    return out
+
+
+def judged_pairs(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, split: str, seed: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(cosine, relevant) of the top-20 results of every query whose source image is in `split`:
+    the copy queries and every gallery image as a query of its own (itself excluded)."""
+    cats = np.array([g.category for g in prep.gallery])
+    sources, vectors = [], []
+    for (source, _), vector in zip(prep.copy_queries, queries, strict=True):
+        if split_of(prep.gallery[source].image_id, seed) == split:
+            sources.append((source, False))
+            vectors.append(vector)
+    for i, g in enumerate(prep.gallery):
+        if split_of(g.image_id, seed) == split:
+            sources.append((i, True))
+            vectors.append(gallery[i])
+    sims = np.stack(vectors) @ gallery.T
+    for row, (source, is_self) in enumerate(sources):
+        if is_self:
+            sims[row, source] = -np.inf
+    ranked = _rankings(sims, TOP)
+    scores = np.take_along_axis(sims, ranked, axis=1).ravel()
+    labels = np.array([[j == s or cats[j] == cats[s] for j in r] for r, (s, _) in zip(ranked, sources, strict=True)])
+    return scores, labels.ravel().astype(np.float64)
+
+
+def relevance_calibration(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, seed: int) -> dict:
+    cal_s, cal_l = judged_pairs(prep, gallery, queries, "calib", seed)
+    test_s, test_l = judged_pairs(prep, gallery, queries, "test", seed)
+    xs, ys = isotonic_fit(cal_s, cal_l)
+    prob = np.interp(test_s, xs, ys)
+    return {"x": [round(float(v), 5) for v in xs], "y": [round(float(v), 5) for v in ys],
+            "ece": round(expected_calibration_error(prob, test_l), 4),
+            "ece_calib": round(expected_calibration_error(np.interp(cal_s, xs, ys), cal_l), 4),
+            "brier": round(float(np.mean((prob - test_l) ** 2)), 4), "base_rate": round(float(test_l.mean()), 4),
+            "calib_pairs": len(cal_s), "test_pairs": len(test_s), "reliability": reliability(prob, test_l),
+            "definition": RELEVANCE}
+
+
+def evaluate_version(prep: Prepared, version: str, repository: Path, seed: int) -> dict:
+    embedder = OnnxEmbedder(version, repository)
+    gallery = embedder.embed(prep.gallery_pixels, f"v{version} gallery")
+    queries = embedder.embed(prep.copy_pixels, f"v{version} copies")
+    dup = duplicates(prep, gallery, queries, seed)
+    details = None
+    if prep.scene_pixels is not None and prep.detail_pixels is not None:
+        details = details_retrieval(prep, gallery, embedder.embed(prep.scene_pixels, f"v{version} scenes"),
+                                    embedder.embed(prep.detail_pixels, f"v{version} details"))
+    return {"version": version, "copy": copy_detection(prep, gallery, queries), "details": details,
+            "category": category_retrieval(prep, gallery, {"off": 2.0, "fixed-0.87": FIXED_THRESHOLD,
+                                                           "calibrated": dup["threshold"]}),
+            "duplicates": dup, "relevance": relevance_calibration(prep, gallery, queries, seed)}
+
+
+def calibration_file(result: dict, seed: int) -> dict:
+    dup, rel = result["duplicates"], result["relevance"]
+    return {"format": FORMAT, "model_version": result["version"],
+            "duplicate": {"threshold": dup["threshold"], "target_precision": dup["target_precision"],
+                          "precision": dup["calibrated"]["precision"], "recall": dup["calibrated"]["recall"]},
+            "relevance": {"x": rel["x"], "y": rel["y"], "ece": rel["ece"], "definition": rel["definition"]},
+            "provenance": {"command": f"python -m evaluation.quality --versions {result['version']} "
+                                      f"--write-calibration --seed {seed}",
+                           "sets": "held-out Tux Paint stamps + Noto emoji (evaluation/quality_sets.py)"}}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--versions", nargs="+", default=["1"])
+    parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--emoji-copy-sources", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--write-calibration", action="store_true", help="write <repo>/encoder/<v>/calibration.json")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    prep = build(args.seed, args.emoji_copy_sources)
+    results = [evaluate_version(prep, v, args.model_repository, args.seed) for v in args.versions]
+    if args.write_calibration:
+        for result in results:
+            path = save_calibration(calibration_file(result, args.seed), result["version"], args.model_repository)
+            print(f"wrote {path}")
+    meta = {"seed": args.seed, "gallery": len(prep.gallery), "copy_queries": len(prep.copy_queries),
+            "seconds": round(time.monotonic() - started, 1), "command": "python -m evaluation.quality --versions "
+            + " ".join(args.versions) + (" --write-calibration" if args.write_calibration else "")}
+    quality_report.write(results, meta, args.out)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Labelled images from installed packages, their seeded train / calib / test split, and the copy edits.
+
+Sources (nothing downloaded, nothing committed; built at run time from what `apt-get` installed):
+- `tuxpaint`: Debian `tuxpaint-stamps-default`, PNG cut-outs (composited on white like the query path does);
+  category = the stamp's folder under /usr/share/tuxpaint/stamps (e.g. `animals/birds`, `food/fruit/cartoon`).
+- `emoji`: Debian `fonts-noto-color-emoji` rendered with Pillow; category = the emoji's subgroup in
+  `unicode-data`'s emoji-test.txt (e.g. `face-smiling`): same-style drawings, the hard case for duplicates.
+  Skin-tone variants are left out, so no two images are the same drawing in another colour.
+
+Split: a seeded hash of the image ID puts each image in `train` (50%), `calib` (25%) or `test` (25%).
+Training only ever sees `train`; calibration fits on `calib`; reported calibration errors are on `test`.
+The edits follow the copy-detection cases of issue 16; each is deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from server.embedding.imaging import Limits, decode_image
+
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
+EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
+CAPTION_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
+SKIN_TONES = {f"{c:X}" for c in range(0x1F3FB, 0x1F400)}
+MAX_SIDE = 512  # originals are kept at most this large (stamps are up to ~1000 px)
+SPLITS = {"train": 0.5, "calib": 0.25, "test": 0.25}
+DEFAULT_SEED = 16
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    image_id: str  # "tuxpaint/animals/birds/robin", "emoji/1F600"
+    source: str  # "tuxpaint" | "emoji"
+    category: str  # "tuxpaint:animals/birds", "emoji:face-smiling"
+    path: Path | None = None  # tuxpaint: the PNG
+    text: str | None = None  # emoji: the characters to render
+
+    def load(self) -> Image.Image:
+        """RGB on white, longest side at most MAX_SIDE."""
+        if self.text is not None:
+            return render_emoji(self.text)
+        assert self.path is not None
+        image = decode_image(self.path.read_bytes(), Limits(max_pixels=10**8))
+        image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+        return image
+
+
+def split_of(image_id: str, seed: int = DEFAULT_SEED) -> str:
+    """`train`, `calib` or `test`, from a seeded hash of the ID (stable across machines and runs)."""
+    u = int.from_bytes(hashlib.sha256(f"{seed}:{image_id}".encode()).digest()[:8], "big") / 2**64
+    edge = 0.0
+    for name, share in SPLITS.items():
+        edge += share
+        if u < edge:
+            return name
+    return "test"
+
+
+def tuxpaint_images() -> list[LabelledImage]:
+    if not STAMPS.exists():
+        raise FileNotFoundError(f"{STAMPS}: apt-get install tuxpaint-stamps-default")
+    out = []
+    for path in sorted(STAMPS.rglob("*.png")):
+        folder = path.parent.relative_to(STAMPS).as_posix()
+        out.append(LabelledImage(f"tuxpaint/{folder}/{path.stem}", "tuxpaint", f"tuxpaint:{folder}", path=path))
+    return out
+
+
+def emoji_images() -> list[LabelledImage]:
+    """Fully-qualified emoji without skin-tone modifiers, labelled by subgroup."""
+    if not (EMOJI_FONT.exists() and EMOJI_TEST.exists()):
+        raise FileNotFoundError("apt-get install fonts-noto-color-emoji unicode-data")
+    out, subgroup = [], ""
+    for line in EMOJI_TEST.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+            continue
+        match = re.match(r"^([0-9A-F ]+?)\s*;\s*fully-qualified\s*#", line)
+        if not match:
+            continue
+        codes = match.group(1).split()
+        if SKIN_TONES & set(codes):
+            continue
+        text = "".join(chr(int(c, 16)) for c in codes)
+        out.append(LabelledImage(f"emoji/{'-'.join(codes)}", "emoji", f"emoji:{subgroup}", text=text))
+    return out
+
+
+@cache
+def _emoji_font() -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(EMOJI_FONT), 109)  # the one bitmap size the CBDT font has
+
+
+def render_emoji(text: str) -> Image.Image:
+    canvas = Image.new("RGBA", (160, 160), (255, 255, 255, 0))
+    ImageDraw.Draw(canvas).text((80, 80), text, font=_emoji_font(), embedded_color=True, anchor="mm")
+    box = canvas.getbbox() or (0, 0, 160, 160)
+    pad = 8
+    box = (max(0, box[0] - pad), max(0, box[1] - pad), min(160, box[2] + pad), min(160, box[3] + pad))
+    white = Image.new("RGB", canvas.size, (255, 255, 255))
+    white.paste(canvas, mask=canvas.getchannel("A"))
+    return white.crop(box)
+
+
+@cache
+def _distinct(sources: tuple[str, ...]) -> tuple[LabelledImage, ...]:
+    loaders = {"tuxpaint": tuxpaint_images, "emoji": emoji_images}
+    seen, out = set(), []
+    for image in (image for source in sources for image in loaders[source]()):
+        loaded = image.load()
+        digest = hashlib.sha256(loaded.tobytes() + repr(loaded.size).encode()).digest()
+        if digest not in seen:
+            seen.add(digest)
+            out.append(image)
+    return tuple(out)
+
+
+def labelled_images(sources: tuple[str, ...] = ("tuxpaint", "emoji")) -> list[LabelledImage]:
+    """Every labelled image once: a picture that ships twice (a stamp in two folders, flags that Noto draws
+    alike) keeps its first ID only, so no image is both a training image and a held-out one."""
+    return list(_distinct(tuple(sources)))
+
+
+def of_split(images: list[LabelledImage], splits: set[str], seed: int = DEFAULT_SEED) -> list[LabelledImage]:
+    return [i for i in images if split_of(i.image_id, seed) in splits]
+
+
+GCOMPRIS_DETAILS = Path("/usr/share/gcompris-qt/rcc/details.rcc")  # Debian gcompris-qt-data
+
+
+def gcompris_details() -> tuple[dict[str, Image.Image], list[tuple[str, str, Image.Image]]]:
+    """GCompris' "details" activity: full scenes (`<scene>_background.webp`, paintings and landmarks) and the
+    small detail cut-outs of each (`<scene>_<n>.webp`, ~72 px, transparent outside): a real ground truth of
+    "find the picture this detail comes from". Returns ({scene: image}, [(detail id, scene, image)])."""
+    from evaluation.rcc import read_rcc
+
+    if not GCOMPRIS_DETAILS.exists():
+        raise FileNotFoundError(f"{GCOMPRIS_DETAILS}: apt-get install gcompris-qt-data")
+    scenes, details = {}, []
+    for name, data in sorted(read_rcc(GCOMPRIS_DETAILS)):
+        if not name.endswith(".webp"):
+            continue
+        stem = Path(name).stem
+        scene = re.sub(r"_(\d+|background)$", "", stem)
+        image = decode_image(data)
+        if stem.endswith("_background"):
+            scenes[scene] = image
+        else:
+            details.append((f"gcompris/details/{stem}", scene, image))
+    return scenes, [d for d in details if d[1] in scenes]
+
+
+# ---- copy edits ---------------------------------------------------------------------------------------------
+
+def encode(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def crop_area(image: Image.Image, share: float, rng: np.random.Generator) -> Image.Image:
+    """A crop keeping `share` of the area (same aspect ratio), at a random position."""
+    w, h = image.size
+    side = share ** 0.5
+    cw, ch = max(1, round(w * side)), max(1, round(h * side))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return image.crop((x, y, x + cw, y + ch))
+
+
+def rotate(image: Image.Image, degrees: float) -> Image.Image:
+    return image.rotate(degrees, resample=Image.Resampling.BILINEAR, expand=False, fillcolor=(255, 255, 255))
+
+
+def caption_band(image: Image.Image, rng: np.random.Generator, text: str = "so cute!! #repost") -> Image.Image:
+    """A black band with white text below the picture (the picture keeps its pixels; the canvas grows 20%)."""
+    w, h = image.size
+    band = max(12, h // 5)
+    out = Image.new("RGB", (w, h + band), (0, 0, 0))
+    below = bool(rng.random() < 0.5)
+    out.paste(image, (0, 0) if below else (0, band))
+    top = h if below else 0
+    font = ImageFont.truetype(str(CAPTION_FONT), max(8, band // 2))
+    ImageDraw.Draw(out).text((w // 20, top + band // 4), text, font=font, fill=(255, 255, 255))
+    return out
+
+
+def overlay_text(image: Image.Image, rng: np.random.Generator, text: str = "SAMPLE") -> Image.Image:
+    """Large semi-transparent text across the middle, as watermarks and memes add."""
+    w, h = image.size
+    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
+    font = ImageFont.truetype(str(CAPTION_FONT), max(10, w // 6))
+    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+    ImageDraw.Draw(layer).text((w // 2, int(h * rng.uniform(0.3, 0.7))), text, font=font,
+                               fill=(*colour, 190), anchor="mm")
+    return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
+
+
+def _downscale(image: Image.Image, share: float) -> Image.Image:
+    w, h = image.size
+    return image.resize((max(8, round(w * share)), max(8, round(h * share))), Image.Resampling.BILINEAR)
+
+
+Edit = Callable[[Image.Image, np.random.Generator], bytes]
+# name -> edit (image in, encoded copy out). "centre-crop-box" is applied as a query crop box instead (below).
+EDITS: dict[str, Edit] = {
+    "crop-50": lambda im, rng: encode(crop_area(im, 0.5, rng)),
+    "crop-80": lambda im, rng: encode(crop_area(im, 0.8, rng)),
+    "rotate+8": lambda im, rng: encode(rotate(im, 8)),
+    "rotate-8": lambda im, rng: encode(rotate(im, -8)),
+    "grayscale": lambda im, rng: encode(ImageOps.grayscale(im)),
+    "jpeg-q20": lambda im, rng: encode(im, "JPEG", quality=20),
+    "downscale-40": lambda im, rng: encode(_downscale(im, 0.4)),
+    "caption-band": lambda im, rng: encode(caption_band(im, rng)),
+    "overlay-text": lambda im, rng: encode(overlay_text(im, rng)),
+    "flip": lambda im, rng: encode(ImageOps.mirror(im)),
+}
+CENTRE_CROP_BOX = (0.25, 0.25, 0.75, 0.75)  # the query path's crop box: centre 50% x 50% of an indexed image

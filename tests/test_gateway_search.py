@@ -206,3 +206,21 @@ def test_long_ids_in_writes_are_refused_without_echo(indexed):
         client.stub.DeleteImages(pb.DeleteImagesRequest(image_ids=["e2e/ok", "y" * 50_000]), timeout=10)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "image_ids[1]" in error.value.details() and "yyyy" not in error.value.details()
+
+
+def test_results_carry_the_versions_calibrated_relevance_and_callers_filter_on_it(indexed):
+    """encoder/1 ships a calibration (model_repository/encoder/1/calibration.json): every result gets a
+    probability of relevance, monotone in the score, and min_relevance drops what is below it."""
+    query = small_jpeg("skimage/chelsea", 300)
+    with indexed.client() as client:
+        everything = client.search(query, k=8).results
+        relevance = [r.relevance for r in everything]
+        assert all(r.HasField("relevance") and 0.0 <= r.relevance <= 1.0 for r in everything)
+        assert relevance == sorted(relevance, reverse=True)
+        assert everything[0].image_id == "e2e/skimage/chelsea" and relevance[0] > relevance[-1]
+        cut = (relevance[0] + relevance[-1]) / 2
+        kept = client.stub.Search(pb.SearchRequest(image_bytes=query, k=8, min_relevance=cut), timeout=30).results
+        assert [r.image_id for r in kept] == [r.image_id for r in everything if r.relevance >= cut]
+        with pytest.raises(grpc.RpcError) as bad:
+            client.stub.Search(pb.SearchRequest(image_bytes=query, k=8, min_relevance=1.5), timeout=30)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "min_relevance" in bad.value.details()

@@ -34,7 +34,7 @@ from server.ingest.add import Indexer
 from server.ingest.reindex import ModelSwitcher
 from server.query.search import Searcher
 from server.runtime.admission import Admission
-from server.runtime.serving import Live, Serving
+from server.runtime.serving import Live, Serving, serving
 from server.store.blobs import BlobStore
 from server.store.catalogs import open_store, read_active_version, write_active_version
 from server.store.interactions import InteractionLog
@@ -89,7 +89,7 @@ class Gateway:
                                 active.rsplit("/", 1)[-1])
         store = await asyncio.to_thread(open_store, s, active, EMBEDDING_DIM)
         await asyncio.to_thread(write_active_version, s, active)
-        self.live = Live(Serving(store, encoder))
+        self.live = Live(serving(store, encoder, s))
         self.interactions = InteractionLog(s.data_dir / "interactions.sqlite")
         limits = Limits(s.max_image_bytes, s.max_image_pixels)
         blobs = BlobStore(s.blob_url or s.data_dir / "blobs")
@@ -128,7 +128,7 @@ class Gateway:
     async def _watch(self) -> None:
         """Health follows Triton's readiness and the store's; gauges follow the store (counts kept, not scanned);
         on a shared store the served version follows the live pointer another gateway may have moved."""
-        serving: bool | None = None
+        was_ready: bool | None = None
         for tick in itertools.count():
             if self.settings.index_backend == "milvus" and tick % 5 == 0:
                 await self._follow_live_version()
@@ -136,12 +136,12 @@ class Gateway:
             encoder_ready = await live.encoder.is_ready()
             store_ready = await asyncio.to_thread(live.store.healthy)
             ready = encoder_ready and store_ready
-            if ready != serving:
+            if ready != was_ready:
                 await self._set_health(ready)
                 why = [f"{live.encoder.model_version} not ready on Triton"] if not encoder_ready else []
                 why += [] if store_ready else ["the vector store is unreachable"]
                 log.info("health: %s", "SERVING" if ready else f"NOT_SERVING ({'; '.join(why)})")
-                serving = ready
+                was_ready = ready
             try:
                 await asyncio.to_thread(self._update_gauges)  # a server store answers counts over the network
             except Exception as exc:  # a store outage shows in health; the gauges wait for it to end
@@ -162,7 +162,7 @@ class Gateway:
         store = await asyncio.to_thread(open_store, s, active, EMBEDDING_DIM)
         encoder = EncoderClient(old.encoder.url, s.model_name, active.rsplit("/", 1)[-1])
         async with live.writes:
-            live.serving = Serving(store, encoder)
+            live.serving = serving(store, encoder, s)
         log.info("the live pointer moved: serving %s (was %s)", active, old.encoder.model_version)
         self._tasks.append(asyncio.create_task(self._retire(old)))
 

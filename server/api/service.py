@@ -44,13 +44,15 @@ def _query(request: pb.SearchRequest) -> Query:
         image_id=request.image_id if kind == "image_id" else None,
         crop=crop, k=request.k,
         min_score=request.min_score if request.HasField("min_score") else None,
+        min_relevance=request.min_relevance if request.HasField("min_relevance") else None,
         include_duplicates=request.include_duplicates,
     )
 
 
 def _response(answer: Answer) -> pb.SearchResponse:
     return pb.SearchResponse(
-        results=[pb.SearchResult(image_id=h.image_id, score=h.score, position=i) for i, h in enumerate(answer.hits)],
+        results=[pb.SearchResult(image_id=h.image_id, score=h.score, position=i, relevance=h.relevance)
+                 for i, h in enumerate(answer.hits)],
         model_version=answer.model_version, index_version=answer.index_version, request_id=answer.request_id)
 
 

@@ -81,7 +81,10 @@ class Settings:
     # (benchmarks/results/duplicate_threshold.md): half-size JPEG q50 copies score p5 0.73, different pictures
     # p99.9 0.95 (the pairs above 0.87 are mostly the same artwork shipped twice); 0.87 collapses 80% of copies
     # and 0.2% of different-picture pairs.
-    duplicate_threshold: float = 0.87
+    # Since issue 16 each model version carries its own threshold, calibrated for a stated precision on held-out
+    # labelled pairs (model_repository/encoder/<v>/calibration.json); this setting is the fallback for a
+    # version without calibration, and overrides the calibrated value when given explicitly.
+    duplicate_threshold: float | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -22,7 +22,7 @@ from server.embedding.contract import EMBED_CHUNK
 from server.embedding.encoder import EncoderClient
 from server.embedding.imaging import Limits
 from server.embedding.pipeline import ImageInput, embed_images
-from server.runtime.serving import Live, Serving, SwitchProgress
+from server.runtime.serving import Live, Serving, SwitchProgress, serving
 from server.store.base import NewImage, VectorStore, Visibility
 from server.store.blobs import BlobStore
 from server.store.catalogs import open_store, write_active_version
@@ -63,7 +63,7 @@ class ModelSwitch:
                 await asyncio.to_thread(new.advance_version, old.store.version + 1)  # answers' version only grows
                 await asyncio.to_thread(new.snapshot)
                 await asyncio.to_thread(write_active_version, self.settings, self.target)
-                self.live.serving = Serving(new, self.encoder)
+                self.live.serving = serving(new, self.encoder, self.settings)
             log.info("cut over to %s (%d images)", self.target, new.added_total())
         except Exception as exc:
             self.live.last_switch_error = f"{type(exc).__name__}: {exc}"

@@ -19,7 +19,7 @@ from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.query.duplicates import collapse_duplicates
 from server.runtime.admission import MIN_COST_PIXELS, Admission
-from server.runtime.serving import Live, Serving
+from server.runtime.serving import FALLBACK_DUPLICATE_THRESHOLD, Live, Serving
 from server.store.base import VectorStore
 from server.store.interactions import InteractionLog
 
@@ -31,6 +31,7 @@ class Query:
     crop: imaging.CropBox | None = None
     k: int = 0
     min_score: float | None = None
+    min_relevance: float | None = None
     include_duplicates: bool = False
 
 
@@ -38,6 +39,7 @@ class Query:
 class Hit:
     image_id: str
     score: float
+    relevance: float | None = None  # calibrated probability that the result is relevant (None: no calibration)
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,9 @@ class Ranker:
     duplicate-heavy corpus one store search usually suffices; it goes back for more only when that fell short.
     """
 
-    def __init__(self, duplicate_threshold: float, metrics: GatewayMetrics) -> None:
-        self.duplicate_threshold, self.metrics = duplicate_threshold, metrics
+    def __init__(self, duplicate_threshold: float | None, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+        self.duplicate_threshold = FALLBACK_DUPLICATE_THRESHOLD if duplicate_threshold is None else duplicate_threshold
         self.keep_rate = 1.0  # moving average of kept / examined candidates
 
     @contextmanager
@@ -72,7 +75,9 @@ class Ranker:
         return max(2 * k + 10, math.ceil(1.25 * k / max(self.keep_rate, 0.02)) + 10)
 
     def rank(self, store: VectorStore, vector: np.ndarray, k: int, exclude: str | None,
-             include_duplicates: bool) -> list[Hit]:
+             include_duplicates: bool, threshold: float | None = None) -> list[Hit]:
+        """`threshold`: the served version's duplicate threshold (default: the one given at construction)."""
+        threshold = threshold if threshold is not None else self.duplicate_threshold
         if include_duplicates:
             with self.stage("search"):
                 hits = [Hit(c.image_id, c.score) for c in store.search(vector, k, exclude)]
@@ -88,7 +93,7 @@ class Ranker:
                 candidates = store.search(vector, fetch, exclude)
             searches += 1
             with self.stage("filter"):
-                kept, removed = collapse_duplicates(candidates, k, self.duplicate_threshold)
+                kept, removed = collapse_duplicates(candidates, k, threshold)
             if kept:
                 self.keep_rate = 0.9 * self.keep_rate + 0.1 * len(kept) / (len(kept) + removed)
             if len(kept) == k or len(candidates) < fetch:
@@ -127,6 +132,9 @@ class Searcher:
             raise InvalidInput("a crop applies to image_bytes only, not to image_id queries", field="crop")
         if query.min_score is not None and not -1.0 <= query.min_score <= 1.0:
             raise InvalidInput(f"must be within [-1, 1], got {query.min_score}", field="min_score")
+        if query.min_relevance is not None and not 0.0 <= query.min_relevance <= 1.0:
+            raise InvalidInput(f"must be a probability within [0, 1], got {query.min_relevance}",
+                               field="min_relevance")
         return k
 
     async def embed_query(self, serving: Serving, query: Query, timeout_s: float | None) -> np.ndarray:
@@ -164,7 +172,15 @@ class Searcher:
         # In a worker thread: FAISS releases the GIL, so concurrent searches use every core while the event
         # loop keeps serving gRPC.
         hits = await asyncio.to_thread(self.ranker.rank, serving.store, vector, k, query.image_id,
-                                       query.include_duplicates)
+                                       query.include_duplicates,
+                                       serving.duplicate_threshold(self.settings.duplicate_threshold))
+        if serving.calibration is not None:
+            relevance = serving.calibration.relevance(np.array([h.score for h in hits], dtype=np.float64))
+            hits = [Hit(h.image_id, h.score, float(r)) for h, r in zip(hits, relevance, strict=True)]
+            if query.min_relevance is not None:
+                kept = [h for h in hits if h.relevance >= query.min_relevance]
+                self.metrics.filtered_results.labels("min_relevance").inc(len(hits) - len(kept))
+                hits = kept
         if query.min_score is not None:
             kept = [h for h in hits if h.score >= query.min_score]
             self.metrics.filtered_results.labels("min_score").inc(len(hits) - len(kept))

@@ -9,14 +9,31 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from server.core.config import Settings
 from server.embedding.encoder import EncoderClient
+from server.models.calibration import Calibration, load_calibration
 from server.store.base import VectorStore
+
+FALLBACK_DUPLICATE_THRESHOLD = 0.87  # chosen on photo pairs before per-version calibration (issue 16)
 
 
 @dataclass(frozen=True)
 class Serving:
     store: VectorStore
     encoder: EncoderClient
+    calibration: Calibration | None = None  # the encoder version's duplicate threshold and relevance calibrator
+
+    def duplicate_threshold(self, configured: float | None) -> float:
+        """An explicit setting wins; else the version's calibrated threshold; else the old photo-based one."""
+        if configured is not None:
+            return configured
+        return self.calibration.duplicate_threshold if self.calibration else FALLBACK_DUPLICATE_THRESHOLD
+
+
+def serving(store: VectorStore, encoder: EncoderClient, settings: Settings) -> Serving:
+    """The pair with its encoder version's calibration (from the model repository; None if it has none)."""
+    return Serving(store, encoder, load_calibration(encoder.version or "", settings.model_repository,
+                                                    settings.model_name))
 
 
 @dataclass

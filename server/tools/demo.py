@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import signal
 import tempfile
 import time
@@ -16,8 +15,9 @@ from PIL import Image
 
 from clients.client import VisualSearchClient
 from server.core.config import Settings, free_port
+from server.embedding.imaging import Limits, decode_image
 from server.tools import gallery
-from server.tools.corpus import real_photos
+from server.tools.corpus import demo_corpus
 from server.tools.indexing import index_files
 from server.tools.launcher import Services, running_services, start_gateway
 from server.tools.milvus_server import MilvusServer
@@ -25,17 +25,21 @@ from server.tools.output import CliError, print_hits, print_stats
 
 
 def write_gallery(path: Path, query_bytes: bytes, crop: tuple | None, title: str, response: object,
-             files: dict[str, Path]) -> None:
-    def load(image_id: str) -> Image.Image | None:
-        return Image.open(files[image_id]) if image_id in files else None
+                  files: dict[str, Path]) -> None:
+    def shown(data: bytes) -> Image.Image:
+        """As the encoder sees it: EXIF orientation applied, transparency on white."""
+        return decode_image(data, Limits(max_bytes=2**31, max_pixels=2**31))
 
-    gallery.render(Image.open(io.BytesIO(query_bytes)), crop, title,
+    def load(image_id: str) -> Image.Image | None:
+        return shown(files[image_id].read_bytes()) if image_id in files else None
+
+    gallery.render(shown(query_bytes), crop, title,
                    [(h.image_id, h.score) for h in response.results], load, path)
     print(f"gallery: {path}")
 
 
 def known_files() -> dict[str, Path]:
-    return {p.image_id: p.path for p in real_photos()}
+    return {p.image_id: p.path for p in demo_corpus()[0]}
 
 
 def wait_visible(client: VisualSearchClient, image_id: str, timeout_s: float = 30.0) -> float:
@@ -81,9 +85,9 @@ def demo_services(settings: Settings, milvus: bool) -> Iterator[tuple[Services, 
 
 
 def run_demo(args: argparse.Namespace, settings: Settings) -> None:
-    photos = real_photos()
+    photos, queries = demo_corpus()
     if not photos:
-        raise CliError("no corpus images found: run `make setup` (it installs the Debian wallpaper packages)")
+        raise CliError("no corpus images found: run `make setup` (it installs the Debian image packages)")
     files = {p.image_id: p.path for p in photos}
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
@@ -102,29 +106,16 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> None:
             print(f"queries go to a second gateway ({query_target}): replicas share Milvus, no per-image state")
             print(f"the replica saw the last write {wait_visible(client, photos[-1].image_id):.0f} ms after its ack "
                   "(searches read at Session consistency: a writer reads its own writes at once, others ~1 time tick)")
-
-        # 1. A whole image: a smaller, re-compressed copy of a corpus photo (what an upload looks like).
-        original = files.get("skimage/chelsea") or photos[0].path
-        buffer = io.BytesIO()
-        image = Image.open(original).convert("RGB")
-        image.resize((image.width // 2, image.height // 2)).save(buffer, "JPEG", quality=60)
-        queries = [("1-whole-image", buffer.getvalue(), None, f"whole image: {original.name} (half size, JPEG q60)")]
-        # 2. A crop of one object: the astronaut's face out of the astronaut photo.
-        astronaut = files.get("skimage/astronaut") or photos[1].path
-        crop = (0.30, 0.0, 0.75, 0.45)
-        queries.append(("2-crop", astronaut.read_bytes(), crop, f"crop {crop} of {astronaut.name}"))
-        for name, data, box, title in queries:
-            print(f"\n== {title}")
-            response = client.search(data, crop=box, k=args.k)
+        for query in queries:
+            print(f"\n== {query.title}")
+            if query.image_id is not None:
+                data, response = files[query.image_id].read_bytes(), client.similar(query.image_id, k=args.k)
+            else:
+                assert query.path is not None
+                data = query.path.read_bytes()
+                response = client.search(data, crop=query.crop, k=args.k)
             print_hits(response)
-            write_gallery(out / f"{name}.png", data, box, title, response, files)
-        # 3. More like this, by ID.
-        similar_id = "skimage/coffee" if "skimage/coffee" in files else photos[2].image_id
-        print(f"\n== more like this: {similar_id}")
-        response = client.similar(similar_id, k=args.k)
-        print_hits(response)
-        write_gallery(out / "3-more-like-this.png", files[similar_id].read_bytes(), None,
-                 f"more like this: {similar_id}", response, files)
+            write_gallery(out / f"{query.name}.png", data, query.crop, query.title, response, files)
         print()
         print_stats(client.stats())
         if args.keep_running:

@@ -106,7 +106,15 @@ def test_milvus_down_gives_unavailable_and_not_serving_then_recovers(triton_serv
             gateway.wait_health(health_pb2.HealthCheckResponse.NOT_SERVING, timeout_s=30)
             milvus.start()
             gateway.wait_serving(timeout_s=120)  # the same gateway process, not restarted
-            assert ids(client.search(small_jpeg(photo, 200), k=1)) == [photo]
+
+            def found() -> bool:  # right after the restart a search may still time out: UNAVAILABLE, retryable
+                try:
+                    return ids(client.search(small_jpeg(photo, 200), k=1)) == [photo]
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
+                    return False
+
+            assert eventually(found, timeout_s=60)
     finally:
         gateway.stop()
 

@@ -16,10 +16,11 @@ class MilvusReads:
     """The search half of `MilvusVectorStore` (a mixin: it shares the store's client and index config)."""
 
     def healthy(self) -> bool:
-        """The collection answers (the gateway's health check asks every second)."""
+        """The collection is loaded and answers (after a Milvus restart it reloads first; the gateway's health
+        check asks every second and stays NOT_SERVING until then)."""
         try:
-            self._call(self._client.get_load_state, self.collection)
-            return True
+            state = self._call(self._client.get_load_state, self.collection).get("state")
+            return str(state).rsplit(".", 1)[-1] == "Loaded"
         except Exception:
             return False
 

@@ -338,10 +338,13 @@ def test_triton_actors_give_the_gateways_embeddings(ray_cluster, triton_server, 
 
 
 def test_worker_node_killed_mid_job_still_completes_exactly(ray_cluster, images, tmp_path):
-    manifest = write_manifest(tmp_path / "manifest.csv", [(i, str(p)) for i, p in images])
+    # Four copies of the corpus (distinct IDs) in shards of 2: on a quiet machine the job must still be running
+    # when the worker node's first shard is seen committed.
+    items = [(f"{i}/copy{n}", str(p)) for n in range(4) for i, p in images]
+    manifest = write_manifest(tmp_path / "manifest.csv", items)
     out, log = tmp_path / "out", tmp_path / "job.log"
-    job = start_job(ray_cluster, job_command(ray_cluster, manifest, out, "--shard-size", "4"), log)
-    shards = -(-len(images) // 4)
+    job = start_job(ray_cluster, job_command(ray_cluster, manifest, out, "--shard-size", "2"), log)
+    shards = -(-len(items) // 2)
     try:
         # Kill once the worker node has demonstrably embedded part of the corpus (actors go round-robin over
         # the nodes; which batches reach which actor is Ray Data's choice).
@@ -356,9 +359,9 @@ def test_worker_node_killed_mid_job_still_completes_exactly(ray_cluster, images,
             ray_cluster.start_worker()  # the next tests get a two-node cluster again
     assert job.returncode == 0, log.read_text()[-5000:]
     assert done_at_kill < shards, "the job had finished before the node was killed"
-    assert_exact(out, {i for i, _ in images})
+    assert_exact(out, {i for i, _ in items})
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["embedded"] == len(images) and summary["shards_run"] == shards
+    assert summary["embedded"] == len(items) and summary["shards_run"] == shards
 
 
 def test_driver_killed_then_rerun_resumes_exactly(ray_cluster, images, tmp_path):

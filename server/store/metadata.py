@@ -6,6 +6,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from server.store.base import ImageRecord, Visibility
@@ -54,17 +55,23 @@ class SqliteMetadataStore:
             self._bump()
             self._db.execute("COMMIT")
 
-    def _write(self, sql: str, rows: list[tuple]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT under the lock; on failure roll back, the in-memory version with it."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany(sql, rows)
-                self._bump()
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self.version = self._db.execute("SELECT value FROM counters WHERE name = 'version'").fetchone()[0]
                 raise
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        with self._transaction():
+            self._db.executemany(sql, rows)
+            self._bump()
 
     def insert(self, records: list[ImageRecord]) -> None:
         self._write(f"INSERT INTO images ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", [
@@ -90,22 +97,15 @@ class SqliteMetadataStore:
 
     def _update(self, image_ids: list[str], assignment: str, args: tuple, still: str) -> list[ImageRecord]:
         """Apply an update to live (not deleted) images that need it; return their new records."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                changed = []
-                for image_id in image_ids:
-                    cur = self._db.execute(f"UPDATE images SET {assignment} WHERE image_id = ? AND deleted = 0 "
-                                           f"AND {still}", (*args, image_id))
-                    if cur.rowcount:
-                        changed.append(image_id)
-                if changed:
-                    self._bump()
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                self.version = self._db.execute("SELECT value FROM counters WHERE name = 'version'").fetchone()[0]
-                raise
+        changed = []
+        with self._transaction():
+            for image_id in image_ids:
+                cur = self._db.execute(f"UPDATE images SET {assignment} WHERE image_id = ? AND deleted = 0 "
+                                       f"AND {still}", (*args, image_id))
+                if cur.rowcount:
+                    changed.append(image_id)
+            if changed:
+                self._bump()
         return [r for i in changed if (r := self.get(i))]
 
     def set_visibility(self, image_ids: list[str], visibility: Visibility) -> list[ImageRecord]:

@@ -25,7 +25,7 @@ async def _hold(admission: Admission, pixels: int, release: asyncio.Event, start
 
 def test_a_request_that_cannot_start_before_its_deadline_is_refused_without_queueing():
     async def scenario() -> None:
-        admission = Admission("search", max_in_flight=1, max_pixels=10**9, max_queue_delay_s=1.0,
+        admission = Admission("search", max_in_flight=1, max_pixels=10**9, latency_budget_s=1.0,
                               initial_service_s=0.2)
         release, started = asyncio.Event(), asyncio.Event()
         holder = asyncio.create_task(_hold(admission, 1, release, started))
@@ -42,9 +42,30 @@ def test_a_request_that_cannot_start_before_its_deadline_is_refused_without_queu
     asyncio.run(scenario())
 
 
+def test_a_request_that_would_finish_past_the_latency_budget_is_refused_even_with_a_long_deadline():
+    async def scenario() -> None:
+        admission = Admission("search", max_in_flight=1, max_pixels=10**9, latency_budget_s=0.1,
+                              initial_service_s=0.03)
+        admission.service_dev_s = 0.0075  # a high estimate of 60 ms: a wait of 40 ms or more cannot end in time
+        release, started = asyncio.Event(), asyncio.Event()
+        holder = asyncio.create_task(_hold(admission, 1, release, started))
+        await started.wait()
+        queued = asyncio.create_task(_hold(admission, 1, asyncio.Event(), timeout_s=60))  # expected wait 30 ms
+        await asyncio.sleep(0)
+        with pytest.raises(Shed, match="still finish in time"):  # expected wait 60 ms + 60 ms > 100 ms
+            async with admission.admit(1, timeout_s=60):
+                pytest.fail("admitted")
+        with pytest.raises(Shed, match="could not start in time"):  # the queued one gives up after 40 ms
+            await queued
+        release.set()
+        await holder
+        assert admission.in_flight == 0 and not admission._queue
+    asyncio.run(scenario())
+
+
 def test_pixels_in_flight_are_bounded_and_the_queue_is_fifo():
     async def scenario() -> None:
-        admission = Admission("search", max_in_flight=8, max_pixels=100, max_queue_delay_s=None)
+        admission = Admission("search", max_in_flight=8, max_pixels=100, latency_budget_s=None)
         order: list[str] = []
         first_release, first_started = asyncio.Event(), asyncio.Event()
         first = asyncio.create_task(_hold(admission, 60, first_release, first_started))
@@ -66,7 +87,7 @@ def test_pixels_in_flight_are_bounded_and_the_queue_is_fifo():
 
 def test_a_waiter_whose_budget_runs_out_is_refused_and_leaves_the_queue():
     async def scenario() -> None:
-        admission = Admission("search", max_in_flight=1, max_pixels=10**9, max_queue_delay_s=0.05,
+        admission = Admission("search", max_in_flight=1, max_pixels=10**9, latency_budget_s=0.05,
                               initial_service_s=0.001)
         release, started = asyncio.Event(), asyncio.Event()
         holder = asyncio.create_task(_hold(admission, 1, release, started))
@@ -108,7 +129,7 @@ def test_a_batch_of_64_huge_pngs_is_refused_before_decoding(gateway, huge_png):
 
 def test_the_adaptive_limit_shrinks_while_service_is_slower_than_its_target_and_grows_back():
     async def scenario() -> None:
-        admission = Admission("search", max_in_flight=4, max_pixels=10**9, max_queue_delay_s=None,
+        admission = Admission("search", max_in_flight=4, max_pixels=10**9, latency_budget_s=None,
                               target_service_s=1e-9)  # every request is "too slow"
         for _ in range(30):
             async with admission.admit(1, None):

@@ -112,7 +112,7 @@ def test_duplicate_collapse_keeps_order_k_and_no_duplicates(candidates, k, thres
                 min_size=1, max_size=25))
 def test_admission_never_exceeds_its_limits_and_always_drains(requests):
     async def scenario() -> None:
-        admission = Admission("prop", max_in_flight=3, max_pixels=100, max_queue_delay_s=None)
+        admission = Admission("prop", max_in_flight=3, max_pixels=100, latency_budget_s=None)
         peak = {"units": 0, "pixels": 0}
 
         async def one(pixels: int, units: int, timeout_s: float | None) -> None:

@@ -66,10 +66,11 @@ class Settings:
     # SearchBatch: decoded pixels of all its images together (read from the headers before decoding).
     max_batch_pixels: int = 100_000_000
     # Admission control (server/runtime/admission.py): in-flight searches and their decoded pixels; a search
-    # waits at most this long to start (and never past its deadline), else RESOURCE_EXHAUSTED at once.
+    # waits to start only if it can still finish within the latency budget (the Search SLO) and its deadline,
+    # else RESOURCE_EXHAUSTED at once.
     admission_max_in_flight: int = 4
     admission_max_pixels: int = 100_000_000
-    admission_max_queue_delay_ms: float = 100.0  # the whole latency SLO: a longer wait cannot end in time
+    admission_latency_budget_ms: float = 100.0  # the p99 latency SLO of deploy/prometheus/rules/alerts.yml
     # If > 0: fewer searches at once while one takes longer than this (AIMD). Off by default: on the shared
     # benchmark host it cost goodput without bringing p99 down (benchmarks/results/overload.md).
     admission_target_service_ms: float = 0.0

@@ -113,7 +113,7 @@ class Searcher:
         self.live, self.settings, self.metrics, self.interactions = live, settings, metrics, interactions
         self.admission = admission or Admission(
             "search", settings.admission_max_in_flight, settings.admission_max_pixels,
-            settings.admission_max_queue_delay_ms / 1000 if settings.admission_max_queue_delay_ms > 0 else None,
+            settings.admission_latency_budget_ms / 1000 if settings.admission_latency_budget_ms > 0 else None,
             target_service_s=settings.admission_target_service_ms / 1000 if settings.admission_target_service_ms > 0
             else None)
         self.limits = imaging.Limits(settings.max_image_bytes, settings.max_image_pixels)

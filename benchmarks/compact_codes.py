@@ -3,7 +3,7 @@
     python -m benchmarks.compact_codes [--max-stamps 800]
 
 Embeddings: the project's ONNX encoder (model_repository/encoder/1/model.onnx, ONNX Runtime, inputs from
-`server.imaging.prepare`) over real images from Debian packages: the Tux Paint stamps (category folders =
+`server.embedding.imaging.prepare`) over real images from Debian packages: the Tux Paint stamps (category folders =
 labels), the wallpapers and the built-in copy-detection evaluation set (graded edits and crops of the
 wallpapers, evaluation/dataset.py). Two evaluation sets, one corpus:
 - `copy`: the built-in set's queries (edited copies / crops), graded relevance 1-5;
@@ -34,7 +34,7 @@ from PIL import Image
 from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from evaluation.dataset import builtin_set
 from evaluation.metrics import ndcg_at_k
-from server import imaging
+from server.embedding import imaging
 
 MODEL = Path(__file__).resolve().parent.parent / "model_repository/encoder/1/model.onnx"
 STAMPS = Path("/usr/share/tuxpaint/stamps")

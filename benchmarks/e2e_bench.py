@@ -202,7 +202,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="vsearch-e2e-") as tmp:
         data_dir = Path(tmp) / "data"
         add_filler(data_dir, filler)
-        settings = loopback_settings(data_dir=data_dir)
+        # Admission off (no in-flight cap, no latency budget): this measures how much the pipeline can serve;
+        # shedding under overload is measured by benchmarks/overload_bench.py.
+        settings = loopback_settings(data_dir=data_dir, admission_max_in_flight=10_000, admission_latency_budget_ms=0)
         with running_services(settings, Path(tmp) / "logs") as services:
             gateway_url, triton_url = settings.grpc_address, settings.triton_url
             # The Triton target is the image model called directly with the same bytes and crop boxes as the

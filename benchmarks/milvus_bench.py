@@ -26,11 +26,11 @@ from pathlib import Path
 import faiss
 import numpy as np
 from pymilvus import MilvusClient
-from server.index import params_for
 
 from benchmarks.common import markdown_table, run_info, write_results
 from benchmarks.index_bench import DIM, build, synthetic_dataset
 from server.store.base import NewImage, Visibility
+from server.store.faiss.index import params_for
 from server.store.milvus import MilvusIndexConfig, MilvusVectorStore
 from server.tools.milvus_server import MilvusServer
 

@@ -63,7 +63,10 @@ class Eligibility:
         if exclude is not None and 0 <= exclude < size and bits[exclude >> 3] & (1 << (exclude & 7)):
             bits[exclude >> 3] &= np.uint8(~(1 << (exclude & 7)) & 0xFF)
             count -= 1
-        return faiss.IDSelectorBitmap(size, faiss.swig_ptr(bits)), bits, count
+        # FAISS's `n` is the bitmap's length in BYTES: it reads byte id>>3 for any id < 8n. Passing the id count
+        # here let it read past the copy, and garbage bits there admitted private ids added after the last
+        # eligible one.
+        return faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), bits, count
 
     def eligible_count(self, exclude: int | None = None) -> int:
         return self._count - (1 if exclude is not None and self.is_eligible(exclude) else 0)

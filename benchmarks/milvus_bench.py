@@ -30,7 +30,7 @@ from pymilvus import MilvusClient
 from benchmarks.common import markdown_table, run_info, write_results
 from benchmarks.index_bench import DIM, build, synthetic_dataset
 from server.store.base import NewImage, Visibility
-from server.store.faiss.index import params_for
+from server.store.faiss.params import params_for
 from server.store.milvus import MilvusIndexConfig, MilvusVectorStore
 from server.tools.milvus_server import MilvusServer
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.common import RESULTS, markdown_table, run_info, write_results
+from benchmarks.common import RESULTS, markdown_table, process_cpu_seconds, run_info, write_results
 from benchmarks.e2e_bench import add_filler, index_through_gateway, search_queries, uploads
 from benchmarks.loadgen import GatewayTarget, closed_loop
 from server.core.config import loopback_settings
@@ -43,8 +43,9 @@ def histogram_sums(metrics_url: str) -> dict[tuple[str, str], tuple[float, float
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def top_frames(collapsed: Path, limit: int = 25) -> list[dict[str, object]]:
-    """Self and inclusive share of samples per function, from py-spy's collapsed stacks."""
+def top_frames(collapsed: Path, limit: int = 25, by_self: bool = False) -> list[dict[str, object]]:
+    """Self and inclusive share of samples per function, from py-spy's collapsed stacks (most inclusive first,
+    or most self time first)."""
     inclusive, own, total = Counter(), Counter(), 0
     for line in collapsed.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
@@ -54,8 +55,15 @@ def top_frames(collapsed: Path, limit: int = 25) -> list[dict[str, object]]:
         own[frames[-1]] += n
         for f in set(frames):
             inclusive[f] += n
-    return [{"function": f, "inclusive_pct": round(100 * n / total, 1), "self_pct": round(100 * own[f] / total, 1)}
-            for f, n in inclusive.most_common(limit)]
+    order = own if by_self else inclusive
+    return [{"function": f, "inclusive_pct": round(100 * inclusive[f] / total, 1),
+             "self_pct": round(100 * own[f] / total, 1)} for f, _ in order.most_common(limit)]
+
+
+def with_ms(frames: list[dict[str, object]], cpu_ms: float) -> list[dict[str, object]]:
+    """Shares of on-CPU samples as gateway CPU milliseconds per Search."""
+    return [{**f, "inclusive_ms": round(cpu_ms * float(f["inclusive_pct"]) / 100, 3),
+             "self_ms": round(cpu_ms * float(f["self_pct"]) / 100, 3)} for f in frames]
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -75,9 +83,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             target = GatewayTarget(settings.grpc_address, search_queries(images))
             closed_loop(target, args.concurrency, 100)  # warm-up
             # Phase 1, unobserved: client latency and the gateway's own stage means.
-            before = histogram_sums(metrics_url)
+            before, cpu_before = histogram_sums(metrics_url), process_cpu_seconds(services.gateway.pid)
             result = closed_loop(target, args.concurrency, 50 * args.seconds, warmup=0)
-            after = histogram_sums(metrics_url)
+            after, cpu_after = histogram_sums(metrics_url), process_cpu_seconds(services.gateway.pid)
+            cpu_ms = 1000 * (cpu_after - cpu_before) / max(1, result.requests)
             # Phase 2, under py-spy (sampling perturbs latency, so its run is not the one reported above).
             collapsed = Path(tmp) / "profile.txt"
             load = threading.Thread(target=closed_loop, args=(target, args.concurrency, 100 * args.seconds, 0))
@@ -88,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                                 "--duration", str(args.seconds // 2), "--rate", "100", "--format", fmt,
                                 "--output", str(path), "--nonblocking"], check=True, capture_output=True)
             load.join()
-            frames = top_frames(collapsed)
+            frames = with_ms(top_frames(collapsed), cpu_ms)
+            hottest = with_ms(top_frames(collapsed, 20, by_self=True), cpu_ms)
     stages = []
     for key, (total, count) in sorted(after.items()):
         d_sum, d_count = total - before.get(key, (0, 0))[0], count - before.get(key, (0, 0))[1]
@@ -97,17 +107,22 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                            "mean_ms": round(1000 * d_sum / d_count, 3)})
     client = result.summary()
     info = run_info(seconds=args.seconds, concurrency=args.concurrency)
-    data = {**info, "client": client, "server_side": stages, "top_frames": frames}
+    data = {**info, "client": client, "gateway_cpu_ms_per_search": round(cpu_ms, 3), "server_side": stages,
+            "top_frames": frames, "top_self_frames": hottest}
+    columns = ["function", "inclusive_pct", "self_pct", "inclusive_ms", "self_ms"]
     md = ["# Gateway profile", "",
           f"`python -m benchmarks.profile_gateway --concurrency {args.concurrency} --filler {args.filler} "
           f"--copies {args.copies}` — "
           f"commit {info['git_commit']}, "
           f"{info['cpu_count']} CPUs. Client-side: {client['qps']} req/s, mean {client['mean_ms']} ms, "
-          f"p50 {client['p50_ms']} ms, p99 {client['p99_ms']} ms.", "",
+          f"p50 {client['p50_ms']} ms, p99 {client['p99_ms']} ms. Gateway CPU per Search: {cpu_ms:.2f} ms "
+          "(`_ms` columns below: that CPU split by py-spy's samples).", "",
           "## Server-side means (gateway metrics, during the run)", "",
           markdown_table(stages, ["metric", "label", "count", "mean_ms"]), "",
           "## py-spy (gateway process, on-CPU samples over all threads)", "",
-          markdown_table(frames, ["function", "inclusive_pct", "self_pct"]), "",
+          markdown_table(frames, columns), "",
+          "### Most self time", "",
+          markdown_table(hottest, columns), "",
           "Flame graph: [profile_gateway.svg](profile_gateway.svg)"]
     write_results("profile_gateway", data, "\n".join(md))
     return data

@@ -4,81 +4,23 @@ FAISS ids are positions: internal id i is the i-th vector ever added (ids are ne
 images stay in the index and are excluded by the selector). So no id map is needed, the write-ahead
 vector log and the index agree row for row, and replay after a snapshot is "add rows ntotal..end".
 
-Below `flat_threshold` vectors the index is exact (`Flat`); above it, IVF with 4-bit fast-scan PQ and
-an exact re-rank on the stored vectors (`RFlat`), parameters derived from the corpus size and
-rebuilt as the corpus grows (benchmarks/results/index.md has the measurements behind the rule).
+The index type follows the corpus size (`params.py`) and is rebuilt off to the side as the corpus grows.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from server.core.durable import replace_durably
+from server.store.faiss.params import FLAT_THRESHOLD, LARGE_THRESHOLD, IndexParams, params_for, params_of
 
 log = logging.getLogger("index")
-
-FLAT_THRESHOLD = 20_000  # below: exact search costs < ~3 ms and IVF training has too few points
-# Above: an exact float copy for the re-rank (5 KB per 1280-d vector) no longer fits in memory; re-rank on
-# 8-bit scalar-quantized copies and assign lists with an HNSW graph (benchmarks/results/scale.md: 10M vectors
-# in 15.75 GiB at 10-recall@10 0.9875, 12 ms per query).
-LARGE_THRESHOLD = 2_000_000
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    factory: str
-    nprobe: int = 0
-    k_factor: int = 0
-
-    @property
-    def is_flat(self) -> bool:
-        return self.nprobe == 0
-
-    @property
-    def exact_rerank(self) -> bool:
-        """Flat, or IVF-PQ re-ranked on exact float copies (RFlat): the index holds the exact vectors."""
-        return self.is_flat or self.factory.endswith("RFlat")
-
-
-def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD,
-               large_threshold: int = LARGE_THRESHOLD) -> IndexParams:
-    """Index type and search parameters for a corpus of n vectors."""
-    if n < flat_threshold:
-        return IndexParams("Flat")
-    if n >= large_threshold:
-        return large_params(2 ** round(math.log2(math.sqrt(n))), m=dim // 2)
-    # ~4*sqrt(n) lists (power of two), keeping >= 39 training points per list as FAISS recommends.
-    nlist = 2 ** int(math.log2(max(64, min(4 * math.sqrt(n), n / 39))))
-    return ivf_params(nlist, m=dim // 2)
-
-
-def ivf_params(nlist: int, m: int) -> IndexParams:
-    """2 dims per 4-bit sub-quantizer and a 32x exact re-rank: 10-recall@10 >= 0.95 on hard synthetic sets
-    where 4 dims per sub-quantizer or an 8x re-rank stay below 0.9
-    (benchmarks/results/index.md, tests/test_index.py)."""
-    return IndexParams(f"IVF{nlist},PQ{m}x4fs,RFlat", nprobe=max(16, nlist // 16), k_factor=32)
-
-
-def large_params(nlist: int, m: int) -> IndexParams:
-    """~sqrt(n) lists (k-means on 2 cores must finish), nprobe nlist/32, SQ8 re-rank of 32x the candidates."""
-    return IndexParams(f"IVF{nlist}_HNSW32,PQ{m}x4fs,Refine(SQ8)", nprobe=max(16, nlist // 32), k_factor=32)
-
-
-def _params_of(index: faiss.Index) -> IndexParams:
-    """The parameters of a loaded index (its factory string is not stored)."""
-    if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
-        return IndexParams("Flat")
-    nlist, m = faiss.extract_index_ivf(index).nlist, faiss.downcast_index(index.base_index).pq.M
-    refine = faiss.downcast_index(index.refine_index)
-    return large_params(nlist, m) if isinstance(refine, faiss.IndexScalarQuantizer) else ivf_params(nlist, m)
 
 
 def _build(params: IndexParams, dim: int, stored: np.ndarray) -> faiss.Index:
@@ -133,6 +75,8 @@ class VectorIndex:
     def describe(self) -> tuple[str, dict[str, str]]:
         p = self.params
         extra = {} if p.is_flat else {"nprobe": str(p.nprobe), "k_factor": str(p.k_factor)}
+        if p.hnsw_quantizer:
+            extra["ef_search"] = str(max(p.ef_search, 2 * p.nprobe))
         return p.factory, {"metric": "inner_product", **extra, "gpu": str(on_gpu()).lower()}
 
     def vectors(self) -> np.ndarray:
@@ -213,8 +157,8 @@ class VectorIndex:
         while True:
             ivf = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
             # The HNSW coarse quantizer must explore at least nprobe centroids (kept referenced during the search).
-            quantizer = faiss.SearchParametersHNSW(efSearch=2 * nprobe)
-            if not params.exact_rerank:
+            quantizer = faiss.SearchParametersHNSW(efSearch=max(params.ef_search, 2 * nprobe))  # >= nprobe
+            if params.hnsw_quantizer:
                 ivf.quantizer_params = quantizer
             search_params = faiss.IndexRefineSearchParameters(k_factor=params.k_factor, base_index_params=ivf)
             scores, ids = index.search(queries, k, params=search_params)
@@ -239,6 +183,6 @@ class VectorIndex:
         index = faiss.read_index(str(path))
         with self._lock:
             self._index = _maybe_to_gpu(index)
-            self.params = _params_of(index)
+            self.params = params_of(index)
             self._built_at = index.ntotal
             self.version += 1

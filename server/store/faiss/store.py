@@ -20,7 +20,8 @@ import numpy as np
 
 from server.store.base import Candidate, Changed, Counts, ImageRecord, NewImage, Visibility
 from server.store.faiss.eligibility import Eligibility
-from server.store.faiss.index import FLAT_THRESHOLD, VectorIndex
+from server.store.faiss.index import VectorIndex
+from server.store.faiss.params import FLAT_THRESHOLD
 from server.store.faiss.vector_log import VectorLog
 from server.store.metadata import SqliteMetadataStore, now
 

@@ -76,7 +76,7 @@ class VectorIndex:
         p = self.params
         extra = {} if p.is_flat else {"nprobe": str(p.nprobe), "k_factor": str(p.k_factor)}
         if p.hnsw_quantizer:
-            extra["ef_search"] = str(max(p.ef_search, 2 * p.nprobe))
+            extra["ef_search"] = str(p.quantizer_ef(p.nprobe))
         return p.factory, {"metric": "inner_product", **extra, "gpu": str(on_gpu()).lower()}
 
     def vectors(self) -> np.ndarray:
@@ -157,7 +157,7 @@ class VectorIndex:
         while True:
             ivf = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
             # The HNSW coarse quantizer must explore at least nprobe centroids (kept referenced during the search).
-            quantizer = faiss.SearchParametersHNSW(efSearch=max(params.ef_search, 2 * nprobe))  # >= nprobe
+            quantizer = faiss.SearchParametersHNSW(efSearch=params.quantizer_ef(nprobe))
             if params.hnsw_quantizer:
                 ivf.quantizer_params = quantizer
             search_params = faiss.IndexRefineSearchParameters(k_factor=params.k_factor, base_index_params=ivf)

@@ -32,6 +32,10 @@ class IndexParams:
     def hnsw_quantizer(self) -> bool:
         return "_HNSW" in self.factory
 
+    def quantizer_ef(self, nprobe: int) -> int:
+        """Centroids the HNSW coarse quantizer explores when probing nprobe lists: never fewer than 2 x nprobe."""
+        return max(self.ef_search, 2 * nprobe)
+
     @property
     def is_flat(self) -> bool:
         return self.nprobe == 0

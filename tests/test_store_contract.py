@@ -42,9 +42,11 @@ def image(image_id: str, visibility: Visibility = Visibility.PUBLIC, vector: np.
                     stand_in_vector(image_id) if vector is None else vector)
 
 
-def faiss_backend(root: Path) -> OpenStore:
-    # A low flat threshold so the contract runs against the IVF-PQ index, not only exact search.
-    return lambda: FaissVectorStore(root / "faiss", DIM, VERSION, flat_threshold=500, rebuild_in_background=False)
+def faiss_backend(root: Path, regions: int = 0) -> OpenStore:
+    # A low flat threshold so the contract runs against the IVF-PQ index, not only exact search. With regions,
+    # images added without region vectors get their whole-image vector in every region row.
+    return lambda: FaissVectorStore(root / "faiss", DIM, VERSION, flat_threshold=500, rebuild_in_background=False,
+                                    regions=regions)
 
 
 def milvus_backend(request: pytest.FixtureRequest) -> OpenStore:
@@ -55,10 +57,11 @@ def milvus_backend(request: pytest.FixtureRequest) -> OpenStore:
     return lambda: MilvusVectorStore(server.uri, VERSION, DIM, index=index, collection_prefix=prefix)
 
 
-@pytest.fixture(params=["faiss", pytest.param("milvus", marks=pytest.mark.slow)])
+@pytest.fixture(params=["faiss", "faiss-regions", pytest.param("milvus", marks=pytest.mark.slow)])
 def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
     opened: list[VectorStore] = []
-    backend = faiss_backend(tmp_path) if request.param == "faiss" else milvus_backend(request)
+    backend = milvus_backend(request) if request.param == "milvus" else \
+        faiss_backend(tmp_path, regions=3 if request.param == "faiss-regions" else 0)
 
     def open_() -> VectorStore:
         opened.append(backend())

@@ -58,6 +58,10 @@ class Settings:
     # Encoder version a new data directory is indexed with; afterwards the data directory's ACTIVE_MODEL file
     # decides (SwitchModel changes it).
     model_version: str = "1"
+    # A new FAISS catalog also indexes embeddings of the regions in server/core/regions.py, so a
+    # crop of an indexed picture finds it (issue 16; benchmarks/results/quality.md). Costs 1 + 6 encoder inputs
+    # per indexed image and 7x the vectors; queries still embed once. A catalog keeps what it was created with.
+    index_regions: bool = True
     # Input limits (decompression-bomb and abuse protection).
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from server.core.errors import InvalidInput
+from server.core.regions import REGION_BOXES
 from server.embedding.contract import EMBED_CHUNK
 from server.embedding.imaging import CropBox, Limits, check_size, prepare
 
@@ -94,3 +95,33 @@ async def _embed_remotely(encoder: Embedder, items: Sequence[ImageInput], limits
         if isinstance(outcome, BaseException) and not isinstance(outcome, InvalidInput):
             raise outcome
     return list(outcomes)  # type: ignore[arg-type]
+
+
+def within(crop: CropBox | None, box: tuple[float, float, float, float]) -> CropBox:
+    """`box` (normalized to the crop) as a box of the whole image."""
+    x0, y0, x1, y1 = crop.as_tuple() if crop is not None else (0.0, 0.0, 1.0, 1.0)
+    w, h = x1 - x0, y1 - y0
+    return CropBox(x0 + box[0] * w, y0 + box[1] * h, x0 + box[2] * w, y0 + box[3] * h)
+
+
+async def embed_with_regions(encoder: Embedder, items: Sequence[ImageInput], limits: Limits,
+                             timeout_s: float | None = None, chunk: int = EMBED_CHUNK,
+                             progress: Callable[[int], None] | None = None, local_decode: bool = False,
+                             boxes: Sequence[tuple[float, float, float, float]] = REGION_BOXES
+                             ) -> list[np.ndarray | InvalidInput]:
+    """Per item float32 [1 + len(boxes), dim] (row 0: the whole image, then one row per region box), or why the
+    image was rejected. Costs 1 + len(boxes) encoder inputs per image: indexing only, never on the query path."""
+    per_item = 1 + len(boxes)
+    out: list[np.ndarray | InvalidInput] = []
+    for start in range(0, len(items), chunk):
+        part = items[start:start + chunk]
+        views = [ImageInput(i.data, within(i.crop, b) if b else i.crop, i.field) for i in part for b in (None, *boxes)]
+        embedded = await (_embed_locally(encoder, views, limits, timeout_s) if local_decode
+                          else _embed_remotely(encoder, views, limits, timeout_s))
+        for n in range(len(part)):
+            rows = embedded[n * per_item:(n + 1) * per_item]
+            failed = next((r for r in rows if isinstance(r, InvalidInput)), None)
+            out.append(failed if failed is not None else np.stack(rows))  # type: ignore[arg-type]
+        if progress is not None:
+            progress(len(part))
+    return out

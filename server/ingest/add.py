@@ -20,7 +20,7 @@ from server.core.errors import InvalidInput, ServiceError
 from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding.imaging import Limits, header_pixels
-from server.embedding.pipeline import Embedder, ImageInput, embed_images
+from server.embedding.pipeline import Embedder, ImageInput, embed_images, embed_with_regions
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.serving import Live
 from server.store.base import Changed, NewImage, Visibility
@@ -49,6 +49,13 @@ class Status(Enum):
 class Outcome:
     status: Status
     error: ServiceError | None = None
+
+
+def new_image(upload: Upload, content_hash: str, embedded: np.ndarray) -> NewImage:
+    """`embedded`: [dim], or [1 + R, dim] (the whole image, then its regions)."""
+    if embedded.ndim == 1:
+        return NewImage(upload.image_id, upload.owner_id, upload.visibility, content_hash, embedded)
+    return NewImage(upload.image_id, upload.owner_id, upload.visibility, content_hash, embedded[0], embedded[1:])
 
 
 OwnerCheck = Callable[[str], bool]  # may the caller change images of this owner?
@@ -84,7 +91,8 @@ class Indexer:
         cost = sum(header_pixels(uploads[n].data) or MIN_COST_PIXELS for n in todo)
         async with self.admission.admit(cost, timeout_s):
             try:
-                vectors = await self._embed(serving.encoder, [uploads[n] for n in todo], timeout_s)
+                vectors = await self._embed(serving.encoder, [uploads[n] for n in todo], timeout_s,
+                                            serving.store.regions_per_image > 0)
                 embedded = {}
                 for n, vector in zip(todo, vectors, strict=True):
                     if isinstance(vector, InvalidInput):
@@ -99,11 +107,13 @@ class Indexer:
             self.metrics.images_added.labels(outcome.status.value).inc()
         return [outcomes[n] for n in range(len(uploads))]
 
-    async def _embed(self, encoder: Embedder, uploads: Sequence[Upload], timeout_s: float | None
+    async def _embed(self, encoder: Embedder, uploads: Sequence[Upload], timeout_s: float | None, regions: bool
                      ) -> list[np.ndarray | InvalidInput]:
+        """Per upload its embedding ([dim], or [1 + R, dim] with `regions`) or why it was rejected."""
         start = time.perf_counter()
-        vectors = await embed_images(encoder, [ImageInput(u.data) for u in uploads], self.limits, timeout_s,
-                                     local_decode=self.local_decode)
+        embed = embed_with_regions if regions else embed_images
+        vectors = await embed(encoder, [ImageInput(u.data) for u in uploads], self.limits, timeout_s,
+                              local_decode=self.local_decode)
         self.metrics.stage_latency.labels("embed").observe(time.perf_counter() - start)
         return vectors
 
@@ -120,9 +130,9 @@ class Indexer:
             vectors = [embedded[n] for n in order]
             if self.live.serving is not serving:  # a model cut-over happened meanwhile: embed for the new one
                 serving = self.live.serving
-                vectors = await self._embed(serving.encoder, [uploads[n] for n in order], timeout_s)
-            images = [NewImage(uploads[n].image_id, uploads[n].owner_id, uploads[n].visibility, h, v)
-                      for n, h, v in zip(order, hashes, vectors, strict=True)]
+                vectors = await self._embed(serving.encoder, [uploads[n] for n in order], timeout_s,
+                                            serving.store.regions_per_image > 0)
+            images = [new_image(uploads[n], h, v) for n, h, v in zip(order, hashes, vectors, strict=True)]
             added = await asyncio.to_thread(serving.store.add, images)
         self.metrics.stage_latency.labels("persist").observe(time.perf_counter() - start)
         return {n: Outcome(Status.ADDED if ok else Status.ALREADY_EXISTS) for n, ok in zip(order, added, strict=True)}

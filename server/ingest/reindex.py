@@ -21,7 +21,7 @@ from server.core.errors import FailedPrecondition, InvalidInput, NotFound
 from server.embedding.contract import EMBED_CHUNK
 from server.embedding.encoder import EncoderClient
 from server.embedding.imaging import Limits
-from server.embedding.pipeline import ImageInput, embed_images
+from server.embedding.pipeline import ImageInput, embed_images, embed_with_regions
 from server.runtime.serving import Live, Serving, SwitchProgress, serving
 from server.store.base import NewImage, VectorStore, Visibility
 from server.store.blobs import BlobStore
@@ -90,13 +90,15 @@ class ModelSwitch:
             return False
         rows = await asyncio.to_thread(old.records, start, stop)
         originals = await asyncio.to_thread(lambda: [self.blobs.get(r.content_hash) for r in rows])
-        vectors = await embed_images(self.encoder, [ImageInput(o) for o in originals], self.limits,
-                                     local_decode=self.settings.decode_in_gateway)
+        embed = embed_with_regions if new.regions_per_image else embed_images
+        vectors = await embed(self.encoder, [ImageInput(o) for o in originals], self.limits,
+                              local_decode=self.settings.decode_in_gateway)
         for row, vector in zip(rows, vectors, strict=True):
             if isinstance(vector, InvalidInput):  # accepted once, so only a changed limit can reject it now
                 raise RuntimeError(f"cannot re-embed {row.image_id}: {vector}")
         images = [NewImage(r.image_id, r.owner_id, r.visibility, r.content_hash, v)
-                  for r, v in zip(rows, vectors, strict=True)]
+                  if v.ndim == 1 else NewImage(r.image_id, r.owner_id, r.visibility, r.content_hash, v[0], v[1:])
+                  for r, v in zip(rows, vectors, strict=True)]  # type: ignore[union-attr]
         await asyncio.to_thread(new.add, images)
         self._report(new)
         return True

@@ -50,6 +50,7 @@ class NewImage:
     visibility: Visibility
     content_hash: str
     vector: np.ndarray  # float32 [dim], unit norm
+    regions: np.ndarray | None = None  # float32 [R, dim]: embeddings of REGION_BOXES (a store may not keep them)
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,12 @@ class Changed:
 class VectorStore(Protocol):
     model_version: str  # `encoder/N`: the only version whose embeddings this store accepts
     dim: int
+
+    @property
+    def regions_per_image(self) -> int:
+        """Region vectors kept per image (0: whole images only): the indexing path embeds them when > 0, and
+        `search` scores an image by its best match, the whole image or a region."""
+        ...
 
     @property
     def version(self) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from server.core.config import Settings
 from server.core.durable import write_atomic
+from server.core.regions import REGION_BOXES
 from server.store.base import VectorStore
 
 ACTIVE_MODEL_FILE = "ACTIVE_MODEL"
@@ -61,4 +62,5 @@ def open_store(settings: Settings, model_version: str, dim: int) -> VectorStore:
                                  collection_prefix=settings.milvus_prefix, timeout_s=settings.milvus_timeout_s)
     from server.store.faiss import FaissVectorStore
 
-    return FaissVectorStore(catalog_dir(settings.data_dir, model_version), dim, model_version)
+    return FaissVectorStore(catalog_dir(settings.data_dir, model_version), dim, model_version,
+                            regions=len(REGION_BOXES) if settings.index_regions else 0)

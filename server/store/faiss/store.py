@@ -4,6 +4,7 @@ On disk (one directory per encoder version, `<data_dir>/catalogs/encoder-N`):
   vectors.f32      append-only log of embeddings, row i = internal id i (fsync'd before the records commit)
   metadata.sqlite  image records (WAL, synchronous=FULL); a row exists only once its vector is durable
   index.faiss      last index snapshot (atomic write + rename); rows after its ntotal are replayed on start
+  regions.f32, regions.faiss   the same for the region rows of a catalog created with regions (regions.py)
 
 Recovery: rows of vectors.f32 beyond the record count were never acknowledged and are truncated.
 Writes are serialized by one lock; searches are lock-free.
@@ -22,6 +23,7 @@ from server.store.base import Candidate, Changed, Counts, ImageRecord, NewImage,
 from server.store.faiss.eligibility import Eligibility
 from server.store.faiss.index import VectorIndex
 from server.store.faiss.params import FLAT_THRESHOLD
+from server.store.faiss.regions import RegionRows
 from server.store.faiss.vector_log import VectorLog
 from server.store.metadata import SqliteMetadataStore, now
 
@@ -33,10 +35,18 @@ class FaissVectorStore:
     """Embeddings of another encoder version are refused: vectors of two models are not comparable."""
 
     def __init__(self, data_dir: Path, dim: int, model_version: str, flat_threshold: int = FLAT_THRESHOLD,
-                 rebuild_in_background: bool = True) -> None:
+                 rebuild_in_background: bool = True, regions: int = 0) -> None:
+        """`regions`: region vectors per image for a NEW catalog (0: whole images only); an existing catalog keeps
+        what it was created with."""
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir, self.dim, self.model_version = data_dir, dim, model_version
         self._records = SqliteMetadataStore(data_dir / "metadata.sqlite")
+        self._regions: RegionRows | None = None
+        per_image = RegionRows.created_with(data_dir)
+        if per_image is None and regions and not self._records.get_many([0]):  # a new (empty) catalog
+            per_image = RegionRows.create(data_dir, regions)
+        if per_image:
+            self._regions = RegionRows(data_dir, dim, per_image, flat_threshold, rebuild_in_background)
         self._vector_log = VectorLog(data_dir / "vectors.f32", dim)
         self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view,
                                   on_rebuilt=self._records.bump_version)
@@ -47,6 +57,11 @@ class FaissVectorStore:
         self._write_lock = threading.Lock()
         self._adds_since_snapshot = 0
         self._recover()
+
+    @property
+    def regions_per_image(self) -> int:
+        """Region vectors this catalog keeps per image (0: whole images only)."""
+        return 0 if self._regions is None else self._regions.per_image
 
     @property
     def snapshot_path(self) -> Path:
@@ -76,6 +91,8 @@ class FaissVectorStore:
         if replay:
             log.info("replaying %d vectors after the snapshot", replay)
             self._index.add(self._index.ntotal, self._vector_log.read(self._index.ntotal, committed))
+        if self._regions is not None:
+            self._regions.recover(committed)
         self._track(records)
         log.info("store ready: %d images (%s)", committed, self._index.describe()[0])
 
@@ -84,8 +101,13 @@ class FaissVectorStore:
         for r in records:
             self._image_ids.append(r.image_id)
             self._hashes.append(r.content_hash)
-            self._eligibility.set(r.internal_id, r.eligible)
+            self._set_eligible(r.internal_id, r.eligible)
             self._counts["deleted" if r.deleted else r.visibility] += 1
+
+    def _set_eligible(self, internal_id: int, eligible: bool) -> None:
+        self._eligibility.set(internal_id, eligible)
+        if self._regions is not None:
+            self._regions.set(internal_id, eligible)
 
     # -- writes ------------------------------------------------------------------------------------------
     def add(self, images: Sequence[NewImage], model_version: str | None = None) -> list[bool]:
@@ -103,16 +125,23 @@ class FaissVectorStore:
                 return added_flags
             first = self._index.ntotal
             vectors = np.stack([i.vector for i in fresh]).astype(np.float32)
+            region_rows = None if self._regions is None else self._regions.rows_for(vectors, [i.regions for i in fresh])
             self._vector_log.append(vectors)
+            if self._regions is not None:
+                self._regions.append_log(region_rows)
             records = [ImageRecord(i.image_id, first + n, i.owner_id, i.visibility, False, i.content_hash,
                                    self.model_version, now()) for n, i in enumerate(fresh)]
             try:
                 self._records.insert(records)
             except BaseException:
                 self._vector_log.truncate(first)
+                if self._regions is not None:
+                    self._regions.truncate_log(first)
                 raise
             # Durable from here on; now make it searchable.
             self._index.add(first, vectors)
+            if self._regions is not None:
+                self._regions.add(first, region_rows)
             self._track(records)
             self._adds_since_snapshot += len(records)
             return added_flags
@@ -121,7 +150,7 @@ class FaissVectorStore:
         with self._write_lock:
             changed = self._records.set_visibility(list(image_ids), visibility)
             for r in changed:  # live images whose visibility flipped
-                self._eligibility.set(r.internal_id, r.eligible)
+                self._set_eligible(r.internal_id, r.eligible)
                 self._counts[r.visibility] += 1
                 self._counts[Visibility.PRIVATE if r.visibility == Visibility.PUBLIC else Visibility.PUBLIC] -= 1
             return Changed(len(changed), self._unknown(image_ids))
@@ -131,7 +160,7 @@ class FaissVectorStore:
             unknown = self._unknown(image_ids)
             deleted = self._records.mark_deleted(list(image_ids))
             for r in deleted:
-                self._eligibility.set(r.internal_id, False)
+                self._set_eligible(r.internal_id, False)
                 self._counts[r.visibility] -= 1
                 self._counts["deleted"] += 1
             return Changed(len(deleted), unknown)
@@ -147,10 +176,16 @@ class FaissVectorStore:
         selector, _keepalive, eligible = self._eligibility.snapshot(skip)
         if eligible == 0:
             return []
-        scores, ids = self._index.search(vector[None], min(k, eligible), selector)
+        k = min(k, eligible)
+        scores, ids = self._index.search(vector[None], k, selector)
+        best = {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != skip}
+        if self._regions is not None:  # an image scores its best match: the whole image or one of its regions
+            for i, s in self._regions.search(vector, k, skip).items():
+                if s > best.get(i, -np.inf):
+                    best[i] = s
         # Re-check eligibility after the search: a hide acknowledged while it ran must still be honoured.
-        found = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True)
-                 if i >= 0 and i != skip and self._eligibility.is_eligible(int(i))]
+        found = sorted(((i, s) for i, s in best.items() if self._eligibility.is_eligible(i)),
+                       key=lambda hit: -hit[1])[:k]
         vectors = self._index.reconstruct(np.array([i for i, _ in found], dtype=np.int64))
         return [Candidate(self._image_ids[i], s, self._hashes[i], v) for (i, s), v in zip(found, vectors, strict=True)]
 
@@ -195,7 +230,11 @@ class FaissVectorStore:
         with self._write_lock:
             self._adds_since_snapshot = 0
         self._index.save(self.snapshot_path)
+        if self._regions is not None:
+            self._regions.snapshot()
 
     def close(self) -> None:
         self._vector_log.close()
+        if self._regions is not None:
+            self._regions.close()
         self._records.close()

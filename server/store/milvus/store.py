@@ -56,7 +56,12 @@ from server.store.milvus.writes import MilvusWrites
 
 
 class MilvusVectorStore(MilvusReads, MilvusWrites):
-    """`VectorStore` over one Milvus collection (created and loaded on first use); thread-safe."""
+    """`VectorStore` over one Milvus collection (created and loaded on first use); thread-safe.
+
+    Whole-image vectors only: region vectors (`NewImage.regions`) are not kept yet (they need a second
+    collection whose rows follow every visibility change), so the indexing path does not embed them here."""
+
+    regions_per_image = 0
 
     def __init__(self, uri: str, model_version: str, dim: int, index: MilvusIndexConfig | None = None,
                  collection_prefix: str = "vsearch", consistency: str = "Session", counts_ttl_s: float = 5.0,

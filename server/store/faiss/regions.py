@@ -1,0 +1,105 @@
+"""Region rows of the embedded store: R embeddings of sub-regions per image, searched beside the whole images.
+
+A catalog created with regions (`regions.json`: rows per image) keeps them in their own write-ahead log and
+index (`regions.f32`, `regions.faiss`): row = internal id * R + r, so a row names its image without a lookup.
+Rows are written before the image's record commits (like the whole-image vector), and the rows of
+unacknowledged images are truncated on start. Their eligibility bitmap mirrors the images' (R bits per image),
+so private and deleted images' regions are filtered inside the ANN search; the store re-checks every hit
+against the images' own bitmap.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from server.core.durable import replace_durably
+from server.store.faiss.eligibility import Eligibility
+from server.store.faiss.index import VectorIndex
+from server.store.faiss.vector_log import VectorLog
+
+META_NAME = "regions.json"
+LOG_NAME = "regions.f32"
+SNAPSHOT_NAME = "regions.faiss"
+
+
+class RegionRows:
+    def __init__(self, data_dir: Path, dim: int, per_image: int, flat_threshold: int,
+                 rebuild_in_background: bool) -> None:
+        self.per_image, self.dim = per_image, dim
+        self.snapshot_path = data_dir / SNAPSHOT_NAME
+        self._log = VectorLog(data_dir / LOG_NAME, dim)
+        self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._log.view)
+        self._eligibility = Eligibility()
+
+    @staticmethod
+    def created_with(data_dir: Path) -> int | None:
+        """Region rows per image the catalog was created with (None: without regions). A catalog keeps the
+        choice it was created with: its older images have no region rows to add later."""
+        path = data_dir / META_NAME
+        return int(json.loads(path.read_text())["per_image"]) if path.exists() else None
+
+    @staticmethod
+    def create(data_dir: Path, per_image: int) -> int:
+        tmp = data_dir / (META_NAME + ".tmp")
+        tmp.write_text(json.dumps({"per_image": per_image}))
+        replace_durably(tmp, data_dir / META_NAME)
+        return per_image
+
+    def recover(self, committed_images: int) -> None:
+        """Drop rows of images never acknowledged, load the snapshot, replay the rows after it."""
+        rows = committed_images * self.per_image
+        if self._log.rows() > rows:
+            self._log.truncate(rows)
+        if self._log.rows() < rows:
+            raise RuntimeError(f"region log has {self._log.rows()} rows, {committed_images} images need {rows}")
+        if self.snapshot_path.exists():
+            self._index.load(self.snapshot_path)
+            if self._index.ntotal > rows:
+                raise RuntimeError("region index snapshot is ahead of the metadata")
+        if self._index.ntotal < rows:
+            self._index.add(self._index.ntotal, self._log.read(self._index.ntotal, rows))
+
+    def rows_for(self, vectors: np.ndarray, regions: list[np.ndarray | None]) -> np.ndarray:
+        """float32 [n * R, dim]; an image added without regions (a job that embedded whole images only) gets its
+        whole-image vector in every row: it is found as before, and its rows stay positional."""
+        out = [np.broadcast_to(v, (self.per_image, self.dim)) if r is None else np.asarray(r).reshape(-1, self.dim)
+               for v, r in zip(vectors, regions, strict=True)]
+        for rows in out:
+            if rows.shape[0] != self.per_image:
+                raise ValueError(f"expected {self.per_image} region vectors per image, got {rows.shape[0]}")
+        return np.ascontiguousarray(np.concatenate(out), dtype=np.float32)
+
+    def append_log(self, rows: np.ndarray) -> None:
+        self._log.append(rows)
+
+    def truncate_log(self, images: int) -> None:
+        self._log.truncate(images * self.per_image)
+
+    def add(self, first_image: int, rows: np.ndarray) -> None:
+        self._index.add(first_image * self.per_image, rows)
+
+    def set(self, internal_id: int, eligible: bool) -> None:
+        for r in range(self.per_image):
+            self._eligibility.set(internal_id * self.per_image + r, eligible)
+
+    def search(self, vector: np.ndarray, k: int, skip: int | None) -> dict[int, float]:
+        """Best region score per image among the top rows: enough rows that k images come back when they can."""
+        selector, _keepalive, eligible = self._eligibility.snapshot()
+        if eligible == 0:
+            return {}
+        scores, rows = self._index.search(vector[None], min((k + 1) * self.per_image, eligible), selector)
+        best: dict[int, float] = {}
+        for row, score in zip(rows[0], scores[0], strict=True):
+            image = int(row) // self.per_image
+            if row >= 0 and image != skip and image not in best:  # rows come best first
+                best[image] = float(score)
+        return best
+
+    def snapshot(self) -> None:
+        self._index.save(self.snapshot_path)
+
+    def close(self) -> None:
+        self._log.close()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from evaluation import quality_report
@@ -52,6 +53,7 @@ from evaluation.quality_sets import (
     split_of,
 )
 from server.core.config import MODEL_REPOSITORY
+from server.core.regions import REGION_BOXES
 from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from server.embedding.imaging import CropBox, prepare
 from server.models.calibration import FORMAT, save_calibration
@@ -72,9 +74,26 @@ class Prepared:
     gallery_pixels: np.ndarray
     copy_queries: list[tuple[int, str]]  # (gallery index of the source, edit name)
     copy_pixels: np.ndarray
+    region_pixels: np.ndarray | None = None  # [gallery * R, ...]: REGION_BOXES of each gallery image
     scene_pixels: np.ndarray | None = None  # GCompris "details": full scenes (added to the gallery) ...
     detail_scenes: list[int] | None = None  # ... each detail's scene index ...
     detail_pixels: np.ndarray | None = None  # ... and the details as queries
+    scene_region_pixels: np.ndarray | None = None
+
+
+def similarity(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray | None = None) -> np.ndarray:
+    """Cosine of each query to each gallery image as the store scores it: the best of the whole image and its
+    regions (`regions`: [gallery, R, dim]; None: a catalog without regions)."""
+    sims = queries @ gallery.T
+    if regions is not None:
+        for r in range(regions.shape[1]):
+            np.maximum(sims, queries @ regions[:, r].T, out=sims)
+    return sims
+
+
+def region_inputs(image: Image.Image) -> list[np.ndarray]:
+    data = encode(image)
+    return [prepare(data, CropBox(*box)) for box in REGION_BOXES]
 
 
 def _rng(seed: int, image_id: str, salt: str) -> np.random.Generator:
@@ -82,14 +101,16 @@ def _rng(seed: int, image_id: str, salt: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "big"))
 
 
-def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200) -> Prepared:
-    """Held-out gallery (calib + test splits) and its edited copies, as the encoder's uint8 inputs."""
+def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool = True) -> Prepared:
+    """Held-out gallery (calib + test splits), its regions and its edited copies, as the encoder's uint8 inputs."""
     gallery = of_split(labelled_images(), {"calib", "test"}, seed)
-    pixels, originals = [], {}
+    pixels, region_pixels, originals = [], [], {}
     for index, item in enumerate(tqdm(gallery, desc="gallery", unit="img")):
         image = item.load()
         originals[index] = image
         pixels.append(prepare(encode(image)))
+        if regions:
+            region_pixels += region_inputs(image)
     emoji = [i for i, g in enumerate(gallery) if g.source == "emoji"]
     sample = set(np.random.default_rng(seed).choice(emoji, min(emoji_copy_sources, len(emoji)), replace=False))
     sources = [i for i, g in enumerate(gallery) if g.source != "emoji" or i in sample]
@@ -101,7 +122,8 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200) -> Prepared:
             query_pixels.append(prepare(edit(image, _rng(seed, item.image_id, name))))
         queries.append((index, "centre-crop-box"))
         query_pixels.append(prepare(encode(image), CropBox(*CENTRE_CROP_BOX)))
-    prep = Prepared(gallery, np.stack(pixels), queries, np.stack(query_pixels))
+    prep = Prepared(gallery, np.stack(pixels), queries, np.stack(query_pixels),
+                    np.stack(region_pixels) if regions else None)
     try:
         scenes, details = gcompris_details()
     except FileNotFoundError as exc:
@@ -111,16 +133,21 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200) -> Prepared:
     prep.scene_pixels = np.stack([prepare(encode(scenes[n])) for n in names])
     prep.detail_scenes = [names.index(scene) for _, scene, _ in details]
     prep.detail_pixels = np.stack([prepare(encode(image)) for _, _, image in details])
+    if regions:
+        prep.scene_region_pixels = np.stack([p for n in names for p in region_inputs(scenes[n])])
     return prep
 
 
-def details_retrieval(prep: Prepared, gallery: np.ndarray, scenes: np.ndarray, details: np.ndarray) -> dict:
+def details_retrieval(prep: Prepared, gallery: np.ndarray, scenes: np.ndarray, details: np.ndarray,
+                      regions: np.ndarray | None = None, scene_regions: np.ndarray | None = None) -> dict:
     """Each detail cut-out as a query over the held-out gallery + the scenes; relevant = its own scene."""
     everything = np.concatenate([scenes, gallery])
-    ranked = _rankings(details @ everything.T, 100)
+    all_regions = None if regions is None or scene_regions is None else np.concatenate([scene_regions, regions])
+    ranked = _rankings(similarity(details, everything, all_regions), 100)
     relevances = [{s: 1} for s in prep.detail_scenes or []]
     m = evaluate([list(r) for r in ranked], relevances, (1, 10))
-    among_scenes = evaluate([list(r) for r in _rankings(details @ scenes.T, len(scenes))], relevances, (1,))
+    among_scenes = evaluate([list(r) for r in _rankings(similarity(details, scenes, scene_regions), len(scenes))],
+                            relevances, (1,))
     return {"queries": len(details), "scenes": len(scenes), "gallery": len(everything),
             "p@1": round(m["precision@1"], 4), "recall@10": round(m["recall@10"], 4), "mrr": round(m["mrr"], 4),
             "p@1 among scenes only": round(among_scenes["precision@1"], 4)}
@@ -151,8 +178,9 @@ def _rankings(sims: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
 
 
-def copy_detection(prep: Prepared, gallery: np.ndarray, queries: np.ndarray) -> dict[str, dict[str, float]]:
-    sims = queries @ gallery.T
+def copy_detection(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regions: np.ndarray | None = None
+                   ) -> dict[str, dict[str, float]]:
+    sims = similarity(queries, gallery, regions)
     ranked = _rankings(sims, 100)
     per_edit: dict[str, tuple[list, list]] = {}
     for (source, edit), row in zip(prep.copy_queries, ranked, strict=True):
@@ -178,14 +206,15 @@ def collapse(row: np.ndarray, vectors: np.ndarray, k: int, threshold: float) -> 
     return kept
 
 
-def category_retrieval(prep: Prepared, gallery: np.ndarray, thresholds: dict[str, float]) -> dict[str, dict]:
+def category_retrieval(prep: Prepared, gallery: np.ndarray, thresholds: dict[str, float],
+                       regions: np.ndarray | None = None) -> dict[str, dict]:
     out = {}
     for source in ("tuxpaint", "emoji"):
         members = [i for i, g in enumerate(prep.gallery) if g.source == source]
         counts = Counter(prep.gallery[i].category for i in members)
         queries = [i for i in members if counts[prep.gallery[i].category] >= 3]
         vectors = gallery[members]
-        sims = gallery[queries] @ vectors.T
+        sims = similarity(gallery[queries], vectors, None if regions is None else regions[members])
         for qi, q in enumerate(queries):
             sims[qi, members.index(q)] = -np.inf  # leave-one-out: the query is not its own result
         ranked = _rankings(sims, 100)
@@ -246,8 +275,8 @@ def duplicates(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, seed: i
     return out
 
 
-def judged_pairs(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, split: str, seed: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def judged_pairs(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, split: str, seed: int,
+                 regions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(cosine, relevant) of the top-20 results of every query whose source image is in `split`:
     the copy queries and every gallery image as a query of its own (itself excluded)."""
     cats = np.array([g.category for g in prep.gallery])
@@ -260,7 +289,7 @@ def judged_pairs(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, split
         if split_of(g.image_id, seed) == split:
             sources.append((i, True))
             vectors.append(gallery[i])
-    sims = np.stack(vectors) @ gallery.T
+    sims = similarity(np.stack(vectors), gallery, regions)
     for row, (source, is_self) in enumerate(sources):
         if is_self:
             sims[row, source] = -np.inf
@@ -270,9 +299,10 @@ def judged_pairs(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, split
     return scores, labels.ravel().astype(np.float64)
 
 
-def relevance_calibration(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, seed: int) -> dict:
-    cal_s, cal_l = judged_pairs(prep, gallery, queries, "calib", seed)
-    test_s, test_l = judged_pairs(prep, gallery, queries, "test", seed)
+def relevance_calibration(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, seed: int,
+                          regions: np.ndarray | None = None) -> dict:
+    cal_s, cal_l = judged_pairs(prep, gallery, queries, "calib", seed, regions)
+    test_s, test_l = judged_pairs(prep, gallery, queries, "test", seed, regions)
     xs, ys = isotonic_fit(cal_s, cal_l)
     prob = np.interp(test_s, xs, ys)
     return {"x": [round(float(v), 5) for v in xs], "y": [round(float(v), 5) for v in ys],
@@ -287,15 +317,26 @@ def evaluate_version(prep: Prepared, version: str, repository: Path, seed: int) 
     embedder = OnnxEmbedder(version, repository)
     gallery = embedder.embed(prep.gallery_pixels, f"v{version} gallery")
     queries = embedder.embed(prep.copy_pixels, f"v{version} copies")
-    dup = duplicates(prep, gallery, queries, seed)
-    details = None
+    regions = None if prep.region_pixels is None else \
+        embedder.embed(prep.region_pixels, f"v{version} regions").reshape(len(gallery), len(REGION_BOXES), -1)
+    dup = duplicates(prep, gallery, queries, seed)  # whole-image vectors: what the duplicate collapse compares
+    thresholds = {"off": 2.0, "fixed-0.87": FIXED_THRESHOLD, "calibrated": dup["threshold"]}
+    details = details_whole = None
     if prep.scene_pixels is not None and prep.detail_pixels is not None:
-        details = details_retrieval(prep, gallery, embedder.embed(prep.scene_pixels, f"v{version} scenes"),
-                                    embedder.embed(prep.detail_pixels, f"v{version} details"))
-    return {"version": version, "copy": copy_detection(prep, gallery, queries), "details": details,
-            "category": category_retrieval(prep, gallery, {"off": 2.0, "fixed-0.87": FIXED_THRESHOLD,
-                                                           "calibrated": dup["threshold"]}),
-            "duplicates": dup, "relevance": relevance_calibration(prep, gallery, queries, seed)}
+        scenes = embedder.embed(prep.scene_pixels, f"v{version} scenes")
+        details_px = embedder.embed(prep.detail_pixels, f"v{version} details")
+        scene_regions = None if prep.scene_region_pixels is None else embedder.embed(
+            prep.scene_region_pixels, f"v{version} scene regions").reshape(len(scenes), len(REGION_BOXES), -1)
+        details = details_retrieval(prep, gallery, scenes, details_px, regions, scene_regions)
+        details_whole = details_retrieval(prep, gallery, scenes, details_px)
+    # "copy", "category", "details" and the relevance fit score as the default catalog does (regions on);
+    # the "*_whole" entries as a catalog without regions (index_regions off, the Milvus backend).
+    return {"version": version, "regions": regions is not None,
+            "copy": copy_detection(prep, gallery, queries, regions),
+            "copy_whole": copy_detection(prep, gallery, queries), "details": details, "details_whole": details_whole,
+            "category": category_retrieval(prep, gallery, thresholds, regions),
+            "category_whole": category_retrieval(prep, gallery, thresholds),
+            "duplicates": dup, "relevance": relevance_calibration(prep, gallery, queries, seed, regions)}
 
 
 def calibration_file(result: dict, seed: int) -> dict:

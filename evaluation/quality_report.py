@@ -12,23 +12,29 @@ import matplotlib.pyplot as plt
 
 from benchmarks.common import markdown_table
 
+INDEXES = (("", "whole + regions"), ("_whole", "whole image only"))  # result key suffix, what the index holds
+
 
 def _copy_table(results: list[dict]) -> str:
     edits = list(results[0]["copy"])
-    rows = [{"edit": e, **{f"v{r['version']} {m}": r["copy"][e][m] for r in results for m in ("p@1", "mrr")}}
-            for e in edits]
-    return markdown_table(rows, ["edit"] + [f"v{r['version']} {m}" for r in results for m in ("p@1", "mrr")])
+    columns = [(f"v{r['version']} {m}{' whole' if suffix else ''}", r, suffix, m)
+               for r in results for suffix, _ in INDEXES for m in ("p@1", "mrr") if f"copy{suffix}" in r]
+    rows = [{"edit": e, **{name: r[f"copy{suffix}"][e][m] for name, r, suffix, m in columns}} for e in edits]
+    return markdown_table(rows, ["edit"] + [name for name, *_ in columns])
 
 
 def _details_table(results: list[dict]) -> str:
-    rows = [{"version": r["version"], **r["details"]} for r in results if r.get("details")]
-    return markdown_table(rows, ["version", "queries", "scenes", "gallery", "p@1", "recall@10", "mrr",
+    rows = [{"version": r["version"], "index": kind, **r[f"details{suffix}"]} for r in results
+            for suffix, kind in INDEXES if r.get(f"details{suffix}")]
+    return markdown_table(rows, ["version", "index", "queries", "scenes", "gallery", "p@1", "recall@10", "mrr",
                                  "p@1 among scenes only"])
 
 
 def _category_table(results: list[dict]) -> str:
-    rows = [{"version": r["version"], "set": s, **v} for r in results for s, v in r["category"].items()]
-    return markdown_table(rows, ["version", "set", "queries", "gallery", "categories", "p@1", "p@10", "map@10",
+    rows = [{"version": r["version"], "index": kind, "set": s, **v} for r in results for suffix, kind in INDEXES
+            if f"category{suffix}" in r for s, v in r[f"category{suffix}"].items()]
+    return markdown_table(rows, ["version", "index", "set", "queries", "gallery", "categories", "p@1", "p@10",
+                                 "map@10",
                                  "ndcg@10", "p@10 collapse off", "p@10 collapse fixed-0.87",
                                  "p@10 collapse calibrated"])
 
@@ -54,12 +60,13 @@ def _relevance_table(results: list[dict]) -> str:
 
 def plot(results: list[dict], out: Path) -> None:
     edits = list(results[0]["copy"])
-    fig, ax = plt.subplots(figsize=(10, 4))
-    width = 0.8 / len(results)
-    for n, r in enumerate(results):
-        ax.bar([i + n * width for i in range(len(edits))], [r["copy"][e]["p@1"] for e in edits], width,
-               label=f"encoder/{r['version']}")
-    ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(edits))], edits, rotation=30, ha="right")
+    bars = [(r, suffix, kind) for r in results for suffix, kind in INDEXES if f"copy{suffix}" in r]
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / len(bars)
+    for n, (r, suffix, kind) in enumerate(bars):
+        ax.bar([i + n * width for i in range(len(edits))], [r[f"copy{suffix}"][e]["p@1"] for e in edits], width,
+               label=f"encoder/{r['version']}, {kind}")
+    ax.set_xticks([i + width * (len(bars) - 1) / 2 for i in range(len(edits))], edits, rotation=30, ha="right")
     ax.axhline(0.97, color="grey", linestyle="--", linewidth=1, label="goal 0.97")
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("P@1 (original found first)")
@@ -102,6 +109,9 @@ def write(results: list[dict], meta: dict, out: Path) -> None:
         f"gallery {meta['gallery']} held-out images (Tux Paint stamps + Noto emoji, `calib` + `test` splits of "
         f"evaluation/quality_sets.py, never used by training); {meta['copy_queries']} copy queries.", "",
         "## Copy detection: P@1 and MRR per edit (query = edited copy, relevant = its original)", "",
+        "`vN p@1`: the default catalog, which indexes each image whole and as 6 regions (server/core/regions.py) "
+        "and scores an image by its best match; `vN p@1 whole`: an index of whole images only (`index_regions` "
+        "off, the Milvus backend). Queries are embedded once either way.", "",
         _copy_table(results), "", "![copy](quality_copy.png)", "",
         "## GCompris details: a small detail cut-out (~72 px) finds its full painting / landmark", "",
         "Queries: the detail images of GCompris' `details` activity (gcompris-qt-data, read from its Qt .rcc "

@@ -39,6 +39,20 @@ def test_crop_of_a_photo_finds_the_photo_first(indexed):
     assert list(r.score for r in response.results) == sorted((r.score for r in response.results), reverse=True)
 
 
+def test_indexed_regions_answer_crop_queries(indexed):
+    """AddImages embedded each image's regions (server/core/regions.py) through Triton and the store searches them:
+    the same bytes cropped to the centre quarter match that region exactly (a whole-image index scores it far
+    lower), and an off-centre crop of a quarter of the picture still finds it first."""
+    data = small_jpeg("skimage/coffee", 400)
+    with indexed.client() as client:
+        centre = client.search(data, crop=(0.25, 0.25, 0.75, 0.75), k=3)
+        off_centre = client.search(data, crop=(0.05, 0.4, 0.55, 0.9), k=3)
+        stats = client.stats()
+    assert centre.results[0].image_id == "e2e/skimage/coffee" and centre.results[0].score > 0.99
+    assert off_centre.results[0].image_id == "e2e/skimage/coffee"
+    assert stats.index_params["regions_per_image"] == "6"
+
+
 @pytest.mark.parametrize("variant", ["resized", "jpeg_q30", "png"])
 def test_modified_copy_is_found_at_rank_1(indexed, variant):
     image = open_photo("kleiber_by_lukas_baubkus")

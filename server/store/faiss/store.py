@@ -204,7 +204,8 @@ class FaissVectorStore:
         return Counts(public=c[Visibility.PUBLIC], private=c[Visibility.PRIVATE], deleted=c["deleted"])
 
     def describe(self) -> tuple[str, dict[str, str]]:
-        return self._index.describe()
+        kind, params = self._index.describe()
+        return kind, {**params, "regions_per_image": str(self.regions_per_image)}
 
     def added_total(self) -> int:
         return self._index.ntotal

@@ -53,7 +53,7 @@ from evaluation.quality_sets import (
     split_of,
 )
 from server.core.config import MODEL_REPOSITORY
-from server.core.regions import REGION_BOXES
+from server.core.regions import REGION_BOXES, REGION_SCORE_PENALTY
 from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from server.embedding.imaging import CropBox, prepare
 from server.models.calibration import FORMAT, save_calibration
@@ -83,11 +83,11 @@ class Prepared:
 
 def similarity(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray | None = None) -> np.ndarray:
     """Cosine of each query to each gallery image as the store scores it: the best of the whole image and its
-    regions (`regions`: [gallery, R, dim]; None: a catalog without regions)."""
+    regions, a region's cosine minus REGION_SCORE_PENALTY (`regions`: [gallery, R, dim]; None: no regions)."""
     sims = queries @ gallery.T
     if regions is not None:
         for r in range(regions.shape[1]):
-            np.maximum(sims, queries @ regions[:, r].T, out=sims)
+            np.maximum(sims, queries @ regions[:, r].T - REGION_SCORE_PENALTY, out=sims)
     return sims
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.core.regions import REGION_SCORE_PENALTY
 from server.store.base import NewImage, Visibility
 from server.store.faiss import FaissVectorStore
 from server.store.faiss.regions import LOG_NAME
@@ -44,7 +45,7 @@ def test_a_region_match_finds_its_image_first_scored_by_the_best_match(tmp_path,
         for r in range(R):
             hits = store.search(target.regions[r], 5)
             assert hits[0].image_id == target.image_id
-            assert hits[0].score == pytest.approx(1.0, abs=0.02)
+            assert hits[0].score == pytest.approx(1.0 - REGION_SCORE_PENALTY, abs=0.02)
             # the candidate carries the WHOLE image's vector (duplicate collapse compares whole pictures)
             assert np.allclose(hits[0].vector, target.vector, atol=1e-5)
         whole = store.search(target.vector, 1)[0]

@@ -36,8 +36,10 @@ def read_active_version(data_dir: Path) -> str | None:
 
 
 def open_vector_store(data_dir: Path, model_version: str) -> VectorStore:
-    """The store of `model_version` (`encoder/N`) under `data_dir` (created if new)."""
-    return catalogs.open_store(Settings(data_dir=data_dir), model_version, EMBEDDING_DIM)
+    """The store of `model_version` (`encoder/N`) under `data_dir` (created if new). The job embeds whole images
+    only, so a catalog it creates has no region rows; in an existing catalog with regions, the images it adds get
+    their whole-image vector in every region row (found as in a whole-image index)."""
+    return catalogs.open_store(Settings(data_dir=data_dir, index_regions=False), model_version, EMBEDDING_DIM)
 
 
 def iter_catalog_records(data_dir: Path, model_version: str) -> Iterator[ImageRecord]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from server.core.durable import replace_durably
+from server.core.regions import REGION_SCORE_PENALTY
 from server.store.faiss.eligibility import Eligibility
 from server.store.faiss.index import VectorIndex
 from server.store.faiss.vector_log import VectorLog
@@ -86,7 +87,8 @@ class RegionRows:
             self._eligibility.set(internal_id * self.per_image + r, eligible)
 
     def search(self, vector: np.ndarray, k: int, skip: int | None) -> dict[int, float]:
-        """Best region score per image among the top rows: enough rows that k images come back when they can."""
+        """Best region score per image among the top rows (cosine - REGION_SCORE_PENALTY): enough rows that k
+        images come back when they can."""
         selector, _keepalive, eligible = self._eligibility.snapshot()
         if eligible == 0:
             return {}
@@ -95,7 +97,7 @@ class RegionRows:
         for row, score in zip(rows[0], scores[0], strict=True):
             image = int(row) // self.per_image
             if row >= 0 and image != skip and image not in best:  # rows come best first
-                best[image] = float(score)
+                best[image] = float(score) - REGION_SCORE_PENALTY
         return best
 
     def snapshot(self) -> None:

@@ -50,3 +50,23 @@ def test_image_over_pillows_own_bomb_limit_names_the_configured_limit():
         imaging.decode_image(_png(header), limits)
     assert "1234567-pixel limit" in error.value.message, error.value.message
     assert "decompression bomb" not in error.value.message.lower()
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "png"])
+def test_views_decoded_once_are_exactly_what_prepare_gives_each_crop(kind):
+    """The indexing path prepares an image and its regions from as few decodes as it can (imaging.prepare_views);
+    each view must equal the query path's own `prepare`, or a query of the same picture would not match it."""
+    from server.core.regions import REGION_BOXES
+
+    image = open_photo("skimage/astronaut").resize((900, 700))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG" if kind == "jpeg" else "PNG", quality=90)
+    data = buffer.getvalue()
+    crops = [None, *(imaging.CropBox(*box) for box in REGION_BOXES)]
+    views = imaging.prepare_views(data, crops)
+    assert views.shape == (len(crops), 224, 224, 3)
+    for crop, view in zip(crops, views, strict=True):
+        assert np.array_equal(view, imaging.prepare(data, crop))
+    assert not np.array_equal(views[0], views[-1])
+    with pytest.raises(InvalidInput, match="crop"):
+        imaging.prepare_views(data, [None, imaging.CropBox(0.5, 0.0, 0.4, 1.0)])

@@ -111,9 +111,9 @@ class Indexer:
                      ) -> list[np.ndarray | InvalidInput]:
         """Per upload its embedding ([dim], or [1 + R, dim] with `regions`) or why it was rejected."""
         start = time.perf_counter()
-        embed = embed_with_regions if regions else embed_images
-        vectors = await embed(encoder, [ImageInput(u.data) for u in uploads], self.limits, timeout_s,
-                              local_decode=self.local_decode)
+        items = [ImageInput(u.data) for u in uploads]
+        vectors = await (embed_with_regions(encoder, items, self.limits, timeout_s) if regions else
+                         embed_images(encoder, items, self.limits, timeout_s, local_decode=self.local_decode))
         self.metrics.stage_latency.labels("embed").observe(time.perf_counter() - start)
         return vectors
 

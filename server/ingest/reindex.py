@@ -90,9 +90,9 @@ class ModelSwitch:
             return False
         rows = await asyncio.to_thread(old.records, start, stop)
         originals = await asyncio.to_thread(lambda: [self.blobs.get(r.content_hash) for r in rows])
-        embed = embed_with_regions if new.regions_per_image else embed_images
-        vectors = await embed(self.encoder, [ImageInput(o) for o in originals], self.limits,
-                              local_decode=self.settings.decode_in_gateway)
+        items = [ImageInput(o) for o in originals]
+        vectors = await (embed_with_regions(self.encoder, items, self.limits) if new.regions_per_image else
+                         embed_images(self.encoder, items, self.limits, local_decode=self.settings.decode_in_gateway))
         for row, vector in zip(rows, vectors, strict=True):
             if isinstance(vector, InvalidInput):  # accepted once, so only a changed limit can reject it now
                 raise RuntimeError(f"cannot re-embed {row.image_id}: {vector}")

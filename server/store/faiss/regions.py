@@ -87,12 +87,14 @@ class RegionRows:
             self._eligibility.set(internal_id * self.per_image + r, eligible)
 
     def search(self, vector: np.ndarray, k: int, skip: int | None) -> dict[int, float]:
-        """Best region score per image among the top rows (cosine - REGION_SCORE_PENALTY): enough rows that k
-        images come back when they can."""
+        """Best region score per image among the top 2k + R rows (cosine - REGION_SCORE_PENALTY). The whole-image
+        search already guarantees min(k, eligible) results; the region rows only add and re-score images, so
+        they need not cover k distinct images (asking for (k + 1) x R rows made the IVF re-rank search 10x
+        slower than the whole-image one: benchmarks/results/regions.md)."""
         selector, _keepalive, eligible = self._eligibility.snapshot()
         if eligible == 0:
             return {}
-        scores, rows = self._index.search(vector[None], min((k + 1) * self.per_image, eligible), selector)
+        scores, rows = self._index.search(vector[None], min(2 * k + self.per_image, eligible), selector)
         best: dict[int, float] = {}
         for row, score in zip(rows[0], scores[0], strict=True):
             image = int(row) // self.per_image

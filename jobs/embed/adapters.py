@@ -12,10 +12,11 @@ from pathlib import Path
 from server.core.config import REPO_ROOT, Settings
 from server.core.durable import replace_durably, write_atomic
 from server.core.errors import InvalidInput
+from server.core.regions import REGION_BOXES
 from server.embedding.contract import EMBEDDING_DIM, INPUT_SIZE
 from server.embedding.contract import MODEL_NAME as ENCODER_MODEL_NAME
 from server.embedding.encoder import EncoderClient
-from server.embedding.imaging import Limits, prepare
+from server.embedding.imaging import CropBox, Limits, prepare, prepare_views
 from server.ingest.add import content_hash
 from server.store import catalogs
 from server.store.base import Changed, ImageRecord, NewImage, VectorStore, Visibility
@@ -24,9 +25,10 @@ from server.store.catalogs import catalog_dir
 from server.store.metadata import SqliteMetadataStore
 
 __all__ = [
-    "EMBEDDING_DIM", "ENCODER_MODEL_NAME", "INPUT_SIZE", "REPO_ROOT", "BlobStore", "Changed", "EncoderClient",
-    "InvalidInput", "Limits", "NewImage", "VectorStore", "Visibility", "content_hash", "iter_catalog_records",
-    "open_vector_store", "prepare", "read_active_version", "replace_durably", "write_atomic",
+    "EMBEDDING_DIM", "ENCODER_MODEL_NAME", "INPUT_SIZE", "REGION_BOXES", "REPO_ROOT", "BlobStore", "Changed", "CropBox",
+    "EncoderClient", "InvalidInput", "Limits", "NewImage", "VectorStore", "Visibility", "content_hash",
+    "iter_catalog_records", "open_vector_store", "prepare", "prepare_views", "read_active_version", "replace_durably",
+    "write_atomic",
 ]
 
 
@@ -35,11 +37,11 @@ def read_active_version(data_dir: Path) -> str | None:
     return catalogs.read_active_version(Settings(data_dir=data_dir))
 
 
-def open_vector_store(data_dir: Path, model_version: str) -> VectorStore:
-    """The store of `model_version` (`encoder/N`) under `data_dir` (created if new). The job embeds whole images
-    only, so a catalog it creates has no region rows; in an existing catalog with regions, the images it adds get
-    their whole-image vector in every region row (found as in a whole-image index)."""
-    return catalogs.open_store(Settings(data_dir=data_dir, index_regions=False), model_version, EMBEDDING_DIM)
+def open_vector_store(data_dir: Path, model_version: str, regions: bool = True) -> VectorStore:
+    """The store of `model_version` (`encoder/N`) under `data_dir`; created if new, with region rows when the job
+    embeds regions. An existing catalog keeps what it was created with: images a `--no-regions` job adds to a
+    catalog with regions get their whole-image vector in every region row (found as in a whole-image index)."""
+    return catalogs.open_store(Settings(data_dir=data_dir, index_regions=regions), model_version, EMBEDDING_DIM)
 
 
 def iter_catalog_records(data_dir: Path, model_version: str) -> Iterator[ImageRecord]:

@@ -13,28 +13,41 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.embed.adapters import EMBEDDING_DIM, INPUT_SIZE, EncoderClient, InvalidInput, Limits, content_hash, prepare
+from jobs.embed.adapters import (
+    EMBEDDING_DIM,
+    INPUT_SIZE,
+    REGION_BOXES,
+    CropBox,
+    EncoderClient,
+    InvalidInput,
+    Limits,
+    content_hash,
+    prepare_views,
+)
 
 CHUNK = 32  # images per encoder call (the gateway's chunk size)
 DEFAULT_LIMITS = Limits()
 
 
-def prepare_batch(batch: dict[str, np.ndarray], limits: Limits = DEFAULT_LIMITS) -> dict[str, np.ndarray]:
-    """Ray Data stage: bytes -> `pixels` uint8 [n, 224, 224, 3] and `content_hash`; drops the bytes."""
+def prepare_batch(batch: dict[str, np.ndarray], limits: Limits = DEFAULT_LIMITS, regions: bool = False
+                  ) -> dict[str, np.ndarray]:
+    """Ray Data stage: bytes -> `pixels` uint8 [n, 224, 224, 3] (with `regions`: [n, 1 + R, 224, 224, 3], the whole
+    image then each of REGION_BOXES, from one decode, as the gateway indexes) and `content_hash`; drops the bytes."""
     started, cpu_started = time.perf_counter(), time.process_time()
     n = len(batch["image_id"])
-    pixels = np.zeros((n, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
+    views = [None, *(CropBox(*box) for box in REGION_BOXES)] if regions else [None]
+    pixels = np.zeros((n, len(views), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
     hashes, errors = [], list(batch["error"])
     for i, data in enumerate(batch["data"]):
         hashes.append(content_hash(data) if not errors[i] else "")
         if errors[i]:
             continue
         try:
-            pixels[i] = prepare(data, None, limits)
+            pixels[i] = prepare_views(data, views, limits)
         except InvalidInput as exc:  # undecodable, over the byte or pixel limits
             errors[i] = f"prepare: {exc}"
     del batch["data"]
-    batch.update(pixels=pixels, prepare_node=np.array([_node_ip()] * n, dtype=object),
+    batch.update(pixels=pixels if regions else pixels[:, 0], prepare_node=np.array([_node_ip()] * n, dtype=object),
                  content_hash=np.array(hashes, dtype=object), error=np.array(errors, dtype=object),
                  prepare_s=np.full(n, (time.perf_counter() - started) / max(1, n)),
                  prepare_cpu_s=np.full(n, (time.process_time() - cpu_started) / max(1, n)))
@@ -61,16 +74,19 @@ class _Embedder:
         n = len(batch["image_id"])
         errors = list(batch["error"])
         ok = np.array([not e for e in errors], dtype=bool)
-        embeddings = np.zeros((n, EMBEDDING_DIM), np.float32)
+        views = batch["pixels"].shape[1] if batch["pixels"].ndim == 5 else 1  # whole image (+ its regions)
+        vectors = np.zeros((n, views, EMBEDDING_DIM), np.float32)
         if ok.any():
-            pixels = batch["pixels"][ok]
+            pixels = batch["pixels"][ok].reshape(-1, INPUT_SIZE, INPUT_SIZE, 3)
             try:
-                embeddings[ok] = np.concatenate([self._embed(pixels[i : i + CHUNK])
-                                                 for i in range(0, len(pixels), CHUNK)])
+                vectors[ok] = np.concatenate([self._embed(pixels[i : i + CHUNK])
+                                              for i in range(0, len(pixels), CHUNK)]).reshape(-1, views, EMBEDDING_DIM)
             except InvalidInput as exc:  # the encoder refused the input: a per-batch failure, reported per row
                 errors = [e or f"embed: {exc}" for e in errors]
         del batch["pixels"]
-        batch.update(embedding=embeddings, error=np.array(errors, dtype=object),
+        if views > 1:
+            batch["regions"] = vectors[:, 1:]
+        batch.update(embedding=vectors[:, 0], error=np.array(errors, dtype=object),
                      embed_actor=np.array([self.name] * n, dtype=object),
                      embed_s=np.full(n, (time.perf_counter() - started) / max(1, n)),
                      embed_cpu_s=np.full(n, (time.process_time() - cpu_started) / max(1, n)))

@@ -27,6 +27,7 @@ from typing import Any
 from jobs.embed.adapters import (
     ENCODER_MODEL_NAME,
     INPUT_SIZE,
+    REGION_BOXES,
     REPO_ROOT,
     Limits,
     open_vector_store,
@@ -57,6 +58,7 @@ class JobConfig:
     driver_ip: str | None = None  # default: the address's host when it is a loopback address
     limits: Limits = field(default_factory=Limits)
     allow_active_catalog: bool = False  # load into the catalog the gateway serves (only when it is stopped)
+    regions: bool = True  # also embed REGION_BOXES of each image, as the gateway indexes (7 encoder inputs each)
 
     @property
     def model_tag(self) -> str:
@@ -124,7 +126,8 @@ def build_dataset(config: JobConfig, manifest: Manifest, pending: list[int], pla
 
     # Blocks of about one embedding batch of pixels: by default a task's output is cut at 128 MiB, so a whole
     # shard reached the actors as ONE block, embedded by one actor only after the shard was fully prepared.
-    ray.data.DataContext.get_current().target_max_block_size = config.batch_size * INPUT_SIZE * INPUT_SIZE * 3
+    views = 1 + len(REGION_BOXES) if config.regions else 1
+    ray.data.DataContext.get_current().target_max_block_size = config.batch_size * views * INPUT_SIZE * INPUT_SIZE * 3
     # One block per pending shard (file readers coalesce small files into one task: no parallelism), expanded
     # into batches of rows by the first (fused) task stage; the driver holds shard paths only.
     shards = [{"path": str(manifest.shard_path(s))} for s in pending]
@@ -132,7 +135,7 @@ def build_dataset(config: JobConfig, manifest: Manifest, pending: list[int], pla
     ds = ds.map_batches(expand_shard, batch_size=1, num_cpus=config.prepare_cpus)
     ds = ds.map_batches(read_bytes, batch_size=16, num_cpus=config.prepare_cpus)
     ds = ds.map_batches(prepare_batch, batch_size=16, num_cpus=config.prepare_cpus,
-                        fn_kwargs={"limits": config.limits})
+                        fn_kwargs={"limits": config.limits, "regions": config.regions})
     if config.triton_url:
         embedder, kwargs = TritonEmbedder, {"url": config.triton_url, "version": str(config.model_version)}
     else:
@@ -224,7 +227,7 @@ def run(config: JobConfig) -> dict[str, Any]:
                                f"{committer.incomplete()}")
     summary.update(_verify(config.out, manifest))
     if config.data_dir is not None:
-        store = open_vector_store(config.data_dir, config.model_tag)
+        store = open_vector_store(config.data_dir, config.model_tag, config.regions)
         try:
             summary["store"] = load_into_store(config.out, manifest, store)
             store.snapshot()
@@ -289,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="load into the served catalog (only with the gateway stopped)")
     parser.add_argument("--max-image-bytes", type=int, default=Limits().max_bytes, help="as the gateway's limit")
     parser.add_argument("--max-image-pixels", type=int, default=Limits().max_pixels, help="as the gateway's limit")
+    parser.add_argument("--no-regions", dest="regions", action="store_false",
+                        help="embed whole images only (1 encoder input per image instead of 7; a catalog the job "
+                             "creates then has no region rows)")
     args = vars(parser.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     limits = Limits(max_bytes=args.pop("max_image_bytes"), max_pixels=args.pop("max_image_pixels"))

@@ -19,7 +19,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.embed.adapters import EMBEDDING_DIM, NewImage, VectorStore, Visibility, replace_durably, write_atomic
+from jobs.embed.adapters import (
+    EMBEDDING_DIM,
+    REGION_BOXES,
+    NewImage,
+    VectorStore,
+    Visibility,
+    replace_durably,
+    write_atomic,
+)
 from jobs.embed.reader import FAILURE_SCHEMA, Manifest
 
 EMBEDDING_SCHEMA = pa.schema([
@@ -27,6 +35,8 @@ EMBEDDING_SCHEMA = pa.schema([
     ("owner_id", pa.string()), ("visibility", pa.int8()), ("model_version", pa.string()), ("embed_actor", pa.string()),
     ("deleted", pa.bool_()), ("position", pa.int64()),
 ])
+# Jobs that embed regions add a column of the REGION_BOXES embeddings, [R x dim] flattened, per image.
+REGIONS_FIELD = pa.field("regions", pa.list_(pa.float32(), len(REGION_BOXES) * EMBEDDING_DIM))
 TIMING_COLUMNS = ("read_s", "prepare_s", "prepare_cpu_s", "embed_s", "embed_cpu_s")
 
 
@@ -85,7 +95,7 @@ class ShardCommitter:
                 continue
             rows[str(batch["image_id"][i])] = {key: batch[key][i] for key in (
                 "image_id", "uri", "owner_id", "visibility", "content_hash", "embedding", "error", "embed_actor",
-                "deleted", "position")}
+                "deleted", "position", "regions") if key in batch}
             if len(rows) == self.manifest.shard_rows[int(shard)]:
                 self._commit(int(shard), self.pending.pop(int(shard)))
 
@@ -93,7 +103,7 @@ class ShardCommitter:
         ordered = sorted(rows.values(), key=lambda r: int(r["position"]))  # manifest order
         ok = [r for r in ordered if not r["error"]]
         failed = [r for r in ordered if r["error"]]
-        embeddings = pa.Table.from_pydict({
+        columns = {
             "image_id": [str(r["image_id"]) for r in ok],
             "embedding": pa.FixedSizeListArray.from_arrays(
                 pa.array(np.concatenate([r["embedding"] for r in ok]) if ok else np.empty(0, np.float32)),
@@ -102,7 +112,13 @@ class ShardCommitter:
             "visibility": pa.array([int(r["visibility"]) for r in ok], pa.int8()),
             "model_version": [self.model_version] * len(ok), "embed_actor": [str(r["embed_actor"]) for r in ok],
             "deleted": [bool(r["deleted"]) for r in ok], "position": [int(r["position"]) for r in ok],
-        }, schema=EMBEDDING_SCHEMA)
+        }
+        schema = EMBEDDING_SCHEMA
+        if ok and "regions" in ok[0]:
+            columns["regions"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(np.concatenate([np.ravel(r["regions"]) for r in ok])), REGIONS_FIELD.type.list_size)
+            schema = schema.append(REGIONS_FIELD)
+        embeddings = pa.Table.from_pydict(columns, schema=schema)
         failures = pa.Table.from_pylist([{"image_id": str(r["image_id"]), "uri": str(r["uri"]),
                                           "stage": str(r["error"]).split(":", 1)[0], "reason": str(r["error"])}
                                          for r in failed], schema=FAILURE_SCHEMA)
@@ -124,8 +140,12 @@ def read_embeddings(out: Path, shard: int) -> pa.Table:
 def _images(table: pa.Table) -> list[NewImage]:
     flat = table.column("embedding").combine_chunks().flatten()
     vectors = np.asarray(flat, np.float32).reshape(-1, EMBEDDING_DIM)
+    regions: list[np.ndarray | None] = [None] * len(vectors)
+    if "regions" in table.column_names:  # shards of a job that embedded regions
+        flat_regions = np.asarray(table.column("regions").combine_chunks().flatten(), np.float32)
+        regions = list(flat_regions.reshape(len(vectors), REGIONS_FIELD.type.list_size // EMBEDDING_DIM, EMBEDDING_DIM))
     columns = [table.column(c).to_pylist() for c in ("image_id", "owner_id", "visibility", "content_hash")]
-    return [NewImage(image_id, owner, Visibility(vis), digest, vectors[i])
+    return [NewImage(image_id, owner, Visibility(vis), digest, vectors[i], regions[i])
             for i, (image_id, owner, vis, digest) in enumerate(zip(*columns, strict=True))]
 
 

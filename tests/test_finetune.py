@@ -49,6 +49,23 @@ def test_nt_xent_identical_views_beat_random_embeddings() -> None:
     assert matched < 0.1  # positives at cosine 1, negatives near 0: almost all mass on the positive
 
 
+def test_relational_loss_is_zero_for_the_pretrained_geometry_and_ignores_views_of_one_image() -> None:
+    from training.finetune import relational_loss
+
+    torch.manual_seed(0)
+    anchors = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    ids = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    pretrained = anchors[ids]
+    assert float(relational_loss(pretrained * 3.0, pretrained, ids)) < 1e-10  # scale-free: features are normalized
+    # any features: the mean over pairs of views of different images only (views of one image may differ freely)
+    features = torch.randn(8, 16)
+    f = torch.nn.functional.normalize(features, dim=1)
+    pairs = [(i, j) for i in range(8) for j in range(8) if ids[i] != ids[j]]
+    expected = sum(float(f[i] @ f[j] - pretrained[i] @ pretrained[j]) ** 2 for i, j in pairs) / len(pairs)
+    assert float(relational_loss(features, pretrained, ids)) == pytest.approx(expected, rel=1e-5)
+    assert expected > 1e-3
+
+
 def test_augment_is_deterministic_under_a_seed() -> None:
     image = load_image(_small_photos(1)[0])
     first = [augment(image, np.random.default_rng(7)) for _ in range(2)]

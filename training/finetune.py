@@ -61,6 +61,7 @@ class FinetuneConfig:
     augment: str = "simclr"  # "simclr" | "copy" (training.augment.COPY_DETECTION)
     hard_negatives: float = 0.0  # share of each batch drawn as pairs of distinct images of one category
     anchor_weight: float = 0.0  # weight of 1 - cos(view, pretrained embedding of the whole original)
+    relational_weight: float = 0.0  # weight of relational_loss: keep the pretrained similarities between images
 
 
 class ProjectionHead(nn.Module):
@@ -83,6 +84,17 @@ def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torc
     logits = logits.masked_fill(self_mask, float("-inf"))
     targets = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(z.device)
     return nn.functional.cross_entropy(logits, targets)
+
+
+def relational_loss(features: torch.Tensor, anchors: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
+    """Mean squared change, against the pretrained model, of the cosine between views of DIFFERENT images.
+
+    NT-Xent pushes every other image away, same-category ones included, which cost category retrieval; this term
+    keeps the pretrained geometry between pictures (relational distillation) while the views of one picture are
+    pulled together. `anchors`: the pretrained embedding of each view's whole original."""
+    f = nn.functional.normalize(features, dim=1)
+    different = image_ids[:, None] != image_ids[None, :]
+    return (((f @ f.T) - (anchors @ anchors.T))[different] ** 2).mean()
 
 
 def trainable_parameters(encoder: EncoderModel, trainable_blocks: int) -> list[nn.Parameter]:
@@ -218,7 +230,8 @@ def train(config: FinetuneConfig) -> Path:
 
     encoder = load_encoder().to(device)
     encoder.eval()  # BN running statistics and drop-connect stay frozen (see module docstring)
-    anchors = whole_image_embeddings(encoder, images, config.progress) if config.anchor_weight else None
+    anchors = whole_image_embeddings(encoder, images, config.progress) \
+        if config.anchor_weight or config.relational_weight else None
     head = ProjectionHead().to(device)
     params = trainable_parameters(encoder, config.trainable_blocks) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -254,9 +267,12 @@ def train(config: FinetuneConfig) -> Path:
         projections = head(features)
         loss = nt_xent_loss(projections[:config.batch_size], projections[config.batch_size:], config.temperature)
         if anchors is not None:  # views stay where the served index puts their whole original
-            targets = anchors[torch.as_tensor([pool[i][0] for i in batch] * 2)].to(device)
+            originals = torch.as_tensor([pool[i][0] for i in batch] * 2)
+            targets = anchors[originals].to(device)
             cosine = (nn.functional.normalize(features, dim=1) * targets).sum(dim=1)
             loss = loss + config.anchor_weight * (1 - cosine).mean()
+            if config.relational_weight:
+                loss = loss + config.relational_weight * relational_loss(features, targets, originals.to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -289,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--augment", choices=("simclr", "copy"), default=FinetuneConfig.augment)
     parser.add_argument("--hard-negatives", type=float, default=FinetuneConfig.hard_negatives)
     parser.add_argument("--anchor-weight", type=float, default=FinetuneConfig.anchor_weight)
+    parser.add_argument("--relational-weight", type=float, default=FinetuneConfig.relational_weight)
     args = parser.parse_args(argv)
     config = FinetuneConfig(
         out=args.out, images=None if args.images is None else image_paths(args.images), steps=args.steps,
@@ -296,6 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         trainable_blocks=args.trainable_blocks, seed=args.seed, resume=args.resume,
         checkpoint_every=args.checkpoint_every, click_pairs=args.click_pairs, dataset=args.dataset,
         augment=args.augment, hard_negatives=args.hard_negatives, anchor_weight=args.anchor_weight,
+        relational_weight=args.relational_weight,
     )
     started = time.monotonic()
     path = train(config)

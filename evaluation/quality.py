@@ -55,7 +55,7 @@ from evaluation.quality_sets import (
 from server.core.config import MODEL_REPOSITORY
 from server.core.regions import REGION_BOXES, REGION_SCORE_PENALTY
 from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
-from server.embedding.imaging import CropBox, prepare
+from server.embedding.imaging import CropBox, prepare, prepare_views
 from server.models.calibration import FORMAT, save_calibration
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -92,8 +92,8 @@ def similarity(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray | N
 
 
 def region_inputs(image: Image.Image) -> list[np.ndarray]:
-    data = encode(image)
-    return [prepare(data, CropBox(*box)) for box in REGION_BOXES]
+    """The REGION_BOXES views of an image from one decode, as the indexing path prepares them."""
+    return list(prepare_views(encode(image), [CropBox(*box) for box in REGION_BOXES]))
 
 
 def _rng(seed: int, image_id: str, salt: str) -> np.random.Generator:

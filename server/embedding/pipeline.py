@@ -97,6 +97,11 @@ async def _embed_remotely(encoder: Embedder, items: Sequence[ImageInput], limits
     return list(outcomes)  # type: ignore[arg-type]
 
 
+def whole_and_regions(embedded: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """An indexing embedding split for `NewImage`: [dim] -> (it, None); [1 + R, dim] -> (row 0, its regions)."""
+    return (embedded, None) if embedded.ndim == 1 else (embedded[0], embedded[1:])
+
+
 def within(crop: CropBox | None, box: tuple[float, float, float, float]) -> CropBox:
     """`box` (normalized to the crop) as a box of the whole image."""
     x0, y0, x1, y1 = crop.as_tuple() if crop is not None else (0.0, 0.0, 1.0, 1.0)

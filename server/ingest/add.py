@@ -20,7 +20,7 @@ from server.core.errors import InvalidInput, ServiceError
 from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding.imaging import Limits, header_pixels
-from server.embedding.pipeline import Embedder, ImageInput, embed_images, embed_with_regions
+from server.embedding.pipeline import Embedder, ImageInput, embed_images, embed_with_regions, whole_and_regions
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.serving import Live
 from server.store.base import Changed, NewImage, Visibility
@@ -49,13 +49,6 @@ class Status(Enum):
 class Outcome:
     status: Status
     error: ServiceError | None = None
-
-
-def new_image(upload: Upload, content_hash: str, embedded: np.ndarray) -> NewImage:
-    """`embedded`: [dim], or [1 + R, dim] (the whole image, then its regions)."""
-    if embedded.ndim == 1:
-        return NewImage(upload.image_id, upload.owner_id, upload.visibility, content_hash, embedded)
-    return NewImage(upload.image_id, upload.owner_id, upload.visibility, content_hash, embedded[0], embedded[1:])
 
 
 OwnerCheck = Callable[[str], bool]  # may the caller change images of this owner?
@@ -132,7 +125,9 @@ class Indexer:
                 serving = self.live.serving
                 vectors = await self._embed(serving.encoder, [uploads[n] for n in order], timeout_s,
                                             serving.store.regions_per_image > 0)
-            images = [new_image(uploads[n], h, v) for n, h, v in zip(order, hashes, vectors, strict=True)]
+            images = [NewImage(uploads[n].image_id, uploads[n].owner_id, uploads[n].visibility, h,
+                               *whole_and_regions(v))
+                      for n, h, v in zip(order, hashes, vectors, strict=True)]
             added = await asyncio.to_thread(serving.store.add, images)
         self.metrics.stage_latency.labels("persist").observe(time.perf_counter() - start)
         return {n: Outcome(Status.ADDED if ok else Status.ALREADY_EXISTS) for n, ok in zip(order, added, strict=True)}

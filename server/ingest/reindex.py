@@ -21,7 +21,7 @@ from server.core.errors import FailedPrecondition, InvalidInput, NotFound
 from server.embedding.contract import EMBED_CHUNK
 from server.embedding.encoder import EncoderClient
 from server.embedding.imaging import Limits
-from server.embedding.pipeline import ImageInput, embed_images, embed_with_regions
+from server.embedding.pipeline import ImageInput, embed_images, embed_with_regions, whole_and_regions
 from server.runtime.serving import Live, Serving, SwitchProgress, serving
 from server.store.base import NewImage, VectorStore, Visibility
 from server.store.blobs import BlobStore
@@ -96,9 +96,8 @@ class ModelSwitch:
         for row, vector in zip(rows, vectors, strict=True):
             if isinstance(vector, InvalidInput):  # accepted once, so only a changed limit can reject it now
                 raise RuntimeError(f"cannot re-embed {row.image_id}: {vector}")
-        images = [NewImage(r.image_id, r.owner_id, r.visibility, r.content_hash, v)
-                  if v.ndim == 1 else NewImage(r.image_id, r.owner_id, r.visibility, r.content_hash, v[0], v[1:])
-                  for r, v in zip(rows, vectors, strict=True)]  # type: ignore[union-attr]
+        images = [NewImage(r.image_id, r.owner_id, r.visibility, r.content_hash, *whole_and_regions(v))
+                  for r, v in zip(rows, vectors, strict=True)]  # type: ignore[arg-type]
         await asyncio.to_thread(new.add, images)
         self._report(new)
         return True

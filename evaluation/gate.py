@@ -13,6 +13,10 @@ re-export of the same weights (identical numbers) passes. Exit code 0: promote; 
 process, no Triton): promote when the mean copy-detection P@1 over the edits is not worse, no single edit
 loses more than 0.02 of P@1 (one edit has ~600 queries: 0.02 is ~12 of them), and category mAP@10 on every
 set is not worse than the served version's by more than the tolerance. Writes benchmarks/results/quality.*.
+
+`--promote`: when the candidate wins, record it as the version new data directories serve
+(`<model_repository>/encoder/promoted.json`; `make demo` and a fresh `vsearch serve` then serve it); when it
+loses, withdraw a record that names it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from pathlib import Path
 
 from benchmarks.common import markdown_table
 from evaluation.run_eval import COLUMNS, load_set, run, triton_url
-from server.core.config import MODEL_REPOSITORY
+from server.core.config import MODEL_REPOSITORY, Settings
+from server.models.versions import default_version, record_promotion, withdraw_promotion
 
 METRIC = "ndcg@10"
 DEFAULT_TOLERANCE = 0.005
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-repository", type=Path, default=MODEL_REPOSITORY)
     parser.add_argument("--write-calibration", action="store_true",
                         help="--set quality: also write both versions' calibration.json")
+    parser.add_argument("--promote", action="store_true",
+                        help="when the candidate wins, new data directories serve it (promoted.json)")
     args = parser.parse_args(argv)
     if args.set == "quality":
         from evaluation import quality
@@ -86,13 +93,18 @@ def main(argv: list[str] | None = None) -> int:
                                            "--model-repository", str(args.model_repository)]
                                           + (["--write-calibration"] if args.write_calibration else []))
         promote, reason = decide_quality(current, candidate, args.tolerance)
-        print(reason)
-        return 0 if promote else 1
-    with triton_url(args.triton_url, args.model_repository) as url:
-        rows = run(load_set(args.set, args.sources), [args.current, args.candidate], url)
-    print(markdown_table(rows, COLUMNS))
-    promote, reason = decide(served_row(rows, args.current), served_row(rows, args.candidate), args.tolerance)
+    else:
+        with triton_url(args.triton_url, args.model_repository) as url:
+            rows = run(load_set(args.set, args.sources), [args.current, args.candidate], url)
+        print(markdown_table(rows, COLUMNS))
+        promote, reason = decide(served_row(rows, args.current), served_row(rows, args.candidate), args.tolerance)
     print(reason)
+    if promote and args.promote:
+        path = record_promotion(args.candidate, reason, args.model_repository)
+        print(f"new data directories now start on encoder/{args.candidate} ({path})")
+    elif args.promote and withdraw_promotion(args.candidate, args.model_repository):
+        print(f"encoder/{args.candidate} was the promoted version: new data directories start on "
+              f"encoder/{default_version(Settings(model_repository=args.model_repository))} again")
     return 0 if promote else 1
 
 

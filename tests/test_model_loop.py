@@ -15,7 +15,7 @@ from clients.client import NewImage
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from server.core.config import MODEL_REPOSITORY, loopback_settings
 from server.models.triton import TritonServer
-from server.models.versions import publish, reload, versions
+from server.models.versions import PROMOTION_FILE, publish, record_promotion, reload, versions
 from server.store.interactions import InteractionLog
 from server.tools.corpus import real_photos
 from tests.fixtures.gateway import start_gateway
@@ -34,7 +34,8 @@ def loop_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     repository = root / "model_repository"
     shutil.copytree(MODEL_REPOSITORY, repository,
-                    ignore=lambda d, names: [n for n in names if (n.isdigit() and n != "1") or n.startswith(".")])
+                    ignore=lambda d, names: [n for n in names if (n.isdigit() and n != "1") or n.startswith(".")
+                                              or n == PROMOTION_FILE])
     with TritonServer(loopback_settings(model_repository=repository), log_path=root / "triton.log") as triton:
         gateway = start_gateway(triton.endpoint.grpc_url, root / "data")
         yield repository, triton, gateway
@@ -134,3 +135,26 @@ def test_the_served_version_survives_a_restart(loop_env):
             assert response.model_version == "encoder/2"
     finally:
         restarted.stop()
+
+
+def test_a_new_data_directory_serves_the_promoted_version(loop_env, tmp_path):
+    """What `make robust-encoder` does when the gate promotes: a fresh gateway (no model_version configured)
+    starts on the promoted version; one that names a version keeps it."""
+    repository, triton, _ = loop_env
+    if "2" not in versions(repository):
+        assert publish(None, repository) == "2"
+        reload(triton.endpoint.grpc_url, admin_key=triton.settings.triton_admin_key)
+    record_promotion("2", "promote: test", repository)
+    try:
+        for configured, expected in ((None, "encoder/2"), ("1", "encoder/1")):
+            fresh = start_gateway(triton.endpoint.grpc_url, tmp_path / f"data-{configured}",
+                                  model_repository=repository, model_version=configured)
+            try:
+                with fresh.client() as client:
+                    assert client.stats().model_version == expected
+                    client.add_images([NewImage("skimage/astronaut", small_jpeg("skimage/astronaut", 240))])
+                    assert client.search(small_jpeg("skimage/astronaut", 300), k=1).model_version == expected
+            finally:
+                fresh.stop()
+    finally:
+        (repository / "encoder" / PROMOTION_FILE).unlink()

@@ -32,6 +32,7 @@ from server.embedding.encoder import EncoderClient
 from server.embedding.imaging import Limits
 from server.ingest.add import Indexer
 from server.ingest.reindex import ModelSwitcher
+from server.models.versions import default_version
 from server.query.search import Searcher
 from server.runtime.admission import Admission
 from server.runtime.serving import Live, Serving, serving
@@ -83,8 +84,9 @@ class Gateway:
         # Same for BLAS: OpenBLAS's worker thread busy-waits after every call; it burned ~10 ms of CPU per Search
         # (benchmarks/results/e2e.md, CPU per request) for vector products of a few dozen rows.
         threadpool_limits(1, user_api="blas")
-        # A new data directory starts with the configured version; afterwards ACTIVE_MODEL decides (SwitchModel).
-        active = await asyncio.to_thread(read_active_version, s) or f"{s.model_name}/{s.model_version}"
+        # A new data directory starts with the configured or promoted version; afterwards ACTIVE_MODEL decides
+        # (SwitchModel).
+        active = await asyncio.to_thread(read_active_version, s) or f"{s.model_name}/{default_version(s)}"
         encoder = EncoderClient(s.triton_url or f"127.0.0.1:{s.triton_grpc_port}", s.model_name,
                                 active.rsplit("/", 1)[-1])
         store = await asyncio.to_thread(open_store, s, active, EMBEDDING_DIM)

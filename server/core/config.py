@@ -55,9 +55,10 @@ class Settings:
     # Header value Triton requires on its model-control APIs; the launcher generates one per start if unset.
     triton_admin_key: str | None = None
     model_name: str = "encoder"  # Triton's name of the encoder (server/embedding/contract.py: MODEL_NAME)
-    # Encoder version a new data directory is indexed with; afterwards the data directory's ACTIVE_MODEL file
-    # decides (SwitchModel changes it).
-    model_version: str = "1"
+    # Encoder version a new data directory is indexed with; unset: the version the promotion gate promoted
+    # (<model_repository>/<model_name>/promoted.json, server/models/versions.py), else 1. Afterwards the data
+    # directory's ACTIVE_MODEL file decides (SwitchModel changes it).
+    model_version: str | None = None
     # A new FAISS catalog also indexes embeddings of the regions in server/core/regions.py, so a
     # crop of an indexed picture finds it (issue 16; benchmarks/results/quality.md). Costs 1 + 6 encoder inputs
     # per indexed image and 7x the vectors; queries still embed once. A catalog keeps what it was created with.

@@ -4,10 +4,14 @@ A version is a numbered directory holding the same ONNX contract (uint8 pixels i
 the same Python-backend `model.py`. Publishing writes into a staging directory and renames it into place,
 so Triton never sees a half-written version. On GPU hosts, build the version's TensorRT plan afterwards
 with deploy/gpu/build_trt_plan.py.
+
+The promotion gate (evaluation/gate.py --promote) records the version it promoted in `<model>/promoted.json`;
+a new data directory starts on that version unless the settings name one (`default_version`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,16 +19,61 @@ import sys
 import tempfile
 from pathlib import Path
 
-from server.core.config import MODEL_REPOSITORY, REPO_ROOT
+from server.core.config import MODEL_REPOSITORY, REPO_ROOT, Settings
 from server.embedding.contract import MODEL_NAME
 from server.models.endpoint import GRPC_ADMIN_HEADER
 
 BACKEND_FILE = "model.py"
+PROMOTION_FILE = "promoted.json"
+FIRST_VERSION = "1"
 
 
 def versions(repository: Path = MODEL_REPOSITORY, model_name: str = MODEL_NAME) -> list[str]:
     """Published versions, oldest first."""
     return sorted((p.name for p in (repository / model_name).iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+
+
+def promoted(repository: Path = MODEL_REPOSITORY, model_name: str = MODEL_NAME) -> str | None:
+    """The version the promotion gate last promoted; None if it never promoted one."""
+    path = repository / model_name / PROMOTION_FILE
+    try:
+        version = str(json.loads(path.read_text())["version"])
+    except FileNotFoundError:
+        return None
+    if not (repository / model_name / version / "model.onnx").is_file():
+        raise FileNotFoundError(f"{path} names version {version}, but {repository / model_name / version} holds no "
+                                "model.onnx: rebuild it (make robust-encoder) or delete the record to serve "
+                                f"version {FIRST_VERSION}")
+    return version
+
+
+def record_promotion(version: str, reason: str, repository: Path = MODEL_REPOSITORY,
+                     model_name: str = MODEL_NAME) -> Path:
+    """Make `version` what new data directories serve (written atomically: a reader sees old or new)."""
+    if version not in versions(repository, model_name):
+        raise ValueError(f"no published version {version} in {repository / model_name}")
+    path = repository / model_name / PROMOTION_FILE
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps({"version": version, "reason": reason}, indent=1) + "\n")
+    os.replace(staging, path)
+    return path
+
+
+def withdraw_promotion(version: str, repository: Path = MODEL_REPOSITORY, model_name: str = MODEL_NAME) -> bool:
+    """Forget the promotion of `version` (a rebuilt candidate the gate refused); False if it was not promoted."""
+    path = repository / model_name / PROMOTION_FILE
+    try:
+        if str(json.loads(path.read_text())["version"]) != version:
+            return False
+    except FileNotFoundError:
+        return False
+    path.unlink()
+    return True
+
+
+def default_version(settings: Settings) -> str:
+    """The encoder version a new data directory starts on: the configured one, else the promoted one, else 1."""
+    return settings.model_version or promoted(settings.model_repository, settings.model_name) or FIRST_VERSION
 
 
 def publish(checkpoint: Path | None, repository: Path = MODEL_REPOSITORY,

@@ -16,6 +16,7 @@ from PIL import Image
 from clients.client import VisualSearchClient
 from server.core.config import Settings, free_port
 from server.embedding.imaging import Limits, decode_image
+from server.models.versions import default_version
 from server.tools import gallery
 from server.tools.corpus import demo_corpus
 from server.tools.indexing import index_files
@@ -117,7 +118,12 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> None:
             print_hits(response)
             write_gallery(out / f"{query.name}.png", data, query.crop, query.title, response, files)
         print()
-        print_stats(client.stats())
+        stats = client.stats()
+        print_stats(stats)
+        promoted = f"{s.model_name}/{default_version(s)}"
+        if stats.model_version != promoted:
+            print(f"this data directory ({state_dir}) was created on {stats.model_version}; new ones start on "
+                  f"{promoted}. `vsearch switch-model {promoted.rsplit('/', 1)[-1]} --wait` re-embeds it.")
         if args.keep_running:
             print(f"\nservices keep running: gateway {s.grpc_address}, Triton {s.triton_url}. Ctrl-C stops them.")
             with suppress(KeyboardInterrupt):

@@ -148,3 +148,22 @@ def test_click_pairs_are_used_as_positives(tmp_path: Path) -> None:
 def test_too_few_images_for_the_batch_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="fewer than the batch size"):
         train(_tiny_config(tmp_path, steps=1, images=_small_photos(3)))
+
+
+def test_a_fine_tuned_share_mixes_every_weight_with_the_pretrained_one(runs: dict[str, Path]) -> None:
+    """WiSE-FT (export_onnx --fine-tuned-share): 0 gives the pretrained model, 1 the checkpoint, 0.7 the
+    per-weight mix; BatchNorm's integer step counters are copied, not mixed."""
+    pretrained = load_encoder().state_dict()
+    tuned = torch.load(runs["straight"], map_location="cpu", weights_only=True)["encoder"]
+    for share in (0.0, 0.7, 1.0):
+        mixed = load_encoder(runs["straight"], fine_tuned_share=share).state_dict()
+        for name, value in mixed.items():
+            if value.is_floating_point():
+                want = share * tuned[name] + (1 - share) * pretrained[name]
+                assert torch.allclose(value, want, atol=1e-6), name
+            else:
+                assert torch.equal(value, tuned[name]), name
+    moved = [n for n, v in tuned.items() if not torch.equal(v, pretrained[n])]
+    assert moved, "the fixture run changed no weight: the mix would prove nothing"
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        load_encoder(runs["straight"], fine_tuned_share=1.5)

@@ -42,6 +42,7 @@ class AugmentConfig:
     rotate_p: float = 0.0
     rotate_degrees: float = 15.0
     overlay_p: float = 0.0  # a caption band or large text drawn on the image before cropping
+    overlay_size: tuple[float, float] = (0.06, 0.16)  # text height, share of the image height
     downscale_p: float = 0.0
     downscale: tuple[float, float] = (0.25, 0.8)  # share of the side; the view is scaled back up to 224
 
@@ -51,8 +52,12 @@ class AugmentConfig:
 # and bands, flips, colour jitter.
 # Hue shifts only slightly: a full SimCLR hue jitter taught the model that an orange square is a copy of a yellow
 # one and tricolour flags are copies of each other (candidate A in benchmarks/results/quality.md's history).
+# Downscaling reaches 8% of the side (an 18 px view): copies of small pictures arrive as thumbnails of a few dozen
+# pixels, and with (0.25, 0.8) those were the most-missed downscaled copies. Overlaid text up to a quarter of
+# the image height: watermarks span the picture. (Candidate E in docs/QUALITY.md.)
 COPY_DETECTION = AugmentConfig(crop_scale=(0.25, 1.0), hue=0.02, grayscale_p=0.25, blur_p=0.2, jpeg_p=0.6,
-                               jpeg_quality=(10, 95), rotate_p=0.5, overlay_p=0.35, downscale_p=0.4)
+                               jpeg_quality=(10, 95), rotate_p=0.5, overlay_p=0.45, overlay_size=(0.06, 0.25),
+                               downscale_p=0.5, downscale=(0.08, 0.8))
 
 
 def load_image(path: Path, max_side: int = 384) -> Image.Image:
@@ -129,11 +134,12 @@ def jpeg_reencode(image: Image.Image, quality: int) -> Image.Image:
         return decoded.convert("RGB")
 
 
-def overlay(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """A caption band (black or white, top or bottom) with text, or large semi-transparent text across it."""
+def overlay(image: Image.Image, rng: np.random.Generator, size: tuple[float, float] = (0.06, 0.16)) -> Image.Image:
+    """A caption band (black or white, top or bottom) with text, or large semi-transparent text across it;
+    the text is `size` (a range) of the image height tall."""
     image = image.copy()
     w, h = image.size
-    font = ImageFont.truetype(str(CAPTION_FONT), max(8, int(h * rng.uniform(0.06, 0.16))))
+    font = ImageFont.truetype(str(CAPTION_FONT), max(8, int(h * rng.uniform(*size))))
     words = " ".join(rng.choice(OVERLAY_WORDS, size=int(rng.integers(1, 4))))
     if rng.random() < 0.5:
         band = int(h * rng.uniform(0.1, 0.22))
@@ -156,7 +162,7 @@ def augment(image: Image.Image, rng: np.random.Generator, config: AugmentConfig 
     -> JPEG; uint8 [224, 224, 3]. The bracketed steps only run when the config turns them on."""
     image = image.convert("RGB")
     if config.overlay_p and rng.random() < config.overlay_p:
-        image = overlay(image, rng)
+        image = overlay(image, rng, config.overlay_size)
     if config.rotate_p and rng.random() < config.rotate_p:
         fill = (255, 255, 255) if rng.random() < 0.5 else (0, 0, 0)
         image = image.rotate(float(rng.uniform(-config.rotate_degrees, config.rotate_degrees)),

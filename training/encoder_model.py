@@ -38,10 +38,26 @@ def pretrained_backbone() -> nn.Module:
     )
 
 
-def load_encoder(checkpoint: Path | None = None) -> EncoderModel:
-    """The shipped pretrained encoder, or a fine-tuned one from a checkpoint's `encoder` state dict."""
+def load_encoder(checkpoint: Path | None = None, fine_tuned_share: float = 1.0) -> EncoderModel:
+    """The shipped pretrained encoder, or a fine-tuned one from a checkpoint's `encoder` state dict.
+
+    `fine_tuned_share` < 1 mixes the weights with the pretrained ones (WiSE-FT, Wortsman et al. 2022):
+    share x fine-tuned + (1 - share) x pretrained, per parameter. The mix keeps most of the fine-tune's
+    robustness and recovers what it cost the pretrained model elsewhere (docs/QUALITY.md, candidate E)."""
     model = EncoderModel(pretrained_backbone())
     if checkpoint is not None:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["encoder"])
+        tuned = torch.load(checkpoint, map_location="cpu", weights_only=True)["encoder"]
+        model.load_state_dict(interpolate(model.state_dict(), tuned, fine_tuned_share))
     return model.eval()
+
+
+def interpolate(pretrained: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], share: float
+                ) -> dict[str, torch.Tensor]:
+    """share x tuned + (1 - share) x pretrained for float tensors; integer buffers (BatchNorm's step counter)
+    come from `tuned`."""
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"the fine-tuned share must be in [0, 1], got {share}")
+    if share == 1.0:
+        return tuned
+    return {name: torch.lerp(pretrained[name], value, share) if value.is_floating_point() else value
+            for name, value in tuned.items()}

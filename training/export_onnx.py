@@ -1,6 +1,7 @@
 """Export the encoder to ONNX: uint8 pixels in, unit embeddings out, dynamic batch axis.
 
     python -m training.export_onnx --output model_repository/encoder/1/model.onnx [--checkpoint CKPT]
+                                   [--fine-tuned-share S]   (S < 1: WiSE-FT mix with the pretrained weights)
 
 The graph is checked with ONNX Runtime against PyTorch before it is (atomically) written.
 """
@@ -21,11 +22,11 @@ from training.encoder_model import load_encoder
 OPSET = 17
 
 
-def export(output: Path, checkpoint: Path | None = None) -> float:
+def export(output: Path, checkpoint: Path | None = None, fine_tuned_share: float = 1.0) -> float:
     """Write the ONNX graph; returns the max abs difference vs PyTorch on a probe batch."""
     import onnxruntime as ort
 
-    model = load_encoder(checkpoint)
+    model = load_encoder(checkpoint, fine_tuned_share)
     seeded = torch.Generator().manual_seed(0)
     probe = torch.randint(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8, generator=seeded)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -55,8 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--checkpoint", type=Path, default=None, help="fine-tuned checkpoint (default: pretrained)")
+    parser.add_argument("--fine-tuned-share", type=float, default=1.0,
+                        help="mix the checkpoint's weights with the pretrained ones: share x fine-tuned + "
+                             "(1 - share) x pretrained (WiSE-FT; default 1: the checkpoint as it is)")
     args = parser.parse_args(argv)
-    diff = export(args.output, args.checkpoint)
+    diff = export(args.output, args.checkpoint, args.fine_tuned_share)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, max |onnx - torch| = {diff:.2e})")
 
 

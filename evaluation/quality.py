@@ -8,6 +8,8 @@ prepared with `server.embedding.imaging.prepare`, as the gateway does) and repor
   lists; the query is the edited copy, the gallery all held-out originals; P@1 and MRR per edit;
 - GCompris "details": each small detail cut-out of a painting / landmark as a query for its full scene (the
   21 scenes added to that gallery): P@1, recall@10, MRR;
+- wallpapers at several resolutions: every smaller size of a Plasma wallpaper as a query for its largest size,
+  among the largest sizes and the other real photos of the demo corpus: P@1, MRR;
 - category retrieval (Tux Paint folder / emoji subgroup = relevant; leave-one-out over held-out images of the
   same source): P@1, P@10, mAP@10, nDCG@10, and P@10 with near-duplicate collapse at the fixed 0.87 and at the
   version's calibrated threshold;
@@ -45,19 +47,22 @@ from evaluation.quality_sets import (
     CENTRE_CROP_BOX,
     DEFAULT_SEED,
     EDITS,
+    PLASMA_WALLPAPERS,
     LabelledImage,
     encode,
     gcompris_details,
     labelled_images,
     of_split,
     split_of,
+    wallpaper_resolutions,
 )
 from server.core.config import MODEL_REPOSITORY
 from server.core.regions import REGION_BOXES, REGION_SCORE_PENALTY
 from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
-from server.embedding.imaging import CropBox, prepare, prepare_views
+from server.embedding.imaging import CropBox, Limits, prepare, prepare_views
 from server.models.calibration import FORMAT, save_calibration
 
+EVALUATION_LIMITS = Limits(max_bytes=100 * 1024 * 1024, max_pixels=100_000_000)  # 5120x2880 PNG wallpapers
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 TARGET_PRECISION = 0.99
 FIXED_THRESHOLD = 0.87  # the global setting before calibration (server/core/config.py)
@@ -79,6 +84,10 @@ class Prepared:
     detail_scenes: list[int] | None = None  # ... each detail's scene index ...
     detail_pixels: np.ndarray | None = None  # ... and the details as queries
     scene_region_pixels: np.ndarray | None = None
+    wallpaper_pixels: np.ndarray | None = None  # wallpapers: the largest size of each picture + other photos ...
+    wallpaper_region_pixels: np.ndarray | None = None
+    wallpaper_queries: list[int] | None = None  # ... each smaller size's picture (index into wallpaper_pixels) ...
+    wallpaper_query_pixels: np.ndarray | None = None  # ... and the smaller sizes as queries
 
 
 def similarity(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray | None = None) -> np.ndarray:
@@ -124,6 +133,7 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool
         query_pixels.append(prepare(encode(image), CropBox(*CENTRE_CROP_BOX)))
     prep = Prepared(gallery, np.stack(pixels), queries, np.stack(query_pixels),
                     np.stack(region_pixels) if regions else None)
+    add_wallpapers(prep, regions)
     try:
         scenes, details = gcompris_details()
     except FileNotFoundError as exc:
@@ -136,6 +146,36 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool
     if regions:
         prep.scene_region_pixels = np.stack([p for n in names for p in region_inputs(scenes[n])])
     return prep
+
+
+def add_wallpapers(prep: Prepared, regions: bool) -> None:
+    """The wallpapers-at-several-resolutions set (quality_sets.wallpaper_resolutions): gallery = the largest
+    size of each picture + every real photo of the demo corpus that is not a Plasma wallpaper."""
+    from server.tools.corpus import real_photos
+
+    pictures = wallpaper_resolutions()
+    if not pictures:
+        print(f"skipping the wallpapers set: no multi-resolution wallpapers under {PLASMA_WALLPAPERS}")
+        return
+    others = [p.path for p in real_photos() if not p.path.is_relative_to(PLASMA_WALLPAPERS)]
+    gallery = [files[0] for files in pictures.values()] + others
+    data = [path.read_bytes() for path in tqdm(gallery, desc="wallpapers", unit="img")]
+    prep.wallpaper_pixels = np.stack([prepare(d, limits=EVALUATION_LIMITS) for d in data])
+    if regions:
+        prep.wallpaper_region_pixels = np.stack([v for d in data for v in prepare_views(
+            d, [CropBox(*box) for box in REGION_BOXES], EVALUATION_LIMITS)])
+    prep.wallpaper_queries = [n for n, files in enumerate(pictures.values()) for _ in files[1:]]
+    prep.wallpaper_query_pixels = np.stack([prepare(f.read_bytes(), limits=EVALUATION_LIMITS)
+                                            for files in pictures.values() for f in files[1:]])
+
+
+def same_picture(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regions: np.ndarray | None = None
+                 ) -> dict:
+    """Each smaller wallpaper size as a query; relevant = the largest size of the same picture."""
+    m = evaluate([list(r) for r in _rankings(similarity(queries, gallery, regions), 10)],
+                 [{source: 1} for source in prep.wallpaper_queries or []], (1,))
+    return {"queries": len(queries), "pictures": len(set(prep.wallpaper_queries or [])), "gallery": len(gallery),
+            "p@1": round(m["precision@1"], 4), "mrr": round(m["mrr"], 4)}
 
 
 def details_retrieval(prep: Prepared, gallery: np.ndarray, scenes: np.ndarray, details: np.ndarray,
@@ -171,6 +211,10 @@ class OnnxEmbedder:
         for start in tqdm(range(0, len(pixels), batch), desc=desc, unit="batch"):
             out.append(self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels[start:start + batch]})[0])
         return np.concatenate(out)
+
+    def regions(self, pixels: np.ndarray | None, images: int, desc: str) -> np.ndarray | None:
+        """[images, R, dim] region embeddings from the REGION_BOXES views of `images` images; None: no regions."""
+        return None if pixels is None else self.embed(pixels, desc).reshape(images, len(REGION_BOXES), -1)
 
 
 def _rankings(sims: np.ndarray, k: int) -> np.ndarray:
@@ -317,23 +361,29 @@ def evaluate_version(prep: Prepared, version: str, repository: Path, seed: int) 
     embedder = OnnxEmbedder(version, repository)
     gallery = embedder.embed(prep.gallery_pixels, f"v{version} gallery")
     queries = embedder.embed(prep.copy_pixels, f"v{version} copies")
-    regions = None if prep.region_pixels is None else \
-        embedder.embed(prep.region_pixels, f"v{version} regions").reshape(len(gallery), len(REGION_BOXES), -1)
+    regions = embedder.regions(prep.region_pixels, len(gallery), f"v{version} regions")
     dup = duplicates(prep, gallery, queries, seed)  # whole-image vectors: what the duplicate collapse compares
     thresholds = {"off": 2.0, "fixed-0.87": FIXED_THRESHOLD, "calibrated": dup["threshold"]}
     details = details_whole = None
     if prep.scene_pixels is not None and prep.detail_pixels is not None:
         scenes = embedder.embed(prep.scene_pixels, f"v{version} scenes")
         details_px = embedder.embed(prep.detail_pixels, f"v{version} details")
-        scene_regions = None if prep.scene_region_pixels is None else embedder.embed(
-            prep.scene_region_pixels, f"v{version} scene regions").reshape(len(scenes), len(REGION_BOXES), -1)
+        scene_regions = embedder.regions(prep.scene_region_pixels, len(scenes), f"v{version} scene regions")
         details = details_retrieval(prep, gallery, scenes, details_px, regions, scene_regions)
         details_whole = details_retrieval(prep, gallery, scenes, details_px)
+    resolutions = resolutions_whole = None
+    if prep.wallpaper_pixels is not None and prep.wallpaper_query_pixels is not None:
+        pictures = embedder.embed(prep.wallpaper_pixels, f"v{version} wallpapers")
+        sizes = embedder.embed(prep.wallpaper_query_pixels, f"v{version} wallpaper sizes")
+        picture_regions = embedder.regions(prep.wallpaper_region_pixels, len(pictures), f"v{version} wallpaper regions")
+        resolutions = same_picture(prep, pictures, sizes, picture_regions)
+        resolutions_whole = same_picture(prep, pictures, sizes)
     # "copy", "category", "details" and the relevance fit score as the default catalog does (regions on);
     # the "*_whole" entries as a catalog without regions (index_regions off, the Milvus backend).
     return {"version": version, "regions": regions is not None,
             "copy": copy_detection(prep, gallery, queries, regions),
             "copy_whole": copy_detection(prep, gallery, queries), "details": details, "details_whole": details_whole,
+            "resolutions": resolutions, "resolutions_whole": resolutions_whole,
             "category": category_retrieval(prep, gallery, thresholds, regions),
             "category_whole": category_retrieval(prep, gallery, thresholds),
             "duplicates": dup, "relevance": relevance_calibration(prep, gallery, queries, seed, regions)}

@@ -23,11 +23,10 @@ def _copy_table(results: list[dict]) -> str:
     return markdown_table(rows, ["edit"] + [name for name, *_ in columns])
 
 
-def _details_table(results: list[dict]) -> str:
-    rows = [{"version": r["version"], "index": kind, **r[f"details{suffix}"]} for r in results
-            for suffix, kind in INDEXES if r.get(f"details{suffix}")]
-    return markdown_table(rows, ["version", "index", "queries", "scenes", "gallery", "p@1", "recall@10", "mrr",
-                                 "p@1 among scenes only"])
+def _by_index_table(results: list[dict], key: str, columns: list[str]) -> str:
+    rows = [{"version": r["version"], "index": kind, **r[f"{key}{suffix}"]} for r in results
+            for suffix, kind in INDEXES if r.get(f"{key}{suffix}")]
+    return markdown_table(rows, ["version", "index", *columns])
 
 
 def _category_table(results: list[dict]) -> str:
@@ -116,7 +115,14 @@ def write(results: list[dict], meta: dict, out: Path) -> None:
         "## GCompris details: a small detail cut-out (~72 px) finds its full painting / landmark", "",
         "Queries: the detail images of GCompris' `details` activity (gcompris-qt-data, read from its Qt .rcc "
         "bundle); relevant: the full scene; gallery: the scenes + the held-out gallery above.", "",
-        _details_table(results), "",
+        _by_index_table(results, "details", ["queries", "scenes", "gallery", "p@1", "recall@10", "mrr",
+                                             "p@1 among scenes only"]), "",
+        "## Wallpapers at several resolutions: a smaller size finds the largest one", "",
+        "Queries: every smaller file of each Plasma wallpaper shipped as two or more distinct files "
+        "(plasma-workspace-wallpapers: a ~400x250 thumbnail, often a portrait crop such as 1080x1920); relevant: "
+        "the full-size file of the same picture; gallery: the full-size files + the demo corpus's other real "
+        "photos. Not held out: the demo corpus photos are in the fine-tuning set.", "",
+        _by_index_table(results, "resolutions", ["queries", "pictures", "gallery", "p@1", "mrr"]), "",
         "## Category retrieval (leave-one-out; same folder / subgroup = relevant)", "",
         "`p@10 collapse X`: P@10 after the gateway's near-duplicate collapse (with backfill) at threshold X.", "",
         _category_table(results), "",

@@ -3,6 +3,8 @@
 Sources (nothing downloaded, nothing committed; built at run time from what `apt-get` installed):
 - `tuxpaint`: Debian `tuxpaint-stamps-default`, PNG cut-outs (composited on white like the query path does);
   category = the stamp's folder under /usr/share/tuxpaint/stamps (e.g. `animals/birds`, `food/fruit/cartoon`).
+- `wallpapers`: Debian `plasma-workspace-wallpapers` ships each picture at full size, many also as a portrait
+  crop and a thumbnail: a real "same picture" set (`wallpaper_resolutions`).
 - `emoji`: Debian `fonts-noto-color-emoji` rendered with Pillow; category = the emoji's subgroup in
   `unicode-data`'s emoji-test.txt (e.g. `face-smiling`): same-style drawings, the hard case for duplicates.
   Skin-tone variants are left out, so no two images are the same drawing in another colour.
@@ -158,6 +160,29 @@ def gcompris_details() -> tuple[dict[str, Image.Image], list[tuple[str, str, Ima
         else:
             details.append((f"gcompris/details/{stem}", scene, image))
     return scenes, [d for d in details if d[1] in scenes]
+
+
+PLASMA_WALLPAPERS = Path("/usr/share/wallpapers")  # Debian plasma-workspace-wallpapers
+
+
+def wallpaper_resolutions(root: Path = PLASMA_WALLPAPERS) -> dict[str, list[Path]]:
+    """Every Plasma wallpaper shipped as two or more distinct files: `<name>` (or `<name>-dark`) -> its files,
+    largest first. The package ships the picture at full size, often a portrait crop of it (1080x1920), and a
+    ~400x250 thumbnail (`screenshot`); the other sizes in its folder are symlinks to the full-size file and
+    are left out (the same bytes are no test)."""
+    def area(path: Path) -> int:
+        with Image.open(path) as image:
+            return image.width * image.height
+
+    pictures = {}
+    for folder in sorted(root.glob("*/contents/images*")):
+        files = [f for f in folder.iterdir() if f.suffix.lower() in (".jpg", ".png") and not f.is_symlink()]
+        if folder.name == "images":
+            files += [f for f in folder.parent.glob("screenshot.*") if not f.is_symlink()]
+        if len(files) >= 2:
+            pictures[folder.parents[1].name + ("" if folder.name == "images" else "-dark")] = sorted(
+                files, key=area, reverse=True)
+    return pictures
 
 
 # ---- copy edits ---------------------------------------------------------------------------------------------

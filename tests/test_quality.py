@@ -196,6 +196,32 @@ def test_gcompris_details_pair_every_detail_with_its_scene() -> None:
         assert image.mode == "RGB" and max(image.size) < min(scenes[scene].size)  # a detail is smaller
 
 
+def test_wallpaper_sizes_are_distinct_files_grouped_by_picture_largest_first() -> None:
+    from PIL import Image
+
+    from evaluation.quality_sets import wallpaper_resolutions
+
+    pictures = wallpaper_resolutions()
+    assert len(pictures) >= 20 and sum(len(files) - 1 for files in pictures.values()) >= 30
+    for name, files in pictures.items():
+        assert len(files) >= 2 and not any(f.is_symlink() for f in files), name
+        assert len({f.read_bytes() for f in files}) == len(files), f"{name}: the same bytes twice"
+        areas = [Image.open(f).width * Image.open(f).height for f in files]
+        assert areas == sorted(areas, reverse=True), f"{name}: the largest comes first"
+
+
+def test_same_picture_scores_the_largest_size_as_the_only_relevant_result() -> None:
+    from evaluation.quality import Prepared, same_picture
+
+    gallery = np.eye(4, dtype=np.float32)
+    queries = np.array([[0.9, 0.1, 0, 0], [0, 0.2, 0.9, 0], [0.8, 0, 0, 0.6]], np.float32)
+    empty = np.zeros((0, 224, 224, 3), np.uint8)
+    prep = Prepared([], empty, [], empty, wallpaper_queries=[0, 1, 3])
+    result = same_picture(prep, gallery, queries)
+    assert result["p@1"] == round(1 / 3, 4) and result["mrr"] == round((1 + 1 / 2 + 1 / 2) / 3, 4)
+    assert (result["queries"], result["pictures"], result["gallery"]) == (3, 3, 4)
+
+
 def _synthetic_prepared(seed: int = 0) -> tuple:
     """Stand-in embeddings: 40 categories x 6 images; each category a direction, each image a noisy member,
     each copy its image plus smaller noise (crop-50 noisier than flip)."""

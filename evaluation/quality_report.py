@@ -38,6 +38,13 @@ def _category_table(results: list[dict]) -> str:
                                  "p@10 collapse calibrated"])
 
 
+def _difference_table(results: list[dict]) -> str:
+    rows = [{"version": r["version"], "set": name, **row} for r in results[1:]
+            for name, row in r["category_vs_first"].items()]
+    return markdown_table(rows, ["version", "set", "queries", "difference", "ci95 low", "ci95 high",
+                                 "queries better", "queries worse"])
+
+
 def _duplicate_table(results: list[dict]) -> str:
     rows = []
     for r in results:
@@ -126,6 +133,9 @@ def write(results: list[dict], meta: dict, out: Path) -> None:
         "## Category retrieval (leave-one-out; same folder / subgroup = relevant)", "",
         "`p@10 collapse X`: P@10 after the gateway's near-duplicate collapse (with backfill) at threshold X.", "",
         _category_table(results), "",
+        *([f"mAP@10 of each version minus encoder/{results[0]['version']}'s over the same queries (regions on), "
+           "with a paired bootstrap 95% interval: an interval that holds 0 is a difference this set cannot tell "
+           "from noise.", "", _difference_table(results), ""] if len(results) > 1 else []),
         "## Near-duplicate decision (`cosine > threshold` = copy)", "",
         "Threshold fitted on `calib` pairs for precision >= 0.99; precision/recall on `test` pairs (copies = an "
         "original and one edit of it; not-copies = two distinct images of one category, incl. same-style emoji). "

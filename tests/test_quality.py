@@ -261,3 +261,25 @@ def test_quality_metrics_on_stand_in_embeddings() -> None:
         assert 0.3 < row["p@1"] <= 1.0 and row["p@10 collapse off"] == row["p@10"]
     rel = relevance_calibration(prep, gallery, copies, seed=16)
     assert rel["ece"] < 0.08 and np.all(np.diff(rel["y"]) >= 0)
+
+
+def test_map_difference_is_paired_and_its_interval_holds_the_truth() -> None:
+    """Per-query AP@10 from category_retrieval feeds a paired bootstrap: the same ranking gives 0 exactly; a
+    candidate better on every query gives an interval above 0; noise around 0 gives an interval holding 0."""
+    from evaluation.quality import category_retrieval, map_difference
+
+    prep, gallery, _ = _synthetic_prepared()
+    per_query: dict[str, list[float]] = {}
+    cats = category_retrieval(prep, gallery, {"off": 2.0}, per_query=per_query)
+    for name, row in cats.items():
+        assert len(per_query[name]) == row["queries"]
+        assert abs(np.mean(per_query[name]) - row["map@10"]) < 1e-3
+    same = map_difference({"category_ap@10": per_query}, {"category_ap@10": per_query}, seed=1)
+    assert all(r["difference"] == r["ci95 low"] == r["ci95 high"] == 0 for r in same.values())
+    rng = np.random.default_rng(3)
+    base = {"s": list(rng.uniform(0, 0.8, 400))}
+    better = map_difference({"category_ap@10": base}, {"category_ap@10": {"s": [v + 0.05 for v in base["s"]]}}, 1)
+    assert better["s"]["ci95 low"] > 0 and better["s"]["queries better"] == 400
+    noisy = map_difference({"category_ap@10": base},
+                           {"category_ap@10": {"s": list(np.array(base["s"]) + rng.normal(0, 0.1, 400))}}, 1)
+    assert noisy["s"]["ci95 low"] < 0 < noisy["s"]["ci95 high"]

@@ -44,6 +44,7 @@ quality: setup
 # (WiSE-FT: keeps the category geometry), then the quality gate decides (~4 min) and writes both calibration
 # files. When it promotes, new data directories serve version 2 (promoted.json); when it refuses, version 1.
 # Two CPU threads: a rerun matches to float rounding, not bit for bit. `make robust-encoder` rebuilds it.
+# Version 2 is reserved for it: `vsearch publish` after `make demo` creates version 3 and up.
 ROBUST := var/robust-encoder
 ROBUST_DECISION := model_repository/encoder/2/gate.txt
 $(ROBUST_DECISION): $(ONNX) | system-packages

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from evaluation import quality_report
@@ -60,6 +59,7 @@ from server.core.config import MODEL_REPOSITORY
 from server.core.regions import REGION_BOXES, REGION_SCORE_PENALTY
 from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
 from server.embedding.imaging import CropBox, Limits, prepare, prepare_views
+from server.embedding.pipeline import REGION_CROPS
 from server.models.calibration import FORMAT, save_calibration
 
 EVALUATION_LIMITS = Limits(max_bytes=100 * 1024 * 1024, max_pixels=100_000_000)  # 5120x2880 PNG wallpapers
@@ -100,9 +100,11 @@ def similarity(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray | N
     return sims
 
 
-def region_inputs(image: Image.Image) -> list[np.ndarray]:
-    """The REGION_BOXES views of an image from one decode, as the indexing path prepares them."""
-    return list(prepare_views(encode(image), [CropBox(*box) for box in REGION_BOXES]))
+def indexing_views(data: bytes, regions: bool, limits: Limits | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The whole image and (with `regions`) its REGION_BOXES views from one decode, as the indexing path
+    prepares them."""
+    views = prepare_views(data, [None, *(REGION_CROPS if regions else ())], limits or Limits())
+    return views[0], list(views[1:])
 
 
 def _rng(seed: int, image_id: str, salt: str) -> np.random.Generator:
@@ -117,9 +119,9 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool
     for index, item in enumerate(tqdm(gallery, desc="gallery", unit="img")):
         image = item.load()
         originals[index] = image
-        pixels.append(prepare(encode(image)))
-        if regions:
-            region_pixels += region_inputs(image)
+        whole, views = indexing_views(encode(image), regions)
+        pixels.append(whole)
+        region_pixels += views
     emoji = [i for i, g in enumerate(gallery) if g.source == "emoji"]
     sample = set(np.random.default_rng(seed).choice(emoji, min(emoji_copy_sources, len(emoji)), replace=False))
     sources = [i for i, g in enumerate(gallery) if g.source != "emoji" or i in sample]
@@ -140,11 +142,12 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool
         print(f"skipping the GCompris details set: {exc}")
         return prep
     names = sorted(scenes)
-    prep.scene_pixels = np.stack([prepare(encode(scenes[n])) for n in names])
+    scene_views = [indexing_views(encode(scenes[n]), regions) for n in names]
+    prep.scene_pixels = np.stack([whole for whole, _ in scene_views])
     prep.detail_scenes = [names.index(scene) for _, scene, _ in details]
     prep.detail_pixels = np.stack([prepare(encode(image)) for _, _, image in details])
     if regions:
-        prep.scene_region_pixels = np.stack([p for n in names for p in region_inputs(scenes[n])])
+        prep.scene_region_pixels = np.stack([v for _, views in scene_views for v in views])
     return prep
 
 
@@ -159,11 +162,11 @@ def add_wallpapers(prep: Prepared, regions: bool) -> None:
         return
     others = [p.path for p in real_photos() if not p.path.is_relative_to(PLASMA_WALLPAPERS)]
     gallery = [files[0] for files in pictures.values()] + others
-    data = [path.read_bytes() for path in tqdm(gallery, desc="wallpapers", unit="img")]
-    prep.wallpaper_pixels = np.stack([prepare(d, limits=EVALUATION_LIMITS) for d in data])
+    views = [indexing_views(path.read_bytes(), regions, EVALUATION_LIMITS)
+             for path in tqdm(gallery, desc="wallpapers", unit="img")]
+    prep.wallpaper_pixels = np.stack([whole for whole, _ in views])
     if regions:
-        prep.wallpaper_region_pixels = np.stack([v for d in data for v in prepare_views(
-            d, [CropBox(*box) for box in REGION_BOXES], EVALUATION_LIMITS)])
+        prep.wallpaper_region_pixels = np.stack([v for _, region_views in views for v in region_views])
     prep.wallpaper_queries = [n for n, files in enumerate(pictures.values()) for _ in files[1:]]
     prep.wallpaper_query_pixels = np.stack([prepare(f.read_bytes(), limits=EVALUATION_LIMITS)
                                             for files in pictures.values() for f in files[1:]])

@@ -28,7 +28,6 @@ from clients.client import NewImage as GatewayImage
 from jobs.embed.adapters import (
     REGION_BOXES,
     BlobStore,
-    CropBox,
     EncoderClient,
     NewImage,
     Visibility,
@@ -41,6 +40,7 @@ from jobs.embed.runner import JobConfig, plan_resources, run
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from server.core.config import loopback_settings
 from server.core.regions import REGION_SCORE_PENALTY
+from server.embedding.imaging import CropBox
 from server.models.triton import TritonServer
 from tests.fixtures.gateway import start_gateway
 from tests.fixtures.ray_cluster import HEAD_IP, WORKER_IP, RayCluster

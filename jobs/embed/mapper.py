@@ -16,8 +16,7 @@ import numpy as np
 from jobs.embed.adapters import (
     EMBEDDING_DIM,
     INPUT_SIZE,
-    REGION_BOXES,
-    CropBox,
+    REGION_CROPS,
     EncoderClient,
     InvalidInput,
     Limits,
@@ -35,7 +34,7 @@ def prepare_batch(batch: dict[str, np.ndarray], limits: Limits = DEFAULT_LIMITS,
     image then each of REGION_BOXES, from one decode, as the gateway indexes) and `content_hash`; drops the bytes."""
     started, cpu_started = time.perf_counter(), time.process_time()
     n = len(batch["image_id"])
-    views = [None, *(CropBox(*box) for box in REGION_BOXES)] if regions else [None]
+    views = [None, *REGION_CROPS] if regions else [None]
     pixels = np.zeros((n, len(views), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
     hashes, errors = [], list(batch["error"])
     for i, data in enumerate(batch["data"]):

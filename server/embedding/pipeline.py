@@ -21,6 +21,8 @@ from server.core.regions import REGION_BOXES
 from server.embedding.contract import EMBED_CHUNK
 from server.embedding.imaging import CropBox, Limits, check_size, prepare, prepare_views
 
+REGION_CROPS: tuple[CropBox, ...] = tuple(CropBox(*box) for box in REGION_BOXES)  # as query crop boxes
+
 
 class Embedder(Protocol):
     """Pixels or image bytes in, unit embeddings out: the Triton client (`EncoderClient`)."""

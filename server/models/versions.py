@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from server.core.config import MODEL_REPOSITORY, REPO_ROOT, Settings
+from server.core.durable import write_atomic
 from server.embedding.contract import MODEL_NAME
 from server.models.endpoint import GRPC_ADMIN_HEADER
 
@@ -33,12 +34,18 @@ def versions(repository: Path = MODEL_REPOSITORY, model_name: str = MODEL_NAME) 
     return sorted((p.name for p in (repository / model_name).iterdir() if p.is_dir() and p.name.isdigit()), key=int)
 
 
+def _recorded(path: Path) -> str | None:
+    try:
+        return str(json.loads(path.read_text())["version"])
+    except FileNotFoundError:
+        return None
+
+
 def promoted(repository: Path = MODEL_REPOSITORY, model_name: str = MODEL_NAME) -> str | None:
     """The version the promotion gate last promoted; None if it never promoted one."""
     path = repository / model_name / PROMOTION_FILE
-    try:
-        version = str(json.loads(path.read_text())["version"])
-    except FileNotFoundError:
+    version = _recorded(path)
+    if version is None:
         return None
     if not (repository / model_name / version / "model.onnx").is_file():
         raise FileNotFoundError(f"{path} names version {version}, but {repository / model_name / version} holds no "
@@ -53,19 +60,14 @@ def record_promotion(version: str, reason: str, repository: Path = MODEL_REPOSIT
     if version not in versions(repository, model_name):
         raise ValueError(f"no published version {version} in {repository / model_name}")
     path = repository / model_name / PROMOTION_FILE
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps({"version": version, "reason": reason}, indent=1) + "\n")
-    os.replace(staging, path)
+    write_atomic(path, (json.dumps({"version": version, "reason": reason}, indent=1) + "\n").encode())
     return path
 
 
 def withdraw_promotion(version: str, repository: Path = MODEL_REPOSITORY, model_name: str = MODEL_NAME) -> bool:
     """Forget the promotion of `version` (a rebuilt candidate the gate refused); False if it was not promoted."""
     path = repository / model_name / PROMOTION_FILE
-    try:
-        if str(json.loads(path.read_text())["version"]) != version:
-            return False
-    except FileNotFoundError:
+    if _recorded(path) != version:
         return False
     path.unlink()
     return True

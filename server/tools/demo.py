@@ -120,10 +120,10 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> None:
         print()
         stats = client.stats()
         print_stats(stats)
-        promoted = f"{s.model_name}/{default_version(s)}"
-        if stats.model_version != promoted:
+        version = default_version(s)
+        if stats.model_version != f"{s.model_name}/{version}":
             print(f"this data directory ({state_dir}) was created on {stats.model_version}; new ones start on "
-                  f"{promoted}. `vsearch switch-model {promoted.rsplit('/', 1)[-1]} --wait` re-embeds it.")
+                  f"{s.model_name}/{version}. `vsearch switch-model {version} --wait` re-embeds it.")
         if args.keep_running:
             print(f"\nservices keep running: gateway {s.grpc_address}, Triton {s.triton_url}. Ctrl-C stops them.")
             with suppress(KeyboardInterrupt):

@@ -10,7 +10,7 @@ DEBIAN_PACKAGES := prometheus fonts-dejavu-core gnome-backgrounds mate-backgroun
                    ukui-wallpapers lomiri-wallpapers-20.04
 ONNX   := model_repository/encoder/1/model.onnx
 
-.PHONY: setup demo demo-milvus test lint proto bench bench-quick clean quality robust-encoder
+.PHONY: setup demo demo-milvus test test-unit lint proto bench bench-quick clean quality robust-encoder
 setup: $(VENV)/.installed system-packages $(ONNX)
 
 # Debian packages: Prometheus + promtool (observability tests), the wallpaper photo corpus, and the labelled
@@ -72,8 +72,14 @@ demo: setup $(ROBUST_DECISION)
 demo-milvus: setup $(ROBUST_DECISION)
 	$(VENV)/bin/vsearch demo --milvus --output demo-out/milvus
 
+# Both tiers: tests/unit (in-process, about a minute) and tests/integration (real Triton, gateways, Prometheus, a
+# Milvus server, a two-node Ray cluster).
 test: setup
 	$(VENV)/bin/python -m pytest -ra
+
+# The fast tier alone, for the edit loop.
+test-unit: setup
+	$(VENV)/bin/python -m pytest -ra tests/unit
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

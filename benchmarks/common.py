@@ -1,38 +1,11 @@
-"""Shared plumbing for benchmarks: where results go, run metadata, Markdown tables."""
+"""Shared plumbing for benchmarks: CPU seconds spent by a process and by its process group.
+
+Where results go and how they are written: reporting/results.py."""
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import subprocess
-import time
 from pathlib import Path
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def run_info(**params: object) -> dict[str, object]:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=RESULTS.parent).stdout.strip()
-    return {"git_commit": commit, "cpu_count": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-            "load_average_at_start": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "params": params}
-
-
-def markdown_table(rows: list[dict[str, object]], columns: list[str]) -> str:
-    def fmt(v: object) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def write_results(name: str, data: dict[str, object], markdown: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
-    print(f"wrote {RESULTS / name}.json and .md")
 
 
 def group_cpu_seconds(pid: int) -> float:

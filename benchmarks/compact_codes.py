@@ -28,13 +28,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
-from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from evaluation.dataset import builtin_set
 from evaluation.metrics import ndcg_at_k
+from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.embedding import imaging
+from server.embedding.onnx_encoder import OnnxEncoder
 
 MODEL = Path(__file__).resolve().parent.parent / "model_repository/encoder/1/model.onnx"
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -49,13 +49,9 @@ CODECS = {  # name: (factory, metric, RAM bytes per vector)
 RERANK = 100
 
 
-def embed(session: ort.InferenceSession, images: list[tuple[bytes, imaging.CropBox | None]]) -> np.ndarray:
-    out = []
-    for start in range(0, len(images), 32):
-        batch = np.stack([imaging.prepare(data, crop, imaging.Limits(max_pixels=10**9))
-                          for data, crop in images[start:start + 32]])
-        out.append(session.run(["embedding"], {"pixels": batch})[0])
-    x = np.concatenate(out).astype(np.float32)
+def embed(encoder: OnnxEncoder, images: list[tuple[bytes, imaging.CropBox | None]]) -> np.ndarray:
+    pixels = np.stack([imaging.prepare(data, crop, imaging.Limits(max_pixels=10**9)) for data, crop in images])
+    x = encoder.run(pixels).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
@@ -78,9 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--max-stamps", type=int, default=800)
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
+    session = OnnxEncoder(MODEL, threads=2)
 
     eval_set = builtin_set()
     stamp_files = sorted(STAMPS.rglob("*.png"))[: args.max_stamps]

@@ -18,18 +18,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
-from benchmarks.common import RESULTS, markdown_table, run_info, write_results
-from server.core.config import MODEL_REPOSITORY
+from devkit.corpus import picture_key, real_photos
+from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.embedding import imaging
-from server.embedding.contract import INPUT_NAME
-from server.tools.corpus import picture_key, real_photos
+from server.embedding.onnx_encoder import OnnxEncoder
 
 
 def main() -> None:
-    session = ort.InferenceSession(str(MODEL_REPOSITORY / "encoder/1/model.onnx"), providers=["CPUExecutionProvider"])
+    encoder = OnnxEncoder.of_version(1)
     photos = real_photos()
     originals, copies = [], []
     for p in photos:
@@ -38,9 +36,7 @@ def main() -> None:
         buffer = io.BytesIO()
         image.resize((max(1, image.width // 2), max(1, image.height // 2))).save(buffer, "JPEG", quality=50)
         copies.append(imaging.prepare(buffer.getvalue()))
-    embed = lambda x: np.concatenate([session.run(None, {INPUT_NAME: np.stack(x[i:i + 16])})[0]  # noqa: E731
-                                      for i in range(0, len(x), 16)])
-    e, c = embed(originals), embed(copies)
+    e, c = encoder.run(np.stack(originals), batch=16), encoder.run(np.stack(copies), batch=16)
     keys = [picture_key(p.image_id) for p in photos]
     same_picture, different = [], []
     for i, j in itertools.combinations(range(len(photos)), 2):

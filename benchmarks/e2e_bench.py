@@ -36,15 +36,7 @@ from prometheus_client import CollectorRegistry
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from benchmarks.common import (
-    RESULTS,
-    group_cpu_seconds,
-    markdown_table,
-    process_cpu_seconds,
-    run_info,
-    write_results,
-)
-from benchmarks.index_bench import synthetic_dataset
+from benchmarks.common import group_cpu_seconds, process_cpu_seconds
 from benchmarks.loadgen import (
     GatewayTarget,
     RunResult,
@@ -55,18 +47,19 @@ from benchmarks.loadgen import (
 )
 from clients.client import NewImage as UploadImage
 from clients.client import VisualSearchClient
+from devkit.corpus import real_photos
+from devkit.launcher import running_services
+from evaluation.vectors import synthetic_dataset
+from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.config import loopback_settings
 from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.embedding.contract import EMBED_CHUNK, EMBEDDING_DIM, MODEL_NAME
 from server.embedding.encoder import EncoderClient
-from server.embedding.pipeline import embed_pixels
 from server.query.search import Ranker
-from server.store.base import NewImage, VectorStore, Visibility
+from server.store.base import EmbeddedImage, VectorStore, Visibility
 from server.store.catalogs import catalog_dir, open_store, read_active_version
 from server.store.faiss import FaissVectorStore
-from server.tools.corpus import real_photos
-from server.tools.launcher import running_services
 
 SLO_P99_MS = 100.0  # the Search latency SLO of deploy/prometheus/rules/alerts.yml
 UPLOAD_MAX_SIDE = 1024  # uploads as a client would send them: a phone-sized JPEG, not a 4K original
@@ -97,9 +90,10 @@ def add_filler(data_dir: Path, count: int) -> None:
     version = f"{MODEL_NAME}/1"
     store = FaissVectorStore(catalog_dir(data_dir, version), EMBEDDING_DIM, version, rebuild_in_background=False)
     print(f"adding {count} filler vectors and building the index ...", flush=True)
-    store.add([NewImage(f"filler-{i}", "bench", Visibility.PUBLIC, f"filler-{i}", v) for i, v in enumerate(vectors)])
+    store.add([EmbeddedImage(f"filler-{i}", "bench", Visibility.PUBLIC, f"filler-{i}", v)
+               for i, v in enumerate(vectors)])
     store.snapshot()
-    print(f"filler index: {store.describe()[0]}", flush=True)
+    print(f"filler index: {store.stats().index_type}", flush=True)
     store.close()
 
 
@@ -154,11 +148,12 @@ def ann_run(ranker: Ranker, store: VectorStore, vectors: np.ndarray, k: int, req
     return result
 
 
-def embed_for_ann(triton_url: str, pixels: np.ndarray) -> np.ndarray:
+def embed_for_ann(triton_url: str, key: str | None, pixels: np.ndarray) -> np.ndarray:
     async def embed() -> np.ndarray:
-        encoder = EncoderClient(triton_url)
+        encoder = EncoderClient(triton_url, key=key)
         try:
-            return await embed_pixels(encoder, list(pixels), timeout_s=300)
+            return np.concatenate([await encoder.embed(pixels[i:i + EMBED_CHUNK], timeout_s=300)
+                                   for i in range(0, len(pixels), EMBED_CHUNK)])
         finally:
             await encoder.close()
 
@@ -214,6 +209,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         # shedding under overload is measured by benchmarks/overload_bench.py.
         settings = loopback_settings(data_dir=data_dir, admission_max_in_flight=10_000, admission_latency_budget_ms=0)
         with running_services(settings, Path(tmp) / "logs") as services:
+            settings = services.settings
             gateway_url, triton_url = settings.grpc_address, settings.triton_url
             # The Triton target is the image model called directly with the same bytes and crop boxes as the
             # gateway's queries (decode + encode in Triton); the pixel-tensor encoder is measured for indexing.
@@ -232,8 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             version = read_active_version(settings)
             store = open_store(settings.with_overrides(data_dir=Path(tmp) / "ann"), version, EMBEDDING_DIM)
             ranker = Ranker(settings.duplicate_threshold, GatewayMetrics(CollectorRegistry()))
-            vectors = embed_for_ann(triton_url, pixels)
-            index_type = store.describe()[0]
+            vectors = embed_for_ann(triton_url, settings.triton_admin_key, pixels)
+            index_type = store.stats().index_type
             cpu = CpuMeter(services.triton.pid, services.gateway.pid)
 
             for name, run in (

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import RESULTS, markdown_table, run_info, write_results
-from jobs.embed.adapters import REPO_ROOT, prepare
+from jobs.embed.adapters import REPO_ROOT, OnnxEncoder, prepare
+from reporting.results import RESULTS, markdown_table, run_info, write_results
 
 MODEL = REPO_ROOT / "model_repository" / "encoder" / "1" / "model.onnx"
 IMAGE_DIRS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
@@ -61,12 +61,7 @@ def cpu_seconds() -> float:
 
 def run_loop(paths: list[Path]) -> dict[str, float]:
     """Single process: prepare in 2 threads, overlapped with ONNX Runtime (2 threads) on the previous chunk."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(MODEL), options, providers=["CPUExecutionProvider"])
+    encoder = OnnxEncoder(MODEL, threads=2)
     chunks = [paths[i : i + CHUNK] for i in range(0, len(paths), CHUNK)]
     started, cpu_started = time.perf_counter(), cpu_seconds()
     embedded = 0
@@ -76,7 +71,7 @@ def run_loop(paths: list[Path]) -> dict[str, float]:
             pixels = np.stack([f.result() for f in pending])
             if index + 1 < len(chunks):
                 pending = [pool.submit(lambda p: prepare(p.read_bytes()), p) for p in chunks[index + 1]]
-            embedded += len(session.run(["embedding"], {"pixels": pixels})[0])
+            embedded += len(encoder.run(pixels, batch=len(pixels)))
     wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     return {"images": embedded, "wall_s": wall, "images_per_s": embedded / wall,
             "cpu_ms_per_image": 1000 * cpu / embedded}

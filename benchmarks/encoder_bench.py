@@ -24,15 +24,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import onnxruntime as ort
 
-from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from benchmarks.loadgen import TritonTarget, closed_loop
+from devkit.corpus import real_photos
+from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.config import MODEL_REPOSITORY, loopback_settings
 from server.embedding import imaging
-from server.embedding.contract import INPUT_NAME
-from server.models.triton import TritonServer
-from server.tools.corpus import real_photos
+from server.embedding.onnx_encoder import OnnxEncoder
+from server.triton.supervisor import TritonServer
 
 CONCURRENCY = (1, 8, 32, 64)
 # name -> (--model-config-name, max_queue_delay_microseconds override)
@@ -60,15 +59,15 @@ def photo_tensors(count: int) -> np.ndarray:
 
 
 def raw_onnxruntime(pixels: np.ndarray, seconds: float) -> list[dict[str, object]]:
-    session = ort.InferenceSession(str(MODEL_REPOSITORY / "encoder/1/model.onnx"), providers=["CPUExecutionProvider"])
+    encoder = OnnxEncoder.of_version(1)
     rows = []
     for batch in (1, 16):
         x = np.resize(pixels, (batch, *pixels.shape[1:]))
-        session.run(None, {INPUT_NAME: x})
+        encoder.run(x, batch=batch)
         times, start = [], time.perf_counter()
         while time.perf_counter() - start < seconds:
             t = time.perf_counter()
-            session.run(None, {INPUT_NAME: x})
+            encoder.run(x, batch=batch)
             times.append(time.perf_counter() - t)
         rows.append({"backend": "onnxruntime in-process", "batch": batch,
                      "images_per_s": round(batch * len(times) / sum(times), 1),

@@ -17,11 +17,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import markdown_table, process_cpu_seconds, run_info, write_results
+from benchmarks.common import process_cpu_seconds
 from benchmarks.e2e_bench import add_filler, search_queries, uploads
 from benchmarks.loadgen import GatewayByIdTarget, GatewayTarget, closed_loop
+from devkit.launcher import running_services
+from reporting.results import markdown_table, run_info, write_results
 from server.core.config import MODEL_REPOSITORY, loopback_settings
-from server.tools.launcher import running_services
 
 INSTANT_MODEL = '''"""Benchmark stand-in: answers at once with a unit vector derived from a hash of the input."""
 

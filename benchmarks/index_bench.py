@@ -23,36 +23,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-from faiss.contrib.datasets import SyntheticDataset
 from tqdm import tqdm
 
-from benchmarks.common import RESULTS, markdown_table, run_info, write_results
+from evaluation.vectors import DIM, hard_dataset, synthetic_dataset
+from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.store.faiss.index import VectorIndex
 from server.store.faiss.params import IndexParams, flat_quantizer_params, params_for
 
-DIM = 1280
 QUERIES = 200
-
-
-def hard_dataset(n: int, nq: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((1000, DIM)).astype(np.float32)
-    def draw(count: int) -> np.ndarray:
-        out = np.empty((count, DIM), np.float32)
-        for start in range(0, count, 100_000):
-            m = min(100_000, count - start)
-            out[start:start + m] = centres[rng.integers(0, 1000, m)] + 0.9 * rng.standard_normal((m, DIM), np.float32)
-        faiss.normalize_L2(out)
-        return out
-    return draw(n), draw(nq)
-
-
-def synthetic_dataset(n: int, nq: int) -> tuple[np.ndarray, np.ndarray]:
-    ds = SyntheticDataset(DIM, 1000, n, nq, metric="IP")
-    xb, xq = ds.get_database().astype(np.float32), ds.get_queries().astype(np.float32)
-    faiss.normalize_L2(xb)
-    faiss.normalize_L2(xq)
-    return xb, xq
 
 
 def recall_at(truth: np.ndarray, got: np.ndarray, k: int) -> float:

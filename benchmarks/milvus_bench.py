@@ -3,7 +3,7 @@
     python -m benchmarks.milvus_bench [--n 100000] [--queries 200]
 
 Same vectors for both: faiss's SyntheticDataset at the embedding dimension (1280, low intrinsic dimension like
-real embeddings; `benchmarks.index_bench.synthetic_dataset`). For each backend: 10-recall@10 against exact
+real embeddings; `evaluation.vectors.synthetic_dataset`). For each backend: 10-recall@10 against exact
 inner-product search, p50/p99 ms per query and QPS (one query at a time from one client: QPS = 1 / mean), with
 every image public and with 90% private (the filter inside the ANN search; truth = exact top-10 among the public
 ones). Milvus runs as a real standalone server started like the tests do (tests/fixtures/milvus.py, production
@@ -27,12 +27,13 @@ import faiss
 import numpy as np
 from pymilvus import MilvusClient
 
-from benchmarks.common import markdown_table, run_info, write_results
-from benchmarks.index_bench import DIM, build, synthetic_dataset
-from server.store.base import NewImage, Visibility
+from benchmarks.index_bench import build
+from devkit.milvus_server import MilvusServer
+from evaluation.vectors import DIM, synthetic_dataset
+from reporting.results import markdown_table, run_info, write_results
+from server.store.base import EmbeddedImage, Visibility
 from server.store.faiss.params import params_for
 from server.store.milvus import MilvusIndexConfig, MilvusVectorStore
-from server.tools.milvus_server import MilvusServer
 
 
 def summarize(times: list[float], got: list[list[int]], truth: np.ndarray) -> dict[str, float]:
@@ -93,14 +94,15 @@ def bench_milvus(xb: np.ndarray, xq: np.ndarray, public: np.ndarray, truth_all: 
         store = MilvusVectorStore(server.uri, "encoder/1", DIM, index)
         start = time.perf_counter()
         for s in range(0, len(xb), 1000):
-            store.add([NewImage(f"i{i}", "o", Visibility.PUBLIC if public[i] else Visibility.PRIVATE, f"h{i}", xb[i])
-                       for i in range(s, min(len(xb), s + 1000))])
+            store.add([EmbeddedImage(f"i{i}", "o", Visibility.PUBLIC if public[i] else Visibility.PRIVATE, f"h{i}",
+                                     xb[i]) for i in range(s, min(len(xb), s + 1000))])
         extra["ingest_rows_per_s"] = round(len(xb) / (time.perf_counter() - start), 1)
         start = time.perf_counter()
         store.wait_indexed(timeout_s=3600)
         extra["index_build_and_handoff_s"] = round(time.perf_counter() - start, 1)
         extra["milvus_rss_bytes_per_vector"] = round((rss_bytes(server.pids()) - rss_empty) / len(xb), 1)
-        kind, params = store.describe()
+        stats = store.stats()
+        kind, params = stats.index_type, stats.index_params
         rows = []
         # all public: the same collection searched without the privacy filter (same widening + exact re-rank)
         times, got = [], []

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import markdown_table, run_info, write_results
-from server.store.base import NewImage, Visibility
+from devkit.milvus_server import MilvusServer
+from reporting.results import markdown_table, run_info, write_results
+from server.store.base import EmbeddedImage, Visibility
 from server.store.milvus import MilvusVectorStore
-from server.tools.milvus_server import MilvusServer
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             for i in range(args.adds):
                 vector = rng.standard_normal(64).astype(np.float32)
                 vector /= np.linalg.norm(vector)
-                writer.add([NewImage(f"x{i}", "bench", Visibility.PUBLIC, f"h{i}", vector)])
+                writer.add([EmbeddedImage(f"x{i}", "bench", Visibility.PUBLIC, f"h{i}", vector)])
                 start = time.perf_counter()
                 while [h.image_id for h in reader.search(vector, 1)] != [f"x{i}"]:
                     time.sleep(0.005)

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import group_cpu_seconds, markdown_table, process_cpu_seconds, run_info, write_results
+from benchmarks.common import group_cpu_seconds, process_cpu_seconds
 from benchmarks.loadgen import ReplicasByIdTarget, closed_loop
+from devkit.launcher import running_services, start_gateway
+from devkit.milvus_server import MilvusServer
+from reporting.results import markdown_table, run_info, write_results
 from server.core.config import free_port, loopback_settings
 from server.embedding.contract import EMBEDDING_DIM
-from server.store.base import NewImage, Visibility
+from server.store.base import EmbeddedImage, Visibility
 from server.store.catalogs import open_store, write_active_version
-from server.tools.launcher import running_services, start_gateway
-from server.tools.milvus_server import MilvusServer
 
 
 def fill(settings, n: int) -> list[str]:
@@ -30,7 +31,7 @@ def fill(settings, n: int) -> list[str]:
     for start in range(0, n, 1000):
         vectors = rng.standard_normal((min(1000, n - start), EMBEDDING_DIM)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        store.add([NewImage(f"f{start + i}", "bench", Visibility.PUBLIC, f"h{start + i}", v)
+        store.add([EmbeddedImage(f"f{start + i}", "bench", Visibility.PUBLIC, f"h{start + i}", v)
                    for i, v in enumerate(vectors)])
     write_active_version(settings, "encoder/1")
     store.close()
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                                          blob_url=str(Path(tmp) / "blobs"))
             ids = fill(settings, args.n)
             with running_services(settings, Path(tmp) / "logs") as services:
-                second = start_gateway(settings.with_overrides(grpc_port=free_port(), metrics_port=free_port(),
+                second = start_gateway(services.settings.with_overrides(grpc_port=free_port(), metrics_port=free_port(),
                                                                data_dir=Path(tmp) / "b"), Path(tmp) / "b.log")
                 try:
                     for urls in ((settings.grpc_address,), (settings.grpc_address, second.target)):

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.index_bench import synthetic_dataset
 from benchmarks.milvus_bench import exact_truth, summarize
-from server.store.base import NewImage, Visibility
+from devkit.milvus_server import MilvusServer
+from evaluation.vectors import synthetic_dataset
+from server.store.base import EmbeddedImage, Visibility
 from server.store.milvus import MilvusIndexConfig, MilvusVectorStore
-from server.tools.milvus_server import MilvusServer
 
 
 def main() -> None:
@@ -35,8 +35,8 @@ def main() -> None:
                        MilvusIndexConfig(kind="HNSW", ef=64)):
             store = MilvusVectorStore(server.uri, "encoder/1", 1280, config, collection_prefix=config.kind.lower())
             for s in range(0, n, 1000):
-                store.add([NewImage(f"i{j}", "o", Visibility.PUBLIC if public[j] else Visibility.PRIVATE, "h", xb[j])
-                           for j in range(s, min(n, s + 1000))])
+                store.add([EmbeddedImage(f"i{j}", "o", Visibility.PUBLIC if public[j] else Visibility.PRIVATE, "h",
+                                         xb[j]) for j in range(s, min(n, s + 1000))])
             start = time.time()
             store.wait_indexed()
             print(config.kind, "build + hand-off s", round(time.time() - start, 1), flush=True)

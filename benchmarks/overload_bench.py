@@ -24,12 +24,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.common import RESULTS, group_cpu_seconds, markdown_table, process_cpu_seconds, run_info, write_results
+from benchmarks.common import group_cpu_seconds, process_cpu_seconds
 from benchmarks.e2e_bench import SLO_P99_MS, search_queries, uploads
 from benchmarks.loadgen import GatewayTarget, closed_loop, open_loop
 from clients.client import NewImage, VisualSearchClient
+from devkit.launcher import Services, running_services
+from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.config import loopback_settings
-from server.tools.launcher import Services, running_services
 
 LEVELS = (0.5, 1.0, 1.5, 2.0, 3.0)
 UNLIMITED = {"admission_max_in_flight": 100_000, "admission_max_pixels": 10**15, "admission_latency_budget_ms": 0.0,

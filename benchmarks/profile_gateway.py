@@ -20,11 +20,12 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.common import RESULTS, markdown_table, process_cpu_seconds, run_info, write_results
+from benchmarks.common import process_cpu_seconds
 from benchmarks.e2e_bench import add_filler, index_through_gateway, search_queries, uploads
 from benchmarks.loadgen import GatewayTarget, closed_loop
+from devkit.launcher import running_services
+from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.config import loopback_settings
-from server.tools.launcher import running_services
 
 
 def histogram_sums(metrics_url: str) -> dict[tuple[str, str], tuple[float, float]]:

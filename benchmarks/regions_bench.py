@@ -27,14 +27,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from benchmarks.common import RESULTS, markdown_table, run_info, write_results
 from benchmarks.e2e_bench import index_through_gateway, search_queries, uploads
 from clients.client import VisualSearchClient
+from devkit.launcher import running_services
+from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.config import loopback_settings
 from server.core.regions import REGION_BOXES
-from server.store.base import NewImage, Visibility
+from server.store.base import EmbeddedImage, Visibility
 from server.store.faiss import FaissVectorStore
-from server.tools.launcher import running_services
 
 DIM = 1280
 
@@ -78,7 +78,7 @@ def in_process(n: int, queries: int, regions: bool) -> dict[str, object]:
             if regions:  # a region resembles its image: the image plus noise of comparable size
                 parts = whole[:, None] + rng.standard_normal((batch, len(REGION_BOXES), DIM)).astype(np.float32) / 40
                 parts /= np.linalg.norm(parts, axis=2, keepdims=True)
-            store.add([NewImage(f"img{start + i}", "bench", Visibility.PUBLIC, str(start + i), whole[i],
+            store.add([EmbeddedImage(f"img{start + i}", "bench", Visibility.PUBLIC, str(start + i), whole[i],
                                 None if parts is None else parts[i]) for i in range(batch)])
         probes = rng.standard_normal((queries, DIM)).astype(np.float32)
         probes /= np.linalg.norm(probes, axis=1, keepdims=True)
@@ -88,7 +88,8 @@ def in_process(n: int, queries: int, regions: bool) -> dict[str, object]:
             start = time.perf_counter()
             store.search(q, 60)  # the gateway's first fetch for k = 20 (Ranker.first_fetch)
             times.append(time.perf_counter() - start)
-        kind, params = store.describe()
+        stats = store.stats()
+        kind, params = stats.index_type, stats.index_params
         store.close()
     return {"images": n, "regions_per_image": params["regions_per_image"], "index": kind, **percentiles(times)}
 

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import RESULTS, markdown_table, run_info
+from reporting.results import RESULTS, markdown_table, run_info
 
 FULL = ("encoder_bench", "index_bench", "e2e_bench", "gateway_ceiling", "profile_gateway", "duplicate_threshold",
         "overload_bench")

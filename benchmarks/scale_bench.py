@@ -22,8 +22,8 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.common import markdown_table, run_info, write_results
 from benchmarks.index_bench import DIM, recall_at
+from reporting.results import markdown_table, run_info, write_results
 
 CHUNK = 100_000  # ~1.5 GB of transient buffers per chunk: keeps the 10M run inside 24 GiB
 QUERIES = 200

@@ -26,11 +26,13 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from devkit.corpus import picture_key, real_photos
+from evaluation.edits import banner_and_box, crop_sides, encode, rotate
 from server.embedding import imaging
-from server.tools.corpus import picture_key, real_photos
 
+BLACK = (0, 0, 0)
 MAX_SIDE = 1024  # corpus images are stored as a platform would keep uploads: at most 1024 px, JPEG q95
 
 
@@ -79,43 +81,15 @@ class EvalSet:
         return cls(corpus, queries)
 
 
-def _jpeg(image: Image.Image, quality: int = 95) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, "JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def _crop_fraction(image: Image.Image, fraction: float, rng: np.random.Generator) -> Image.Image:
-    w, h = image.size
-    cw, ch = int(w * fraction), int(h * fraction)
-    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    return image.crop((x, y, x + cw, y + ch))
-
-
-def _overlay(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    """A caption bar and a coloured box, as reposts add."""
-    image = image.copy()
-    draw = ImageDraw.Draw(image)
-    w, h = image.size
-    draw.rectangle((0, int(h * 0.85), w, h), fill=(0, 0, 0))
-    draw.text((int(w * 0.05), int(h * 0.88)), "visual search eval " * 3, fill=(255, 255, 255))
-    x, y = int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2))
-    draw.rectangle((x, y, x + w // 8, y + h // 8), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    return image
-
-
-def _rotate(image: Image.Image, degrees: float) -> Image.Image:
-    return image.rotate(degrees, resample=Image.Resampling.BILINEAR, expand=False, fillcolor=(0, 0, 0))
-
-
 def edited_copies(image: Image.Image, rng: np.random.Generator) -> list[tuple[int, bytes]]:
     """(grade, bytes) of the four edited copies, mild (4) to strong (1)."""
     w, h = image.size
-    mild = _jpeg(image.resize((w // 2, h // 2)), quality=70)
-    medium = _jpeg(ImageEnhance.Color(_crop_fraction(image, 0.8, rng)).enhance(1.6), quality=85)
-    strong = _jpeg(_overlay(_rotate(_crop_fraction(image, 0.6, rng), 8), rng), quality=80)
-    strongest = ImageOps.grayscale(_rotate(_crop_fraction(image, 0.45, rng), 20)).filter(ImageFilter.GaussianBlur(2))
-    return [(4, mild), (3, medium), (2, strong), (1, _jpeg(strongest, quality=60))]
+    mild = encode(image.resize((w // 2, h // 2)), "JPEG", quality=70)
+    medium = encode(ImageEnhance.Color(crop_sides(image, 0.8, rng)).enhance(1.6), "JPEG", quality=85)
+    strong = encode(banner_and_box(rotate(crop_sides(image, 0.6, rng), 8, fill=BLACK), rng), "JPEG", quality=80)
+    strongest = ImageOps.grayscale(rotate(crop_sides(image, 0.45, rng), 20, fill=BLACK))
+    strongest = strongest.filter(ImageFilter.GaussianBlur(2))
+    return [(4, mild), (3, medium), (2, strong), (1, encode(strongest, "JPEG", quality=60))]
 
 
 def transformed_query(image: Image.Image, rng: np.random.Generator) -> bytes:
@@ -127,10 +101,10 @@ def transformed_query(image: Image.Image, rng: np.random.Generator) -> bytes:
     if rng.random() < 0.5:
         out = ImageEnhance.Color(out).enhance(float(rng.uniform(0.5, 1.5)))
     if rng.random() < 0.4:
-        out = _rotate(out, float(rng.uniform(-6, 6)))
+        out = rotate(out, float(rng.uniform(-6, 6)), fill=BLACK)
     if rng.random() < 0.4:
-        out = _overlay(out, rng)
-    return _jpeg(out, quality=int(rng.integers(40, 90)))
+        out = banner_and_box(out, rng)
+    return encode(out, "JPEG", quality=int(rng.integers(40, 90)))
 
 
 @cache
@@ -140,7 +114,7 @@ def stored_originals() -> dict[str, bytes]:
     for p in real_photos():
         image = imaging.decode_image(p.path.read_bytes(), imaging.Limits(max_pixels=10**9), needed=MAX_SIDE)
         image.thumbnail((MAX_SIDE, MAX_SIDE))
-        out[p.image_id] = _jpeg(image)
+        out[p.image_id] = encode(image, "JPEG")
     return out
 
 

@@ -25,10 +25,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.common import markdown_table
 from evaluation.run_eval import COLUMNS, load_set, run, triton_url
+from reporting.results import markdown_table
 from server.core.config import MODEL_REPOSITORY, Settings
-from server.models.versions import default_version, record_promotion, withdraw_promotion
+from server.model_versions.registry import default_version, record_promotion, withdraw_promotion
 
 METRIC = "ndcg@10"
 DEFAULT_TOLERANCE = 0.005
@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                                           + (["--write-calibration"] if args.write_calibration else []))
         promote, reason = decide_quality(current, candidate, args.tolerance)
     else:
-        with triton_url(args.triton_url, args.model_repository) as url:
-            rows = run(load_set(args.set, args.sources), [args.current, args.candidate], url)
+        with triton_url(args.triton_url, args.model_repository) as triton:
+            rows = run(load_set(args.set, args.sources), [args.current, args.candidate], triton)
         print(markdown_table(rows, COLUMNS))
         promote, reason = decide(served_row(rows, args.current), served_row(rows, args.candidate), args.tolerance)
     print(reason)

@@ -2,8 +2,9 @@
 
     python -m evaluation.quality --versions 1 [2] [--write-calibration] [--out benchmarks/results]
 
-Embeds in-process with ONNX Runtime (model_repository/encoder/<v>/model.onnx, the graph Triton serves; input
-prepared with `server.embedding.imaging.prepare`, as the gateway does) and reports, per version:
+Embeds in-process with the project's ONNX Runtime encoder (model_repository/encoder/<v>/model.onnx, the graph Triton
+serves; input prepared with `server.embedding.imaging.prepare`, as the gateway does; scored and collapsed by the
+serving code's own rules) and reports, per version:
 - copy detection: every held-out source image (Tux Paint stamps + a seeded sample of emoji) edited as issue 16
   lists; the query is the edited copy, the gallery all held-out originals; P@1 and MRR per edit;
 - GCompris "details": each small detail cut-out of a painting / landmark as a query for its full scene (the
@@ -18,7 +19,7 @@ prepared with `server.embedding.imaging.prepare`, as the gateway does) and repor
 - relevance calibration: isotonic fit of P(relevant | cosine) on the top-20 results of `calib` queries
   (relevant = same source image or same category), ECE and reliability diagram on `test` queries.
 Writes quality.json / quality.md / quality_*.png; `--write-calibration` also writes each version's
-model_repository/encoder/<v>/calibration.json (server/models/calibration.py reads it).
+model_repository/encoder/<v>/calibration.json (server/model_versions/calibration.py reads it).
 """
 
 from __future__ import annotations
@@ -41,14 +42,12 @@ from evaluation.calibrate import (
     reliability,
     threshold_for_precision,
 )
+from evaluation.edits import CENTRE_CROP_BOX, EDITS, encode
 from evaluation.metrics import average_precision_at_k, evaluate
 from evaluation.quality_sets import (
-    CENTRE_CROP_BOX,
     DEFAULT_SEED,
-    EDITS,
     PLASMA_WALLPAPERS,
     LabelledImage,
-    encode,
     gcompris_details,
     labelled_images,
     of_split,
@@ -56,11 +55,12 @@ from evaluation.quality_sets import (
     wallpaper_resolutions,
 )
 from server.core.config import MODEL_REPOSITORY
-from server.core.regions import REGION_BOXES, REGION_SCORE_PENALTY
-from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
-from server.embedding.imaging import CropBox, Limits, prepare, prepare_views
-from server.embedding.pipeline import REGION_CROPS
-from server.models.calibration import FORMAT, save_calibration
+from server.core.regions import REGION_BOXES, best_match
+from server.embedding.imaging import CropBox, Limits, prepare, prepare_views, region_views
+from server.embedding.onnx_encoder import OnnxEncoder
+from server.model_versions.calibration import FORMAT, save_calibration
+from server.query.duplicates import collapse_duplicates
+from server.store.base import Candidate
 
 EVALUATION_LIMITS = Limits(max_bytes=100 * 1024 * 1024, max_pixels=100_000_000)  # 5120x2880 PNG wallpapers
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
@@ -91,19 +91,18 @@ class Prepared:
 
 
 def similarity(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray | None = None) -> np.ndarray:
-    """Cosine of each query to each gallery image as the store scores it: the best of the whole image and its
-    regions, a region's cosine minus REGION_SCORE_PENALTY (`regions`: [gallery, R, dim]; None: no regions)."""
-    sims = queries @ gallery.T
-    if regions is not None:
-        for r in range(regions.shape[1]):
-            np.maximum(sims, queries @ regions[:, r].T - REGION_SCORE_PENALTY, out=sims)
-    return sims
+    """Score of each gallery image for each query as the store ranks it (server.core.regions.best_match: the whole
+    image or its best region; `regions`: [gallery, R, dim]; None: no regions)."""
+    whole = queries @ gallery.T
+    if regions is None:
+        return whole
+    return best_match(whole, (queries @ regions[:, r].T for r in range(regions.shape[1])))
 
 
 def indexing_views(data: bytes, regions: bool, limits: Limits | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """The whole image and (with `regions`) its REGION_BOXES views from one decode, as the indexing path
     prepares them."""
-    views = prepare_views(data, [None, *(REGION_CROPS if regions else ())], limits or Limits())
+    views = prepare_views(data, region_views(None) if regions else [None], limits or Limits())
     return views[0], list(views[1:])
 
 
@@ -154,7 +153,7 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool
 def add_wallpapers(prep: Prepared, regions: bool) -> None:
     """The wallpapers-at-several-resolutions set (quality_sets.wallpaper_resolutions): gallery = the largest
     size of each picture + every real photo of the demo corpus that is not a Plasma wallpaper."""
-    from server.tools.corpus import real_photos
+    from devkit.corpus import real_photos
 
     pictures = wallpaper_resolutions()
     if not pictures:
@@ -196,24 +195,16 @@ def details_retrieval(prep: Prepared, gallery: np.ndarray, scenes: np.ndarray, d
             "p@1 among scenes only": round(among_scenes["precision@1"], 4)}
 
 
-class OnnxEmbedder:
-    """One version's model.onnx in ONNX Runtime, in this process."""
+class VersionEmbedder:
+    """One version's model.onnx in this process (server.embedding.onnx_encoder: what Triton's CPU model runs)."""
 
     def __init__(self, version: str, repository: Path = MODEL_REPOSITORY, threads: int = 2) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        path = repository / MODEL_NAME / str(version) / "model.onnx"
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.encoder = OnnxEncoder.of_version(version, repository, threads)
         self.version = str(version)
 
-    def embed(self, pixels: np.ndarray, desc: str, batch: int = 32) -> np.ndarray:
-        out = []
-        for start in tqdm(range(0, len(pixels), batch), desc=desc, unit="batch"):
-            out.append(self.session.run([OUTPUT_NAME], {INPUT_NAME: pixels[start:start + batch]})[0])
-        return np.concatenate(out)
+    def embed(self, pixels: np.ndarray, desc: str) -> np.ndarray:
+        with tqdm(total=len(pixels), desc=desc, unit="img") as bar:
+            return self.encoder.run(pixels, progress=bar.update)
 
     def regions(self, pixels: np.ndarray | None, images: int, desc: str) -> np.ndarray | None:
         """[images, R, dim] region embeddings from the REGION_BOXES views of `images` images; None: no regions."""
@@ -242,15 +233,10 @@ def copy_detection(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, reg
 
 
 def collapse(row: np.ndarray, vectors: np.ndarray, k: int, threshold: float) -> list[int]:
-    """The gateway's rule (server/query/duplicates.py): skip a result whose cosine to a kept one > threshold."""
-    kept: list[int] = []
-    for j in row:
-        if len(kept) == k:
-            break
-        if kept and float(np.max(vectors[kept] @ vectors[j])) > threshold:
-            continue
-        kept.append(int(j))
-    return kept
+    """The gateway's own collapse (server/query/duplicates.py) over a ranked row of gallery indices (the gallery
+    holds no two files with the same bytes: each index is its own content hash)."""
+    kept, _ = collapse_duplicates([Candidate(str(j), 0.0, str(j), vectors[j]) for j in row], k, threshold)
+    return [int(c.image_id) for c in kept]
 
 
 def category_retrieval(prep: Prepared, gallery: np.ndarray, thresholds: dict[str, float],
@@ -366,7 +352,7 @@ def relevance_calibration(prep: Prepared, gallery: np.ndarray, queries: np.ndarr
 
 
 def evaluate_version(prep: Prepared, version: str, repository: Path, seed: int) -> dict:
-    embedder = OnnxEmbedder(version, repository)
+    embedder = VersionEmbedder(version, repository)
     gallery = embedder.embed(prep.gallery_pixels, f"v{version} gallery")
     queries = embedder.embed(prep.copy_pixels, f"v{version} copies")
     regions = embedder.regions(prep.region_pixels, len(gallery), f"v{version} regions")

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from benchmarks.common import markdown_table
+from reporting.results import markdown_table
 
 INDEXES = (("", "whole + regions"), ("_whole", "whole image only"))  # result key suffix, what the index holds
 

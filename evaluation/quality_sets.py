@@ -11,28 +11,24 @@ Sources (nothing downloaded, nothing committed; built at run time from what `apt
 
 Split: a seeded hash of the image ID puts each image in `train` (50%), `calib` (25%) or `test` (25%).
 Training only ever sees `train`; calibration fits on `calib`; reported calibration errors are on `test`.
-The edits follow the copy-detection cases of issue 16; each is deterministic given the seed.
+The copy edits are evaluation/edits.py's.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-import numpy as np
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
 from server.embedding.imaging import Limits, decode_image
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
-CAPTION_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")
 SKIN_TONES = {f"{c:X}" for c in range(0x1F3FB, 0x1F400)}
 MAX_SIDE = 512  # originals are kept at most this large (stamps are up to ~1000 px)
 SPLITS = {"train": 0.5, "calib": 0.25, "test": 0.25}
@@ -183,70 +179,3 @@ def wallpaper_resolutions(root: Path = PLASMA_WALLPAPERS) -> dict[str, list[Path
             pictures[folder.parents[1].name + ("" if folder.name == "images" else "-dark")] = sorted(
                 files, key=area, reverse=True)
     return pictures
-
-
-# ---- copy edits ---------------------------------------------------------------------------------------------
-
-def encode(image: Image.Image, fmt: str = "PNG", quality: int = 95) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
-    return buffer.getvalue()
-
-
-def crop_area(image: Image.Image, share: float, rng: np.random.Generator) -> Image.Image:
-    """A crop keeping `share` of the area (same aspect ratio), at a random position."""
-    w, h = image.size
-    side = share ** 0.5
-    cw, ch = max(1, round(w * side)), max(1, round(h * side))
-    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-    return image.crop((x, y, x + cw, y + ch))
-
-
-def rotate(image: Image.Image, degrees: float) -> Image.Image:
-    return image.rotate(degrees, resample=Image.Resampling.BILINEAR, expand=False, fillcolor=(255, 255, 255))
-
-
-def caption_band(image: Image.Image, rng: np.random.Generator, text: str = "so cute!! #repost") -> Image.Image:
-    """A black band with white text below the picture (the picture keeps its pixels; the canvas grows 20%)."""
-    w, h = image.size
-    band = max(12, h // 5)
-    out = Image.new("RGB", (w, h + band), (0, 0, 0))
-    below = bool(rng.random() < 0.5)
-    out.paste(image, (0, 0) if below else (0, band))
-    top = h if below else 0
-    font = ImageFont.truetype(str(CAPTION_FONT), max(8, band // 2))
-    ImageDraw.Draw(out).text((w // 20, top + band // 4), text, font=font, fill=(255, 255, 255))
-    return out
-
-
-def overlay_text(image: Image.Image, rng: np.random.Generator, text: str = "SAMPLE") -> Image.Image:
-    """Large semi-transparent text across the middle, as watermarks and memes add."""
-    w, h = image.size
-    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    font = ImageFont.truetype(str(CAPTION_FONT), max(10, w // 6))
-    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-    ImageDraw.Draw(layer).text((w // 2, int(h * rng.uniform(0.3, 0.7))), text, font=font,
-                               fill=(*colour, 190), anchor="mm")
-    return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
-
-
-def _downscale(image: Image.Image, share: float) -> Image.Image:
-    w, h = image.size
-    return image.resize((max(8, round(w * share)), max(8, round(h * share))), Image.Resampling.BILINEAR)
-
-
-Edit = Callable[[Image.Image, np.random.Generator], bytes]
-# name -> edit (image in, encoded copy out). "centre-crop-box" is applied as a query crop box instead (below).
-EDITS: dict[str, Edit] = {
-    "crop-50": lambda im, rng: encode(crop_area(im, 0.5, rng)),
-    "crop-80": lambda im, rng: encode(crop_area(im, 0.8, rng)),
-    "rotate+8": lambda im, rng: encode(rotate(im, 8)),
-    "rotate-8": lambda im, rng: encode(rotate(im, -8)),
-    "grayscale": lambda im, rng: encode(ImageOps.grayscale(im)),
-    "jpeg-q20": lambda im, rng: encode(im, "JPEG", quality=20),
-    "downscale-40": lambda im, rng: encode(_downscale(im, 0.4)),
-    "caption-band": lambda im, rng: encode(caption_band(im, rng)),
-    "overlay-text": lambda im, rng: encode(overlay_text(im, rng)),
-    "flip": lambda im, rng: encode(ImageOps.mirror(im)),
-}
-CENTRE_CROP_BOX = (0.25, 0.25, 0.75, 0.75)  # the query path's crop box: centre 50% x 50% of an indexed image

@@ -22,15 +22,15 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks.common import markdown_table
-from benchmarks.index_bench import synthetic_dataset
 from evaluation.dataset import EvalSet, builtin_set
 from evaluation.metrics import evaluate
-from server.core.config import MODEL_REPOSITORY, loopback_settings
+from evaluation.vectors import synthetic_dataset
+from reporting.results import markdown_table
+from server.core.config import MODEL_REPOSITORY, Settings, loopback_settings
 from server.embedding.contract import EMBEDDING_DIM
+from server.embedding.embedder import Embedded, ImageInput, LocalDecodeEmbedder
 from server.embedding.encoder import EncoderClient
 from server.embedding.imaging import CropBox, Limits
-from server.embedding.pipeline import ImageInput, embed_images
 from server.store.faiss.index import VectorIndex
 
 KS = (1, 5, 10)
@@ -39,31 +39,32 @@ COLUMNS = ["version", "index", "mrr", "recall@1", "recall@10", "precision@10", "
 
 
 @contextmanager
-def triton_url(url: str | None, model_repository: Path = MODEL_REPOSITORY) -> Iterator[str]:
-    """The given Triton, or an embedded one for the duration."""
+def triton_url(url: str | None, model_repository: Path = MODEL_REPOSITORY) -> Iterator[tuple[str, str | None]]:
+    """The given Triton (its key from VSEARCH_TRITON_ADMIN_KEY, if it restricts inference), or an embedded one for
+    the duration: (gRPC URL, key)."""
     if url:
-        yield url
+        yield url, Settings.from_env().triton_admin_key
         return
-    from server.models.triton import TritonServer
+    from server.triton.supervisor import TritonServer
 
     with TritonServer(loopback_settings(model_repository=model_repository)) as triton:
-        yield triton.endpoint.grpc_url
+        yield triton.endpoint.grpc_url, triton.settings.triton_admin_key
 
 
-async def _embed(url: str, version: str, items: list[tuple[bytes, tuple[float, float, float, float] | None]],
-                 desc: str) -> np.ndarray:
-    encoder = EncoderClient(url, version=version)
+async def _embed(triton: tuple[str, str | None], version: str,
+                 items: list[tuple[bytes, tuple[float, float, float, float] | None]], desc: str) -> np.ndarray:
+    url, key = triton
+    embedder = LocalDecodeEmbedder(EncoderClient(url, version=version, key=key), Limits(max_pixels=10**9))
     inputs = [ImageInput(data, CropBox(*crop) if crop else None) for data, crop in items]
     try:
         with tqdm(total=len(items), desc=desc, unit="img") as bar:
-            vectors = await embed_images(encoder, inputs, Limits(max_pixels=10**9), timeout_s=120, progress=bar.update,
-                                         local_decode=True)
+            outcomes = await embedder.embed(inputs, timeout_s=120, progress=bar.update)
     finally:
-        await encoder.close()
-    rejected = [str(v) for v in vectors if not isinstance(v, np.ndarray)]
+        await embedder.close()
+    rejected = [str(v) for v in outcomes if not isinstance(v, Embedded)]
     if rejected:
         raise RuntimeError(f"{len(rejected)} evaluation images rejected, e.g. {rejected[0]}")
-    return np.stack(vectors)
+    return np.stack([v.vector for v in outcomes])  # type: ignore[union-attr]
 
 
 def rank(vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -75,16 +76,16 @@ def rank(vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tuple[np.nda
     return exact.search(query_vectors, k)[1], served.search(query_vectors, k)[1], served.describe()[0]
 
 
-def run(eval_set: EvalSet, versions: list[str], url: str, k: int = 10, filler: int = 20_000
+def run(eval_set: EvalSet, versions: list[str], triton: tuple[str, str | None], k: int = 10, filler: int = 20_000
         ) -> list[dict[str, object]]:
     ids = list(eval_set.corpus)
     relevances = [q.relevance for q in eval_set.queries]
     filler_vectors = synthetic_dataset(filler, 1)[0] if filler else None
     rows = []
     for version in versions:
-        corpus_vectors = asyncio.run(_embed(url, version, [(eval_set.corpus[i], None) for i in ids],
+        corpus_vectors = asyncio.run(_embed(triton, version, [(eval_set.corpus[i], None) for i in ids],
                                             f"v{version} corpus"))
-        query_vectors = asyncio.run(_embed(url, version, [(q.image, q.crop) for q in eval_set.queries],
+        query_vectors = asyncio.run(_embed(triton, version, [(q.image, q.crop) for q in eval_set.queries],
                                            f"v{version} queries"))
         everything = corpus_vectors if filler_vectors is None else np.concatenate([corpus_vectors, filler_vectors])
         exact, served, served_type = rank(everything, query_vectors, k)
@@ -113,8 +114,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, object]]:
     args = parser.parse_args(argv)
     eval_set = load_set(args.set, args.sources)
     print(f"{len(eval_set.queries)} queries over {len(eval_set.corpus)} images (+{args.filler} filler vectors)")
-    with triton_url(args.triton_url, args.model_repository) as url:
-        rows = run(eval_set, args.versions, url, args.k, args.filler)
+    with triton_url(args.triton_url, args.model_repository) as triton:
+        rows = run(eval_set, args.versions, triton, args.k, args.filler)
     print(markdown_table(rows, COLUMNS))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")

@@ -4,7 +4,7 @@
     python -m fuzz.run search_request -runs=100000 fuzz/corpus/search_request
 
 A crash writes `crash-<sha1>` in the working directory (or -artifact_prefix=...): copy it into
-fuzz/regressions/<target>/ so tests/test_fuzz.py replays it forever, then fix the code.
+fuzz/regressions/<target>/ so tests/unit/test_input_fuzzing.py replays it forever, then fix the code.
 """
 
 from __future__ import annotations

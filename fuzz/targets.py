@@ -1,6 +1,6 @@
 """Fuzz targets: each takes raw bytes and must either succeed or raise the domain's InvalidInput (which becomes
 INVALID_ARGUMENT); any other exception, a hang or a crash is a finding. Shared by the atheris harness
-(fuzz/run.py) and the regression replay (tests/test_fuzz.py)."""
+(fuzz/run.py) and the regression replay (tests/unit/test_input_fuzzing.py)."""
 
 from __future__ import annotations
 

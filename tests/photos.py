@@ -1,4 +1,4 @@
-"""Real photos for tests (from packages, see server/tools/corpus.py) and helpers to make query variants."""
+"""Real photos for tests (from packages, see devkit/corpus.py) and helpers to make query variants."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from server.tools.corpus import CorpusImage, real_photos
+from devkit.corpus import CorpusImage, real_photos
 
 
 def photo(image_id: str) -> CorpusImage:

@@ -7,18 +7,15 @@ it is not a dependency of the project, and PIL already does every operation need
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+from PIL import Image, ImageEnhance, ImageFilter
 
+from evaluation.edits import jpeg_reencode, random_overlay
 from server.embedding.contract import INPUT_SIZE
-
-CAPTION_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf")  # fonts-dejavu-core
-OVERLAY_WORDS = ("lol", "so cute", "#repost", "SALE", "look", "wow", "2024", "my pic", "@user", "FREE", "omg")
 
 
 @dataclass(frozen=True)
@@ -126,43 +123,12 @@ def color_jitter(image: Image.Image, rng: np.random.Generator, config: AugmentCo
     return image
 
 
-def jpeg_reencode(image: Image.Image, quality: int) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=quality)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
-
-
-def overlay(image: Image.Image, rng: np.random.Generator, size: tuple[float, float] = (0.06, 0.16)) -> Image.Image:
-    """A caption band (black or white, top or bottom) with text, or large semi-transparent text across it;
-    the text is `size` (a range) of the image height tall."""
-    image = image.copy()
-    w, h = image.size
-    font = ImageFont.truetype(str(CAPTION_FONT), max(8, int(h * rng.uniform(*size))))
-    words = " ".join(rng.choice(OVERLAY_WORDS, size=int(rng.integers(1, 4))))
-    if rng.random() < 0.5:
-        band = int(h * rng.uniform(0.1, 0.22))
-        top = 0 if rng.random() < 0.5 else h - band
-        dark = rng.random() < 0.6
-        draw = ImageDraw.Draw(image)
-        draw.rectangle((0, top, w, top + band), fill=(0, 0, 0) if dark else (255, 255, 255))
-        draw.text((int(w * 0.04), top + band // 2), words, font=font, anchor="lm",
-                  fill=(255, 255, 255) if dark else (0, 0, 0))
-        return image
-    layer = Image.new("RGBA", image.size, (0, 0, 0, 0))
-    colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-    ImageDraw.Draw(layer).text((int(w * rng.uniform(0.2, 0.8)), int(h * rng.uniform(0.2, 0.8))), words.upper(),
-                               font=font, anchor="mm", fill=(*colour, int(rng.integers(120, 256))))
-    return Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB")
-
-
 def augment(image: Image.Image, rng: np.random.Generator, config: AugmentConfig = AugmentConfig()) -> np.ndarray:
     """One random view: [overlay -> rotate ->] crop -> flip -> colour jitter -> grayscale -> [downscale ->] blur
     -> JPEG; uint8 [224, 224, 3]. The bracketed steps only run when the config turns them on."""
     image = image.convert("RGB")
     if config.overlay_p and rng.random() < config.overlay_p:
-        image = overlay(image, rng, config.overlay_size)
+        image = random_overlay(image, rng, config.overlay_size)
     if config.rotate_p and rng.random() < config.rotate_p:
         fill = (255, 255, 255) if rng.random() < 0.5 else (0, 0, 0)
         image = image.rotate(float(rng.uniform(-config.rotate_degrees, config.rotate_degrees)),

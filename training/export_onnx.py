@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from server.embedding.contract import INPUT_NAME, INPUT_SIZE, OUTPUT_NAME
+from server.embedding.onnx_encoder import OnnxEncoder
 from training.encoder_model import load_encoder
 
 OPSET = 17
@@ -24,8 +25,6 @@ OPSET = 17
 
 def export(output: Path, checkpoint: Path | None = None, fine_tuned_share: float = 1.0) -> float:
     """Write the ONNX graph; returns the max abs difference vs PyTorch on a probe batch."""
-    import onnxruntime as ort
-
     model = load_encoder(checkpoint, fine_tuned_share)
     seeded = torch.Generator().manual_seed(0)
     probe = torch.randint(0, 256, (3, INPUT_SIZE, INPUT_SIZE, 3), dtype=torch.uint8, generator=seeded)
@@ -38,8 +37,7 @@ def export(output: Path, checkpoint: Path | None = None, fine_tuned_share: float
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=OPSET, dynamo=False,
         )
-        session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
-        got = session.run(None, {INPUT_NAME: probe.numpy()})[0]
+        got = OnnxEncoder(Path(tmp)).run(probe.numpy())  # what Triton's CPU model will run
         with torch.no_grad():
             want = model(probe).numpy()
         diff = float(np.abs(got - want).max())

@@ -41,7 +41,7 @@ CHECKPOINT_NAME = "last.pt"
 @dataclass
 class FinetuneConfig:
     out: Path
-    images: list[Path] | None = None  # None: the demo corpus (server.tools.corpus.real_photos)
+    images: list[Path] | None = None  # None: the demo corpus (devkit.corpus.real_photos)
     steps: int = 300
     batch_size: int = 16
     lr: float = 3e-4
@@ -113,7 +113,7 @@ def trainable_parameters(encoder: EncoderModel, trainable_blocks: int) -> list[n
 def image_paths(directory: Path | None) -> list[Path]:
     """Images under a directory (sorted, so runs are reproducible), or the demo corpus."""
     if directory is None:
-        from server.tools.corpus import real_photos
+        from devkit.corpus import real_photos
 
         return [photo.path for photo in real_photos()]
     paths = sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -127,8 +127,8 @@ def quality_training_set(max_side: int, progress: bool) -> tuple[list, list[str]
     (each its own picture). Hard negatives are drawn within a category."""
     from PIL import Image
 
+    from devkit.corpus import picture_key, real_photos
     from evaluation.quality_sets import labelled_images, of_split
-    from server.tools.corpus import picture_key, real_photos
 
     labelled = of_split(labelled_images(), {"train"})
     images, categories = [], []

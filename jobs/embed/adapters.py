@@ -16,19 +16,38 @@ from server.core.regions import REGION_BOXES
 from server.embedding.contract import EMBEDDING_DIM, INPUT_SIZE
 from server.embedding.contract import MODEL_NAME as ENCODER_MODEL_NAME
 from server.embedding.encoder import EncoderClient
-from server.embedding.imaging import Limits, prepare, prepare_views
-from server.embedding.pipeline import REGION_CROPS
+from server.embedding.imaging import Limits, prepare, prepare_views, region_views
+from server.embedding.onnx_encoder import OnnxEncoder
 from server.ingest.add import content_hash
 from server.store import catalogs
-from server.store.base import Changed, ImageRecord, NewImage, VectorStore, Visibility
+from server.store.base import Changed, EmbeddedImage, ImageRecord, VectorStore, Visibility
 from server.store.blobs import BlobStore
 from server.store.catalogs import catalog_dir
 from server.store.metadata import SqliteMetadataStore
 
 __all__ = [
-    "EMBEDDING_DIM", "ENCODER_MODEL_NAME", "INPUT_SIZE", "REGION_BOXES", "REGION_CROPS", "REPO_ROOT", "BlobStore",
-    "Changed", "EncoderClient", "InvalidInput", "Limits", "NewImage", "VectorStore", "Visibility", "content_hash",
-    "iter_catalog_records", "open_vector_store", "prepare", "prepare_views", "read_active_version", "replace_durably",
+    "EMBEDDING_DIM",
+    "ENCODER_MODEL_NAME",
+    "INPUT_SIZE",
+    "REGION_BOXES",
+    "REPO_ROOT",
+    "BlobStore",
+    "Changed",
+    "EmbeddedImage",
+    "EncoderClient",
+    "InvalidInput",
+    "Limits",
+    "OnnxEncoder",
+    "VectorStore",
+    "Visibility",
+    "content_hash",
+    "iter_catalog_records",
+    "open_vector_store",
+    "prepare",
+    "prepare_views",
+    "read_active_version",
+    "region_views",
+    "replace_durably",
     "write_atomic",
 ]
 

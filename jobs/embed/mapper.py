@@ -16,12 +16,13 @@ import numpy as np
 from jobs.embed.adapters import (
     EMBEDDING_DIM,
     INPUT_SIZE,
-    REGION_CROPS,
     EncoderClient,
     InvalidInput,
     Limits,
+    OnnxEncoder,
     content_hash,
     prepare_views,
+    region_views,
 )
 
 CHUNK = 32  # images per encoder call (the gateway's chunk size)
@@ -34,7 +35,7 @@ def prepare_batch(batch: dict[str, np.ndarray], limits: Limits = DEFAULT_LIMITS,
     image then each of REGION_BOXES, from one decode, as the gateway indexes) and `content_hash`; drops the bytes."""
     started, cpu_started = time.perf_counter(), time.process_time()
     n = len(batch["image_id"])
-    views = [None, *REGION_CROPS] if regions else [None]
+    views = region_views(None) if regions else [None]
     pixels = np.zeros((n, len(views), INPUT_SIZE, INPUT_SIZE, 3), np.uint8)
     hashes, errors = [], list(batch["error"])
     for i, data in enumerate(batch["data"]):
@@ -93,29 +94,16 @@ class _Embedder:
 
 
 class OrtEmbedder(_Embedder):
-    """One ONNX Runtime session per actor on `model_repository/encoder/<version>/model.onnx` (the default).
-
-    Threads = the CPUs the actor reserved (a pool must not oversubscribe the node's cores); CUDA when the actor
-    holds a GPU and onnxruntime-gpu is installed. Spinning off, as in the Triton model (model.py).
-    """
+    """The project's in-process encoder (server.embedding.onnx_encoder) on `model_repository/encoder/<version>/
+    model.onnx` (the default), one per actor. Threads = the CPUs the actor reserved (a pool must not oversubscribe
+    the node's cores); CUDA when the actor holds a GPU and onnxruntime-gpu is installed."""
 
     def __init__(self, model_path: str, threads: int, use_gpu: bool) -> None:
         super().__init__()
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers = ["CPUExecutionProvider"]
-        if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        if not Path(model_path).exists():
-            raise FileNotFoundError(f"no encoder at {model_path} (make setup exports version 1)")
-        self.session = ort.InferenceSession(model_path, options, providers=providers)
+        self.encoder = OnnxEncoder(Path(model_path), threads=threads, gpu=use_gpu)
 
     def _embed(self, pixels: np.ndarray) -> np.ndarray:
-        return self.session.run(["embedding"], {"pixels": np.ascontiguousarray(pixels)})[0]
+        return self.encoder.run(pixels, batch=len(pixels))
 
 
 class TritonEmbedder(_Embedder):

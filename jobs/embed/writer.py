@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from jobs.embed.adapters import (
     EMBEDDING_DIM,
     REGION_BOXES,
-    NewImage,
+    EmbeddedImage,
     VectorStore,
     Visibility,
     replace_durably,
@@ -137,7 +137,7 @@ def read_embeddings(out: Path, shard: int) -> pa.Table:
     return pq.read_table(out / "embeddings" / _name(shard, "parquet"))
 
 
-def _images(table: pa.Table) -> list[NewImage]:
+def _images(table: pa.Table) -> list[EmbeddedImage]:
     flat = table.column("embedding").combine_chunks().flatten()
     vectors = np.asarray(flat, np.float32).reshape(-1, EMBEDDING_DIM)
     regions: list[np.ndarray | None] = [None] * len(vectors)
@@ -145,7 +145,7 @@ def _images(table: pa.Table) -> list[NewImage]:
         flat_regions = np.asarray(table.column("regions").combine_chunks().flatten(), np.float32)
         regions = list(flat_regions.reshape(len(vectors), REGIONS_FIELD.type.list_size // EMBEDDING_DIM, EMBEDDING_DIM))
     columns = [table.column(c).to_pylist() for c in ("image_id", "owner_id", "visibility", "content_hash")]
-    return [NewImage(image_id, owner, Visibility(vis), digest, vectors[i], regions[i])
+    return [EmbeddedImage(image_id, owner, Visibility(vis), digest, vectors[i], regions[i])
             for i, (image_id, owner, vis, digest) in enumerate(zip(*columns, strict=True))]
 
 
@@ -178,11 +178,11 @@ def _load_aligned(out: Path, manifest: Manifest, store: VectorStore) -> dict[str
     is a prefix of the source that the gateway's model switch resumes from. Loading stops at the first position
     without an embedding (a failed image): the switch re-embeds from there and reports the error itself.
     Deleted records are added and then marked deleted (positions stay aligned; they are never searchable)."""
-    counts = {"added": 0, "present_before": store.added_total(), "aligned_prefix_end": 0}
+    counts = {"added": 0, "present_before": store.stats().rows, "aligned_prefix_end": 0}
     for shard in range(len(manifest.shard_rows)):
         table = read_embeddings(out, shard)
         positions = table.column("position").to_pylist()
-        start = store.added_total()
+        start = store.stats().rows
         if positions and positions[-1] < start:
             continue  # loaded before
         keep = [i for i, p in enumerate(positions) if p >= start]
@@ -198,7 +198,7 @@ def _load_aligned(out: Path, manifest: Manifest, store: VectorStore) -> dict[str
             if deleted:
                 store.delete(deleted)
         shard_end = manifest.shard_rows[shard] + sum(manifest.shard_rows[:shard])  # first position after the shard
-        if store.added_total() < shard_end:
+        if store.stats().rows < shard_end:
             break  # a gap: an image of this shard failed
-    counts["aligned_prefix_end"] = store.added_total()
+    counts["aligned_prefix_end"] = store.stats().rows
     return counts

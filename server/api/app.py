@@ -28,14 +28,15 @@ from server.api.service import VisualSearchServicer
 from server.core.config import Settings, add_arguments, from_args
 from server.core.metrics import GatewayMetrics
 from server.embedding.contract import EMBEDDING_DIM
-from server.embedding.encoder import EncoderClient
+from server.embedding.embedder import triton_embedder
 from server.embedding.imaging import Limits
 from server.ingest.add import Indexer
 from server.ingest.reindex import ModelSwitcher
-from server.models.versions import default_version
+from server.model_versions.registry import default_version
+from server.query.feedback import Feedback
 from server.query.search import Searcher
 from server.runtime.admission import Admission
-from server.runtime.serving import Live, Serving, serving
+from server.runtime.serving import Live, serving
 from server.store.blobs import BlobStore
 from server.store.catalogs import open_store, read_active_version, write_active_version
 from server.store.interactions import InteractionLog
@@ -87,19 +88,17 @@ class Gateway:
         # A new data directory starts with the configured or promoted version; afterwards ACTIVE_MODEL decides
         # (SwitchModel).
         active = await asyncio.to_thread(read_active_version, s) or f"{s.model_name}/{default_version(s)}"
-        encoder = EncoderClient(s.triton_url or f"127.0.0.1:{s.triton_grpc_port}", s.model_name,
-                                active.rsplit("/", 1)[-1])
         store = await asyncio.to_thread(open_store, s, active, EMBEDDING_DIM)
         await asyncio.to_thread(write_active_version, s, active)
-        self.live = Live(serving(store, encoder, s))
-        self.interactions = InteractionLog(s.data_dir / "interactions.sqlite")
+        self.live = Live(serving(store, triton_embedder(s, active.rsplit("/", 1)[-1]), s))
+        self.feedback = Feedback(InteractionLog(s.data_dir / "interactions.sqlite"))
         limits = Limits(s.max_image_bytes, s.max_image_pixels)
         blobs = BlobStore(s.blob_url or s.data_dir / "blobs")
         ingest = Admission("ingest", s.ingest_max_in_flight, 4 * s.max_image_pixels, None)
         servicer = VisualSearchServicer(
-            Searcher(self.live, s, self.metrics, self.interactions),
-            Indexer(self.live, blobs, limits, self.metrics, ingest, s.decode_in_gateway),
-            ModelSwitcher(self.live, blobs, s, limits), self.live, self.interactions)
+            Searcher(self.live, s, self.metrics),
+            Indexer(self.live, blobs, limits, self.metrics, ingest),
+            ModelSwitcher(self.live, blobs, s), self.live, self.feedback)
         keys = access_keys(s)
         self.server = grpc.aio.server(interceptors=[StatusAndMetrics(SERVICE_NAME, self.metrics),
                                                     Authorize(SERVICE_NAME, keys)], options=[
@@ -135,12 +134,12 @@ class Gateway:
             if self.settings.index_backend == "milvus" and tick % 5 == 0:
                 await self._follow_live_version()
             live = self.live.serving
-            encoder_ready = await live.encoder.is_ready()
+            encoder_ready = await live.embedder.is_ready()
             store_ready = await asyncio.to_thread(live.store.healthy)
             ready = encoder_ready and store_ready
             if ready != was_ready:
                 await self._set_health(ready)
-                why = [f"{live.encoder.model_version} not ready on Triton"] if not encoder_ready else []
+                why = [f"{live.embedder.model_version} not ready on Triton"] if not encoder_ready else []
                 why += [] if store_ready else ["the vector store is unreachable"]
                 log.info("health: %s", "SERVING" if ready else f"NOT_SERVING ({'; '.join(why)})")
                 was_ready = ready
@@ -159,29 +158,20 @@ class Gateway:
         except Exception:  # the store is down: health says so
             return
         old = live.serving
-        if not active or active == old.encoder.model_version or live.switch is not None:
+        if not active or active == old.embedder.model_version or live.switch is not None:
             return
         store = await asyncio.to_thread(open_store, s, active, EMBEDDING_DIM)
-        encoder = EncoderClient(old.encoder.url, s.model_name, active.rsplit("/", 1)[-1])
         async with live.writes:
-            live.serving = serving(store, encoder, s)
-        log.info("the live pointer moved: serving %s (was %s)", active, old.encoder.model_version)
-        self._tasks.append(asyncio.create_task(self._retire(old)))
-
-    @staticmethod
-    async def _retire(old: Serving, after_s: float = 30.0) -> None:
-        await asyncio.sleep(after_s)  # searches that started on the old pair finish first
-        await asyncio.to_thread(old.store.close)
-        await old.encoder.close()
+            live.cut_over(serving(store, triton_embedder(s, active.rsplit("/", 1)[-1]), s))
+        log.info("the live pointer moved: serving %s (was %s)", active, old.embedder.model_version)
 
     def _update_gauges(self) -> None:
         serving = self.live.serving
-        counts = serving.store.counts()
+        stats = serving.store.stats()
         for state in ("public", "private", "deleted"):
-            self.metrics.images.labels(state).set(getattr(counts, state))
-        self.metrics.index_vectors.set(serving.store.added_total())
-        index_type, _ = serving.store.describe()
-        self.metrics.build_info.info({"model_version": serving.encoder.model_version, "index_type": index_type,
+            self.metrics.images.labels(state).set(getattr(stats.counts, state))
+        self.metrics.index_vectors.set(stats.rows)
+        self.metrics.build_info.info({"model_version": serving.embedder.model_version, "index_type": stats.index_type,
                                       "index_version": str(serving.store.version)})
 
     async def stop(self, grace_s: float = 5.0) -> None:
@@ -190,13 +180,8 @@ class Gateway:
         if self.server is not None:
             await self.server.stop(grace_s)
         if self.live is not None:
-            if self.live.switch is not None and self.live.switch.task is not None:
-                self.live.switch.task.cancel()  # resumes at the next SwitchModel: the new store is durable
-            serving = self.live.serving
-            await asyncio.to_thread(serving.store.snapshot)
-            serving.store.close()
-            self.interactions.close()
-            await serving.encoder.close()
+            await self.live.close()
+            self.feedback.close()
 
 
 async def run_gateway(settings: Settings, ready_event: asyncio.Event | None = None,

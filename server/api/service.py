@@ -19,11 +19,11 @@ from server.embedding.contract import EMBED_CHUNK, EMBEDDING_DIM
 from server.embedding.imaging import CropBox
 from server.ingest.add import Indexer, Outcome, Status, Upload
 from server.ingest.reindex import ModelSwitcher
-from server.query.issued import IssuedResults
+from server.query.feedback import Feedback
 from server.query.search import Answer, Query, Searcher
 from server.runtime.serving import Live
 from server.store.base import Visibility
-from server.store.interactions import Interaction, InteractionLog
+from server.store.interactions import Interaction
 
 MAX_BATCH_QUERIES = 64
 MAX_INTERACTIONS = 1000
@@ -77,24 +77,26 @@ def _owner_check(caller: Caller, item: pb.AddImageRequest) -> PermissionDenied |
 
 class VisualSearchServicer(pb_grpc.VisualSearchServicer):
     def __init__(self, searcher: Searcher, indexer: Indexer, switcher: ModelSwitcher, live: Live,
-                 interactions: InteractionLog, issued: IssuedResults | None = None) -> None:
+                 feedback: Feedback) -> None:
         self.searcher, self.indexer, self.switcher = searcher, indexer, switcher
-        self.live, self.interactions = live, interactions
-        self.issued = issued or IssuedResults()
+        self.live, self.feedback = live, feedback
 
-    def _issue(self, answer: Answer) -> pb.SearchResponse:
-        self.issued.remember(answer.request_id, current_caller().subject, [h.image_id for h in answer.hits])
+    def _issue(self, query: Query, answer: Answer) -> pb.SearchResponse:
+        self.feedback.issue(answer.request_id, current_caller().subject, [h.image_id for h in answer.hits],
+                            query.image_id)
         return _response(answer)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
-        return self._issue(await self.searcher.search(_query(request), context.time_remaining()))
+        query = _query(request)
+        return self._issue(query, await self.searcher.search(query, context.time_remaining()))
 
     async def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.aio.ServicerContext
                           ) -> pb.SearchBatchResponse:
         if not 1 <= len(request.requests) <= MAX_BATCH_QUERIES:
             raise InvalidInput(f"needs 1..{MAX_BATCH_QUERIES} queries, got {len(request.requests)}", field="requests")
-        answers = await self.searcher.search_many([_query(r) for r in request.requests], context.time_remaining())
-        return pb.SearchBatchResponse(responses=[self._issue(a) for a in answers])
+        queries = [_query(r) for r in request.requests]
+        answers = await self.searcher.search_many(queries, context.time_remaining())
+        return pb.SearchBatchResponse(responses=[self._issue(q, a) for q, a in zip(queries, answers, strict=True)])
 
     async def AddImages(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.AddImagesResponse:
         results: list[pb.AddImageResult] = []
@@ -136,32 +138,32 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
 
     async def GetStats(self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext) -> pb.GetStatsResponse:
         serving, switch = self.live.serving, self.live.switch
-        counts = serving.store.counts()
-        index_type, params = serving.store.describe()
+        stats = await asyncio.to_thread(serving.store.stats)  # a server store answers over the network
+        counts, params = stats.counts, stats.index_params
         admin = current_caller().admin  # private and deleted counts are for admins only
         return pb.GetStatsResponse(
             image_count=counts.live if admin else counts.public, public_count=counts.public,
             private_count=counts.private if admin else 0, deleted_count=counts.deleted if admin else 0,
-            index_type=index_type, index_params=params, embedding_dim=EMBEDDING_DIM,
-            model_version=serving.encoder.model_version, index_version=serving.store.version,
+            index_type=stats.index_type, index_params=params, embedding_dim=EMBEDDING_DIM,
+            model_version=serving.embedder.model_version, index_version=serving.store.version,
             index_on_gpu=params.get("gpu") == "true",
             switching_to_model_version=switch.target if switch else "",
             switch_reembedded_count=switch.done if switch else 0,
-            switch_total_count=serving.store.added_total() if switch else 0,
+            switch_total_count=stats.rows if switch else 0,
             switch_error=self.live.last_switch_error)
 
     async def SwitchModel(self, request: pb.SwitchModelRequest, context: grpc.aio.ServicerContext
                           ) -> pb.SwitchModelResponse:
         state = await self.switcher.request(request.model_version)
         return pb.SwitchModelResponse(state=pb.SwitchModelResponse.State.Value(state.name),
-                                      active_model_version=self.live.serving.encoder.model_version)
+                                      active_model_version=self.live.serving.embedder.model_version)
 
     async def LogInteractions(self, request: pb.LogInteractionsRequest, context: grpc.aio.ServicerContext
                               ) -> pb.LogInteractionsResponse:
         if not 1 <= len(request.interactions) <= MAX_INTERACTIONS:
             raise InvalidInput(f"needs 1..{MAX_INTERACTIONS} items, got {len(request.interactions)}",
                                field="interactions")
-        items, subject = [], current_caller().subject
+        items = []
         for n, i in enumerate(request.interactions):
             if i.kind not in (pb.Interaction.IMPRESSION, pb.Interaction.CLICK) or not i.request_id or not i.image_id:
                 raise InvalidInput("needs request_id, image_id and kind IMPRESSION or CLICK",
@@ -169,8 +171,7 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
             check_image_id(i.image_id, f"interactions[{n}].image_id")
             check_image_id(i.request_id, f"interactions[{n}].request_id")
             when = i.time.ToSeconds() + i.time.nanos / 1e9 if i.HasField("time") else time.time()
-            # Only for results this gateway returned to this caller, each at most once (no forged clicks).
-            if self.issued.accept(i.request_id, subject, i.position, i.image_id, int(i.kind)):
-                items.append(Interaction(i.request_id, i.position, i.image_id, int(i.kind), when))
-        accepted = await asyncio.to_thread(self.interactions.record, items) if items else 0
+            items.append(Interaction(i.request_id, i.position, i.image_id, int(i.kind), when))
+        # Only for results this gateway returned to this caller, each at most once (no forged clicks).
+        accepted = await asyncio.to_thread(self.feedback.record, current_caller().subject, items)
         return pb.LogInteractionsResponse(accepted_count=accepted)

@@ -17,9 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Settings:
-    """Everything a deployment can change. Env vars are VSEARCH_<FIELD> (upper case)."""
+    """Everything a deployment can change. Env vars are VSEARCH_<FIELD> (upper case). Frozen: a process reads its
+    settings once at start-up; a launcher derives changed copies (`with_overrides`) for the processes it starts."""
 
     # Gateway
     grpc_host: str = "127.0.0.1"
@@ -56,7 +57,7 @@ class Settings:
     triton_admin_key: str | None = None
     model_name: str = "encoder"  # Triton's name of the encoder (server/embedding/contract.py: MODEL_NAME)
     # Encoder version a new data directory is indexed with; unset: the version the promotion gate promoted
-    # (<model_repository>/<model_name>/promoted.json, server/models/versions.py), else 1. Afterwards the data
+    # (<model_repository>/<model_name>/promoted.json, server/model_versions/registry.py), else 1. Afterwards the data
     # directory's ACTIVE_MODEL file decides (SwitchModel changes it).
     model_version: str | None = None
     # A new FAISS catalog also indexes embeddings of the regions in server/core/regions.py, so a

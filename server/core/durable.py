@@ -1,8 +1,10 @@
-"""Crash-safe file writes: a file is either its old content or its complete new content, and survives power loss."""
+"""Crash-safe writes: a file is either its old content or its complete new content, and survives power loss; SQLite
+databases that commit durably."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -33,3 +35,13 @@ def write_atomic(target: Path, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def durable_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection for one thread at a time (callers hold a lock) in autocommit mode, WAL journal, fsync on every
+    commit (synchronous=FULL): what a commit acknowledged survives power loss."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db

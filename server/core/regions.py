@@ -4,10 +4,18 @@ A query that is a crop of an indexed picture matches one of its regions far bett
 (held-out crops keeping half the area, pretrained encoder: P@1 0.934 -> 0.99; benchmarks/results/quality.md).
 Four corners and the centre at half the area, and the centre quarter (a crop box over the middle of a picture,
 the common "search this object" gesture). Normalized x_min, y_min, x_max, y_max. Shared by the indexing path
-(server/embedding/pipeline.py) and the stores that keep region rows.
+(server/embedding/imaging.py: region_views), the stores that keep region rows and the offline evaluation, which
+scores as the stores do (`best_match`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+import numpy as np
+
+Score = TypeVar("Score", float, np.ndarray)
 
 _HALF = 0.7071  # side of a square region holding half the area
 
@@ -25,3 +33,17 @@ REGION_BOXES: tuple[tuple[float, float, float, float], ...] = (
     ((1 - _HALF) / 2, (1 - _HALF) / 2, (1 + _HALF) / 2, (1 + _HALF) / 2),
     (0.25, 0.25, 0.75, 0.75),
 )
+
+
+def region_score(cosine: Score) -> Score:
+    """What a region match counts for when an image is ranked: its cosine minus the penalty."""
+    return cosine - REGION_SCORE_PENALTY
+
+
+def best_match(whole: np.ndarray, regions: Iterable[np.ndarray]) -> np.ndarray:
+    """An image's score as the stores rank it: the best of its whole-image cosine and its regions' scores (each
+    array of `regions`: the cosines of one region view, shaped like `whole`)."""
+    best = np.array(whole, dtype=np.float32, copy=True)
+    for cosines in regions:
+        np.maximum(best, region_score(cosines), out=best)
+    return best

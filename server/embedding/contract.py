@@ -1,7 +1,7 @@
 """The encoder's contract, in one place: what every producer and consumer of embeddings agrees on.
 
 Triton's `model_repository/encoder/config.pbtxt` states the same facts for the server side; a test checks the
-two agree (tests/test_model_export.py). The training code and the TensorRT plan builder import from here.
+two agree (tests/unit/test_onnx_export.py). The training code and the TensorRT plan builder import from here.
 """
 
 from __future__ import annotations
@@ -20,5 +20,11 @@ EMBED_CHUNK = 32  # images prepared and embedded together when indexing (one Tri
 IMAGE_MODEL_NAME = "image_encoder"
 IMAGE_INPUT_NAME = "image_bytes"  # BYTES [N, 1]: the encoded image as uploaded
 CROP_INPUT_NAME = "crop"  # FP32 [N, 4]: x_min, y_min, x_max, y_max in [0, 1]; (0, 0, 1, 1) is the whole image
+REGIONS_OUTPUT_NAME = "regions"  # FP32 [N, R, 1280]: the region views' embeddings (requested when indexing)
 VERSION_PARAMETER = "encoder_version"
 WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
+
+# Triton's restricted protocols (server/triton/endpoint.py) need this header with the launcher's key; over gRPC the
+# header carries Triton's prefix.
+TRITON_KEY_HEADER = "vsearch-triton-admin-key"
+TRITON_GRPC_KEY_HEADER = f"triton-grpc-protocol-{TRITON_KEY_HEADER}"

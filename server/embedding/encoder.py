@@ -21,6 +21,8 @@ from server.embedding.contract import (
     MAX_BATCH_SIZE,
     MODEL_NAME,
     OUTPUT_NAME,
+    REGIONS_OUTPUT_NAME,
+    TRITON_GRPC_KEY_HEADER,
     VERSION_PARAMETER,
     WHOLE_IMAGE,
 )
@@ -46,9 +48,13 @@ class EncoderClient:
     without it the client pins the newest version Triton serves at the first `refresh_version`.
     """
 
-    def __init__(self, url: str, model_name: str = MODEL_NAME, version: str | None = None) -> None:
+    def __init__(self, url: str, model_name: str = MODEL_NAME, version: str | None = None,
+                 key: str | None = None) -> None:
+        """`key`: the header value Triton requires on its restricted protocols (inference included) when the
+        launcher started it so; only holders of the key can embed (server/triton/endpoint.py)."""
         self.url = url
         self.model_name = model_name
+        self._headers = {TRITON_GRPC_KEY_HEADER: key} if key else None
         # Short reconnect backoff: when Triton restarts, the channel is usable again within ~1 s
         # (gRPC's default backoff grows to 2 minutes, which would keep the gateway UNAVAILABLE for long).
         self._client = triton_aio.InferenceServerClient(url, channel_args=[
@@ -108,7 +114,7 @@ class EncoderClient:
         try:
             result = await self._client.infer(
                 self.model_name, [tensor], model_version=self._version or "",
-                outputs=[InferRequestedOutput(OUTPUT_NAME)], client_timeout=timeout_s,
+                outputs=[InferRequestedOutput(OUTPUT_NAME)], client_timeout=timeout_s, headers=self._headers,
             )
         except InferenceServerException as exc:
             raise _translate(exc, self.url) from exc
@@ -116,9 +122,10 @@ class EncoderClient:
             self._version = result.get_response().model_version or None
         return result.as_numpy(OUTPUT_NAME)
 
-    async def embed_image(self, data: bytes, crop: CropBox | None = None, timeout_s: float | None = None
-                          ) -> np.ndarray:
-        """Encoded image bytes (+ crop) -> float32 [dim]: decoding and resizing happen inside Triton."""
+    async def embed_image(self, data: bytes, crop: CropBox | None = None, timeout_s: float | None = None,
+                          regions: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Encoded image bytes (+ crop) -> (float32 [dim], and with `regions` its region views' [R, dim]):
+        decoding (once) and resizing happen inside Triton."""
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceeded("the request deadline passed before the encoder was called")
         if crop is not None:
@@ -127,13 +134,15 @@ class EncoderClient:
         image.set_data_from_numpy(np.array([[data]], dtype=np.object_))
         box = InferInput(CROP_INPUT_NAME, [1, 4], "FP32")
         box.set_data_from_numpy(np.array([crop.as_tuple() if crop else WHOLE_IMAGE], dtype=np.float32))
+        outputs = [InferRequestedOutput(OUTPUT_NAME)] + ([InferRequestedOutput(REGIONS_OUTPUT_NAME)] if regions else [])
         try:
             result = await self._client.infer(
-                IMAGE_MODEL_NAME, [image, box], outputs=[InferRequestedOutput(OUTPUT_NAME)],
-                parameters={VERSION_PARAMETER: self._version} if self._version else None, client_timeout=timeout_s)
+                IMAGE_MODEL_NAME, [image, box], outputs=outputs,
+                parameters={VERSION_PARAMETER: self._version} if self._version else None, client_timeout=timeout_s,
+                headers=self._headers)
         except InferenceServerException as exc:
             raise _translate(exc, self.url, invalid_field=None) from exc
-        return result.as_numpy(OUTPUT_NAME)[0]
+        return result.as_numpy(OUTPUT_NAME)[0], result.as_numpy(REGIONS_OUTPUT_NAME)[0] if regions else None
 
     async def close(self) -> None:
         await self._client.close()

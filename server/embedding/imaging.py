@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from server.core.errors import InvalidInput
+from server.core.regions import REGION_BOXES
 from server.embedding.contract import INPUT_SIZE
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
@@ -41,6 +42,13 @@ class CropBox:
             raise InvalidInput(f"coordinates must be within [0, 1], got {values}", field="crop")
         if not (self.x_min < self.x_max and self.y_min < self.y_max):
             raise InvalidInput("needs x_min < x_max and y_min < y_max (an empty box)", field="crop")
+
+
+def region_views(crop: CropBox | None) -> list[CropBox | None]:
+    """What an image is indexed as: itself (or its crop), then each of REGION_BOXES within it."""
+    x0, y0, x1, y1 = crop.as_tuple() if crop is not None else (0.0, 0.0, 1.0, 1.0)
+    w, h = x1 - x0, y1 - y0
+    return [crop, *(CropBox(x0 + b[0] * w, y0 + b[1] * h, x0 + b[2] * w, y0 + b[3] * h) for b in REGION_BOXES)]
 
 
 def check_size(data: bytes, limits: Limits, field: str = "image_bytes") -> None:

@@ -1,7 +1,7 @@
 """The AddImages path: an image is acknowledged only once its original, embedding and record are durable,
 and it is searchable as soon as it is acknowledged.
 
-embed (Triton's image model decodes; or the gateway with `decode_in_gateway`) -> blob store (originals, for
+embed (the served embedder: whole image + regions when the store keeps them) -> blob store (originals, for
 re-embedding) -> store.add (vector log fsync, records, index) -> per-item outcome.
 """
 
@@ -14,16 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-import numpy as np
-
 from server.core.errors import InvalidInput, ServiceError
 from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
+from server.embedding.embedder import Embedded, Embedder, ImageInput
 from server.embedding.imaging import Limits, header_pixels
-from server.embedding.pipeline import Embedder, ImageInput, embed_images, embed_with_regions, whole_and_regions
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.serving import Live
-from server.store.base import Changed, NewImage, Visibility
+from server.store.base import Changed, EmbeddedImage, Visibility
 from server.store.blobs import BlobStore
 
 
@@ -60,11 +58,10 @@ def _anyone(owner_id: str) -> bool:
 
 class Indexer:
     def __init__(self, live: Live, blobs: BlobStore, limits: Limits, metrics: GatewayMetrics,
-                 admission: Admission | None = None, local_decode: bool = False) -> None:
+                 admission: Admission | None = None) -> None:
         self.live, self.blobs, self.limits, self.metrics = live, blobs, limits, metrics
         # Chunks being decoded and embedded at once; waits as long as the stream's deadline allows.
         self.admission = admission or Admission("ingest", 2, 4 * limits.max_pixels, None)
-        self.local_decode = local_decode
 
     async def add(self, uploads: Sequence[Upload], timeout_s: float | None = None) -> list[Outcome]:
         """One outcome per upload, in order. Send at most EMBED_CHUNK uploads per call (one encoder call)."""
@@ -84,7 +81,7 @@ class Indexer:
         cost = sum(header_pixels(uploads[n].data) or MIN_COST_PIXELS for n in todo)
         async with self.admission.admit(cost, timeout_s):
             try:
-                vectors = await self._embed(serving.encoder, [uploads[n] for n in todo], timeout_s,
+                vectors = await self._embed(serving.embedder, [uploads[n] for n in todo], timeout_s,
                                             serving.store.regions_per_image > 0)
                 embedded = {}
                 for n, vector in zip(todo, vectors, strict=True):
@@ -100,17 +97,15 @@ class Indexer:
             self.metrics.images_added.labels(outcome.status.value).inc()
         return [outcomes[n] for n in range(len(uploads))]
 
-    async def _embed(self, encoder: Embedder, uploads: Sequence[Upload], timeout_s: float | None, regions: bool
-                     ) -> list[np.ndarray | InvalidInput]:
-        """Per upload its embedding ([dim], or [1 + R, dim] with `regions`) or why it was rejected."""
+    async def _embed(self, embedder: Embedder, uploads: Sequence[Upload], timeout_s: float | None, regions: bool
+                     ) -> list[Embedded | InvalidInput]:
+        """Per upload its embeddings (with its regions if `regions`) or why it was rejected."""
         start = time.perf_counter()
-        items = [ImageInput(u.data) for u in uploads]
-        vectors = await (embed_with_regions(encoder, items, self.limits, timeout_s) if regions else
-                         embed_images(encoder, items, self.limits, timeout_s, local_decode=self.local_decode))
+        outcomes = await embedder.embed([ImageInput(u.data) for u in uploads], regions, timeout_s)
         self.metrics.stage_latency.labels("embed").observe(time.perf_counter() - start)
-        return vectors
+        return outcomes
 
-    async def _persist(self, uploads: Sequence[Upload], embedded: dict[int, np.ndarray], timeout_s: float | None
+    async def _persist(self, uploads: Sequence[Upload], embedded: dict[int, Embedded], timeout_s: float | None
                        ) -> dict[int, Outcome]:
         order = list(embedded)
         hashes = [content_hash(uploads[n].data) for n in order]
@@ -123,11 +118,11 @@ class Indexer:
             vectors = [embedded[n] for n in order]
             if self.live.serving is not serving:  # a model cut-over happened meanwhile: embed for the new one
                 serving = self.live.serving
-                vectors = await self._embed(serving.encoder, [uploads[n] for n in order], timeout_s,
+                vectors = await self._embed(serving.embedder, [uploads[n] for n in order], timeout_s,
                                             serving.store.regions_per_image > 0)
-            images = [NewImage(uploads[n].image_id, uploads[n].owner_id, uploads[n].visibility, h,
-                               *whole_and_regions(v))
-                      for n, h, v in zip(order, hashes, vectors, strict=True)]
+            images = [EmbeddedImage(uploads[n].image_id, uploads[n].owner_id, uploads[n].visibility, h, v.vector,
+                                    v.regions)
+                      for n, h, v in zip(order, hashes, vectors, strict=True)]  # type: ignore[union-attr]
             added = await asyncio.to_thread(serving.store.add, images)
         self.metrics.stage_latency.labels("persist").observe(time.perf_counter() - start)
         return {n: Outcome(Status.ADDED if ok else Status.ALREADY_EXISTS) for n, ok in zip(order, added, strict=True)}
@@ -158,5 +153,5 @@ class Indexer:
     async def finish(self) -> int:
         """After a stream of adds: snapshot the index if enough was added; returns the store's version."""
         store = self.live.serving.store
-        await asyncio.to_thread(store.snapshot_if_due)
+        await asyncio.to_thread(store.snapshot, True)
         return store.version

@@ -1,4 +1,4 @@
-"""The Search path: imaging -> encoder -> store search (eligible images only) -> duplicate collapse -> results."""
+"""The Search path: the served embedder -> store search (eligible images only) -> duplicate collapse -> results."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from server.query.duplicates import collapse_duplicates
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.serving import FALLBACK_DUPLICATE_THRESHOLD, Live, Serving
 from server.store.base import VectorStore
-from server.store.interactions import InteractionLog
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,8 @@ class Searcher:
     """Every query reads `live.serving` once: its vector and its index come from the same model version."""
 
     def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics,
-                 interactions: InteractionLog | None = None, admission: Admission | None = None) -> None:
-        self.live, self.settings, self.metrics, self.interactions = live, settings, metrics, interactions
+                 admission: Admission | None = None) -> None:
+        self.live, self.settings, self.metrics = live, settings, metrics
         self.admission = admission or Admission(
             "search", settings.admission_max_in_flight, settings.admission_max_pixels,
             settings.admission_latency_budget_ms / 1000 if settings.admission_latency_budget_ms > 0 else None,
@@ -140,22 +139,16 @@ class Searcher:
         return k
 
     async def embed_query(self, serving: Serving, query: Query, timeout_s: float | None) -> np.ndarray:
-        """The query vector: the stored one for a search by ID, else the encoder's for the (cropped) image."""
+        """The query vector: the stored one for a search by ID, else the served embedder's for the (cropped) image."""
         if query.image_id is not None:
             record = serving.store.get(query.image_id)
             vector = serving.store.vector(query.image_id) if record is not None and record.eligible else None
             if vector is None:
                 raise NotFound(f"no visible indexed image {query.image_id!r}", field="image_id")
             return vector
-        if not self.settings.decode_in_gateway:  # Triton's image model decodes, crops and resizes
-            imaging.check_size(query.image_bytes or b"", self.limits)
-            with self.ranker.stage("embed"):
-                return await serving.encoder.embed_image(query.image_bytes or b"", query.crop, timeout_s)
-        with self.ranker.stage("decode"):
-            # Off the event loop: decoding a large photo takes milliseconds (PIL releases the GIL).
-            pixels = await asyncio.to_thread(imaging.prepare, query.image_bytes or b"", query.crop, self.limits)
+        imaging.check_size(query.image_bytes or b"", self.limits)
         with self.ranker.stage("embed"):
-            return (await serving.encoder.embed(pixels[None], timeout_s))[0]
+            return await serving.embedder.embed_query(query.image_bytes or b"", query.crop, timeout_s)
 
     def _cost(self, query: Query) -> int:
         """Decoded pixels, from the header: what admission counts (a search by ID decodes nothing)."""
@@ -187,10 +180,7 @@ class Searcher:
             kept = [h for h in hits if h.score >= query.min_score]
             self.metrics.filtered_results.labels("min_score").inc(len(hits) - len(kept))
             hits = kept
-        answer = Answer(hits, serving.encoder.model_version, serving.store.version, uuid.uuid4().hex)
-        if query.image_id is not None and self.interactions is not None:  # clicks on it become training pairs
-            self.interactions.remember_query(answer.request_id, query.image_id)
-        return answer
+        return Answer(hits, serving.embedder.model_version, serving.store.version, uuid.uuid4().hex)
 
     async def search_many(self, queries: list[Query], timeout_s: float | None) -> list[Answer]:
         """Queries run concurrently so Triton's dynamic batcher can merge their embeddings. The batch is admitted

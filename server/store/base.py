@@ -1,8 +1,9 @@
 """The storage seam: what the query and indexing paths need from a store of image embeddings.
 
 A `VectorStore` holds the embeddings of ONE encoder version plus each image's record (owner, visibility,
-deleted flag, content hash). Backends: `store/faiss` (embedded, the default) and `store/milvus` (a cluster).
-Every backend passes the same contract suite (tests/test_store_contract.py).
+deleted flag, content hash); its `Catalog` side reads it whole, page by page (model switch, migration). Backends:
+`store/faiss` (embedded, the default) and `store/milvus` (a cluster); each backend's store object is both.
+Every backend passes the same contract suite (tests/integration/test_store_contract.py).
 
 Security properties every backend keeps:
 - `search` returns only eligible images (public and not deleted), filtered INSIDE the ANN search, and returns
@@ -13,7 +14,7 @@ Security properties every backend keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Protocol
@@ -44,7 +45,7 @@ class ImageRecord:
 
 
 @dataclass(frozen=True)
-class NewImage:
+class EmbeddedImage:
     image_id: str
     owner_id: str
     visibility: Visibility
@@ -82,7 +83,19 @@ class Changed:
     not_found: list[str]
 
 
+@dataclass(frozen=True)
+class StoreStats:
+    """What GetStats and the gauges show of a store; kept incrementally (cheap enough to read every second)."""
+
+    counts: Counts
+    rows: int  # images ever added, deleted ones included
+    index_type: str
+    index_params: dict[str, str]
+
+
 class VectorStore(Protocol):
+    """The serving seam: what the query and indexing paths need of the store of one encoder version."""
+
     model_version: str  # `encoder/N`: the only version whose embeddings this store accepts
     dim: int
 
@@ -98,19 +111,13 @@ class VectorStore(Protocol):
         across restarts."""
         ...
 
-    def advance_version(self, at_least: int) -> None:
-        """Make `version` at least `at_least` (a new catalog taking over from an older one at a model switch)."""
-        ...
-
-    def add(self, images: Sequence[NewImage]) -> list[bool]:
+    def add(self, images: Sequence[EmbeddedImage]) -> list[bool]:
         """Durably add; per item True (added) or False (the ID exists already, in any state)."""
         ...
 
     def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Candidate]:
         """Top-k eligible images by inner product, best first, never `exclude`; min(k, eligible) results."""
         ...
-
-    def eligible_count(self) -> int: ...
 
     def get(self, image_id: str) -> ImageRecord | None: ...
 
@@ -122,32 +129,60 @@ class VectorStore(Protocol):
 
     def delete(self, image_ids: Sequence[str]) -> Changed: ...
 
-    def counts(self) -> Counts:
-        """Kept incrementally: cheap enough to call every second (no full-table scan)."""
-        ...
-
-    def describe(self) -> tuple[str, dict[str, str]]:
-        """Index type and its parameters, for GetStats and metrics."""
-        ...
-
-    def added_total(self) -> int:
-        """How many images were ever added (deleted ones included): the next add position."""
-        ...
-
-    def records(self, start: int, stop: int) -> list[ImageRecord]:
-        """Records at add positions [start, stop), in add order (a model switch copies by position)."""
-        ...
-
-    def iter_records(self) -> Iterator[ImageRecord]: ...
+    def stats(self) -> StoreStats: ...
 
     def healthy(self) -> bool:
         """Can the store serve right now? (A server backend checks its connection; health follows it.)"""
         ...
 
-    def snapshot(self) -> None:
-        """Persist what makes the next start fast (the FAISS index file; a flush on a server)."""
+    def snapshot(self, only_if_due: bool = False) -> None:
+        """Persist what makes the next start fast (the FAISS index file; a flush on a server); `only_if_due`:
+        only when enough changed since the last one (after every AddImages stream)."""
         ...
 
-    def snapshot_if_due(self) -> bool: ...
-
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a catalog scan: records in the backend's add order, and where the next page starts."""
+
+    records: list[ImageRecord]
+    cursor: object  # opaque; pass it to the next `scan` (also after `done`: it then returns what was added since)
+    done: bool  # caught up: the store held no more records when this page was read
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """A record with its stored embeddings, for copying a catalog into another store (migration)."""
+
+    record: ImageRecord
+    vector: np.ndarray
+    regions: np.ndarray | None
+
+
+class Catalog(Protocol):
+    """Reading a whole store, page by page: for re-embedding (a model switch) and migration, never for serving.
+
+    A scan with a cursor costs one page per call (no rescan); continuing from the cursor of a `done` page
+    returns what was added since, so a reader can catch up under a write lock."""
+
+    model_version: str
+
+    def scan(self, cursor: object = None, limit: int = 1000) -> Page: ...
+
+    def known(self, image_ids: Sequence[str]) -> set[str]:
+        """Which of `image_ids` the store holds, in any state (a resumed copy skips them)."""
+        ...
+
+    def rows(self, records: Sequence[ImageRecord]) -> list[StoredRow]:
+        """The stored embeddings of scanned records."""
+        ...
+
+    def advance_version(self, at_least: int) -> None:
+        """Make `version` at least `at_least` (a new catalog taking over from an older one at a model switch)."""
+        ...
+
+
+class Store(VectorStore, Catalog, Protocol):
+    """What a backend's store object is: served through `VectorStore`, read whole through `Catalog`."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from server.core.config import Settings
 from server.core.durable import write_atomic
 from server.core.regions import REGION_BOXES
-from server.store.base import VectorStore
+from server.store.base import Store
 
 ACTIVE_MODEL_FILE = "ACTIVE_MODEL"
 BACKENDS = ("faiss", "milvus")
@@ -50,7 +50,7 @@ def write_active_version(settings: Settings, model_version: str) -> None:
     write_atomic(settings.data_dir / ACTIVE_MODEL_FILE, (model_version + "\n").encode())
 
 
-def open_store(settings: Settings, model_version: str, dim: int) -> VectorStore:
+def open_store(settings: Settings, model_version: str, dim: int) -> Store:
     """The store holding `model_version`'s embeddings (`dim` floats each), created empty if new."""
     if settings.index_backend not in BACKENDS:
         raise ValueError(f"index_backend must be one of {', '.join(BACKENDS)}, got {settings.index_backend!r}")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from server.core.durable import durable_sqlite
 
 IMPRESSION, CLICK = 1, 2
 QUERY_BATCH = 256
@@ -28,11 +29,8 @@ class Interaction:
 
 class InteractionLog:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = durable_sqlite(path)
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("""CREATE TABLE IF NOT EXISTS interactions (request_id TEXT NOT NULL,
             position INTEGER NOT NULL, image_id TEXT NOT NULL, kind INTEGER NOT NULL, time REAL NOT NULL)""")
         self._db.execute("""CREATE TABLE IF NOT EXISTS queries (request_id TEXT PRIMARY KEY,

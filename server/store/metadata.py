@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from server.core.durable import durable_sqlite
 from server.store.base import ImageRecord, Visibility
 
 _COLUMNS = "image_id, internal_id, owner_id, visibility, deleted, content_hash, model_version, added_at"
@@ -22,11 +22,8 @@ class SqliteMetadataStore:
     """One connection guarded by a lock: writes are tiny and serialized anyway; fsync on commit."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = durable_sqlite(path)  # an acknowledged add must survive power loss
         self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged add must survive power loss
         self._db.execute("""CREATE TABLE IF NOT EXISTS images (
             image_id TEXT PRIMARY KEY, internal_id INTEGER NOT NULL UNIQUE, owner_id TEXT NOT NULL,
             visibility INTEGER NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, content_hash TEXT NOT NULL,
@@ -93,6 +90,16 @@ class SqliteMetadataStore:
             chunk = ids[start : start + 500]
             for r in self._select(f"WHERE internal_id IN ({','.join('?' * len(chunk))})", chunk):
                 out[r.internal_id] = r
+        return out
+
+    def known(self, image_ids: Iterable[str]) -> set[str]:
+        ids = list(image_ids)
+        out: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            with self._lock:
+                out.update(r[0] for r in self._db.execute(
+                    f"SELECT image_id FROM images WHERE image_id IN ({','.join('?' * len(chunk))})", chunk))
         return out
 
     def _update(self, image_ids: list[str], assignment: str, args: tuple, still: str) -> list[ImageRecord]:

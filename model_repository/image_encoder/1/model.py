@@ -1,8 +1,9 @@
 """Triton Python-backend model: image bytes + crop in, embedding out (decode here, encode by a BLS call).
 
-The preprocessing is the gateway's own (`server.embedding.imaging.prepare`), imported, not copied: one
-definition of the encoder's input. An image that cannot be decoded, or is over a limit, fails only its own
-request, with INVALID_ARGUMENT and a message that names the field.
+The preprocessing is the gateway's own (`server.embedding.imaging.prepare_views`), imported, not copied: one
+definition of the encoder's input. A request that asks for the `regions` output (indexing) gets the embeddings
+of its region views too, from the same decode, in the same encoder call. An image that cannot be decoded, or is
+over a limit, fails only its own request, with INVALID_ARGUMENT and a message that names the field.
 """
 
 import json
@@ -12,7 +13,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from server.core.errors import InvalidInput
-from server.embedding.imaging import CropBox, Limits, check_header, prepare
+from server.embedding.contract import MAX_BATCH_SIZE, REGIONS_OUTPUT_NAME
+from server.embedding.imaging import CropBox, Limits, check_header, prepare, prepare_views, region_views
 
 
 class TritonPythonModel:
@@ -26,16 +28,19 @@ class TritonPythonModel:
         # GPU hosts (configs/gpu.pbtxt): JPEGs go to the DALI model (nvJPEG); everything else stays on this path.
         self.gpu_preprocess = params.get("preprocess_model", "")
 
-    def _prepare(self, request: "pb_utils.InferenceRequest") -> np.ndarray:
+    def _prepare(self, request: "pb_utils.InferenceRequest", regions: bool) -> np.ndarray:
+        """uint8 [V, 224, 224, 3]: the image (or its crop), then with `regions` its region views."""
         data = pb_utils.get_input_tensor_by_name(request, "image_bytes").as_numpy().reshape(-1)
         crop = pb_utils.get_input_tensor_by_name(request, "crop").as_numpy().reshape(-1, 4)
         if len(data) != 1 or len(crop) != 1:
             raise InvalidInput("send one image per request (the server batches requests itself)", field="image_bytes")
         box = None if tuple(crop[0]) == (0.0, 0.0, 1.0, 1.0) else CropBox(*(float(v) for v in crop[0]))
         image = bytes(data[0])
+        if regions:  # one decode for every view (the GPU path decodes one view per call)
+            return prepare_views(image, region_views(box), self.limits)
         if self.gpu_preprocess and image[:2] == b"\xff\xd8":
-            return self._prepare_on_gpu(image, box)
-        return prepare(image, box, self.limits)
+            return self._prepare_on_gpu(image, box)[None]
+        return prepare(image, box, self.limits)[None]
 
     def _prepare_on_gpu(self, image: bytes, box: CropBox | None) -> np.ndarray:
         """The same checks as the CPU path first (limits on the header), then nvJPEG decode + crop + resize."""
@@ -51,29 +56,45 @@ class TritonPythonModel:
             return prepare(image, box, self.limits)  # nvJPEG refused it: the CPU decoder decides (and explains)
         return pb_utils.get_output_tensor_by_name(response, "pixels").as_numpy()[0]
 
+    def _encode(self, pixels: np.ndarray, version: str) -> np.ndarray:
+        """One BLS call per MAX_BATCH_SIZE views (indexing requests bring 1 + R views each)."""
+        parts = []
+        for start in range(0, len(pixels), MAX_BATCH_SIZE):
+            embedded = pb_utils.InferenceRequest(
+                model_name=self.encoder, model_version=int(version) if version else -1,
+                inputs=[pb_utils.Tensor("pixels", pixels[start:start + MAX_BATCH_SIZE])],
+                requested_output_names=["embedding"]).exec()
+            if embedded.has_error():
+                raise RuntimeError(f"encoder version {version or 'newest'}: {embedded.error().message()}")
+            parts.append(pb_utils.get_output_tensor_by_name(embedded, "embedding").as_numpy())
+        return np.concatenate(parts)
+
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        by_version: dict[str, list[tuple[int, np.ndarray]]] = {}
+        by_version: dict[str, list[tuple[int, np.ndarray, bool]]] = {}
         for n, request in enumerate(requests):
+            regions = REGIONS_OUTPUT_NAME in request.requested_output_names()
             try:
-                pixels = self._prepare(request)
+                views = self._prepare(request, regions)
             except InvalidInput as exc:
                 responses[n] = pb_utils.InferenceResponse(
                     error=pb_utils.TritonError(exc.message, pb_utils.TritonError.INVALID_ARG))
                 continue
             version = json.loads(request.parameters() or "{}").get("encoder_version", "")
-            by_version.setdefault(str(version), []).append((n, pixels))
+            by_version.setdefault(str(version), []).append((n, views, regions))
         for version, items in by_version.items():
-            embedded = pb_utils.InferenceRequest(
-                model_name=self.encoder, model_version=int(version) if version else -1,
-                inputs=[pb_utils.Tensor("pixels", np.stack([p for _, p in items]))],
-                requested_output_names=["embedding"]).exec()
-            if embedded.has_error():
-                for n, _ in items:
-                    responses[n] = pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                        f"encoder version {version or 'newest'}: {embedded.error().message()}"))
+            try:
+                vectors = self._encode(np.concatenate([views for _, views, _ in items]), version)
+            except RuntimeError as exc:
+                for n, _, _ in items:
+                    responses[n] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
                 continue
-            vectors = pb_utils.get_output_tensor_by_name(embedded, "embedding").as_numpy()
-            for (n, _), vector in zip(items, vectors, strict=True):
-                responses[n] = pb_utils.InferenceResponse([pb_utils.Tensor("embedding", vector[None])])
+            start = 0
+            for n, views, regions in items:
+                rows = vectors[start:start + len(views)]
+                start += len(views)
+                outputs = [pb_utils.Tensor("embedding", rows[:1])]
+                if regions:
+                    outputs.append(pb_utils.Tensor(REGIONS_OUTPUT_NAME, rows[None, 1:]))
+                responses[n] = pb_utils.InferenceResponse(outputs)
         return responses

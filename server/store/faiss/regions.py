@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from server.core.durable import replace_durably
-from server.core.regions import REGION_SCORE_PENALTY
+from server.core.regions import region_score
 from server.store.faiss.eligibility import Eligibility
 from server.store.faiss.index import VectorIndex
 from server.store.faiss.vector_log import VectorLog
@@ -87,7 +87,7 @@ class RegionRows:
             self._eligibility.set(internal_id * self.per_image + r, eligible)
 
     def search(self, vector: np.ndarray, k: int, skip: int | None) -> dict[int, float]:
-        """Best region score per image among the top 2k + R rows (cosine - REGION_SCORE_PENALTY). The whole-image
+        """Best region score per image among the top 2k + R rows (`region_score`). The whole-image
         search already guarantees min(k, eligible) results; the region rows only add and re-score images, so
         they need not cover k distinct images (asking for (k + 1) x R rows made the IVF re-rank search 10x
         slower than the whole-image one: benchmarks/results/regions.md)."""
@@ -99,8 +99,13 @@ class RegionRows:
         for row, score in zip(rows[0], scores[0], strict=True):
             image = int(row) // self.per_image
             if row >= 0 and image != skip and image not in best:  # rows come best first
-                best[image] = float(score) - REGION_SCORE_PENALTY
+                best[image] = region_score(float(score))
         return best
+
+    def rows_of(self, images: np.ndarray) -> list[np.ndarray]:
+        """The region rows of each of these images, float32 [R, dim] each, from the log."""
+        view = self._log.view()
+        return [np.array(view[int(i) * self.per_image:(int(i) + 1) * self.per_image]) for i in images]
 
     def snapshot(self) -> None:
         self._index.save(self.snapshot_path)

@@ -6,20 +6,30 @@ On disk (one directory per encoder version, `<data_dir>/catalogs/encoder-N`):
   index.faiss      last index snapshot (atomic write + rename); rows after its ntotal are replayed on start
   regions.f32, regions.faiss   the same for the region rows of a catalog created with regions (regions.py)
 
-Recovery: rows of vectors.f32 beyond the record count were never acknowledged and are truncated.
-Writes are serialized by one lock; searches are lock-free.
+Recovery: rows of vectors.f32 beyond the record count were never acknowledged and are truncated. Writes are
+serialized by one lock; searches are lock-free.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from server.store.base import Candidate, Changed, Counts, ImageRecord, NewImage, Visibility
+from server.store.base import (
+    Candidate,
+    Changed,
+    Counts,
+    EmbeddedImage,
+    ImageRecord,
+    Page,
+    StoredRow,
+    StoreStats,
+    Visibility,
+)
 from server.store.faiss.eligibility import Eligibility
 from server.store.faiss.index import VectorIndex
 from server.store.faiss.params import FLAT_THRESHOLD
@@ -32,7 +42,8 @@ SNAPSHOT_EVERY = 1000  # adds between index snapshots (replay after a crash stay
 
 
 class FaissVectorStore:
-    """Embeddings of another encoder version are refused: vectors of two models are not comparable."""
+    """`VectorStore` and `Catalog` of one catalog directory. Embeddings of another encoder version are refused:
+    vectors of two models are not comparable. The catalog's add order is the internal ids' order."""
 
     def __init__(self, data_dir: Path, dim: int, model_version: str, flat_threshold: int = FLAT_THRESHOLD,
                  rebuild_in_background: bool = True, regions: int = 0) -> None:
@@ -40,6 +51,7 @@ class FaissVectorStore:
         what it was created with."""
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir, self.dim, self.model_version = data_dir, dim, model_version
+        self.snapshot_path = data_dir / "index.faiss"
         self._records = SqliteMetadataStore(data_dir / "metadata.sqlite")
         self._regions: RegionRows | None = None
         per_image = RegionRows.created_with(data_dir)
@@ -62,10 +74,6 @@ class FaissVectorStore:
     def regions_per_image(self) -> int:
         """Region vectors this catalog keeps per image (0: whole images only)."""
         return 0 if self._regions is None else self._regions.per_image
-
-    @property
-    def snapshot_path(self) -> Path:
-        return self.data_dir / "index.faiss"
 
     @property
     def version(self) -> int:
@@ -110,7 +118,7 @@ class FaissVectorStore:
             self._regions.set(internal_id, eligible)
 
     # -- writes ------------------------------------------------------------------------------------------
-    def add(self, images: Sequence[NewImage], model_version: str | None = None) -> list[bool]:
+    def add(self, images: Sequence[EmbeddedImage], model_version: str | None = None) -> list[bool]:
         if model_version is not None and model_version != self.model_version:
             raise ValueError(f"embeddings of {model_version} cannot join the store of {self.model_version}")
         with self._write_lock:
@@ -189,9 +197,6 @@ class FaissVectorStore:
         vectors = self._index.reconstruct(np.array([i for i, _ in found], dtype=np.int64))
         return [Candidate(self._image_ids[i], s, self._hashes[i], v) for (i, s), v in zip(found, vectors, strict=True)]
 
-    def eligible_count(self) -> int:
-        return self._eligibility.count
-
     def get(self, image_id: str) -> ImageRecord | None:
         return self._records.get(image_id)
 
@@ -199,40 +204,42 @@ class FaissVectorStore:
         record = self._records.get(image_id)
         return None if record is None else self._index.reconstruct(np.array([record.internal_id]))[0]
 
-    def counts(self) -> Counts:
+    def stats(self) -> StoreStats:
         c = self._counts
-        return Counts(public=c[Visibility.PUBLIC], private=c[Visibility.PRIVATE], deleted=c["deleted"])
-
-    def describe(self) -> tuple[str, dict[str, str]]:
         kind, params = self._index.describe()
-        return kind, {**params, "regions_per_image": str(self.regions_per_image)}
-
-    def added_total(self) -> int:
-        return self._index.ntotal
-
-    def records(self, start: int, stop: int) -> list[ImageRecord]:
-        found = self._records.get_many(range(start, stop))
-        return [found[i] for i in range(start, stop)]
-
-    def iter_records(self) -> Iterator[ImageRecord]:
-        return self._records.iter_all()
+        return StoreStats(Counts(public=c[Visibility.PUBLIC], private=c[Visibility.PRIVATE], deleted=c["deleted"]),
+                          self._index.ntotal, kind, {**params, "regions_per_image": str(self.regions_per_image)})
 
     def healthy(self) -> bool:
         return True  # in-process: serving whenever the gateway is
 
     # -- persistence -------------------------------------------------------------------------------------
-    def snapshot_if_due(self) -> bool:
-        if self._adds_since_snapshot < SNAPSHOT_EVERY:
-            return False
-        self.snapshot()
-        return True
-
-    def snapshot(self) -> None:
+    def snapshot(self, only_if_due: bool = False) -> None:
         with self._write_lock:
+            if only_if_due and self._adds_since_snapshot < SNAPSHOT_EVERY:
+                return
             self._adds_since_snapshot = 0
         self._index.save(self.snapshot_path)
         if self._regions is not None:
             self._regions.snapshot()
+
+    # -- catalog -----------------------------------------------------------------------------------------
+    def scan(self, cursor: object = None, limit: int = 1000) -> Page:
+        """Records at internal ids [cursor, cursor + limit): add order; later adds come after the last page."""
+        start = cursor if isinstance(cursor, int) else 0
+        stop = min(start + limit, self._index.ntotal)
+        found = self._records.get_many(range(start, stop))
+        records = [found[i] for i in range(start, stop)]
+        return Page(records, stop if records else start, done=stop >= self._index.ntotal)
+
+    def known(self, image_ids: Sequence[str]) -> set[str]:
+        return self._records.known(image_ids)
+
+    def rows(self, records: Sequence[ImageRecord]) -> list[StoredRow]:
+        ids = np.array([r.internal_id for r in records], dtype=np.int64)
+        vectors = self._index.reconstruct(ids)
+        regions = [None] * len(records) if self._regions is None else self._regions.rows_of(ids)
+        return [StoredRow(r, v, g) for r, v, g in zip(records, vectors, regions, strict=True)]
 
     def close(self) -> None:
         self._vector_log.close()

@@ -1,10 +1,11 @@
-"""Milvus plumbing: constants, the unavailable error, guarded calls, collection names and the live alias."""
+"""Milvus plumbing: constants, the unavailable error, guarded calls, the connection every part of the store shares,
+collection names and the live alias."""
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from pymilvus import MilvusClient, MilvusException
@@ -63,6 +64,68 @@ def _guard(where: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 def _client(uri: str, timeout_s: float, dedicated: bool = False) -> MilvusClient:
     return _guard(uri, MilvusClient, uri=uri, timeout=timeout_s, dedicated=dedicated)
+
+
+class Connection:
+    """One client of one collection (and its tombstones), shared by the parts of a store: every call has a deadline,
+    and a call that finds the collection not loaded (Milvus restarted) loads it and tries once more."""
+
+    def __init__(self, uri: str, collection: str, consistency: str, timeout_s: float, dedicated: bool) -> None:
+        self.uri, self.collection, self.consistency = uri, collection, consistency
+        self.tombstones = f"{collection}_tombstones"
+        self.timeout_s = timeout_s
+        self.client = _client(uri, timeout_s, dedicated)  # dedicated: own connection and session
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if getattr(fn, "__self__", None) is self.client:
+            kwargs.setdefault("timeout", self.timeout_s)
+        try:
+            return _guard(self.uri, fn, *args, **kwargs)
+        except MilvusException as exc:
+            if "not loaded" not in str(exc):
+                raise
+        for name in (self.collection, self.tombstones):  # a restarted Milvus reloads in the background: wait
+            _guard(self.uri, self.client.load_collection, name)
+        return _guard(self.uri, fn, *args, **kwargs)
+
+    def query(self, expr: str, fields: list[str], limit: int | None = None, consistency: str | None = None
+              ) -> list[dict[str, Any]]:
+        kwargs: dict[str, Any] = {"consistency_level": consistency or self.consistency}
+        if limit is not None:
+            kwargs["limit"] = limit
+        return list(self.call(self.client.query, self.collection, filter=expr, output_fields=fields, **kwargs))
+
+    def rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
+        """The rows of `ids` that exist, by image ID."""
+        out: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 1000):
+            for row in self.query(_in(list(ids[start:start + 1000])), fields):
+                out[row["image_id"]] = row
+        return out
+
+    def count(self, expr: str, consistency: str | None = None) -> int:
+        rows = self.query(expr, ["count(*)"], consistency=consistency)
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def page(self, expr: str, fields: list[str], after: str | None, limit: int) -> list[dict[str, Any]]:
+        """Up to `limit` rows matching `expr` with image IDs above `after`, in image-ID order (Milvus returns a
+        limited query's rows in primary-key order, which pymilvus' query iterator relies on too)."""
+        page_expr = expr if after is None else f"({expr}) and image_id > {_literal(after)}"
+        rows = self.query(page_expr, ["image_id", *fields], limit=limit)
+        rows.sort(key=lambda r: r["image_id"])
+        return rows
+
+    def iterate(self, expr: str, fields: list[str], batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """All rows matching `expr`, paged by primary key (no offset limit)."""
+        after: str | None = None
+        while rows := self.page(expr, fields, after, batch):
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1]["image_id"]
+
+    def close(self) -> None:
+        self.client.close()
 
 
 def point_live_alias(uri: str, model_version: str, prefix: str = "vsearch", alias: str = LIVE_ALIAS) -> None:

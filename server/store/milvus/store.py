@@ -31,10 +31,11 @@ Choices, each measured or documented (docs/milvus-scale.md has the numbers):
 - Counts: three server-side `count(*)` queries, cached for `counts_ttl_s` and adjusted at once by this
   store's own writes: a gauge polled every second costs at most 3 queries per TTL, never a scan of our own.
 - `seq` is unique and increasing per writing process (nanoseconds, bumped on ties), not dense across
-  gateways: `internal_id` is -1 (no position), `added_total()` counts rows (deleted included) and
-  `records(start, stop)` ranks rows by `seq` with one pass over (id, seq).
+  gateways: `internal_id` is -1 (no position); the catalog scans by image ID in passes over `seq` marks.
 
-Only numpy, pymilvus and `server.store.base` are imported: errors leave as `StoreUnavailable` (a
+The store is composed of its parts, each over one shared `Connection`: `FilteredSearch` (search.py),
+`StateChanges` (writes.py) and `MilvusCatalog` (catalog.py); this module creates the collections, adds, and keeps
+the counts. Only numpy, pymilvus and `server.store.base` are imported: errors leave as `StoreUnavailable` (a
 `ConnectionError`) when the server cannot be reached, for the gateway to map to UNAVAILABLE.
 """
 
@@ -42,23 +43,25 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pymilvus import DataType, MilvusException
 
-from server.store.base import Counts, NewImage, Visibility
-from server.store.milvus.client import ELIGIBLE, T, _client, _guard, _in, collection_name
+from server.store import base
+from server.store.base import Candidate, Changed, Counts, EmbeddedImage, StoreStats, Visibility
+from server.store.milvus.catalog import MilvusCatalog, record_of
+from server.store.milvus.client import ELIGIBLE, SCALARS, Connection, collection_name
 from server.store.milvus.config import MilvusIndexConfig
-from server.store.milvus.reads import MilvusReads
-from server.store.milvus.writes import MilvusWrites
+from server.store.milvus.schema import drop_collections, ensure_collections, wait_indexed
+from server.store.milvus.search import FilteredSearch
+from server.store.milvus.writes import StateChanges
 
 
-class MilvusVectorStore(MilvusReads, MilvusWrites):
-    """`VectorStore` over one Milvus collection (created and loaded on first use); thread-safe.
+class MilvusVectorStore:
+    """`VectorStore` and `Catalog` over one Milvus collection (created and loaded on first use); thread-safe.
 
-    Whole-image vectors only: region vectors (`NewImage.regions`) are not kept yet (they need a second
+    Whole-image vectors only: region vectors (`EmbeddedImage.regions`) are not kept yet (they need a second
     collection whose rows follow every visibility change), so the indexing path does not embed them here."""
 
     regions_per_image = 0
@@ -66,70 +69,25 @@ class MilvusVectorStore(MilvusReads, MilvusWrites):
     def __init__(self, uri: str, model_version: str, dim: int, index: MilvusIndexConfig | None = None,
                  collection_prefix: str = "vsearch", consistency: str = "Session", counts_ttl_s: float = 5.0,
                  timeout_s: float = 10.0, dedicated: bool = False) -> None:
-        self.uri = uri
-        self.model_version = model_version
-        self.dim = dim
+        self.uri, self.model_version, self.dim = uri, model_version, dim
         self.index = index or MilvusIndexConfig()
         self.collection = collection_name(model_version, collection_prefix)
-        self.tombstones = f"{self.collection}_tombstones"
-        self.consistency = consistency
-        self.counts_ttl_s = counts_ttl_s
+        self.consistency, self.counts_ttl_s = consistency, counts_ttl_s
         self._lock = threading.Lock()
         self._version = time.time_ns() // 1000  # µs: grows across restarts and gateways
         self._last_seq = 0
         self._counts: tuple[float, Counts] | None = None
-        self._closed = False
-        self.call_timeout_s = max(timeout_s, 120.0)  # set-up (create, load) waits for the server
-        self._client = _client(uri, timeout_s, dedicated)  # dedicated: own connection and session
-        self._ensure_collections()
-        self.call_timeout_s = timeout_s
+        # set-up (create, load) waits for the server; every later call has the configured deadline
+        self._conn = Connection(uri, self.collection, consistency, max(timeout_s, 120.0), dedicated)
+        ensure_collections(self._conn, model_version, dim, self.index, consistency)
+        self._conn.timeout_s = timeout_s
+        self._search = FilteredSearch(self._conn, self.index, self.counts)
+        self._changes = StateChanges(self._conn, self._adjust)
+        self._catalog = MilvusCatalog(self._conn, model_version)
 
-    # --- set-up -------------------------------------------------------------------------------------------
-
-    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if getattr(fn, "__self__", None) is self._client:
-            kwargs.setdefault("timeout", self.call_timeout_s)
-        try:
-            return _guard(self.uri, fn, *args, **kwargs)
-        except MilvusException as exc:
-            if "not loaded" not in str(exc):
-                raise
-        # a restarted Milvus reloads collections in the background: load them (waits) and try once more
-        for name in (self.collection, self.tombstones):
-            _guard(self.uri, self._client.load_collection, name)
-        return _guard(self.uri, fn, *args, **kwargs)
-
-    def _ensure_collections(self) -> None:
-        c = self._client
-        if not self._call(c.has_collection, self.collection):
-            schema = c.create_schema(auto_id=False, enable_dynamic_field=False, description=self.model_version)
-            schema.add_field("image_id", DataType.VARCHAR, is_primary=True, max_length=512)
-            schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=self.dim)
-            schema.add_field("visibility", DataType.INT8)
-            schema.add_field("deleted", DataType.BOOL)
-            schema.add_field("content_hash", DataType.VARCHAR, max_length=128)
-            schema.add_field("owner_id", DataType.VARCHAR, max_length=512)
-            schema.add_field("added_at", DataType.DOUBLE)
-            schema.add_field("seq", DataType.INT64)
-            index = c.prepare_index_params()
-            spec = self.index.index_params(self.dim)
-            index.add_index("embedding", index_type=spec["index_type"], metric_type="IP", params=spec["params"])
-            self._call(c.create_collection, self.collection, schema=schema, index_params=index,
-                       consistency_level=self.consistency)
-        else:
-            found = str(self._call(c.describe_collection, self.collection).get("description", ""))
-            if found and found != self.model_version:
-                raise ValueError(f"collection {self.collection} holds {found}, not {self.model_version}")
-        if not self._call(c.has_collection, self.tombstones):
-            schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("image_id", DataType.VARCHAR, is_primary=True, max_length=512)
-            schema.add_field("marker", DataType.FLOAT_VECTOR, dim=2)  # Milvus 2.3 needs a vector field
-            index = c.prepare_index_params()
-            index.add_index("marker", index_type="FLAT", metric_type="L2", params={})
-            self._call(c.create_collection, self.tombstones, schema=schema, index_params=index,
-                       consistency_level="Strong")
-        for name in (self.collection, self.tombstones):
-            self._call(c.load_collection, name)
+    @property
+    def tombstones(self) -> str:
+        return self._conn.tombstones
 
     # --- VectorStore ----------------------------------------------------------------------------------------
 
@@ -138,25 +96,14 @@ class MilvusVectorStore(MilvusReads, MilvusWrites):
         """The time (µs) of this object's last change, or of its start: only grows, across restarts too."""
         return self._version
 
+    def _bump(self) -> None:
+        self._version = max(self._version + 1, time.time_ns() // 1000)
+
     def _next_seq(self) -> int:
         self._last_seq = max(self._last_seq + 1, time.time_ns())
         return self._last_seq
 
-    def _query(self, expr: str, fields: list[str], limit: int | None = None) -> list[dict[str, Any]]:
-        kwargs: dict[str, Any] = {"consistency_level": self.consistency}
-        if limit is not None:
-            kwargs["limit"] = limit
-        return list(self._call(self._client.query, self.collection, filter=expr, output_fields=fields, **kwargs))
-
-    def _rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(ids), 1000):
-            chunk = list(ids[start:start + 1000])
-            for row in self._query(_in(chunk), fields):
-                out[row["image_id"]] = row
-        return out
-
-    def add(self, images: Sequence[NewImage]) -> list[bool]:
+    def add(self, images: Sequence[EmbeddedImage]) -> list[bool]:
         """Durable when it returns (the log broker holds the rows); False for IDs present in any state."""
         if not images:
             return []
@@ -164,7 +111,7 @@ class MilvusVectorStore(MilvusReads, MilvusWrites):
             if image.vector.shape != (self.dim,):
                 raise ValueError(f"{image.image_id}: embedding has shape {image.vector.shape}, want ({self.dim},)")
         with self._lock:
-            present = set(self._rows([i.image_id for i in images], ["image_id"]))
+            present = set(self._conn.rows([i.image_id for i in images], ["image_id"]))
             result: list[bool] = []
             rows: list[dict[str, Any]] = []
             now = time.time()
@@ -182,11 +129,36 @@ class MilvusVectorStore(MilvusReads, MilvusWrites):
                 # upsert, not insert: Milvus does not enforce unique primary keys, and two gateways adding the
                 # same ID at once must leave one row, not two
                 for start in range(0, len(rows), 500):
-                    self._call(self._client.upsert, self.collection, rows[start:start + 500])
+                    self._conn.call(self._conn.client.upsert, self.collection, rows[start:start + 500])
                 public = sum(r["visibility"] == Visibility.PUBLIC for r in rows)
-                self._adjust(public=public, private=len(rows) - public)
+                self._adjust(public, len(rows) - public, 0)
                 self._bump()
             return result
+
+    def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Candidate]:
+        return self._search.search(vector, k, exclude)
+
+    def get(self, image_id: str) -> base.ImageRecord | None:
+        row = self._conn.rows([image_id], SCALARS).get(image_id)
+        return record_of(row, self.model_version) if row else None
+
+    def vector(self, image_id: str) -> np.ndarray | None:
+        row = self._conn.rows([image_id], ["embedding"]).get(image_id)
+        return np.asarray(row["embedding"], dtype=np.float32) if row else None
+
+    def set_visibility(self, image_ids: Sequence[str], visibility: Visibility) -> Changed:
+        with self._lock:
+            changed = self._changes.set_visibility(image_ids, visibility)
+            if changed.count:
+                self._bump()
+            return changed
+
+    def delete(self, image_ids: Sequence[str]) -> Changed:
+        with self._lock:
+            changed = self._changes.delete(image_ids)
+            if changed.count:
+                self._bump()
+            return changed
 
     def counts(self) -> Counts:
         """Cached for counts_ttl_s (3 server-side count(*) queries per refresh), own writes applied at once."""
@@ -194,56 +166,65 @@ class MilvusVectorStore(MilvusReads, MilvusWrites):
         if cached is not None and time.monotonic() - cached[0] < self.counts_ttl_s:
             return cached[1]
         with self._lock:
-            fresh = Counts(public=self._count(ELIGIBLE),
-                           private=self._count("visibility == 2 and deleted == false"),
-                           deleted=self._count("deleted == true"))
+            fresh = Counts(public=self._conn.count(ELIGIBLE),
+                           private=self._conn.count("visibility == 2 and deleted == false"),
+                           deleted=self._conn.count("deleted == true"))
             self._counts = (time.monotonic(), fresh)
         return fresh
 
-    def describe(self) -> tuple[str, dict[str, str]]:
+    def _adjust(self, public: int, private: int, deleted: int) -> None:
+        if self._counts is not None:
+            at, c = self._counts
+            self._counts = (at, Counts(c.public + public, c.private + private, c.deleted + deleted))
+
+    def stats(self) -> StoreStats:
+        counts = self.counts()
         spec = self.index.index_params(self.dim)
         params = {k: str(v) for k, v in spec["params"].items()}
         params.update(collection=self.collection, consistency=self.consistency, metric="IP",
                       search=str(self.index.search_params(1, 0)["params"]),
                       candidates_per_result=str(self.index.candidates_per_result))
-        return f"milvus:{spec['index_type']}", params
+        return StoreStats(counts, counts.live + counts.deleted, f"milvus:{spec['index_type']}", params)
 
-    def added_total(self) -> int:
-        c = self.counts()
-        return c.live + c.deleted
+    def healthy(self) -> bool:
+        """The collection is loaded and answers (after a Milvus restart it reloads first; the gateway's health
+        check asks every second and stays NOT_SERVING until then)."""
+        try:
+            state = self._conn.call(self._conn.client.get_load_state, self.collection).get("state")
+            return str(state).rsplit(".", 1)[-1] == "Loaded"
+        except Exception:
+            return False
 
-    def snapshot(self) -> None:
-        """Seal and persist the growing segments (Milvus flushes by itself too; a flush makes a restart fast)."""
-        self._call(self._client.flush, self.collection)
+    def snapshot(self, only_if_due: bool = False) -> None:
+        """Seal and persist the growing segments; Milvus does it by itself too (dataNode.segment.syncPeriod), so
+        nothing is ever due; an explicit flush makes a restart fast."""
+        if not only_if_due:
+            self._conn.call(self._conn.client.flush, self.collection)
 
-    def snapshot_if_due(self) -> bool:
-        return False  # Milvus persists segments on its own (dataNode.segment.syncPeriod)
+    # --- Catalog --------------------------------------------------------------------------------------------
+
+    def scan(self, cursor: object = None, limit: int = 1000) -> base.Page:
+        return self._catalog.scan(cursor, limit)
+
+    def known(self, image_ids: Sequence[str]) -> set[str]:
+        return self._catalog.known(image_ids)
+
+    def rows(self, records: Sequence[base.ImageRecord]) -> list[base.StoredRow]:
+        return self._catalog.rows(records)
+
+    def advance_version(self, at_least: int) -> None:
+        self._version = max(self._version, at_least)
+
+    # --- tests, benchmarks and retired versions ----------------------------------------------------------------
 
     def wait_indexed(self, timeout_s: float = 600.0) -> None:
-        """Flush, then wait until every sealed row is indexed (tests and benchmarks: the ANN index is in use)."""
+        """Flush, then wait until every row is indexed and served so (tests and benchmarks: the ANN index is used)."""
         self.snapshot()
-        deadline = time.monotonic() + timeout_s
-        total = self.added_total()
-        while time.monotonic() < deadline:
-            info = self._call(self._client.describe_index, self.collection, "embedding")
-            built = int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= int(
-                info.get("total_rows", 0))
-            # the query node swaps a sealed segment for its indexed version asynchronously ("handoff")
-            segments = self._call(self._client._get_connection().get_query_segment_info, self.collection)
-            served = sum(int(seg.num_rows) for seg in segments if seg.index_name or int(seg.num_rows) < 1024)
-            if built and served >= total:
-                return
-            time.sleep(1.0)
-        raise TimeoutError(f"index of {self.collection} not served in {timeout_s} s: {info}")
+        wait_indexed(self._conn, self.stats().rows, timeout_s)
 
     def drop(self) -> None:
         """Drop both collections (tests, and a model version retired); works on a closed store too."""
-        client = _client(self.uri, 10.0) if self._closed else self._client
-        for name in (self.collection, self.tombstones):
-            self._call(client.drop_collection, name)
-        if self._closed:
-            client.close()
+        drop_collections(self.uri, self.collection, self.tombstones)
 
     def close(self) -> None:
-        self._closed = True
-        self._client.close()
+        self._conn.close()

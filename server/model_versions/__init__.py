@@ -1,0 +1,2 @@
+"""Encoder model versions: the registry in the model repository (publish, reload, promotion) and per-version
+calibration."""

@@ -1,0 +1,73 @@
+"""Feedback, in one place: the results the gateway handed out and the impressions and clicks logged on them.
+
+`Feedback.issue` remembers every answer (and, for a search by ID, which image was the query, so clicks become
+training pairs); `Feedback.record` stores only interactions on results really handed out. A click or impression
+counts only if its request ID was issued by this gateway to the same caller, names an image at the position it
+was returned at, and was not logged before (one impression and one click per shown result). Bounded memory
+(least recently issued dropped first) and a time limit; after a gateway restart earlier request IDs are no
+longer accepted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from server.store.interactions import Interaction, InteractionLog
+
+
+@dataclass
+class _Issued:
+    subject: str
+    image_ids: list[str]
+    at: float
+    logged: set[tuple[int, int]] = field(default_factory=set)  # (position, kind)
+
+
+class IssuedResults:
+    def __init__(self, max_requests: int = 200_000, ttl_s: float = 3600.0) -> None:
+        self.max_requests, self.ttl_s = max_requests, ttl_s
+        self._issued: OrderedDict[str, _Issued] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, request_id: str, subject: str, image_ids: list[str]) -> None:
+        with self._lock:
+            self._issued[request_id] = _Issued(subject, image_ids, time.monotonic())
+            while len(self._issued) > self.max_requests:
+                self._issued.popitem(last=False)
+
+    def accept(self, request_id: str, subject: str, position: int, image_id: str, kind: int) -> bool:
+        """True once per (request, position, kind) for a result really returned to this caller."""
+        with self._lock:
+            issued = self._issued.get(request_id)
+            if issued is None or time.monotonic() - issued.at > self.ttl_s or issued.subject != subject:
+                return False
+            if not 0 <= position < len(issued.image_ids) or issued.image_ids[position] != image_id:
+                return False
+            if (position, kind) in issued.logged:
+                return False
+            issued.logged.add((position, kind))
+            return True
+
+
+class Feedback:
+    def __init__(self, log: InteractionLog, issued: IssuedResults | None = None) -> None:
+        self.log = log
+        self.issued = issued or IssuedResults()
+
+    def issue(self, request_id: str, subject: str, image_ids: list[str], query_image_id: str | None) -> None:
+        """An answer handed to `subject`: interactions on it are accepted from now on."""
+        self.issued.remember(request_id, subject, image_ids)
+        if query_image_id is not None:  # "more like this": clicks on its results become training pairs
+            self.log.remember_query(request_id, query_image_id)
+
+    def record(self, subject: str, items: Sequence[Interaction]) -> int:
+        """Durably store the interactions on results issued to `subject`, each once; returns how many."""
+        accepted = [i for i in items if self.issued.accept(i.request_id, subject, i.position, i.image_id, i.kind)]
+        return self.log.record(accepted) if accepted else 0
+
+    def close(self) -> None:
+        self.log.close()

@@ -1,0 +1,55 @@
+"""Reading a Milvus collection whole, page by page (model switch, migration): the `Catalog` side of the store.
+
+Pages come in image-ID order within a pass over the rows whose `seq` is above the pass's mark; the cursor of the
+last page of a pass starts a new pass over what was added since the previous one began (less a margin for the
+clocks of other gateways, which stamp `seq`; readers skip what they copied already: `known`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from server.store.base import ImageRecord, Page, StoredRow, Visibility
+from server.store.milvus.client import SCALARS, Connection
+
+CLOCK_MARGIN_NS = 60 * 10**9
+
+
+@dataclass(frozen=True)
+class Cursor:
+    since: int  # this pass reads rows with seq > since
+    after: str | None  # ... and image IDs above this one
+    pass_start: int  # when this pass began: the next one reads what was added after it
+
+
+def record_of(row: dict[str, Any], model_version: str) -> ImageRecord:
+    return ImageRecord(image_id=row["image_id"], internal_id=-1, owner_id=row["owner_id"],
+                       visibility=Visibility(int(row["visibility"])), deleted=bool(row["deleted"]),
+                       content_hash=row["content_hash"], model_version=model_version, added_at=float(row["added_at"]))
+
+
+class MilvusCatalog:
+    def __init__(self, conn: Connection, model_version: str) -> None:
+        self.conn, self.model_version = conn, model_version
+
+    def scan(self, cursor: object = None, limit: int = 1000) -> Page:
+        at = cursor if isinstance(cursor, Cursor) else Cursor(since=-1, after=None, pass_start=time.time_ns())
+        rows = self.conn.page(f"seq > {at.since}", SCALARS[1:], at.after, limit)
+        records = [record_of(r, self.model_version) for r in rows]
+        if len(rows) == limit:
+            return Page(records, replace(at, after=rows[-1]["image_id"]), done=False)
+        following = Cursor(since=at.pass_start - CLOCK_MARGIN_NS, after=None, pass_start=time.time_ns())
+        return Page(records, following, done=True)
+
+    def known(self, image_ids: Sequence[str]) -> set[str]:
+        return set(self.conn.rows(list(image_ids), ["image_id"]))
+
+    def rows(self, records: Sequence[ImageRecord]) -> list[StoredRow]:
+        found = self.conn.rows([r.image_id for r in records], ["embedding"])
+        return [StoredRow(r, np.asarray(found[r.image_id]["embedding"], np.float32), None)
+                for r in records if r.image_id in found]

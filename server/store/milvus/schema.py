@@ -1,0 +1,71 @@
+"""The collections of one encoder version: created on first use (schema, index, tombstones) and loaded; waiting for
+the index to be served (tests, benchmarks); dropping them (a retired version)."""
+
+from __future__ import annotations
+
+import time
+
+from pymilvus import DataType
+
+from server.store.milvus.client import Connection, _client, _guard
+from server.store.milvus.config import MilvusIndexConfig
+
+
+def ensure_collections(conn: Connection, model_version: str, dim: int, index_config: MilvusIndexConfig,
+                       consistency: str) -> None:
+    """Create what is missing, refuse a collection of another version, load both."""
+    c, call = conn.client, conn.call
+    if not call(c.has_collection, conn.collection):
+        schema = c.create_schema(auto_id=False, enable_dynamic_field=False, description=model_version)
+        schema.add_field("image_id", DataType.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("visibility", DataType.INT8)
+        schema.add_field("deleted", DataType.BOOL)
+        schema.add_field("content_hash", DataType.VARCHAR, max_length=128)
+        schema.add_field("owner_id", DataType.VARCHAR, max_length=512)
+        schema.add_field("added_at", DataType.DOUBLE)
+        schema.add_field("seq", DataType.INT64)
+        index = c.prepare_index_params()
+        spec = index_config.index_params(dim)
+        index.add_index("embedding", index_type=spec["index_type"], metric_type="IP", params=spec["params"])
+        call(c.create_collection, conn.collection, schema=schema, index_params=index,
+             consistency_level=consistency)
+    else:
+        found = str(call(c.describe_collection, conn.collection).get("description", ""))
+        if found and found != model_version:
+            raise ValueError(f"collection {conn.collection} holds {found}, not {model_version}")
+    if not call(c.has_collection, conn.tombstones):
+        schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("image_id", DataType.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("marker", DataType.FLOAT_VECTOR, dim=2)  # Milvus 2.3 needs a vector field
+        index = c.prepare_index_params()
+        index.add_index("marker", index_type="FLAT", metric_type="L2", params={})
+        call(c.create_collection, conn.tombstones, schema=schema, index_params=index, consistency_level="Strong")
+    for name in (conn.collection, conn.tombstones):
+        call(c.load_collection, name)
+
+
+def wait_indexed(conn: Connection, rows: int, timeout_s: float) -> None:
+    """Wait until every sealed row is indexed and the query node serves the indexed segments."""
+    deadline = time.monotonic() + timeout_s
+    c, call = conn.client, conn.call
+    while time.monotonic() < deadline:
+        info = call(c.describe_index, conn.collection, "embedding")
+        built = int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= int(
+            info.get("total_rows", 0))
+        # the query node swaps a sealed segment for its indexed version asynchronously ("handoff")
+        segments = call(c._get_connection().get_query_segment_info, conn.collection)
+        served = sum(int(seg.num_rows) for seg in segments if seg.index_name or int(seg.num_rows) < 1024)
+        if built and served >= rows:
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"index of {conn.collection} not served in {timeout_s} s: {info}")
+
+
+def drop_collections(uri: str, *names: str) -> None:
+    client = _client(uri, 10.0)
+    try:
+        for name in names:
+            _guard(uri, client.drop_collection, name)
+    finally:
+        client.close()

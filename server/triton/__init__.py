@@ -1,0 +1,1 @@
+"""The embedded Triton Inference Server: supervised launcher, guardian process, endpoint."""

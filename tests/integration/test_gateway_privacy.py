@@ -1,0 +1,105 @@
+"""Privacy as a security property: a randomized adversarial sequence against a reference model, over gRPC.
+
+Thousands of mixed add / hide / show / delete / search operations; after every search: no private or
+deleted image is ever returned, and k results come back whenever k eligible images exist.
+"""
+
+from __future__ import annotations
+
+import random
+
+import grpc
+import pytest
+from PIL import Image
+
+from clients.client import NewImage
+from devkit.corpus import real_photos
+from protos.visual_search.v1 import visual_search_pb2 as pb
+from tests.photos import jpeg
+
+OPERATIONS = 2400
+
+
+def _tiles(count: int, seed: int) -> list[bytes]:
+    """Small distinct real-photo tiles (random crops of the corpus at low resolution)."""
+    rng = random.Random(seed)
+    sources = [Image.open(p.path).convert("RGB") for p in real_photos()[::6]]
+    for s in sources:
+        s.thumbnail((512, 512))
+    tiles = []
+    for _ in range(count):
+        image = rng.choice(sources)
+        w, h = image.size
+        size = rng.randint(min(w, h) // 3, min(w, h))
+        x, y = rng.randint(0, w - size), rng.randint(0, h - size)
+        tiles.append(jpeg(image.crop((x, y, x + size, y + size)).resize((96, 96)), 85))
+    return tiles
+
+
+@pytest.mark.timeout(900)
+def test_randomized_add_hide_delete_search_never_leaks(fresh_gateway):
+    rng = random.Random(20261124)
+    tiles = _tiles(220, seed=1)
+    state: dict[str, str] = {}  # reference model: image_id -> "public" | "private" | "deleted"
+    counts = {"add": 0, "hide": 0, "show": 0, "delete": 0, "search": 0, "checked_results": 0}
+    with fresh_gateway.client() as client:
+        next_tile = 0
+        for step in range(OPERATIONS):
+            live = [i for i, s in state.items() if s != "deleted"]
+            op = rng.choices(["add", "hide", "show", "delete", "search"], weights=[14, 12, 10, 6, 58])[0]
+            if (op == "add" and next_tile < len(tiles)) or len(live) < 3:
+                batch = []
+                for _ in range(rng.randint(1, 4)):
+                    if next_tile >= len(tiles):
+                        break
+                    image_id, private = f"img-{next_tile}", rng.random() < 0.3
+                    batch.append(NewImage(image_id, tiles[next_tile], owner_id="u1", private=private))
+                    state[image_id] = "private" if private else "public"
+                    next_tile += 1
+                if batch:
+                    results = client.add_images(batch).results
+                    assert all(r.status == pb.AddImageResult.ADDED for r in results), results
+                    counts["add"] += 1
+                    continue
+                op = "search"
+            if op in ("hide", "show", "delete") and live:
+                targets = rng.sample(live, k=min(len(live), rng.randint(1, 3)))
+                if op == "delete":
+                    client.delete(targets)
+                    state.update({t: "deleted" for t in targets})
+                else:
+                    client.set_visibility(targets, private=op == "hide")
+                    state.update({t: "private" if op == "hide" else "public" for t in targets})
+                counts[op] += 1
+                continue
+            # search: by ID of a public image (cheap, no re-embedding) or, now and then, by bytes of any image
+            k = rng.choice([1, 3, 5, 10, 25, 60])
+            public = [i for i, s in state.items() if s == "public"]
+            by_id = public and rng.random() < 0.85
+            if by_id:
+                query_id = rng.choice(public)
+                response = client.stub.Search(
+                    pb.SearchRequest(image_id=query_id, k=k, include_duplicates=True), timeout=30)
+                eligible = len(public) - 1
+            else:
+                query_id = None
+                response = client.stub.Search(pb.SearchRequest(
+                    image_bytes=tiles[rng.randrange(next_tile or 1)], k=k, include_duplicates=True), timeout=30)
+                eligible = len(public)
+            returned = [r.image_id for r in response.results]
+            leaks = [i for i in returned if state.get(i) != "public"]
+            assert not leaks, f"step {step}: returned non-public images {[(i, state.get(i)) for i in leaks]}"
+            assert query_id not in returned
+            assert len(set(returned)) == len(returned)
+            assert len(returned) == min(k, eligible), f"step {step}: {len(returned)} of {min(k, eligible)}"
+            counts["search"] += 1
+            counts["checked_results"] += len(returned)
+        # Private and deleted images are not even usable as "more like this" queries (no existence leak).
+        for image_id, s in state.items():
+            if s != "public":
+                with pytest.raises(grpc.RpcError) as error:
+                    client.similar(image_id, k=1)
+                assert error.value.code() == grpc.StatusCode.NOT_FOUND
+                break
+    print("privacy operations:", counts)
+    assert counts["search"] > 1000 and sum(counts.values()) - counts["checked_results"] >= 2000

@@ -1,0 +1,214 @@
+"""The encoder on a real Triton: embeddings, crops, dynamic batching, errors, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton_grpc
+from tritonclient.utils import InferenceServerException
+
+from server.core.config import loopback_settings
+from server.core.errors import InvalidInput, Unavailable
+from server.embedding import imaging
+from server.embedding.contract import EMBEDDING_DIM
+from server.embedding.encoder import EncoderClient
+from tests.photos import photo
+
+
+def embed(url: str, pixels: np.ndarray) -> np.ndarray:
+    async def run() -> np.ndarray:
+        client = EncoderClient(url)
+        try:
+            return await client.embed(pixels, timeout_s=30)
+        finally:
+            await client.close()
+    return asyncio.run(run())
+
+
+def model_input(image_id: str, crop: imaging.CropBox | None = None) -> np.ndarray:
+    return imaging.prepare(photo(image_id).path.read_bytes(), crop)
+
+
+def test_real_photo_gives_unit_norm_embedding(triton_server):
+    vectors = embed(triton_server.endpoint.grpc_url, model_input("skimage/chelsea")[None])
+    assert vectors.shape == (1, EMBEDDING_DIM) and vectors.dtype == np.float32
+    assert abs(float(np.linalg.norm(vectors[0])) - 1.0) < 1e-4
+
+
+def test_two_crops_of_a_photo_are_closer_than_an_unrelated_photo(triton_server):
+    crops = [imaging.CropBox(0.0, 0.0, 0.8, 0.8), imaging.CropBox(0.2, 0.2, 1.0, 1.0)]
+    pixels = np.stack([model_input("skimage/astronaut", c) for c in crops] + [model_input("skimage/coffee")])
+    a, b, other = embed(triton_server.endpoint.grpc_url, pixels)
+    assert a @ b > max(a @ other, b @ other) + 0.1
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") and 'model="encoder"' in line)
+
+
+def test_dynamic_batching_merges_concurrent_requests(triton_server):
+    def counts() -> tuple[float, float]:
+        text = urllib.request.urlopen(triton_server.endpoint.metrics_url, timeout=5).read().decode()
+        return _metric(text, "nv_inference_count"), _metric(text, "nv_inference_exec_count")
+
+    before = counts()
+    pixels = model_input("skimage/rocket")[None]
+
+    async def burst() -> None:
+        client = EncoderClient(triton_server.endpoint.grpc_url)
+        await asyncio.gather(*(client.embed(pixels, timeout_s=60) for _ in range(48)))
+        await client.close()
+
+    asyncio.run(burst())
+    time.sleep(1.5)  # Triton refreshes its metrics every second (--metrics-interval-ms=1000)
+    after = counts()
+    inferences, executions = after[0] - before[0], after[1] - before[1]
+    assert inferences == 48
+    assert executions < inferences, f"{executions} executions for {inferences} inferences: no batching"
+
+
+@pytest.mark.parametrize(("dtype", "shape"), [("FP32", [1, 224, 224, 3]), ("UINT8", [1, 100, 224, 3])])
+def test_triton_rejects_wrong_dtype_or_shape_precisely(triton_server, dtype, shape):
+    client = triton_grpc.InferenceServerClient(triton_server.endpoint.grpc_url)
+    tensor = triton_grpc.InferInput("pixels", shape, dtype)
+    tensor.set_data_from_numpy(np.zeros(shape, np.float32 if dtype == "FP32" else np.uint8))
+    with pytest.raises(InferenceServerException) as error:
+        client.infer("encoder", [tensor])
+    assert "INVALID_ARG" in str(error.value.status())
+    assert ("data-type" in error.value.message() or "shape" in error.value.message())
+
+
+def test_client_validates_before_sending(triton_server):
+    with pytest.raises(InvalidInput, match="uint8"):
+        embed(triton_server.endpoint.grpc_url, np.zeros((1, 224, 224, 3), np.float32))
+    with pytest.raises(InvalidInput, match="shape"):
+        embed(triton_server.endpoint.grpc_url, np.zeros((1, 224, 3), np.uint8))
+
+
+def test_unavailable_when_triton_is_down_then_reconnects(private_triton):
+    pixels = model_input("skimage/coffee")[None]
+
+    async def scenario() -> tuple[np.ndarray, np.ndarray]:
+        client = EncoderClient(private_triton.endpoint.grpc_url)
+        private_triton.start()
+        first = await client.embed(pixels, timeout_s=30)
+        private_triton.stop()
+        with pytest.raises(Unavailable, match="unavailable"):
+            await client.embed(pixels, timeout_s=5)
+        private_triton.start()  # same ports: the same client must reconnect by itself
+        deadline = time.monotonic() + 10
+        while not await client.is_ready() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        second = await client.embed(pixels, timeout_s=30)
+        await client.close()
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert float(first[0] @ second[0]) > 0.9999
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_stop_leaves_no_process(private_triton):
+    private_triton.start()
+    pid = private_triton.pid
+    stubs = _children(pid)
+    assert stubs, "the Python backend should run a stub process"
+    private_triton.stop()
+    assert all(_wait_gone(p) for p in [pid, *stubs])
+
+
+def test_triton_dies_with_its_parent(tmp_path):
+    """kill -9 of the launching process must not leave tritonserver (or its stubs) behind."""
+    s = loopback_settings()
+    code = (
+        "import time; from server.core.config import Settings; from server.triton.supervisor import TritonServer\n"
+        f"t = TritonServer(Settings(triton_http_port={s.triton_http_port}, triton_grpc_port={s.triton_grpc_port}, "
+        f"triton_metrics_port={s.triton_metrics_port})).start()\n"
+        "print(t.pid, flush=True); time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        triton_pid = int(parent.stdout.readline())
+        stubs = _children(triton_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert _wait_gone(triton_pid), "tritonserver outlived its parent"
+        assert all(_wait_gone(p) for p in stubs)
+    finally:
+        parent.kill()
+
+
+def _embed_images(url: str, items: list[tuple[bytes, imaging.CropBox | None]], version: str | None = "1") -> list:
+    async def run() -> list:
+        client = EncoderClient(url, version=version)
+        try:
+            outcomes = await asyncio.gather(*(client.embed_image(data, crop, timeout_s=60) for data, crop in items),
+                                            return_exceptions=True)
+            return [o if isinstance(o, BaseException) else o[0] for o in outcomes]
+        finally:
+            await client.close()
+    return asyncio.run(run())
+
+
+def test_image_model_decodes_inside_triton_exactly_like_the_gateway(triton_server):
+    """Bytes + crop to Triton's image model give the embedding of the gateway's own preprocessing."""
+    items = [(photo(i).path.read_bytes(), crop) for i in ("skimage/astronaut", "skimage/chelsea", "skimage/coffee")
+             for crop in (None, imaging.CropBox(0.3, 0.0, 0.75, 0.45))]
+    remote = _embed_images(triton_server.endpoint.grpc_url, items)
+    local = embed(triton_server.endpoint.grpc_url, np.stack([imaging.prepare(d, c) for d, c in items]))
+    for got, want in zip(remote, local, strict=True):
+        assert float(got @ want) >= 0.9999
+
+
+def test_a_bad_image_fails_only_its_own_request_with_the_field_named(triton_server):
+    good = photo("skimage/rocket").path.read_bytes()
+    truncated = good[: len(good) // 3]
+    outcomes = _embed_images(triton_server.endpoint.grpc_url, [
+        (good, None), (b"GIF89a not really", None), (good, None), (truncated, None),
+        (good, imaging.CropBox(0.1, 0.1, 0.2, 0.2)), (b"", None)])
+    assert [isinstance(o, np.ndarray) for o in outcomes] == [True, False, True, False, True, False]
+    for bad in (outcomes[1], outcomes[3], outcomes[5]):
+        assert isinstance(bad, InvalidInput) and bad.message.startswith("image_bytes: ")
+
+
+def test_image_model_embeds_with_the_requested_encoder_version(triton_server):
+    data = photo("skimage/chelsea").path.read_bytes()
+    pinned, newest = _embed_images(triton_server.endpoint.grpc_url, [(data, None)], "1")[0], \
+        _embed_images(triton_server.endpoint.grpc_url, [(data, None)], None)[0]
+    assert float(pinned @ newest) >= 0.9999
+    missing = _embed_images(triton_server.endpoint.grpc_url, [(data, None)], "99")[0]
+    assert isinstance(missing, Unavailable | InvalidInput) and "99" in str(missing)

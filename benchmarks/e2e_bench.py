@@ -213,12 +213,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             gateway_url, triton_url = settings.grpc_address, settings.triton_url
             # The Triton target is the image model called directly with the same bytes and crop boxes as the
             # gateway's queries (decode + encode in Triton); the pixel-tensor encoder is measured for indexing.
-            triton = TritonImageTarget(triton_url, queries)
+            triton = TritonImageTarget(triton_url, queries, settings.triton_admin_key)
             gateway = GatewayTarget(gateway_url, queries, k=args.k)
 
             print("indexing throughput ...", flush=True)
-            encoder_sat = closed_loop(TritonImageTarget(triton_url, [(d, None) for d in images]), saturation, n_sat,
-                                      warmup=16)
+            whole_images = TritonImageTarget(triton_url, [(d, None) for d in images], settings.triton_admin_key)
+            encoder_sat = closed_loop(whole_images, saturation, n_sat, warmup=16)
             indexing = index_through_gateway(gateway_url, images, copies)
             indexing["encoder_images_per_s"] = round(encoder_sat.qps, 1)
             print(f"AddImages {indexing['images_per_s']} img/s vs encoder {encoder_sat.qps:.1f} img/s", flush=True)

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for name, (config, delay_us) in CONFIGS.items():
         with repository_with_delay(delay_us) as repository, \
                 TritonServer(loopback_settings(model_repository=repository), model_config_name=config) as triton:
-            target = TritonTarget(triton.endpoint.grpc_url, pixels)
+            target = TritonTarget(triton.endpoint.grpc_url, pixels, triton.settings.triton_admin_key)
             for c in CONCURRENCY:
                 result = closed_loop(target, c, max(requests, 4 * c), warmup=max(8, c), processes=2)
                 row = {"config": name, **result.summary()}

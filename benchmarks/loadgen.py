@@ -33,6 +33,7 @@ from server.embedding.contract import (
     IMAGE_MODEL_NAME,
     INPUT_NAME,
     MODEL_NAME,
+    TRITON_GRPC_KEY_HEADER,
     VERSION_PARAMETER,
     WHOLE_IMAGE,
 )
@@ -44,10 +45,15 @@ def new_histogram() -> HdrHistogram:
     return HdrHistogram(LOWEST_US, HIGHEST_US, DIGITS)
 
 
+def _key_header(key: str | None) -> dict[str, str] | None:
+    return {TRITON_GRPC_KEY_HEADER: key} if key else None
+
+
 @dataclass(frozen=True)
 class TritonTarget:
     url: str
     pixels: np.ndarray  # uint8 [Q, 224, 224, 3]: one row per request, cycled
+    key: str | None = None  # the launcher's key: Triton restricts inference to its holders
     model: str = MODEL_NAME
 
     def connect(self) -> Callable[[int], None]:
@@ -58,7 +64,7 @@ class TritonTarget:
         def call(i: int) -> None:
             tensor = triton_grpc.InferInput(INPUT_NAME, [1, *self.pixels.shape[1:]], "UINT8")
             tensor.set_data_from_numpy(self.pixels[i % len(self.pixels)][None])
-            client.infer(self.model, [tensor], client_timeout=30)
+            client.infer(self.model, [tensor], client_timeout=30, headers=_key_header(self.key))
         return call
 
 
@@ -68,6 +74,7 @@ class TritonImageTarget:
 
     url: str
     queries: list[tuple[bytes, tuple[float, float, float, float] | None]]
+    key: str | None = None
     version: str = "1"
 
     def connect(self) -> Callable[[int], None]:
@@ -82,7 +89,7 @@ class TritonImageTarget:
             box = triton_grpc.InferInput(CROP_INPUT_NAME, [1, 4], "FP32")
             box.set_data_from_numpy(np.array([crop or WHOLE_IMAGE], dtype=np.float32))
             client.infer(IMAGE_MODEL_NAME, [image, box], parameters={VERSION_PARAMETER: self.version},
-                         client_timeout=30)
+                         client_timeout=30, headers=_key_header(self.key))
         return call
 
 

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from server.core.ids import owner_id_problem
+
 AUDIENCE = "visual-search"
 
 
@@ -58,6 +60,9 @@ def _write_jwks(path: Path, keys: list[dict]) -> None:
 def mint(private_pem: bytes, kid: str, subject: str, roles: list[str], owners: list[str] = (),
          ttl_s: float = 3600, audience: str | None = AUDIENCE, issuer: str | None = None,
          now: float | None = None) -> str:
+    for owner in owners:
+        if (problem := owner_id_problem(owner)) is not None:
+            raise ValueError(f"owner {owner!r} {problem}")
     now = time.time() if now is None else now
     claims = {"sub": subject, "roles": list(roles), "owners": list(owners), "iat": int(now), "exp": int(now + ttl_s)}
     if audience:

@@ -109,14 +109,15 @@ class OrtEmbedder(_Embedder):
 class TritonEmbedder(_Embedder):
     """The gateway's own async Triton client, pinned to the job's model version, on an event loop of its own."""
 
-    def __init__(self, url: str, version: str) -> None:
+    def __init__(self, url: str, version: str, key: str | None = None) -> None:
+        """`key`: the Triton launcher's key (Triton restricts inference to its holders)."""
         super().__init__()
         self.loop = asyncio.new_event_loop()
-        self.client = self.loop.run_until_complete(self._connect(url, version))  # the channel binds to this loop
+        self.client = self.loop.run_until_complete(self._connect(url, version, key))  # the channel binds here
 
     @staticmethod
-    async def _connect(url: str, version: str) -> EncoderClient:
-        return EncoderClient(url, version=version)
+    async def _connect(url: str, version: str, key: str | None) -> EncoderClient:
+        return EncoderClient(url, version=version, key=key)
 
     def _embed(self, pixels: np.ndarray) -> np.ndarray:
         return self.loop.run_until_complete(self.client.embed(pixels, timeout_s=120))

@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,8 @@ class JobConfig:
     data_dir: Path | None = None  # load the embeddings into this data directory's catalog of the version
     model_repository: Path = REPO_ROOT / "model_repository"
     triton_url: str | None = None  # embed through Triton instead of an ONNX Runtime session per actor
+    # Triton restricts inference to the holders of its launcher's key (`vsearch serve` saves it in the data dir)
+    triton_key: str | None = field(default_factory=lambda: os.environ.get("VSEARCH_TRITON_ADMIN_KEY"))
     shard_size: int = 1000
     actors: int | None = None  # default: GPUs, else all CPUs but one divided by actor_cpus
     actor_cpus: float = 1.0
@@ -137,7 +140,8 @@ def build_dataset(config: JobConfig, manifest: Manifest, pending: list[int], pla
     ds = ds.map_batches(prepare_batch, batch_size=16, num_cpus=config.prepare_cpus,
                         fn_kwargs={"limits": config.limits, "regions": config.regions})
     if config.triton_url:
-        embedder, kwargs = TritonEmbedder, {"url": config.triton_url, "version": str(config.model_version)}
+        embedder, kwargs = TritonEmbedder, {"url": config.triton_url, "version": str(config.model_version),
+                                            "key": config.triton_key}
     else:
         embedder, kwargs = OrtEmbedder, {"model_path": str(config.model_path),
                                          "threads": max(1, round(plan.actor_cpus)), "use_gpu": plan.actor_gpus > 0}

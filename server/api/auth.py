@@ -11,6 +11,7 @@ tokens it signed have expired; the file is re-read when it changes (docs/OPERATI
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import os
 import time
@@ -22,7 +23,8 @@ from typing import Any
 import grpc
 import jwt
 
-from server.core.errors import PermissionDenied, Unauthenticated
+from server.core.errors import PermissionDenied, ServiceError, Unauthenticated
+from server.core.ids import owner_id_problem
 
 log = logging.getLogger("gateway.auth")
 INSECURE, JWT = "insecure-local", "jwt"
@@ -69,22 +71,35 @@ class KeySet:
         self._load()
 
     def _load(self) -> None:
+        """A corrupt file raises (the caller keeps the keys loaded before); a valid file with no keys means every
+        key was retired: no token is valid any more (fail closed)."""
         stat = os.stat(self.path)
         if (stat.st_mtime, stat.st_size) == self._stamp:
             return
-        keys = jwt.PyJWKSet.from_json(self.path.read_text()).keys
+        document = json.loads(self.path.read_text())
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise ValueError(f"{self.path}: not a JWKS document (needs a 'keys' list)")
+        keys = jwt.PyJWKSet.from_dict(document).keys if document["keys"] else []
         if any(not k.key_id for k in keys):
             raise ValueError(f"{self.path}: every key needs a 'kid'")
         self._keys, self._stamp = {k.key_id: k for k in keys}, (stat.st_mtime, stat.st_size)
+        if not keys:
+            log.error("*** %s holds no keys: every key was retired, so NO token is accepted until a key is added "
+                      "(every call gets UNAUTHENTICATED) ***", self.path)
+            return
         log.info("token keys loaded from %s: %s", self.path, ", ".join(sorted(self._keys)))
+
+    def reload(self) -> None:
+        """Re-read the file if it changed; a corrupt one keeps the keys loaded before (logged)."""
+        self._checked = time.monotonic()
+        try:
+            self._load()
+        except (OSError, ValueError, jwt.PyJWTError):  # json.JSONDecodeError is a ValueError
+            log.exception("cannot re-read %s; keeping the keys loaded before", self.path)
 
     def verify(self, token: str) -> Caller:
         if time.monotonic() - self._checked > 5:
-            self._checked = time.monotonic()
-            try:
-                self._load()
-            except (OSError, ValueError, jwt.PyJWTError):
-                log.exception("cannot re-read %s; keeping the keys loaded before", self.path)
+            self.reload()
         try:
             kid = jwt.get_unverified_header(token).get("kid")
         except jwt.PyJWTError as exc:
@@ -103,6 +118,9 @@ class KeySet:
         roles, owners = claims.get("roles", []), claims.get("owners", [])
         if not isinstance(roles, list) or not isinstance(owners, list):
             raise Unauthenticated("token claims 'roles' and 'owners' must be lists")
+        if any(owner_id_problem(str(o)) for o in owners):
+            raise Unauthenticated("token names an owner ID that cannot exist (owner IDs never contain '/'); get a "
+                                  "new token")
         return Caller(str(claims["sub"]), frozenset(map(str, roles)), frozenset(map(str, owners)))
 
 
@@ -137,21 +155,29 @@ class Authorize(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(self.prefix):
             return handler
-        method, metadata = details.method[len(self.prefix):], details.invocation_metadata
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
+        try:  # from the call's metadata alone, before a byte of the request body is read
+            caller = self.caller(details.method[len(self.prefix):], details.invocation_metadata)
+        except ServiceError as refused:
+            return _refusal(refused, handler.response_serializer)
+        return _run_as(caller, handler)
 
-            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                _CALLER.set(self.caller(method, metadata))
+
+def _refusal(error: ServiceError, serializer: Callable[..., bytes] | None) -> grpc.RpcMethodHandler:
+    """A client-streaming handler that fails at once: grpc reads a streaming request only when the handler asks
+    for it, so an unauthenticated caller's body (up to 64 MiB) is never received in full, nor parsed."""
+    async def refuse(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        raise error
+    return grpc.stream_unary_rpc_method_handler(refuse, None, serializer)
+
+
+def _run_as(caller: Caller, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The handler, run with `caller` as `current_caller()`."""
+    for kind, make in (("unary_unary", grpc.unary_unary_rpc_method_handler),
+                       ("stream_unary", grpc.stream_unary_rpc_method_handler)):
+        inner = getattr(handler, kind)
+        if inner is not None:
+            async def behaviour(request: Any, context: grpc.aio.ServicerContext, inner: Any = inner) -> Any:
+                _CALLER.set(caller)
                 return await inner(request, context)
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer,
-                                                       handler.response_serializer)
-        if handler.stream_unary is not None:
-            stream_inner = handler.stream_unary
-
-            async def stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-                _CALLER.set(self.caller(method, metadata))
-                return await stream_inner(requests, context)
-            return grpc.stream_unary_rpc_method_handler(stream, handler.request_deserializer,
-                                                        handler.response_serializer)
-        return handler
+            return make(behaviour, handler.request_deserializer, handler.response_serializer)
+    return handler

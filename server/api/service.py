@@ -14,7 +14,7 @@ from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
 from server.api.auth import Caller, current_caller
 from server.api.status import code_of
 from server.core.errors import InvalidInput, PermissionDenied
-from server.core.ids import check_image_id, check_image_ids
+from server.core.ids import check_image_id, check_image_ids, owner_id_problem
 from server.embedding.contract import EMBED_CHUNK, EMBEDDING_DIM
 from server.embedding.imaging import CropBox
 from server.ingest.add import Indexer, Outcome, Status, Upload
@@ -63,9 +63,12 @@ def _add_result(image_id: str, outcome: Outcome) -> pb.AddImageResult:
     return result
 
 
-def _owner_check(caller: Caller, item: pb.AddImageRequest) -> PermissionDenied | None:
-    """Writers add only for their owners, and only IDs in an owner's namespace (`<owner_id>/...`): so an
-    AddImages answer can never tell a writer whether another owner's (private or deleted) ID exists."""
+def _owner_check(caller: Caller, item: pb.AddImageRequest) -> InvalidInput | PermissionDenied | None:
+    """Every image has a valid owner (no '/': namespaces never nest). Writers add only for their owners, and only IDs
+    in an owner's namespace (`<owner_id>/...`): so an AddImages answer can never tell a writer whether another
+    owner's (private or deleted) ID exists."""
+    if (problem := owner_id_problem(item.owner_id)) is not None:
+        return InvalidInput(problem, field="owner_id")
     if caller.admin:
         return None
     if not caller.owns(item.owner_id):

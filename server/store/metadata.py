@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from server.core.durable import durable_sqlite
+from server.core.ids import NAMESPACE_SEPARATOR
 from server.store.base import ImageRecord, Visibility
 
 _COLUMNS = "image_id, internal_id, owner_id, visibility, deleted, content_hash, model_version, added_at"
@@ -22,6 +23,7 @@ class SqliteMetadataStore:
     """One connection guarded by a lock: writes are tiny and serialized anyway; fsync on commit."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._db = durable_sqlite(path)  # an acknowledged add must survive power loss
         self._lock = threading.Lock()
         self._db.execute("""CREATE TABLE IF NOT EXISTS images (
@@ -101,6 +103,18 @@ class SqliteMetadataStore:
                 out.update(r[0] for r in self._db.execute(
                     f"SELECT image_id FROM images WHERE image_id IN ({','.join('?' * len(chunk))})", chunk))
         return out
+
+    def refuse_nested_owners(self) -> None:
+        """Catalogs written before owner IDs were checked may hold owners with '/' in their IDs, whose namespaces
+        nest in another's (owner 'a' could probe and take 'a/b/...' IDs): refuse to serve them."""
+        with self._lock:
+            nested = [r[0] for r in self._db.execute(
+                "SELECT DISTINCT owner_id FROM images WHERE instr(owner_id, ?) > 0 LIMIT 10", (NAMESPACE_SEPARATOR,))]
+        if nested:
+            raise RuntimeError(
+                f"{self.path} holds images of owners whose IDs contain '{NAMESPACE_SEPARATOR}' ({nested}): owner "
+                "namespaces must not nest. Delete those images, or re-add them under owner IDs without "
+                f"'{NAMESPACE_SEPARATOR}', with the release that wrote them; then start again.")
 
     def _update(self, image_ids: list[str], assignment: str, args: tuple, still: str) -> list[ImageRecord]:
         """Apply an update to live (not deleted) images that need it; return their new records."""

@@ -12,10 +12,11 @@ import tritonclient.http as triton_http
 
 from server.embedding.contract import MODEL_NAME, TRITON_GRPC_KEY_HEADER, TRITON_KEY_HEADER
 
-# Triton APIs that need the admin key (a header only the launcher, the gateway host's operator and `vsearch
-# publish` know): loading, unloading and configuring models, shared memory, statistics, tracing, logging.
-# Health, metadata and inference stay open, on loopback only.
-RESTRICTED = "model-repository,model-config,shared-memory,statistics,trace,logging"
+# Triton APIs that need the launcher's key (a header only the launcher, the gateways it configures and `vsearch
+# publish` know): inference (so nothing else on the host can embed around the gateway's authentication and
+# admission), loading, unloading and configuring models, shared memory, statistics, tracing, logging. Health and
+# metadata stay open, on loopback only.
+RESTRICTED = "inference,model-repository,model-config,shared-memory,statistics,trace,logging"
 ADMIN_HEADER, GRPC_ADMIN_HEADER = TRITON_KEY_HEADER, TRITON_GRPC_KEY_HEADER  # gRPC: with Triton's prefix
 KEY_FILE = "triton-admin.key"
 

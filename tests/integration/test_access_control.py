@@ -1,5 +1,6 @@
 """Access control through the real gateway over TLS, as an attacker on the port would try it: no token, forged,
-expired and wrong-audience tokens, other owners' images, existence probing, forged clicks, key rotation."""
+expired and wrong-audience tokens, other owners' images, nested owner namespaces, existence probing, forged
+clicks, key rotation and retirement of the last key, a large body sent without credentials."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from cli.tokens import keygen, mint, retire, selfsigned
 from clients.client import NewImage, VisualSearchClient
@@ -38,7 +40,7 @@ def secured(triton_server, tmp_path_factory) -> Iterator[Secured]:
     keygen("k1", root / "k1.pem", root / "jwks.json")
     keygen("attacker", root / "attacker.pem", root / "attacker-jwks.json")  # never given to the gateway
     selfsigned(root / "tls.pem", root / "tls.key")
-    gateway = start_gateway(triton_server.endpoint.grpc_url, root / "data", auth_mode="jwt",
+    gateway = start_gateway(triton_server, root / "data", auth_mode="jwt",
                             jwt_keys_file=str(root / "jwks.json"), tls_cert_file=str(root / "tls.pem"),
                             tls_key_file=str(root / "tls.key"))
     s = Secured(gateway, root)
@@ -115,6 +117,25 @@ def test_another_owners_images_cannot_be_changed_and_private_ones_stay_hidden(se
         assert bob.set_visibility(["bob/private"], private=True).not_found_ids == []  # still bob's, still there
 
 
+def test_owner_namespaces_cannot_nest(secured):
+    """Owner IDs never contain '/': owner `alice` may write `alice/bob/...`, and no owner `alice/bob` can exist whose
+    IDs those would be (its answers would tell alice which of them exist, and alice could squat them)."""
+    with secured.client(secured.token("root", ["admin"])) as admin:
+        nested = admin.add_images([NewImage("alice/bob/x", small_jpeg("the-mouse", 200), "alice/bob")]).results[0]
+    assert nested.status == pb.AddImageResult.REJECTED and nested.error_code == "INVALID_ARGUMENT"
+    assert "owner_id" in nested.error_message and "'/'" in nested.error_message
+    with pytest.raises(ValueError, match="'/'"):  # the token tool refuses to name such an owner
+        secured.token("bob-svc", ["write"], ["alice/bob"])
+    claims = {"sub": "bob-svc", "roles": ["write"], "owners": ["alice/bob"], "exp": int(time.time()) + 600,
+              "aud": "visual-search"}
+    signed = jwt.encode(claims, serialization.load_pem_private_key((secured.keys / "k1.pem").read_bytes(), None),
+                        algorithm="EdDSA", headers={"kid": "k1"})  # a validly signed token naming one anyway
+    with secured.client(signed) as client:
+        code, details = _code(lambda: client.add_images([NewImage("alice/bob/y", small_jpeg("the-mouse", 200),
+                                                                  "alice/bob")]))
+    assert code == "UNAUTHENTICATED" and "owner ID that cannot exist" in details
+
+
 def test_responses_do_not_reveal_whether_another_owners_id_exists(secured):
     probes = {"private": "bob/private", "deleted": "bob/deleted", "public": "bob/public", "never": "bob/never"}
     seen = {}
@@ -173,3 +194,64 @@ def test_a_rotated_in_key_is_accepted_and_a_retired_one_is_refused(secured):
                 break
         assert time.monotonic() < deadline, "a retired key still verifies tokens"
         time.sleep(0.5)
+
+
+def test_retiring_the_last_key_refuses_every_token(secured):
+    """An empty key set means every key was retired: no token verifies (fail closed), until a key is added back."""
+    jwks = secured.keys / "jwks.json"
+    kept = jwks.read_text()
+    token = secured.token("svc", ["search"])
+    retire("k1", jwks)
+    try:
+        deadline = time.monotonic() + 15  # the gateway re-reads the key file within seconds
+        while True:
+            with secured.client(token) as client:
+                try:
+                    client.similar("alice/public", k=1)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+                    assert "not a configured key" in (exc.details() or "")
+                    break
+            assert time.monotonic() < deadline, "tokens still verify after every key was retired"
+            time.sleep(0.5)
+    finally:
+        jwks.write_text(kept)
+    deadline = time.monotonic() + 15
+    while True:
+        with secured.client(token) as client:
+            try:
+                client.similar("alice/public", k=1)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the restored key is not used again"
+                time.sleep(0.5)
+
+
+def _peak_rss_mib(pid: int) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM"))
+    return int(line.split()[1]) // 1024
+
+
+def test_a_caller_without_credentials_is_refused_before_its_body_is_read(triton_server, tmp_path):
+    """Authentication reads the call's metadata only: a 60 MiB malformed body from an unauthenticated caller gets
+    UNAUTHENTICATED (not INVALID_ARGUMENT: it is never parsed) and is never received whole (the gateway's peak
+    memory stays where it was; receiving the body would add 60 MiB per call)."""
+    keygen("k1", tmp_path / "k1.pem", tmp_path / "jwks.json")
+    selfsigned(tmp_path / "tls.pem", tmp_path / "tls.key")
+    gateway = start_gateway(triton_server, tmp_path / "data", auth_mode="jwt",
+                            jwt_keys_file=str(tmp_path / "jwks.json"), tls_cert_file=str(tmp_path / "tls.pem"),
+                            tls_key_file=str(tmp_path / "tls.key"))
+    try:
+        before = _peak_rss_mib(gateway.pid)
+        body = b"\xff" * (60 * 2**20)  # not a protobuf message
+        with gateway.client(timeout_s=60) as client:
+            for method in ("Search", "SearchBatch", "AddImages"):
+                call = (client.channel.stream_unary if method == "AddImages" else client.channel.unary_unary)(
+                    f"/visual_search.v1.VisualSearch/{method}")
+                request = iter([body]) if method == "AddImages" else body
+                code, details = _code(lambda c=call, r=request: c(r, timeout=60))
+                assert code == "UNAUTHENTICATED" and "no credentials" in details, (method, code, details)
+        assert _peak_rss_mib(gateway.pid) - before < 30, "the gateway received an unauthenticated body"
+        assert gateway.health() == 1  # SERVING
+    finally:
+        gateway.stop()

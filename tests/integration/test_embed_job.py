@@ -91,9 +91,9 @@ def job_command(cluster: RayCluster, manifest: Path, out: Path, *extra: str) -> 
             "--out", str(out), "--ray-address", cluster.address, "--actors", "2", *extra]
 
 
-def run_job(cluster: RayCluster, command: list[str]) -> dict:
-    done = subprocess.run(command, cwd=REPO, env=cluster.driver_env, capture_output=True, text=True,
-                          timeout=JOB_TIMEOUT_S)
+def run_job(cluster: RayCluster, command: list[str], env: dict[str, str] | None = None) -> dict:
+    done = subprocess.run(command, cwd=REPO, env={**cluster.driver_env, **(env or {})}, capture_output=True,
+                          text=True, timeout=JOB_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-5000:]
     return json.loads((Path(command[command.index("--out") + 1]) / "summary.json").read_text())
 
@@ -306,7 +306,7 @@ def test_switch_model_resumes_from_the_jobs_prefix_and_keeps_writes_made_meanwhi
     photos = images[2::4][:24]
     added_later = images[1]
     with TritonServer(loopback_settings(model_repository=repository), log_path=tmp_path / "triton.log") as triton:
-        gateway = start_gateway(triton.endpoint.grpc_url, tmp_path / "data")
+        gateway = start_gateway(triton, tmp_path / "data")
         try:
             with gateway.client() as client:
                 client.add_images([GatewayImage(i, jpeg(Image.open(p), max_side=320)) for i, p in photos])
@@ -351,13 +351,14 @@ def test_triton_actors_give_the_gateways_embeddings(ray_cluster, triton_server, 
     manifest = write_manifest(tmp_path / "manifest.csv", [(i, str(p)) for i, p in chosen])
     summary = run_job(ray_cluster, job_command(ray_cluster, manifest, tmp_path / "out", "--shard-size", "3",
                                                "--triton-url", triton_server.endpoint.grpc_url,
-                                               "--actor-cpus", "0.25"))
+                                               "--actor-cpus", "0.25"),
+                      env={"VSEARCH_TRITON_ADMIN_KEY": triton_server.settings.triton_admin_key or ""})
     assert summary["ray"]["embedder"] == "triton" and summary["embedded"] == 6
     ids, vectors = embeddings(tmp_path / "out")
     by_id = dict(zip(ids, vectors, strict=True))
 
     async def gateway_path() -> np.ndarray:  # what the gateway does: prepare, then the same Triton client
-        client = EncoderClient(triton_server.endpoint.grpc_url, version="1")
+        client = EncoderClient(triton_server.endpoint.grpc_url, "encoder", "1", triton_server.settings.triton_admin_key)
         try:
             return await client.embed(np.stack([prepare(p.read_bytes()) for _, p in chosen]), timeout_s=60)
         finally:

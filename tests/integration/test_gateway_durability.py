@@ -20,7 +20,7 @@ PHOTOS = ["skimage/astronaut", "skimage/chelsea", "skimage/coffee", "skimage/roc
 
 def test_kill9_after_acknowledged_adds_loses_nothing(triton_server, tmp_path):
     data_dir = tmp_path / "gw"
-    first = start_gateway(triton_server.endpoint.grpc_url, data_dir)
+    first = start_gateway(triton_server, data_dir)
     with first.client() as client:
         acked = [r.image_id for r in client.add_images(NewImage(f"d/{p}", small_jpeg(p, 256)) for p in PHOTOS).results
                  if r.status == pb.AddImageResult.ADDED]
@@ -29,7 +29,7 @@ def test_kill9_after_acknowledged_adds_loses_nothing(triton_server, tmp_path):
     assert len(acked) == len(PHOTOS)
     first.kill9()  # no shutdown snapshot: everything must come back from the logs
 
-    second = start_gateway(triton_server.endpoint.grpc_url, data_dir)
+    second = start_gateway(triton_server, data_dir)
     try:
         with second.client() as client:
             stats = client.stats()
@@ -45,7 +45,7 @@ def test_kill9_after_acknowledged_adds_loses_nothing(triton_server, tmp_path):
             assert client.search(small_jpeg("skimage/ihc", 256), k=1).results[0].image_id == "d/ihc"
     finally:
         second.stop()
-    third = start_gateway(triton_server.endpoint.grpc_url, data_dir)  # clean restart from the snapshot
+    third = start_gateway(triton_server, data_dir)  # clean restart from the snapshot
     try:
         with third.client() as client:
             assert client.stats().image_count == len(PHOTOS)  # 9 added, 1 deleted
@@ -73,7 +73,7 @@ def test_duplicates_collapse_and_the_list_is_backfilled(fresh_gateway):
 
 def test_triton_down_gives_unavailable_then_recovers(private_triton, tmp_path):
     private_triton.start()
-    gateway = start_gateway(private_triton.endpoint.grpc_url, tmp_path / "gw")
+    gateway = start_gateway(private_triton, tmp_path / "gw")
     query = small_jpeg("skimage/rocket", 256)
     try:
         with gateway.client() as client:

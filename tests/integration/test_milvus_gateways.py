@@ -30,7 +30,7 @@ PHOTOS = ["skimage/astronaut", "skimage/chelsea", "skimage/coffee", "skimage/roc
 
 
 def milvus_gateway(triton_server, milvus_uri: str, root: Path, name: str, prefix: str) -> GatewayProcess:
-    return start_gateway(triton_server.endpoint.grpc_url, root / name, index_backend="milvus", milvus_uri=milvus_uri,
+    return start_gateway(triton_server, root / name, index_backend="milvus", milvus_uri=milvus_uri,
                          milvus_prefix=prefix, blob_url=str(root / "shared-blobs"))
 
 

@@ -37,7 +37,7 @@ def loop_env(tmp_path_factory):
                     ignore=lambda d, names: [n for n in names if (n.isdigit() and n != "1") or n.startswith(".")
                                               or n == PROMOTION_FILE])
     with TritonServer(loopback_settings(model_repository=repository), log_path=root / "triton.log") as triton:
-        gateway = start_gateway(triton.endpoint.grpc_url, root / "data")
+        gateway = start_gateway(triton, root / "data")
         yield repository, triton, gateway
         gateway.stop()
 
@@ -127,7 +127,7 @@ def test_the_served_version_survives_a_restart(loop_env):
     if "2" not in versions(repository):
         pytest.skip("needs the switch of the previous test")
     gateway.stop()
-    restarted = start_gateway(triton.endpoint.grpc_url, gateway.data_dir)
+    restarted = start_gateway(triton, gateway.data_dir)
     try:
         with restarted.client() as client:
             assert client.stats().model_version == "encoder/2"
@@ -147,7 +147,7 @@ def test_a_new_data_directory_serves_the_promoted_version(loop_env, tmp_path):
     record_promotion("2", "promote: test", repository)
     try:
         for configured, expected in ((None, "encoder/2"), ("1", "encoder/1")):
-            fresh = start_gateway(triton.endpoint.grpc_url, tmp_path / f"data-{configured}",
+            fresh = start_gateway(triton, tmp_path / f"data-{configured}",
                                   model_repository=repository, model_version=configured)
             try:
                 with fresh.client() as client:

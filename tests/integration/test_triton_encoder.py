@@ -18,14 +18,20 @@ from tritonclient.utils import InferenceServerException
 from server.core.config import loopback_settings
 from server.core.errors import InvalidInput, Unavailable
 from server.embedding import imaging
-from server.embedding.contract import EMBEDDING_DIM
+from server.embedding.contract import EMBEDDING_DIM, TRITON_GRPC_KEY_HEADER
 from server.embedding.encoder import EncoderClient
+from server.triton.supervisor import TritonServer
 from tests.photos import photo
 
 
-def embed(url: str, pixels: np.ndarray) -> np.ndarray:
+def client_of(triton: TritonServer, version: str | None = None) -> EncoderClient:
+    """A client with the launcher's key: Triton serves inference to its holders only."""
+    return EncoderClient(triton.endpoint.grpc_url, version=version, key=triton.settings.triton_admin_key)
+
+
+def embed(triton: TritonServer, pixels: np.ndarray) -> np.ndarray:
     async def run() -> np.ndarray:
-        client = EncoderClient(url)
+        client = client_of(triton)
         try:
             return await client.embed(pixels, timeout_s=30)
         finally:
@@ -38,7 +44,7 @@ def model_input(image_id: str, crop: imaging.CropBox | None = None) -> np.ndarra
 
 
 def test_real_photo_gives_unit_norm_embedding(triton_server):
-    vectors = embed(triton_server.endpoint.grpc_url, model_input("skimage/chelsea")[None])
+    vectors = embed(triton_server, model_input("skimage/chelsea")[None])
     assert vectors.shape == (1, EMBEDDING_DIM) and vectors.dtype == np.float32
     assert abs(float(np.linalg.norm(vectors[0])) - 1.0) < 1e-4
 
@@ -46,7 +52,7 @@ def test_real_photo_gives_unit_norm_embedding(triton_server):
 def test_two_crops_of_a_photo_are_closer_than_an_unrelated_photo(triton_server):
     crops = [imaging.CropBox(0.0, 0.0, 0.8, 0.8), imaging.CropBox(0.2, 0.2, 1.0, 1.0)]
     pixels = np.stack([model_input("skimage/astronaut", c) for c in crops] + [model_input("skimage/coffee")])
-    a, b, other = embed(triton_server.endpoint.grpc_url, pixels)
+    a, b, other = embed(triton_server, pixels)
     assert a @ b > max(a @ other, b @ other) + 0.1
 
 
@@ -64,7 +70,7 @@ def test_dynamic_batching_merges_concurrent_requests(triton_server):
     pixels = model_input("skimage/rocket")[None]
 
     async def burst() -> None:
-        client = EncoderClient(triton_server.endpoint.grpc_url)
+        client = client_of(triton_server)
         await asyncio.gather(*(client.embed(pixels, timeout_s=60) for _ in range(48)))
         await client.close()
 
@@ -76,29 +82,56 @@ def test_dynamic_batching_merges_concurrent_requests(triton_server):
     assert executions < inferences, f"{executions} executions for {inferences} inferences: no batching"
 
 
+def key_header(triton: TritonServer) -> dict[str, str]:
+    return {TRITON_GRPC_KEY_HEADER: triton.settings.triton_admin_key or ""}
+
+
+@pytest.mark.parametrize("model", ["encoder", "image_encoder"])
+def test_only_holders_of_the_launchers_key_can_embed(triton_server, model):
+    """Anything else on the host that reaches Triton's port cannot embed around the gateway's authentication and
+    admission: inference is a restricted protocol; health stays open."""
+    client = triton_grpc.InferenceServerClient(triton_server.endpoint.grpc_url)
+    if model == "encoder":
+        tensor = triton_grpc.InferInput("pixels", [1, 224, 224, 3], "UINT8")
+        tensor.set_data_from_numpy(model_input("skimage/rocket")[None])
+        inputs = [tensor]
+    else:
+        image = triton_grpc.InferInput("image_bytes", [1, 1], "BYTES")
+        image.set_data_from_numpy(np.array([[photo("skimage/rocket").path.read_bytes()]], dtype=np.object_))
+        box = triton_grpc.InferInput("crop", [1, 4], "FP32")
+        box.set_data_from_numpy(np.array([[0.0, 0.0, 1.0, 1.0]], np.float32))
+        inputs = [image, box]
+    for headers in (None, {TRITON_GRPC_KEY_HEADER: "guessed"}):
+        with pytest.raises(InferenceServerException, match=r"restricted|expecting header"):
+            client.infer(model, inputs, headers=headers)
+    assert client.is_model_ready(model)
+    result = client.infer(model, inputs, headers=key_header(triton_server))
+    assert result.as_numpy("embedding").shape == (1, 1280)
+
+
 @pytest.mark.parametrize(("dtype", "shape"), [("FP32", [1, 224, 224, 3]), ("UINT8", [1, 100, 224, 3])])
 def test_triton_rejects_wrong_dtype_or_shape_precisely(triton_server, dtype, shape):
     client = triton_grpc.InferenceServerClient(triton_server.endpoint.grpc_url)
     tensor = triton_grpc.InferInput("pixels", shape, dtype)
     tensor.set_data_from_numpy(np.zeros(shape, np.float32 if dtype == "FP32" else np.uint8))
     with pytest.raises(InferenceServerException) as error:
-        client.infer("encoder", [tensor])
+        client.infer("encoder", [tensor], headers=key_header(triton_server))
     assert "INVALID_ARG" in str(error.value.status())
     assert ("data-type" in error.value.message() or "shape" in error.value.message())
 
 
 def test_client_validates_before_sending(triton_server):
     with pytest.raises(InvalidInput, match="uint8"):
-        embed(triton_server.endpoint.grpc_url, np.zeros((1, 224, 224, 3), np.float32))
+        embed(triton_server, np.zeros((1, 224, 224, 3), np.float32))
     with pytest.raises(InvalidInput, match="shape"):
-        embed(triton_server.endpoint.grpc_url, np.zeros((1, 224, 3), np.uint8))
+        embed(triton_server, np.zeros((1, 224, 3), np.uint8))
 
 
 def test_unavailable_when_triton_is_down_then_reconnects(private_triton):
     pixels = model_input("skimage/coffee")[None]
 
     async def scenario() -> tuple[np.ndarray, np.ndarray]:
-        client = EncoderClient(private_triton.endpoint.grpc_url)
+        client = client_of(private_triton)
         private_triton.start()
         first = await client.embed(pixels, timeout_s=30)
         private_triton.stop()
@@ -172,9 +205,10 @@ def test_triton_dies_with_its_parent(tmp_path):
         parent.kill()
 
 
-def _embed_images(url: str, items: list[tuple[bytes, imaging.CropBox | None]], version: str | None = "1") -> list:
+def _embed_images(triton: TritonServer, items: list[tuple[bytes, imaging.CropBox | None]],
+                  version: str | None = "1") -> list:
     async def run() -> list:
-        client = EncoderClient(url, version=version)
+        client = client_of(triton, version)
         try:
             outcomes = await asyncio.gather(*(client.embed_image(data, crop, timeout_s=60) for data, crop in items),
                                             return_exceptions=True)
@@ -188,8 +222,8 @@ def test_image_model_decodes_inside_triton_exactly_like_the_gateway(triton_serve
     """Bytes + crop to Triton's image model give the embedding of the gateway's own preprocessing."""
     items = [(photo(i).path.read_bytes(), crop) for i in ("skimage/astronaut", "skimage/chelsea", "skimage/coffee")
              for crop in (None, imaging.CropBox(0.3, 0.0, 0.75, 0.45))]
-    remote = _embed_images(triton_server.endpoint.grpc_url, items)
-    local = embed(triton_server.endpoint.grpc_url, np.stack([imaging.prepare(d, c) for d, c in items]))
+    remote = _embed_images(triton_server, items)
+    local = embed(triton_server, np.stack([imaging.prepare(d, c) for d, c in items]))
     for got, want in zip(remote, local, strict=True):
         assert float(got @ want) >= 0.9999
 
@@ -197,7 +231,7 @@ def test_image_model_decodes_inside_triton_exactly_like_the_gateway(triton_serve
 def test_a_bad_image_fails_only_its_own_request_with_the_field_named(triton_server):
     good = photo("skimage/rocket").path.read_bytes()
     truncated = good[: len(good) // 3]
-    outcomes = _embed_images(triton_server.endpoint.grpc_url, [
+    outcomes = _embed_images(triton_server, [
         (good, None), (b"GIF89a not really", None), (good, None), (truncated, None),
         (good, imaging.CropBox(0.1, 0.1, 0.2, 0.2)), (b"", None)])
     assert [isinstance(o, np.ndarray) for o in outcomes] == [True, False, True, False, True, False]
@@ -207,8 +241,8 @@ def test_a_bad_image_fails_only_its_own_request_with_the_field_named(triton_serv
 
 def test_image_model_embeds_with_the_requested_encoder_version(triton_server):
     data = photo("skimage/chelsea").path.read_bytes()
-    pinned, newest = _embed_images(triton_server.endpoint.grpc_url, [(data, None)], "1")[0], \
-        _embed_images(triton_server.endpoint.grpc_url, [(data, None)], None)[0]
+    pinned, newest = _embed_images(triton_server, [(data, None)], "1")[0], \
+        _embed_images(triton_server, [(data, None)], None)[0]
     assert float(pinned @ newest) >= 0.9999
-    missing = _embed_images(triton_server.endpoint.grpc_url, [(data, None)], "99")[0]
+    missing = _embed_images(triton_server, [(data, None)], "99")[0]
     assert isinstance(missing, Unavailable | InvalidInput) and "99" in str(missing)

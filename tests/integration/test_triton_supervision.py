@@ -91,7 +91,7 @@ def test_model_control_needs_the_admin_key(triton_server):
 
 def test_kill9_of_triton_under_load_gives_unavailable_then_recovers_unattended(tmp_path):
     triton = TritonServer(loopback_settings(), log_path=tmp_path / "triton.log").start()
-    gateway = start_gateway(triton.endpoint.grpc_url, tmp_path / "gw")
+    gateway = start_gateway(triton, tmp_path / "gw")
     query = small_jpeg("skimage/rocket", 256)
     codes: list[str] = []
     stop = threading.Event()

@@ -84,6 +84,7 @@ class FaissVectorStore:
         self._records.advance_version(at_least)
 
     def _recover(self) -> None:
+        self._records.refuse_nested_owners()
         records = list(self._records.iter_all())
         committed = len(records)
         if self._vector_log.rows() > committed:

@@ -33,6 +33,7 @@ from server.embedding.contract import (
     IMAGE_MODEL_NAME,
     INPUT_NAME,
     MODEL_NAME,
+    OUTPUT_NAME,
     TRITON_GRPC_KEY_HEADER,
     VERSION_PARAMETER,
     WHOLE_IMAGE,
@@ -89,6 +90,7 @@ class TritonImageTarget:
             box = triton_grpc.InferInput(CROP_INPUT_NAME, [1, 4], "FP32")
             box.set_data_from_numpy(np.array([crop or WHOLE_IMAGE], dtype=np.float32))
             client.infer(IMAGE_MODEL_NAME, [image, box], parameters={VERSION_PARAMETER: self.version},
+                         outputs=[triton_grpc.InferRequestedOutput(OUTPUT_NAME)],  # not the regions: a query's cost
                          client_timeout=30, headers=_key_header(self.key))
         return call
 

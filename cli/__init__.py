@@ -1,2 +1,2 @@
-"""The `vsearch` command: the operator CLI (serve, index, search, visibility, model versions, tokens,
-migration, the demo)."""
+"""The `vsearch` command: the operator CLI (serve, index, search, visibility, model versions, migration,
+the demo)."""

@@ -26,7 +26,7 @@ from server.api.auth import INSECURE, JWT, Authorize, KeySet
 from server.api.interceptors import StatusAndMetrics
 from server.api.service import VisualSearchServicer
 from server.core.config import Settings, add_arguments, from_args
-from server.core.metrics import GatewayMetrics
+from server.core.metrics import GatewayMetrics, MetricsTls
 from server.embedding.contract import EMBEDDING_DIM
 from server.embedding.embedder import triton_embedder
 from server.embedding.imaging import Limits
@@ -36,6 +36,7 @@ from server.model_versions.registry import default_version
 from server.query.feedback import Feedback
 from server.query.search import Searcher
 from server.runtime.admission import Admission
+from server.runtime.callers import parse_shares
 from server.runtime.serving import Live, serving
 from server.store.blobs import BlobStore
 from server.store.catalogs import open_store, read_active_version, write_active_version
@@ -62,6 +63,19 @@ def access_keys(s: Settings) -> KeySet | None:
                          "--tls-key-file (tokens never travel in plaintext); see docs/OPERATIONS.md, or run "
                          f"--auth-mode {INSECURE} for a demo on this machine")
     return KeySet(Path(s.jwt_keys_file), s.jwt_issuer, s.jwt_audience)
+
+
+def metrics_tls(s: Settings) -> MetricsTls | None:
+    """How /metrics is served: in jwt mode only to scrapers with a client certificate (the metrics show private and
+    deleted counts, which GetStats hides from readers); in insecure-local mode (loopback) as plain HTTP."""
+    if s.auth_mode == INSECURE or not s.metrics_port:
+        return None
+    client_ca = s.metrics_client_ca_file or s.tls_client_ca_file
+    if not client_ca:
+        raise SystemExit("auth_mode jwt serves /metrics to scrapers with a client certificate only: set "
+                         "--metrics-client-ca-file (the CA of Prometheus' client certificate; see "
+                         "deploy/prometheus/prometheus.yml) or --metrics-port 0 to turn /metrics off")
+    return MetricsTls(str(s.tls_cert_file), str(s.tls_key_file), client_ca)
 
 
 def server_credentials(s: Settings) -> grpc.ServerCredentials:
@@ -94,12 +108,14 @@ class Gateway:
         self.feedback = Feedback(InteractionLog(s.data_dir / "interactions.sqlite"))
         limits = Limits(s.max_image_bytes, s.max_image_pixels)
         blobs = BlobStore(s.blob_url or s.data_dir / "blobs")
-        ingest = Admission("ingest", s.ingest_max_in_flight, 4 * s.max_image_pixels, None)
+        ingest = Admission("ingest", s.ingest_max_in_flight, 4 * s.max_image_pixels, None, share=s.admission_share,
+                           on_shed=lambda caller: self.metrics.shed("ingest", caller))
         servicer = VisualSearchServicer(
             Searcher(self.live, s, self.metrics),
             Indexer(self.live, blobs, limits, self.metrics, ingest),
-            ModelSwitcher(self.live, blobs, s), self.live, self.feedback)
+            ModelSwitcher(self.live, blobs, s), self.live, self.feedback, parse_shares(s.admission_shares))
         keys = access_keys(s)
+        scrape_tls = metrics_tls(s)
         self.server = grpc.aio.server(interceptors=[StatusAndMetrics(SERVICE_NAME, self.metrics),
                                                     Authorize(SERVICE_NAME, keys)], options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -117,7 +133,7 @@ class Gateway:
             port = self.server.add_insecure_port(s.grpc_address)
         await self.server.start()
         if s.metrics_port:
-            self.metrics.serve(s.metrics_port, s.grpc_host)
+            self.metrics.serve(s.metrics_port, s.grpc_host, scrape_tls)
         self._tasks.append(asyncio.create_task(self._watch()))
         log.info("gateway listening on %s:%d (metrics :%d)", s.grpc_host, port, s.metrics_port)
         return port

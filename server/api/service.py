@@ -21,6 +21,7 @@ from server.ingest.add import Indexer, Outcome, Status, Upload
 from server.ingest.reindex import ModelSwitcher
 from server.query.feedback import Feedback
 from server.query.search import Answer, Query, Searcher
+from server.runtime.callers import Principal, principal_of
 from server.runtime.serving import Live
 from server.store.base import Visibility
 from server.store.interactions import Interaction
@@ -80,9 +81,15 @@ def _owner_check(caller: Caller, item: pb.AddImageRequest) -> InvalidInput | Per
 
 class VisualSearchServicer(pb_grpc.VisualSearchServicer):
     def __init__(self, searcher: Searcher, indexer: Indexer, switcher: ModelSwitcher, live: Live,
-                 feedback: Feedback) -> None:
+                 feedback: Feedback, shares: dict[str, float] | None = None) -> None:
         self.searcher, self.indexer, self.switcher = searcher, indexer, switcher
         self.live, self.feedback = live, feedback
+        self.shares = shares or {}  # admission shares by subject or `role:<role>` (settings.admission_shares)
+
+    def _principal(self) -> Principal:
+        """The caller, for admission's fairness: its token's subject and share."""
+        caller = current_caller()
+        return principal_of(caller.subject, caller.roles, self.shares)
 
     def _issue(self, query: Query, answer: Answer) -> pb.SearchResponse:
         self.feedback.issue(answer.request_id, current_caller().subject, [h.image_id for h in answer.hits],
@@ -91,14 +98,14 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         query = _query(request)
-        return self._issue(query, await self.searcher.search(query, context.time_remaining()))
+        return self._issue(query, await self.searcher.search(query, context.time_remaining(), self._principal()))
 
     async def SearchBatch(self, request: pb.SearchBatchRequest, context: grpc.aio.ServicerContext
                           ) -> pb.SearchBatchResponse:
         if not 1 <= len(request.requests) <= MAX_BATCH_QUERIES:
             raise InvalidInput(f"needs 1..{MAX_BATCH_QUERIES} queries, got {len(request.requests)}", field="requests")
         queries = [_query(r) for r in request.requests]
-        answers = await self.searcher.search_many(queries, context.time_remaining())
+        answers = await self.searcher.search_many(queries, context.time_remaining(), self._principal())
         return pb.SearchBatchResponse(responses=[self._issue(q, a) for q, a in zip(queries, answers, strict=True)])
 
     async def AddImages(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> pb.AddImagesResponse:
@@ -117,8 +124,8 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
         denied = {id(i): Outcome(Status.REJECTED, e) for i in items if (e := _owner_check(current_caller(), i))}
         known = [i for i in items if i.visibility in _VISIBILITY and id(i) not in denied]
         outcomes = dict(zip((id(i) for i in known), await self.indexer.add(
-            [Upload(i.image_id, i.image_bytes, i.owner_id, _VISIBILITY[i.visibility]) for i in known], timeout_s),
-            strict=True))
+            [Upload(i.image_id, i.image_bytes, i.owner_id, _VISIBILITY[i.visibility]) for i in known], timeout_s,
+            self._principal()), strict=True))
         unknown = Outcome(Status.REJECTED, InvalidInput("unknown value; use VISIBILITY_PUBLIC or VISIBILITY_PRIVATE",
                                                         field="visibility"))
         outcomes.update(denied)

@@ -47,6 +47,10 @@ class Settings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None  # set: mutual TLS, clients must present a certificate it signed
+    # /metrics in jwt mode is served over TLS to scrapers presenting a client certificate this CA signed
+    # (Prometheus' tls_config); unset: tls_client_ca_file. Without either, jwt mode refuses to start unless
+    # metrics_port is 0: the metrics show private and deleted counts that GetStats hides from readers.
+    metrics_client_ca_file: str | None = None
     # Triton: launched embedded unless triton_url points at an external server ("host:port", gRPC).
     triton_url: str | None = None
     triton_http_port: int = 8000
@@ -80,6 +84,13 @@ class Settings:
     # If > 0: fewer searches at once while one takes longer than this (AIMD). Off by default: on the shared
     # benchmark host it cost goodput without bringing p99 down (benchmarks/results/overload.md).
     admission_target_service_ms: float = 0.0
+    # Fairness between callers (the token's subject): while others are active, one caller may hold at most this
+    # part of a stage's slots and decode cost; over it, RESOURCE_EXHAUSTED at once (issue 25). A lone caller may
+    # use the whole stage.
+    admission_share: float = 0.5
+    # Other shares by caller or role: "catalog-indexer=0.9,role:admin=1.0" (a subject's own entry wins, else its
+    # roles' largest).
+    admission_shares: str | None = None
     ingest_max_in_flight: int = 2  # AddImages chunks (of 32 images) being decoded/embedded at once
     # Search
     default_k: int = 20

@@ -7,6 +7,8 @@ under load; buckets are dense between 1 ms and 100 ms where the SLO (see deploy/
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 # Seconds. Dense around the 5-50 ms region where Search latency and its SLO budget sit.
@@ -18,6 +20,16 @@ STAGE_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03,
     0.05, 0.075, 0.1, 0.25, 0.5, 1.0,
 )
+
+
+@dataclass(frozen=True)
+class MetricsTls:
+    cert_file: str
+    key_file: str
+    client_ca_file: str
+
+
+MAX_CALLER_LABELS = 20  # bounded label cardinality: callers beyond these are counted as `other`
 
 
 class GatewayMetrics:
@@ -56,6 +68,13 @@ class GatewayMetrics:
         self.index_vectors = Gauge(
             "vsearch_index_vectors", "Vectors in the FAISS index (including hidden ones).", registry=registry,
         )
+        self.admission_shed = Counter(
+            "vsearch_admission_shed_total",
+            "Requests refused by admission control (RESOURCE_EXHAUSTED), by stage and caller (the token's subject; "
+            f"the first {MAX_CALLER_LABELS} callers seen by name, the rest as `other`).",
+            ["stage", "caller"], registry=registry,
+        )
+        self._caller_labels: set[str] = set()
         self.images = Gauge(
             "vsearch_images", "Images by state (public, private, deleted).", ["state"], registry=registry,
         )
@@ -67,6 +86,17 @@ class GatewayMetrics:
             "vsearch_build", "Model version, index type and index version serving now.", registry=registry,
         )
 
-    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
-        """Expose /metrics on its own port (not on the gRPC port)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "127.0.0.1", tls: MetricsTls | None = None) -> None:
+        """Expose /metrics on its own port (not on the gRPC port); with `tls`, over TLS to scrapers that present a
+        client certificate its CA signed (mutual TLS: Prometheus scrapes with `tls_config`)."""
+        if tls is None:
+            start_http_server(port, addr=addr, registry=self.registry)
+            return
+        start_http_server(port, addr=addr, registry=self.registry, certfile=tls.cert_file, keyfile=tls.key_file,
+                          client_cafile=tls.client_ca_file, client_auth_required=True)
+
+    def shed(self, stage: str, caller: str) -> None:
+        """A request of `caller` refused by admission; at most MAX_CALLER_LABELS callers get their own series."""
+        if caller not in self._caller_labels and len(self._caller_labels) < MAX_CALLER_LABELS:
+            self._caller_labels.add(caller)
+        self.admission_shed.labels(stage, caller if caller in self._caller_labels else "other").inc()

@@ -41,6 +41,12 @@ def _translate(exc: InferenceServerException, url: str, invalid_field: str | Non
     return Unavailable(f"encoder (Triton at {url}) is unavailable: {text}")
 
 
+def _queue_timeout_us(timeout_s: float | None) -> int | None:
+    """The caller's deadline, for Triton's queue policy: a request still queued when it passes is dropped there,
+    never decoded or embedded (configs allow the override; the models also skip cancelled requests)."""
+    return None if timeout_s is None else max(1, int(timeout_s * 1_000_000))
+
+
 class EncoderClient:
     """One gRPC channel to Triton; safe to share across coroutines. The channel reconnects by itself.
 
@@ -115,6 +121,7 @@ class EncoderClient:
             result = await self._client.infer(
                 self.model_name, [tensor], model_version=self._version or "",
                 outputs=[InferRequestedOutput(OUTPUT_NAME)], client_timeout=timeout_s, headers=self._headers,
+                timeout=_queue_timeout_us(timeout_s),
             )
         except InferenceServerException as exc:
             raise _translate(exc, self.url) from exc
@@ -139,7 +146,7 @@ class EncoderClient:
             result = await self._client.infer(
                 IMAGE_MODEL_NAME, [image, box], outputs=outputs,
                 parameters={VERSION_PARAMETER: self._version} if self._version else None, client_timeout=timeout_s,
-                headers=self._headers)
+                headers=self._headers, timeout=_queue_timeout_us(timeout_s))
         except InferenceServerException as exc:
             raise _translate(exc, self.url, invalid_field=None) from exc
         return result.as_numpy(OUTPUT_NAME)[0], result.as_numpy(REGIONS_OUTPUT_NAME)[0] if regions else None

@@ -18,10 +18,20 @@ from server.embedding.contract import INPUT_SIZE
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")
 
 
+# A progressive JPEG decodes its whole coefficient buffer once per scan: encoders write ~10 scans, and 20,000 copies
+# of a tiny scan made a 160 KB file cost seconds of decode that neither the byte nor the pixel limit sees (issue
+# 25). Limit the scans as libjpeg-turbo's scan limit does (nvImageCodec's default is 256 too).
+MAX_JPEG_SCANS = 256
+SOS = b"\xff\xda"  # start of scan: in entropy-coded data 0xFF is always followed by 0x00 or a restart marker
+USUAL_JPEG_SCANS = 10
+SCAN_COST = 1 / 50  # decode cost of a scan beyond the usual ones, in units of the image's pixels (measured ~1/200)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000
+    max_jpeg_scans: int = MAX_JPEG_SCANS
 
 
 @dataclass(frozen=True)
@@ -59,9 +69,30 @@ def check_size(data: bytes, limits: Limits, field: str = "image_bytes") -> None:
         raise InvalidInput(f"{len(data)} bytes is over the {limits.max_bytes}-byte limit", field=field)
 
 
+def jpeg_scans(data: bytes) -> int:
+    """How many scans a JPEG holds (an upper bound: an embedded EXIF thumbnail's scans count too); 0 for others."""
+    return data.count(SOS) if data[:2] == b"\xff\xd8" else 0
+
+
+def check_scans(data: bytes, limits: Limits, field: str = "image_bytes") -> None:
+    if (scans := jpeg_scans(data)) > limits.max_jpeg_scans:
+        raise InvalidInput(f"a JPEG of {scans} scans is over the {limits.max_jpeg_scans}-scan limit (each scan costs "
+                           "a pass over the whole image)", field=field)
+
+
+def decode_cost(data: bytes) -> int | None:
+    """What decoding costs, in pixels, from the header alone: width x height, more for a JPEG of many scans. What
+    admission charges (server/runtime/admission.py); None if the header cannot be read."""
+    pixels = header_pixels(data)
+    if pixels is None:
+        return None
+    return int(pixels * (1 + max(0, jpeg_scans(data) - USUAL_JPEG_SCANS) * SCAN_COST))
+
+
 def check_header(data: bytes, limits: Limits, field: str = "image_bytes") -> tuple[int, int]:
-    """Byte and pixel limits from the header alone (nothing decoded); returns (width, height)."""
+    """Byte, scan and pixel limits from the header alone (nothing decoded); returns (width, height)."""
     check_size(data, limits, field)
+    check_scans(data, limits, field)
     try:
         width, height = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS).size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -79,6 +110,7 @@ def decode_image(data: bytes, limits: Limits = Limits(), field: str = "image_byt
     DCT scaling), which costs a fraction of a full decode (benchmarks/results/profile_gateway.md).
     """
     check_size(data, limits, field)
+    check_scans(data, limits, field)
     try:
         with warnings.catch_warnings():
             # Our own pixel limit applies; Pillow's bomb warning is an error so nothing slips past either.

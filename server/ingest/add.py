@@ -18,8 +18,9 @@ from server.core.errors import InvalidInput, ServiceError
 from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding.embedder import Embedded, Embedder, ImageInput
-from server.embedding.imaging import Limits, header_pixels
+from server.embedding.imaging import Limits, decode_cost
 from server.runtime.admission import MIN_COST_PIXELS, Admission
+from server.runtime.callers import ANONYMOUS, Principal
 from server.runtime.serving import Live
 from server.store.base import Changed, EmbeddedImage, Visibility
 from server.store.blobs import BlobStore
@@ -63,7 +64,8 @@ class Indexer:
         # Chunks being decoded and embedded at once; waits as long as the stream's deadline allows.
         self.admission = admission or Admission("ingest", 2, 4 * limits.max_pixels, None)
 
-    async def add(self, uploads: Sequence[Upload], timeout_s: float | None = None) -> list[Outcome]:
+    async def add(self, uploads: Sequence[Upload], timeout_s: float | None = None, caller: Principal = ANONYMOUS
+                  ) -> list[Outcome]:
         """One outcome per upload, in order. Send at most EMBED_CHUNK uploads per call (one encoder call)."""
         outcomes: dict[int, Outcome] = {}
         serving = self.live.serving
@@ -78,8 +80,8 @@ class Indexer:
                 outcomes[n] = Outcome(Status.ALREADY_EXISTS)  # idempotent: skip the decode and embed
             else:
                 todo.append(n)
-        cost = sum(header_pixels(uploads[n].data) or MIN_COST_PIXELS for n in todo)
-        async with self.admission.admit(cost, timeout_s):
+        cost = sum(decode_cost(uploads[n].data) or MIN_COST_PIXELS for n in todo)
+        async with self.admission.admit(cost, timeout_s, caller=caller):
             try:
                 vectors = await self._embed(serving.embedder, [uploads[n] for n in todo], timeout_s,
                                             serving.store.regions_per_image > 0)

@@ -19,6 +19,7 @@ from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.query.duplicates import collapse_duplicates
 from server.runtime.admission import MIN_COST_PIXELS, Admission
+from server.runtime.callers import ANONYMOUS, Principal
 from server.runtime.serving import FALLBACK_DUPLICATE_THRESHOLD, Live, Serving
 from server.store.base import VectorStore
 
@@ -116,7 +117,7 @@ class Searcher:
             "search", settings.admission_max_in_flight, settings.admission_max_pixels,
             settings.admission_latency_budget_ms / 1000 if settings.admission_latency_budget_ms > 0 else None,
             target_service_s=settings.admission_target_service_ms / 1000 if settings.admission_target_service_ms > 0
-            else None)
+            else None, share=settings.admission_share, on_shed=lambda caller: metrics.shed("search", caller))
         self.limits = imaging.Limits(settings.max_image_bytes, settings.max_image_pixels)
         self.ranker = Ranker(settings.duplicate_threshold, metrics)
 
@@ -151,14 +152,15 @@ class Searcher:
             return await serving.embedder.embed_query(query.image_bytes or b"", query.crop, timeout_s)
 
     def _cost(self, query: Query) -> int:
-        """Decoded pixels, from the header: what admission counts (a search by ID decodes nothing)."""
+        """Decode cost from the header (pixels, more for a JPEG of many scans): what admission counts (a search by
+        ID decodes nothing)."""
         if query.image_bytes is None:
             return MIN_COST_PIXELS
-        return imaging.header_pixels(query.image_bytes) or MIN_COST_PIXELS
+        return imaging.decode_cost(query.image_bytes) or MIN_COST_PIXELS
 
-    async def search(self, query: Query, timeout_s: float | None = None) -> Answer:
+    async def search(self, query: Query, timeout_s: float | None = None, caller: Principal = ANONYMOUS) -> Answer:
         k = self._validate(query)
-        async with self.admission.admit(self._cost(query), timeout_s):
+        async with self.admission.admit(self._cost(query), timeout_s, caller=caller):
             return await self._search(query, k, timeout_s)
 
     async def _search(self, query: Query, k: int, timeout_s: float | None) -> Answer:
@@ -182,7 +184,8 @@ class Searcher:
             hits = kept
         return Answer(hits, serving.embedder.model_version, serving.store.version, uuid.uuid4().hex)
 
-    async def search_many(self, queries: list[Query], timeout_s: float | None) -> list[Answer]:
+    async def search_many(self, queries: list[Query], timeout_s: float | None, caller: Principal = ANONYMOUS
+                          ) -> list[Answer]:
         """Queries run concurrently so Triton's dynamic batcher can merge their embeddings. The batch is admitted
         as one unit costing the decoded pixels of all its images, checked against the batch budget first.
 
@@ -198,7 +201,7 @@ class Searcher:
         if pixels > self.settings.max_batch_pixels:
             raise InvalidInput(f"the images decode to {pixels} pixels in all, over the "
                                f"{self.settings.max_batch_pixels}-pixel batch limit", field="requests")
-        async with self.admission.admit(pixels, timeout_s, units=len(queries)):
+        async with self.admission.admit(pixels, timeout_s, units=len(queries), caller=caller):
             answers = await asyncio.gather(*(self._search(q, k, timeout_s) for q, k in zip(queries, ks, strict=True)),
                                            return_exceptions=True)
         for n, answer in enumerate(answers):

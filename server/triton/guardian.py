@@ -4,11 +4,13 @@ and the backend folder, and leaves none of them behind.
     python -m server.triton.guardian WORKDIR SHM_PREFIX -- tritonserver ARGS...
 
 Its stdin is the lifeline from the launcher: end of file (the launcher stopped it, or died, even by kill -9)
-means stop. Triton runs in its own process group with PDEATHSIG, the guardian is a child subreaper, so stubs
-orphaned by Triton's death are re-parented to it rather than to PID 1 (which may never reap them: the stub only
-exits once its parent is gone, and a zombie parent is not gone). When Triton exits, or the lifeline ends, the
-guardian kills the whole group, reaps everything, removes `/dev/shm/SHM_PREFIX*` and WORKDIR, and exits with
-Triton's code. If the guardian itself is killed with -9, `sweep()` at the next start removes what is left.
+means stop; after a clean stop's `stop` Triton gets 10 s to finish, after the launcher's death none. Triton runs
+in its own process group with PDEATHSIG, the guardian is a child subreaper, so stubs orphaned by Triton's death
+are re-parented to it rather than to PID 1 (which may never reap them: the stub only exits once its parent is
+gone, and a zombie parent is not gone). When Triton exits, or the lifeline ends, the guardian kills the whole
+group, reaps everything, removes `/dev/shm/SHM_PREFIX*` and WORKDIR, and exits with Triton's code. If the
+guardian itself is killed with -9, Triton dies with it (PDEATHSIG) and the launcher's supervisor `sweep()`s the
+stubs, shm regions and folder at once (a launcher that died too: the next start does).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ PREFIX = "vsearch-triton-"  # workdirs are <tmp>/vsearch-triton-<guardian pid>-<
 SHM_PREFIX = "vsearch_triton_"  # shm regions are /dev/shm/vsearch_triton_<guardian pid>_...
 SHM_DIR = Path("/dev/shm")
 BACKENDS, SHM = "{backends}", "{shm_prefix}"  # placeholders in the command, filled in by the guardian
+STOP = b"stop"  # said on the lifeline before a clean stop closes it
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
 
 
@@ -142,6 +145,15 @@ def sweep(tmp_root: Path | None = None) -> list[str]:
     return removed
 
 
+def left_behind(guardian_pid: int, processes: list[int], tmp_root: Path | None = None) -> list[str]:
+    """What a Triton under this guardian could leave behind: live processes among `processes`, its shm regions,
+    its backend folder. Empty once everything is cleaned up."""
+    tmp_root = tmp_root or Path(os.environ.get("TMPDIR", "/tmp"))
+    return ([f"process {p}" for p in processes if _alive(p)]
+            + [str(r) for r in SHM_DIR.glob(f"{SHM_PREFIX}{guardian_pid}_*")]
+            + [str(d) for d in tmp_root.glob(f"{PREFIX}{guardian_pid}-*")])
+
+
 def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-"))
     shm_prefix = f"{SHM_PREFIX}{os.getpid()}_"
@@ -151,15 +163,19 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping goes through the lifeline, never half-way
     triton = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
                               preexec_fn=die_with_parent)
-    code = None
+    code, grace_s = None, 0.0
     try:
         while code is None:
             readable, _, _ = select.select([sys.stdin], [], [], 0.2)
-            if readable and not os.read(sys.stdin.fileno(), 4096):
-                break  # lifeline closed: the launcher asked us to stop, or died
+            if readable:
+                said = os.read(sys.stdin.fileno(), 4096)
+                if STOP in said:
+                    grace_s = 10.0  # a clean stop: Triton finishes what it is doing and unloads its models
+                if not said:
+                    break  # lifeline closed: after a clean stop, or the launcher died (then nobody waits: kill now)
             code = triton.poll()
     finally:
-        _kill_group(triton.pid, grace_s=10.0 if code is None else 0.0)
+        _kill_group(triton.pid, grace_s=grace_s if code is None else 0.0)
         if code is None:  # we stopped it (it may already be reaped by _kill_group)
             code = triton.returncode if triton.returncode is not None else 0
         cleanup(workdir, shm_prefix)

@@ -139,6 +139,10 @@ class TritonServer:
                 break
             up_since = time.monotonic()
             log.error("Triton exited with code %s; restarting in %.1f s", process.returncode, backoff)
+            # The guardian itself may be what died (kill -9): its Triton died with it (PDEATHSIG), but the stubs,
+            # their shm regions and the backend folder are ours to remove now, not at the next start.
+            for leftover in guardian.sweep():
+                log.warning("removed what the dead guardian left: %s", leftover)
             if self._stopping.wait(backoff):
                 break
             try:
@@ -185,6 +189,9 @@ class TritonServer:
     def _stop_process(self, process: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
         """Close the lifeline: the guardian stops Triton, kills the stubs, removes shm and workdir, exits."""
         if process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                process.stdin.write(guardian.STOP)
+                process.stdin.flush()
             with contextlib.suppress(OSError, ValueError):
                 process.stdin.close()
             try:

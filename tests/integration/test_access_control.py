@@ -14,9 +14,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from cli.tokens import keygen, mint, retire, selfsigned
 from clients.client import NewImage, VisualSearchClient
 from devkit.launcher import GatewayProcess
+from devkit.tokens import keygen, mint, retire, selfsigned
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from tests.fixtures.gateway import start_gateway
 from tests.photos import small_jpeg
@@ -42,7 +42,7 @@ def secured(triton_server, tmp_path_factory) -> Iterator[Secured]:
     selfsigned(root / "tls.pem", root / "tls.key")
     gateway = start_gateway(triton_server, root / "data", auth_mode="jwt",
                             jwt_keys_file=str(root / "jwks.json"), tls_cert_file=str(root / "tls.pem"),
-                            tls_key_file=str(root / "tls.key"))
+                            tls_key_file=str(root / "tls.key"), metrics_client_ca_file=str(root / "tls.pem"))
     s = Secured(gateway, root)
     with s.client(s.token("alice-svc", ["write", "search"], ["alice"])) as alice, \
             s.client(s.token("bob-svc", ["write", "search"], ["bob"])) as bob:
@@ -240,7 +240,7 @@ def test_a_caller_without_credentials_is_refused_before_its_body_is_read(triton_
     selfsigned(tmp_path / "tls.pem", tmp_path / "tls.key")
     gateway = start_gateway(triton_server, tmp_path / "data", auth_mode="jwt",
                             jwt_keys_file=str(tmp_path / "jwks.json"), tls_cert_file=str(tmp_path / "tls.pem"),
-                            tls_key_file=str(tmp_path / "tls.key"))
+                            tls_key_file=str(tmp_path / "tls.key"), metrics_port=0)
     try:
         before = _peak_rss_mib(gateway.pid)
         body = b"\xff" * (60 * 2**20)  # not a protobuf message

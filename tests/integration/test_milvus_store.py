@@ -269,7 +269,9 @@ def test_recovery_reopening_the_store_finds_everything(make_store, milvus_server
 
 @pytest.mark.slow
 def test_randomized_operations_never_leak_and_return_exactly_k(make_store) -> None:
-    """>= 2,000 mixed add/hide/show/delete/search operations against a reference model in Python."""
+    """1,200 mixed add/hide/show/delete/search operations against a reference model in Python, on an IVF_PQ index
+    whose rows are part sealed and indexed, part growing (with the store contract's 600 random operations, which
+    run against this server too: tests/integration/test_store_contract_milvus.py)."""
     dim = 32
     rng = random.Random(8)
     pool = unit_vectors(3000, dim, seed=9)
@@ -285,7 +287,7 @@ def test_randomized_operations_never_leak_and_return_exactly_k(make_store) -> No
         vec[image.image_id] = image.vector
     store.wait_indexed()  # most rows in an indexed sealed segment, later adds and rewrites in growing ones
     searches = 0
-    for _ in range(2000):
+    for _ in range(1200):
         op = rng.random()
         known = list(model)
         if op < 0.15:
@@ -327,7 +329,7 @@ def test_randomized_operations_never_leak_and_return_exactly_k(make_store) -> No
             leaked = set(ids) - set(eligible)
             assert not leaked, f"ineligible images returned: {leaked}"
             assert len(set(ids)) == len(ids)
-    assert searches >= 800
+    assert searches >= 450
     counts = store.stats().counts
     assert counts.public == sum(v == PUBLIC and not d for v, d in model.values())
     assert counts.deleted == sum(d for _, d in model.values())

@@ -1,22 +1,40 @@
-"""SLO rules under promtool, and a real Prometheus scraping a real gateway and a real Triton."""
+"""SLO rules under promtool, a real Prometheus scraping a real gateway and a real Triton, and a production gateway
+whose /metrics only a scraper with a client certificate can read."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import http.client
 import json
 import re
 import shutil
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from clients.client import NewImage
+from devkit.tokens import client_cert, keygen, selfsigned
 from server.core.config import REPO_ROOT
 from server.core.metrics import REQUEST_BUCKETS
+from tests.fixtures.gateway import start_gateway
+from tests.fixtures.prometheus import TlsScrape
 from tests.photos import small_jpeg
 
 PROMETHEUS_DIR = REPO_ROOT / "deploy/prometheus"
+
+
+def _scraper_certificates(root: Path) -> TlsScrape:
+    """The gateway's certificate (self-signed: its own CA) and a client certificate it signed for Prometheus."""
+    selfsigned(root / "gateway.pem", root / "gateway.key")
+    client_cert(root / "gateway.pem", root / "gateway.key", "prometheus", root / "prometheus.pem",
+                root / "prometheus.key")
+    return TlsScrape(root / "gateway.pem", root / "prometheus.pem", root / "prometheus.key")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,8 +43,19 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, *args], capture_output=True, text=True, cwd=REPO_ROOT)
 
 
-def test_config_and_rules_are_valid():
-    config = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus.yml"))
+def test_config_and_rules_are_valid(tmp_path):
+    local = promtool("check", "config", str(PROMETHEUS_DIR / "prometheus-local.yml"))
+    assert local.returncode == 0, local.stdout + local.stderr
+    # The production config names its TLS files under /etc/vsearch/tls: check it with real files in their place.
+    certs = _scraper_certificates(tmp_path)
+    production = (PROMETHEUS_DIR / "prometheus.yml").read_text()
+    for name, path in (("gateway-ca.pem", certs.ca_file), ("prometheus.pem", certs.cert_file),
+                       ("prometheus.key", certs.key_file)):
+        assert f"/etc/vsearch/tls/{name}" in production
+        production = production.replace(f"/etc/vsearch/tls/{name}", str(path))
+    production = production.replace("rules/", str(PROMETHEUS_DIR / "rules") + "/")
+    (tmp_path / "prometheus.yml").write_text(production)
+    config = promtool("check", "config", str(tmp_path / "prometheus.yml"))
     assert config.returncode == 0, config.stdout + config.stderr
     rules = promtool("check", "rules", *map(str, sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))))
     assert rules.returncode == 0, rules.stdout + rules.stderr
@@ -85,3 +114,30 @@ def test_dashboard_queries_only_known_series():
         for target in panel["targets"]:
             names = set(re.findall(r"[a-z_]+:[a-z_0-9:]+|vsearch_[a-z_]+", target["expr"]))
             assert names <= recorded | exported, (panel["title"], names - recorded - exported)
+
+
+def test_a_production_gateway_shows_its_metrics_only_to_a_scraper_with_a_client_certificate(prometheus, triton_server,
+                                                                                              tmp_path):
+    """/metrics carries private and deleted counts, which GetStats hides from readers: in jwt mode it is served over
+    TLS to client certificates the configured CA signed. Plain HTTP and TLS without a certificate get nothing."""
+    certs = _scraper_certificates(tmp_path)
+    keygen("k1", tmp_path / "k1.pem", tmp_path / "jwks.json")
+    gateway = start_gateway(triton_server, tmp_path / "data", auth_mode="jwt",
+                            jwt_keys_file=str(tmp_path / "jwks.json"), tls_cert_file=str(certs.ca_file),
+                            tls_key_file=str(tmp_path / "gateway.key"), metrics_client_ca_file=str(certs.ca_file))
+    try:
+        address = f"127.0.0.1:{gateway.settings.metrics_port}"
+        with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+            urllib.request.urlopen(f"http://{address}/metrics", timeout=5).read()
+        server_only = ssl.create_default_context(cafile=str(certs.ca_file))
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            urllib.request.urlopen(f"https://{address}/metrics", timeout=5, context=server_only).read()
+        with_certificate = ssl.create_default_context(cafile=str(certs.ca_file))
+        with_certificate.load_cert_chain(str(certs.cert_file), str(certs.key_file))
+        text = urllib.request.urlopen(f"https://{address}/metrics", timeout=5, context=with_certificate).read()
+        assert b'vsearch_images{state="private"}' in text
+        server = prometheus({"vsearch-gateway": (address, certs)})
+        assert server.wait_for('up{job="vsearch-gateway"} == 1')
+        assert server.wait_for('vsearch_images{state="deleted"}')
+    finally:
+        gateway.stop()

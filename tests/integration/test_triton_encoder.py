@@ -56,9 +56,9 @@ def test_two_crops_of_a_photo_are_closer_than_an_unrelated_photo(triton_server):
     assert a @ b > max(a @ other, b @ other) + 0.1
 
 
-def _metric(text: str, name: str) -> float:
+def _metric(text: str, name: str, model: str = "encoder") -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + "{") and 'model="encoder"' in line)
+               if line.startswith(name + "{") and f'model="{model}"' in line)
 
 
 def test_dynamic_batching_merges_concurrent_requests(triton_server):
@@ -246,3 +246,28 @@ def test_image_model_embeds_with_the_requested_encoder_version(triton_server):
     assert float(pinned @ newest) >= 0.9999
     missing = _embed_images(triton_server, [(data, None)], "99")[0]
     assert isinstance(missing, Unavailable | InvalidInput) and "99" in str(missing)
+
+
+def test_a_request_still_queued_at_its_deadline_is_dropped_not_decoded(triton_server):
+    """The caller's deadline reaches Triton's queue (the client's `timeout`, allowed by the models' queue policy):
+    work whose caller has gone is never decoded or embedded. A 1-microsecond deadline has passed by the time the
+    scheduler looks at the request."""
+    def executed() -> float:
+        time.sleep(1.5)  # Triton refreshes its metrics every second
+        text = urllib.request.urlopen(triton_server.endpoint.metrics_url, timeout=5).read().decode()
+        return _metric(text, "nv_inference_count", "image_encoder")
+
+    client = triton_grpc.InferenceServerClient(triton_server.endpoint.grpc_url)
+    image = triton_grpc.InferInput("image_bytes", [1, 1], "BYTES")
+    image.set_data_from_numpy(np.array([[photo("skimage/rocket").path.read_bytes()]], dtype=np.object_))
+    box = triton_grpc.InferInput("crop", [1, 4], "FP32")
+    box.set_data_from_numpy(np.array([[0.0, 0.0, 1.0, 1.0]], np.float32))
+    outputs = [triton_grpc.InferRequestedOutput("embedding")]
+    before = executed()
+    for _ in range(10):
+        with pytest.raises(InferenceServerException, match=r"(?i)timeout|time out|expired"):
+            client.infer("image_encoder", [image, box], outputs=outputs, timeout=1, headers=key_header(triton_server))
+    assert executed() == before
+    ok = client.infer("image_encoder", [image, box], outputs=outputs, timeout=30_000_000,
+                      headers=key_header(triton_server))
+    assert ok.as_numpy("embedding").shape == (1, 1280) and executed() == before + 1

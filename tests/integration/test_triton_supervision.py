@@ -22,10 +22,12 @@ from devkit.corpus import real_photos
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from server.core.config import REPO_ROOT, loopback_settings
 from server.triton.endpoint import ADMIN_HEADER
-from server.triton.guardian import SHM_DIR, SHM_PREFIX
+from server.triton.guardian import SHM_DIR, SHM_PREFIX, left_behind
 from server.triton.supervisor import TritonServer
 from tests.fixtures.gateway import start_gateway
 from tests.photos import small_jpeg
+
+ORPHAN_WINDOW_S = 5.0  # issue 25: nothing of a killed process tree is left this long after the kill
 
 
 def _alive(pid: int) -> bool:
@@ -162,13 +164,31 @@ def test_kill9_of_the_serving_process_mid_ingest_leaves_nothing(tmp_path):
         assert guardians and len(family) >= 3, family  # guardian, tritonserver, stub
         serve.kill()
         serve.wait()
-        assert _wait(lambda: not any(_alive(p) for p in family), 30), [p for p in family if _alive(p)]
+        assert _wait(lambda: not any(_alive(p) for p in family), ORPHAN_WINDOW_S), [p for p in family if _alive(p)]
         for guardian in guardians:
             assert not list(SHM_DIR.glob(f"{SHM_PREFIX}{guardian}_*"))
             assert not list(Path("/tmp").glob(f"vsearch-triton-{guardian}-*"))
     finally:
         serve.kill()
         serve.wait()
+
+
+@pytest.mark.parametrize("victim", ["guardian", "tritonserver"])
+def test_kill9_of_the_guardian_or_triton_leaves_nothing_and_triton_comes_back(tmp_path, victim):
+    """Zero orphans within seconds, without waiting for the next start: Triton dies with its guardian (PDEATHSIG)
+    and the supervisor sweeps the stubs, shm regions and folder; a dead Triton is cleaned up by its guardian."""
+    triton = TritonServer(loopback_settings(), log_path=tmp_path / "triton.log").start()
+    try:
+        guardian_pid, triton_pid = triton.process.pid, triton.pid
+        family = [triton_pid, *_descendants(triton_pid)]
+        assert len(family) >= 2, family  # tritonserver and at least one Python-backend stub
+        os.kill(guardian_pid if victim == "guardian" else triton_pid, signal.SIGKILL)
+        assert _wait(lambda: not left_behind(guardian_pid, family), ORPHAN_WINDOW_S), left_behind(guardian_pid, family)
+        assert _wait(lambda: triton.restarts >= 1, 120), "Triton was not restarted"
+        triton.endpoint.wait_ready(timeout_s=60)
+    finally:
+        triton.stop()
+    assert not left_behind(triton.process.pid, [])
 
 
 def test_leftovers_of_a_guardian_killed_with_9_are_swept_at_the_next_start(tmp_path):

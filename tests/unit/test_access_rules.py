@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli.tokens import keygen, mint, retire
+from devkit.tokens import keygen, mint, retire
 from server.api.auth import KeySet
 from server.core.errors import InvalidInput, Unauthenticated
 from server.core.ids import check_owner_id, owner_id_problem

@@ -1,19 +1,22 @@
 """Admission control on its own (asyncio, no servers): limits hold, a request that cannot start in time is refused
-without queueing, the adaptive limit follows the service time. Through the real gateway:
-tests/integration/test_gateway_limits.py."""
+without queueing, the adaptive limit follows the service time, callers share the stage fairly. Through the real
+gateway: tests/integration/test_gateway_limits.py."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from server.core.metrics import MAX_CALLER_LABELS, GatewayMetrics
 from server.runtime.admission import Admission, Shed
+from server.runtime.callers import Principal, parse_shares, principal_of
 
 
 async def _hold(admission: Admission, pixels: int, release: asyncio.Event, started: asyncio.Event | None = None,
-                timeout_s: float | None = None) -> None:
-    async with admission.admit(pixels, timeout_s):
+                timeout_s: float | None = None, principal: str = "") -> None:
+    async with admission.admit(pixels, timeout_s, caller=Principal(principal)):
         if started is not None:
             started.set()
         await release.wait()
@@ -29,7 +32,7 @@ def test_a_request_that_cannot_start_before_its_deadline_is_refused_without_queu
         with pytest.raises(Shed, match="at capacity"):
             async with admission.admit(1, timeout_s=0.1):  # 0.1 s left < 0.2 s of service: hopeless
                 pytest.fail("admitted")
-        assert admission.shed == 1 and not admission._queue
+        assert admission.shed == 1 and admission.waiting == 0
         release.set()
         await holder
         async with admission.admit(1, timeout_s=0.1):  # an idle stage admits at once, even with little time
@@ -61,7 +64,7 @@ def test_a_request_that_would_finish_past_the_latency_budget_is_refused_even_wit
             await queued
         release.set()
         await holder
-        assert admission.in_flight == 0 and not admission._queue
+        assert admission.in_flight == 0 and admission.waiting == 0
     asyncio.run(scenario())
 
 
@@ -80,7 +83,7 @@ def test_pixels_in_flight_are_bounded_and_the_queue_is_fifo():
 
         big, small = asyncio.create_task(later("big", 60)), asyncio.create_task(later("small", 1))
         await asyncio.sleep(0.01)
-        assert order == [] and len(admission._queue) == 2  # small fits, but waits behind big (no starvation)
+        assert order == [] and admission.waiting == 2  # small fits, but waits behind big (no starvation)
         first_release.set()
         await asyncio.gather(first, big, small)
         assert order == ["big", "small"] and admission.pixels == 0 and admission.in_flight == 0
@@ -95,7 +98,7 @@ def test_a_waiter_whose_budget_runs_out_is_refused_and_leaves_the_queue():
         with pytest.raises(Shed, match="could not start in time"):
             async with admission.admit(1, timeout_s=5):
                 pytest.fail("admitted")
-        assert not admission._queue
+        assert admission.waiting == 0
         cancelled = asyncio.create_task(_hold(admission, 1, asyncio.Event(), timeout_s=5))
         await asyncio.sleep(0.01)
         cancelled.cancel()  # the caller went away while waiting
@@ -103,7 +106,7 @@ def test_a_waiter_whose_budget_runs_out_is_refused_and_leaves_the_queue():
             await cancelled
         release.set()
         await holder
-        assert admission.in_flight == 0 and not admission._queue
+        assert admission.in_flight == 0 and admission.waiting == 0
     asyncio.run(scenario())
 
 
@@ -121,3 +124,83 @@ def test_the_adaptive_limit_shrinks_while_service_is_slower_than_its_target_and_
                 pass
         assert admission.max_in_flight == 4  # back to the configured ceiling, not above
     asyncio.run(scenario())
+
+
+def test_a_caller_over_its_share_is_refused_at_once_and_the_others_keep_theirs():
+    async def scenario() -> None:
+        admission = Admission("search", max_in_flight=4, max_pixels=10**9, latency_budget_s=None)
+        release = asyncio.Event()
+        noisy = [asyncio.create_task(_hold(admission, 1, release, principal="noisy")) for _ in range(4)]
+        await asyncio.sleep(0.01)
+        assert admission.in_flight == 4  # alone, a caller may use the whole stage
+        polite = asyncio.create_task(_hold(admission, 1, release, principal="polite"))
+        await asyncio.sleep(0.01)
+        assert admission.waiting == 1  # the stage is full: it waits for the next free slot
+        with pytest.raises(Shed, match=r"holds its share \(4 of 2 requests\).*retry after"):
+            async with admission.admit(1, None, caller=Principal("noisy")):
+                pytest.fail("admitted over its share")
+        assert admission.shed_by == {"noisy": 1}
+        release.set()
+        await asyncio.gather(*noisy, polite)
+        assert admission.in_flight == 0 and admission.waiting == 0
+    asyncio.run(scenario())
+
+
+def test_while_another_caller_is_active_one_caller_holds_at_most_its_share():
+    async def scenario() -> None:
+        admission = Admission("search", max_in_flight=4, max_pixels=10_000_000, latency_budget_s=None, share=0.5)
+        release = asyncio.Event()
+        polite = asyncio.create_task(_hold(admission, 1_000_000, release, principal="polite"))
+        await asyncio.sleep(0.01)
+        first = [asyncio.create_task(_hold(admission, 1_000_000, release, principal="noisy")) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        assert admission.in_flight == 3
+        with pytest.raises(Shed, match="share"):  # a third would be over half the slots
+            async with admission.admit(1_000_000, None, caller=Principal("noisy")):
+                pytest.fail("admitted over its share")
+        with pytest.raises(Shed, match="share"):  # and so is cost over half the stage's pixels
+            async with admission.admit(6_000_000, None, caller=Principal("polite")):
+                pytest.fail("admitted over its share")
+        release.set()
+        await asyncio.gather(polite, *first)
+    asyncio.run(scenario())
+
+
+def test_waiting_callers_are_served_least_recent_usage_first():
+    async def scenario() -> None:
+        admission = Admission("search", max_in_flight=1, max_pixels=10**9, latency_budget_s=None, share=1.0)
+        admission._charge("heavy", 30.0)  # measured: it used 30 s of service recently
+        release, holder = await _one_held(admission)
+        order: list[str] = []
+
+        async def later(name: str) -> None:
+            async with admission.admit(1, None, caller=Principal(name)):
+                order.append(name)
+
+        waiters = [asyncio.create_task(later(n)) for n in ("heavy", "light")]
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(holder, *waiters)
+        assert order == ["light", "heavy"]
+    asyncio.run(scenario())
+
+
+def test_shares_are_configured_per_caller_or_per_role():
+    table = parse_shares("catalog-indexer=0.9, role:admin=1.0,role:search=0.25")
+    assert principal_of("catalog-indexer", frozenset({"search"}), table) == Principal("catalog-indexer", 0.9)
+    assert principal_of("ops", frozenset({"admin", "search"}), table) == Principal("ops", 1.0)
+    assert principal_of("shop-17", frozenset({"write"}), table) == Principal("shop-17", None)  # the default
+    for broken in ("x=0", "x=1.5", "=0.5", "x"):
+        with pytest.raises(ValueError):
+            parse_shares(broken)
+
+
+def test_shed_metrics_name_at_most_a_bounded_number_of_callers():
+    registry = CollectorRegistry()
+    metrics = GatewayMetrics(registry)
+    for n in range(MAX_CALLER_LABELS + 30):
+        metrics.shed("search", f"caller-{n}")
+    callers = {s.labels["caller"] for f in registry.collect() for s in f.samples
+               if s.name == "vsearch_admission_shed_total"}
+    assert len(callers) == MAX_CALLER_LABELS + 1 and "other" in callers
+    assert registry.get_sample_value("vsearch_admission_shed_total", {"stage": "search", "caller": "other"}) == 30

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devkit.bombs import progressive_scan_bomb
 from server.core.errors import InvalidInput
 from server.embedding import imaging
 from tests.photos import open_photo
@@ -70,3 +71,21 @@ def test_views_decoded_once_are_exactly_what_prepare_gives_each_crop(kind):
     assert not np.array_equal(views[0], views[-1])
     with pytest.raises(InvalidInput, match="crop"):
         imaging.prepare_views(data, [None, imaging.CropBox(0.5, 0.0, 0.4, 1.0)])
+
+
+def test_a_progressive_jpeg_of_too_many_scans_is_refused_before_decoding():
+    bomb = progressive_scan_bomb(side=300, extra_scans=300)
+    with pytest.raises(InvalidInput, match="310 scans is over the 256-scan limit") as error:
+        imaging.prepare(bomb)
+    assert error.value.field == "image_bytes"
+    with pytest.raises(InvalidInput, match="scan limit"):
+        imaging.check_header(bomb, imaging.Limits())
+    assert imaging.prepare(progressive_scan_bomb(side=300, extra_scans=100)).shape == (224, 224, 3)  # 110: allowed
+
+
+def test_decode_cost_charges_a_jpeg_of_many_scans_more_than_its_pixels():
+    plain = progressive_scan_bomb(side=1000, extra_scans=0)
+    heavy = progressive_scan_bomb(side=1000, extra_scans=200)
+    assert imaging.decode_cost(plain) == imaging.header_pixels(plain) == 1_000_000
+    assert imaging.decode_cost(heavy) == 1_000_000 * (1 + 200 * imaging.SCAN_COST)
+    assert imaging.decode_cost(b"not an image") is None

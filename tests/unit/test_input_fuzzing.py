@@ -21,6 +21,7 @@ from server.embedding import imaging
 from server.query.duplicates import collapse_duplicates
 from server.query.search import Query, Searcher
 from server.runtime.admission import Admission, Shed
+from server.runtime.callers import Principal
 from server.store.base import Candidate
 
 FUZZ = REPO_ROOT / "fuzz"
@@ -108,16 +109,17 @@ def test_duplicate_collapse_keeps_order_k_and_no_duplicates(candidates, k, thres
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 150), st.integers(1, 3), st.sampled_from([None, 0.0, 0.001, 5.0])),
-                min_size=1, max_size=25))
+@given(st.lists(st.tuples(st.integers(0, 150), st.integers(1, 3), st.sampled_from([None, 0.0, 0.001, 5.0]),
+                          st.sampled_from(["alice", "bob", "mallory"])), min_size=1, max_size=25))
 def test_admission_never_exceeds_its_limits_and_always_drains(requests):
     async def scenario() -> None:
         admission = Admission("prop", max_in_flight=3, max_pixels=100, latency_budget_s=None)
         peak = {"units": 0, "pixels": 0}
 
-        async def one(pixels: int, units: int, timeout_s: float | None) -> None:
+        async def one(pixels: int, units: int, timeout_s: float | None, principal: str) -> None:
+            cost = pixels * 1_000_000 // 100
             try:
-                async with admission.admit(pixels * 1_000_000 // 100, timeout_s, units=units):
+                async with admission.admit(cost, timeout_s, units=units, caller=Principal(principal)):
                     peak["units"] = max(peak["units"], admission.in_flight)
                     peak["pixels"] = max(peak["pixels"], admission.pixels)
                     await asyncio.sleep(0)
@@ -126,7 +128,7 @@ def test_admission_never_exceeds_its_limits_and_always_drains(requests):
         admission.max_pixels = 1_000_000
         await asyncio.gather(*(one(*r) for r in requests))
         assert peak["units"] <= 3 and peak["pixels"] <= 1_000_000
-        assert admission.in_flight == 0 and admission.pixels == 0 and not admission._queue
+        assert admission.in_flight == 0 and admission.pixels == 0 and admission.waiting == 0
     asyncio.run(scenario())
 
 

@@ -73,6 +73,10 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
         by_version: dict[str, list[tuple[int, np.ndarray, bool]]] = {}
         for n, request in enumerate(requests):
+            if request.is_cancelled():  # its caller gave up (deadline, disconnect): decode nothing for it
+                responses[n] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError("cancelled by the caller", pb_utils.TritonError.CANCELLED))
+                continue
             regions = REGIONS_OUTPUT_NAME in request.requested_output_names()
             try:
                 views = self._prepare(request, regions)

@@ -1,10 +1,12 @@
 """Credentials for the gateway: signing keys, the JWKS file the gateway verifies with, tokens, a test certificate.
 
-    python -m cli.tokens keygen --kid 2026-11 --private keys/2026-11.pem --jwks keys/jwks.json
-    python -m cli.tokens mint --private keys/2026-11.pem --kid 2026-11 --sub catalog-svc \\
+    python -m devkit.tokens keygen --kid 2026-11 --private keys/2026-11.pem --jwks keys/jwks.json
+    python -m devkit.tokens mint --private keys/2026-11.pem --kid 2026-11 --sub catalog-svc \\
         --roles write,search --owners shop-17 --ttl 3600
-    python -m cli.tokens retire --kid 2026-05 --jwks keys/jwks.json
-    python -m cli.tokens selfsigned --cert tls/gateway.pem --key tls/gateway.key   # tests / staging only
+    python -m devkit.tokens retire --kid 2026-05 --jwks keys/jwks.json
+    python -m devkit.tokens selfsigned --cert tls/gateway.pem --key tls/gateway.key   # tests / staging only
+    python -m devkit.tokens client-cert --ca tls/gateway.pem --ca-key tls/gateway.key --name prometheus \
+        --cert tls/prometheus.pem --key tls/prometheus.key                          # scrapes /metrics (mTLS)
 
 Signing keys are Ed25519 (JWT alg EdDSA). The gateway holds only the public halves (the JWKS file); the private
 key stays with whoever issues tokens. See docs/OPERATIONS.md for issuing and rotating.
@@ -73,6 +75,15 @@ def mint(private_pem: bytes, kid: str, subject: str, roles: list[str], owners: l
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
 
 
+def _write_pair(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey, cert_path: Path, key_path: Path) -> None:
+    """The certificate (PEM) and its private key (PEM, mode 0600)."""
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+
+
 def selfsigned(cert_path: Path, key_path: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")) -> None:
     """A self-signed server certificate for loopback (tests, staging); production uses the company CA."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -85,11 +96,23 @@ def selfsigned(cert_path: Path, key_path: Path, hosts: tuple[str, ...] = ("127.0
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    cert_path.parent.mkdir(parents=True, exist_ok=True)
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
+    _write_pair(cert, key, cert_path, key_path)
+
+
+def client_cert(ca_cert_path: Path, ca_key_path: Path, name: str, cert_path: Path, key_path: Path,
+                days: int = 30) -> None:
+    """A client certificate `name` signed by a CA (e.g. `selfsigned`'s): what Prometheus presents to scrape a
+    production gateway's /metrics (mutual TLS)."""
+    ca = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    _write_pair(cert, key, cert_path, key_path)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,6 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("selfsigned")
     p.add_argument("--cert", type=Path, required=True)
     p.add_argument("--key", type=Path, required=True)
+    p = sub.add_parser("client-cert")
+    p.add_argument("--ca", type=Path, required=True)
+    p.add_argument("--ca-key", type=Path, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--cert", type=Path, required=True)
+    p.add_argument("--key", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.command == "keygen":
         keygen(args.kid, args.private, args.jwks)
@@ -121,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "mint":
         split = [x for x in args.roles.split(",") if x], [x for x in args.owners.split(",") if x]
         print(mint(args.private.read_bytes(), args.kid, args.sub, split[0], split[1], args.ttl, issuer=args.issuer))
+    elif args.command == "client-cert":
+        client_cert(args.ca, args.ca_key, args.name, args.cert, args.key)
     else:
         selfsigned(args.cert, args.key)
 

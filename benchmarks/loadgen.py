@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import queue
 import threading
 import time
 from collections import Counter
@@ -264,7 +265,18 @@ def poisson_schedule(rate: float, count: int, seed: int) -> np.ndarray:
 
 
 def _collect(mode: str, processes: list[mp.Process], out: mp.Queue) -> RunResult:
-    results = [out.get() for _ in processes]
+    """Every worker's result; a worker that died without one fails the run (never a silent wait forever)."""
+    results = []
+    while len(results) < len(processes):
+        try:
+            results.append(out.get(timeout=1.0))
+        except queue.Empty:
+            dead = [p for p in processes if not p.is_alive() and p.exitcode not in (0, None)]
+            if dead:
+                for p in processes:
+                    p.kill()
+                raise RuntimeError(f"load-generator worker died (exit code {dead[0].exitcode}); its traceback is "
+                                   "above") from None
     for p in processes:
         p.join()
     histogram, errors = new_histogram(), Counter()

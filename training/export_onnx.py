@@ -2,8 +2,11 @@
 
     python -m training.export_onnx --output model_repository/encoder/1/model.onnx [--checkpoint CKPT]
                                    [--fine-tuned-share S]   (S < 1: WiSE-FT mix with the pretrained weights)
+                                   [--fp16-weights]         (half the file: for versions committed to the repo)
 
-The graph is checked with ONNX Runtime against PyTorch before it is (atomically) written.
+The graph is checked with ONNX Runtime against PyTorch before it is (atomically) written. With `--fp16-weights`
+the float weights are stored as float16 and cast back to float32 by the graph itself (ONNX Runtime folds the casts
+when it loads the model): the arithmetic stays float32, only the weights are rounded, and the file halves.
 """
 
 from __future__ import annotations
@@ -23,7 +26,35 @@ from training.encoder_model import load_encoder
 OPSET = 17
 
 
-def export(output: Path, checkpoint: Path | None = None, fine_tuned_share: float = 1.0) -> float:
+FP16_TOLERANCE = 2e-3  # float16 weights: per-dimension differences of unit vectors stay this small (cosine > 0.9999)
+
+
+def store_weights_as_fp16(path: Path) -> None:
+    """Rewrite an ONNX file so its float32 weights are stored as float16, each cast back to float32 in the graph."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept, casts = [], []
+    for tensor in graph.initializer:
+        if tensor.data_type != TensorProto.FLOAT or np.prod(tensor.dims) < 16:  # scalars and shapes stay as they are
+            kept.append(tensor)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), f"{tensor.name}__fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [tensor.name], to=TensorProto.FLOAT,
+                                      name=f"{tensor.name}__to_fp32"))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for node in reversed(casts):
+        graph.node.insert(0, node)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def export(output: Path, checkpoint: Path | None = None, fine_tuned_share: float = 1.0, fp16_weights: bool = False
+           ) -> float:
     """Write the ONNX graph; returns the max abs difference vs PyTorch on a probe batch."""
     model = load_encoder(checkpoint, fine_tuned_share)
     seeded = torch.Generator().manual_seed(0)
@@ -37,11 +68,13 @@ def export(output: Path, checkpoint: Path | None = None, fine_tuned_share: float
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             opset_version=OPSET, dynamo=False,
         )
+        if fp16_weights:
+            store_weights_as_fp16(Path(tmp))
         got = OnnxEncoder(Path(tmp)).run(probe.numpy())  # what Triton's CPU model will run
         with torch.no_grad():
             want = model(probe).numpy()
         diff = float(np.abs(got - want).max())
-        if diff > 1e-4:
+        if diff > (FP16_TOLERANCE if fp16_weights else 1e-4):
             raise RuntimeError(f"ONNX export differs from PyTorch by {diff}")
         os.replace(tmp, output)
     finally:
@@ -57,8 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fine-tuned-share", type=float, default=1.0,
                         help="mix the checkpoint's weights with the pretrained ones: share x fine-tuned + "
                              "(1 - share) x pretrained (WiSE-FT; default 1: the checkpoint as it is)")
+    parser.add_argument("--fp16-weights", action="store_true", help="store the weights as float16 (half the file)")
     args = parser.parse_args(argv)
-    diff = export(args.output, args.checkpoint, args.fine_tuned_share)
+    diff = export(args.output, args.checkpoint, args.fine_tuned_share, args.fp16_weights)
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.1f} MB, max |onnx - torch| = {diff:.2e})")
 
 

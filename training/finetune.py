@@ -18,6 +18,7 @@ weights as an uninterrupted run (seeded numpy + torch, generator states saved in
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -122,8 +123,8 @@ def image_paths(directory: Path | None) -> list[Path]:
     return paths
 
 
-def quality_training_set(max_side: int, progress: bool) -> tuple[list, list[str]]:
-    """Decoded images and categories: the `train` split of the labelled sets plus the demo corpus photos
+def quality_training_set(max_side: int, progress: bool) -> tuple[list, list[str], list[str]]:
+    """Decoded images, their categories and IDs: the `train` split of the labelled sets plus the demo corpus photos
     (each its own picture). Hard negatives are drawn within a category."""
     from PIL import Image
 
@@ -131,16 +132,26 @@ def quality_training_set(max_side: int, progress: bool) -> tuple[list, list[str]
     from evaluation.quality_sets import labelled_images, of_split
 
     labelled = of_split(labelled_images(), {"train"})
-    images, categories = [], []
+    images, categories, ids = [], [], []
     for item in tqdm(labelled, desc="decode train split", disable=not progress):
         image = item.load()
         image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
         images.append(image)
         categories.append(item.category)
+        ids.append(item.image_id)
     for photo in tqdm(real_photos(), desc="decode photos", disable=not progress):
         images.append(load_image(photo.path, max_side))
         categories.append(f"photo:{picture_key(photo.image_id)}")
-    return images, categories
+        ids.append(photo.image_id)
+    return images, categories, ids
+
+
+def write_manifest(path: Path, images: list, categories: list[str], ids: list[str]) -> None:
+    """What a model was trained on, exactly: each image's ID, category and the SHA-256 of its decoded pixels (the
+    images come from Debian packages at set-up time; a changed package shows as a changed hash)."""
+    rows = [{"id": i, "category": c, "pixels_sha256": hashlib.sha256(image.tobytes()).hexdigest()}
+            for image, c, i in zip(images, categories, ids, strict=True)]
+    path.write_text(json.dumps({"images": len(rows), "training_images": rows}, indent=1) + "\n")
 
 
 def sample_batch(rng: np.random.Generator, size: int, batch_size: int, groups: list[np.ndarray],
@@ -212,7 +223,8 @@ def train(config: FinetuneConfig) -> Path:
     # Positive pairs as indices into one list of decoded images: (i, i) for a photo, (q, c) for a click.
     categories: list[str] = []
     if config.dataset == "quality":
-        images, categories = quality_training_set(config.max_side, config.progress)
+        images, categories, ids = quality_training_set(config.max_side, config.progress)
+        write_manifest(out / "manifest.json", images, categories, ids)
         pool = [(i, i) for i in range(len(images))]
     else:
         paths = list(config.images) if config.images is not None else image_paths(None)

@@ -20,7 +20,8 @@ def test_poisson_schedule_has_the_requested_rate_and_exponential_gaps():
 
 def test_closed_loop_counts_every_request_once_across_processes(triton_server):
     pixels = np.random.default_rng(0).integers(0, 256, (4, 224, 224, 3), dtype=np.uint8)
-    result = closed_loop(TritonTarget(triton_server.endpoint.grpc_url, pixels), concurrency=4, requests=40,
+    target = TritonTarget(triton_server.endpoint.grpc_url, pixels, triton_server.settings.triton_admin_key)
+    result = closed_loop(target, concurrency=4, requests=40,
                          warmup=4, processes=2)
     assert result.requests == 40
     assert result.errors == {}
@@ -41,7 +42,7 @@ def test_open_loop_latency_includes_queueing_behind_a_saturated_server(triton_se
     """Arrivals far above capacity with one request in flight: later requests wait for earlier ones, and the
     latency (from the scheduled send time) shows it, as coordinated-omission-free measurement must."""
     pixels = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    target = TritonTarget(triton_server.endpoint.grpc_url, pixels)
+    target = TritonTarget(triton_server.endpoint.grpc_url, pixels, triton_server.settings.triton_admin_key)
     service = closed_loop(target, concurrency=1, requests=30, warmup=2, processes=1)
     flooded = open_loop(target, rate=20 * service.qps, requests=60, warmup=2, processes=1, max_in_flight=1)
     assert flooded.requests == 60 and flooded.errors == {}

@@ -47,6 +47,19 @@ def test_export_cli_writes_a_graph(tmp_path):
     assert session.run(None, {"pixels": batch})[0].shape == (3, 1280)
 
 
+def test_float16_weights_halve_the_file_and_keep_the_embeddings(tmp_path, photos):
+    """What a committed version ships: the weights stored as float16, the arithmetic still float32."""
+    out = tmp_path / "half.onnx"
+    subprocess.run([sys.executable, "-m", "training.export_onnx", "--output", str(out), "--fp16-weights"],
+                   check=True, cwd=REPO_ROOT, capture_output=True)
+    assert out.stat().st_size < 0.55 * ONNX.stat().st_size
+    half = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert half.get_inputs()[0].type == "tensor(uint8)" and half.get_outputs()[0].type == "tensor(float)"
+    full = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
+    got, want = half.run(None, {"pixels": photos})[0], full.run(None, {"pixels": photos})[0]
+    assert np.sum(got * want, axis=1).min() >= 0.9999
+
+
 def _trt_reason() -> str:
     spec = importlib.util.spec_from_file_location("build_trt_plan", REPO_ROOT / "deploy/gpu/build_trt_plan.py")
     module = importlib.util.module_from_spec(spec)

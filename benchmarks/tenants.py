@@ -2,13 +2,16 @@
 token: what a decode bomb from one token does to the others, and what a noisy neighbour leaves a well-behaved one.
 
 Part of `python -m benchmarks.overload_bench` (figures in benchmarks/results/overload.*):
-- bomb: a victim searches ordinary photos (2 threads) while an attacker sends progressive-JPEG bombs (2 threads,
-  1-s deadlines); `bomb_others_ok_share` = the victim's OK share during the attack, `bomb_recovery_s` = from the
-  attack's end until the victim's latency is back to normal (its median over 5 calls within 1.5x of before).
-  Two bombs: the one of the issue (4000x4000, 20,000 extra scans: refused at the header now) and the heaviest
-  one the limits allow (7000x7000, the scan limit's 256 scans).
-- neighbour: the victim's goodput alone, then while the attacker keeps 4 concurrent 50-Mpx searches in flight;
-  `neighbour_goodput_ratio` = with / alone.
+The victim is a well-behaved caller: it sends ordinary photos at a steady quarter of the gateway's capacity (half
+of its fair share when two callers are active), from a pool of threads, each call with a 2-s deadline.
+- bomb: while the victim searches, an attacker sends progressive-JPEG bombs (2 threads, 1-s deadlines);
+  `bomb_others_ok_share` = the victim's OK share during the attack, `bomb_recovery_s` = from the attack's end
+  until the victim's latency is back to normal (its median over 5 calls within 1.5x of before). Two bombs: the
+  one of the issue (4000x4000, 20,000 extra scans: refused at the header now) and the heaviest one the limits
+  allow (7000x7000, the scan limit's 256 scans).
+- neighbour: the victim's goodput alone, then while the attacker keeps 4 concurrent 50-Mpx searches in flight
+  (4x a fair share of slots, each search the stage's whole decode budget); `neighbour_goodput_ratio` = with /
+  alone.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,25 +85,51 @@ def production_gateway(root: Path, images: list[bytes]) -> Iterator[Tenants]:
         yield tenants
 
 
+def _call(client: VisualSearchClient, payload: bytes, timeout_s: float, calls: Calls) -> str:
+    start = time.monotonic()
+    try:
+        client.search(payload, k=10, timeout_s=timeout_s)
+        status = "OK"
+    except grpc.RpcError as exc:
+        status = exc.code().name
+    calls.record(start, status)
+    return status
+
+
 def run_threads(tenants: Tenants, who: str, calls: Calls, payloads: list[bytes], threads: int, timeout_s: float,
                 stop: threading.Event) -> list[threading.Thread]:
+    """`threads` callers, each sending its next search when the last one is answered (closed loop)."""
     def loop(offset: int) -> None:
         with tenants.client(who, timeout_s) as client:
             n = offset
             while not stop.is_set():
-                start = time.monotonic()
-                try:
-                    client.search(payloads[n % len(payloads)], k=10, timeout_s=timeout_s)
-                    calls.record(start, "OK")
-                except grpc.RpcError as exc:
-                    calls.record(start, exc.code().name)
-                    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        time.sleep(0.05)  # what a client does with the retry hint
+                if _call(client, payloads[n % len(payloads)], timeout_s, calls) == "RESOURCE_EXHAUSTED":
+                    time.sleep(0.05)  # what a client does with the retry hint
                 n += threads
     workers = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
     for worker in workers:
         worker.start()
     return workers
+
+
+def run_steady(tenants: Tenants, who: str, calls: Calls, payloads: list[bytes], rate: float, timeout_s: float,
+               stop: threading.Event) -> list[threading.Thread]:
+    """A caller sending `rate` searches per second on schedule, whatever the answers take (open loop)."""
+    clients = [tenants.client(who, timeout_s) for _ in range(8)]
+    pool = ThreadPoolExecutor(len(clients))
+
+    def schedule() -> None:
+        n, start = 0, time.monotonic()
+        while not stop.is_set():
+            pool.submit(_call, clients[n % len(clients)], payloads[n % len(payloads)], timeout_s, calls)
+            n += 1
+            time.sleep(max(0.0, start + n / rate - time.monotonic()))
+        pool.shutdown(wait=True)
+        for client in clients:
+            client.close()
+    worker = threading.Thread(target=schedule, daemon=True)
+    worker.start()
+    return [worker]
 
 
 def big_photo(images: list[bytes], pixels: int = 50_000_000) -> bytes:
@@ -120,9 +150,10 @@ def _median_ms(calls: list[tuple[float, float, str]]) -> float:
     return statistics.median(ok) if ok else float("nan")
 
 
-def bomb(tenants: Tenants, images: list[bytes], payload: bytes, attack_s: float) -> dict[str, object]:
+def bomb(tenants: Tenants, images: list[bytes], payload: bytes, attack_s: float, victim_rate: float
+         ) -> dict[str, object]:
     victim, stop_victim = Calls(), threading.Event()
-    workers = run_threads(tenants, "victim", victim, images, 2, VICTIM_DEADLINE_S, stop_victim)
+    workers = run_steady(tenants, "victim", victim, images, victim_rate, VICTIM_DEADLINE_S, stop_victim)
     time.sleep(4.0)
     before_end = time.monotonic()
     attacker, stop_attack = Calls(), threading.Event()
@@ -148,7 +179,7 @@ def bomb(tenants: Tenants, images: list[bytes], payload: bytes, attack_s: float)
             "recovery_s": None if recovered_at is None else round(max(0.0, recovered_at - attack_end), 2)}
 
 
-def neighbour(tenants: Tenants, images: list[bytes], seconds: float) -> dict[str, object]:
+def neighbour(tenants: Tenants, images: list[bytes], seconds: float, victim_rate: float) -> dict[str, object]:
     def victim_goodput(with_attacker: bool) -> tuple[float, Calls, Calls]:
         attacker, stop_attack = Calls(), threading.Event()
         heavy = big_photo(images)
@@ -156,7 +187,7 @@ def neighbour(tenants: Tenants, images: list[bytes], seconds: float) -> dict[str
             if with_attacker else []
         time.sleep(1.0 if with_attacker else 0.0)
         victim, stop_victim = Calls(), threading.Event()
-        workers = run_threads(tenants, "victim", victim, images, 1, VICTIM_DEADLINE_S, stop_victim)
+        workers = run_steady(tenants, "victim", victim, images, victim_rate, VICTIM_DEADLINE_S, stop_victim)
         time.sleep(seconds)
         stop_victim.set()
         stop_attack.set()
@@ -166,21 +197,24 @@ def neighbour(tenants: Tenants, images: list[bytes], seconds: float) -> dict[str
 
     alone, _, _ = victim_goodput(False)
     together, victim, attacker = victim_goodput(True)
-    return {"victim_goodput_alone_per_s": round(alone, 2), "victim_goodput_with_neighbour_per_s": round(together, 2),
+    return {"victim_offered_per_s": round(victim_rate, 1), "victim_goodput_alone_per_s": round(alone, 2),
+            "victim_goodput_with_neighbour_per_s": round(together, 2),
             "neighbour_goodput_ratio": round(together / alone, 3) if alone else None,
             "victim_ok_share_with_neighbour": round(_ok_share(victim.log), 3),
             "attacker_calls": len(attacker.log), "attacker_ok": sum(c[2] == "OK" for c in attacker.log),
             "attacker_shed": sum(c[2] == "RESOURCE_EXHAUSTED" for c in attacker.log)}
 
 
-def measure(root: Path, images: list[bytes], attack_s: float = 20.0, neighbour_s: float = 20.0
+def measure(root: Path, images: list[bytes], capacity: float, attack_s: float = 20.0, neighbour_s: float = 20.0
             ) -> dict[str, object]:
+    """`capacity`: the gateway's Search capacity (per s); the victim sends a quarter of it."""
+    rate = capacity / 4
     with production_gateway(root, images) as tenants:
-        issue_bomb = bomb(tenants, images, progressive_scan_bomb(4000, 20_000), attack_s)
+        issue_bomb = bomb(tenants, images, progressive_scan_bomb(4000, 20_000), attack_s, rate)
         print(f"bomb (issue's): {issue_bomb}", flush=True)
-        heaviest = bomb(tenants, images, progressive_scan_bomb(7000, MAX_JPEG_SCANS - 10), attack_s)
+        heaviest = bomb(tenants, images, progressive_scan_bomb(7000, MAX_JPEG_SCANS - 10), attack_s, rate)
         print(f"bomb (heaviest allowed): {heaviest}", flush=True)
-        noisy = neighbour(tenants, images, neighbour_s)
+        noisy = neighbour(tenants, images, neighbour_s, rate)
         print(f"noisy neighbour: {noisy}", flush=True)
     recoveries = [issue_bomb["recovery_s"], heaviest["recovery_s"]]
     return {"bomb_issue": issue_bomb, "bomb_heaviest_allowed": heaviest, "neighbour": noisy,

@@ -147,15 +147,16 @@ class Searcher:
             if vector is None:
                 raise NotFound(f"no visible indexed image {query.image_id!r}", field="image_id")
             return vector
-        imaging.check_size(query.image_bytes or b"", self.limits)
         with self.ranker.stage("embed"):
             return await serving.embedder.embed_query(query.image_bytes or b"", query.crop, timeout_s)
 
     def _cost(self, query: Query) -> int:
-        """Decode cost from the header (pixels, more for a JPEG of many scans): what admission counts (a search by
-        ID decodes nothing)."""
+        """Checks the image's header against the limits (bytes, JPEG scans, pixels), so what would be refused never
+        waits for admission, and returns its decode cost (pixels, more for a JPEG of many scans): what admission
+        counts (a search by ID decodes nothing)."""
         if query.image_bytes is None:
             return MIN_COST_PIXELS
+        imaging.check_header(query.image_bytes, self.limits)
         return imaging.decode_cost(query.image_bytes) or MIN_COST_PIXELS
 
     async def search(self, query: Query, timeout_s: float | None = None, caller: Principal = ANONYMOUS) -> Answer:
@@ -191,13 +192,13 @@ class Searcher:
 
         The first failing query fails the call, its position named in the message.
         """
-        ks = []
+        ks, pixels = [], 0
         for n, query in enumerate(queries):
             try:
                 ks.append(self._validate(query))
+                pixels += self._cost(query)
             except ServiceError as exc:
                 raise exc.prefixed(f"requests[{n}]") from None
-        pixels = sum(self._cost(q) for q in queries)
         if pixels > self.settings.max_batch_pixels:
             raise InvalidInput(f"the images decode to {pixels} pixels in all, over the "
                                f"{self.settings.max_batch_pixels}-pixel batch limit", field="requests")

@@ -162,7 +162,9 @@ class Admission:
         if caller.share is not None:
             self._shares[principal] = caller.share
         units = max(1, min(units, self.max_in_flight))
-        pixels = min(max(pixels, MIN_COST_PIXELS), self.max_pixels)
+        # One request never holds more than its caller's share of the stage's cost, however costly its image: the
+        # rest stays for the others (the caller's requests then run one at a time while others are active).
+        pixels = min(max(pixels, MIN_COST_PIXELS), self.max_pixels, self._cap(principal)[1])
         self._seen(principal)
         if self.waiting == 0 and self._fits(principal, units, pixels):
             self._take(principal, units, pixels)

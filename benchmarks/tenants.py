@@ -174,7 +174,8 @@ def bomb(tenants: Tenants, images: list[bytes], payload: bytes, attack_s: float,
     during = victim.between(before_end, attack_end)
     return {"bomb_bytes": len(payload), "attack_calls": len(attacker.log),
             "attack_statuses": dict(Counter(status for _, _, status in attacker.log)),
-            "victim_calls_during": len(during), "others_ok_share": round(_ok_share(during), 3),
+            "victim_calls_during": len(during), "victim_statuses_during": dict(Counter(c[2] for c in during)),
+            "others_ok_share": round(_ok_share(during), 3),
             "victim_p50_ms_before": round(normal_ms, 1), "victim_p50_ms_during": round(_median_ms(during), 1),
             "recovery_s": None if recovered_at is None else round(max(0.0, recovered_at - attack_end), 2)}
 

@@ -1,20 +1,17 @@
 """Admission control: bounded in-flight work per stage, shared fairly between callers, and a request that cannot
 start in time is refused at once.
 
-Work is counted in requests (slots) and in decode cost (pixels read from the image header before anything is
-decoded, weighted by what the header says the decode costs: server/embedding/imaging.py `decode_cost`), both
-bounded. A request that finds the stage full waits, but only if it can still finish in time: the expected wait
-plus a high estimate of the service time (mean + 4 mean deviations, as TCP estimates its retransmission timeout)
-must fit both the stage's latency budget (the SLO) and the caller's deadline; otherwise it is refused immediately
-with RESOURCE_EXHAUSTED, and so is a waiter whose time runs out (issue 17: without it, goodput at 3x capacity fell
-to 0.3% of requests).
+Work is counted in requests (slots) and in decode cost (pixels from the image header, more for a JPEG of many
+scans: `imaging.decode_cost`). A request that finds the stage full waits only if it can still finish in time (the
+expected wait plus a high estimate of its caller's service time, mean + 4 mean deviations as TCP estimates its
+retransmission timeout, within the latency budget and the caller's deadline); otherwise it is refused at once with
+RESOURCE_EXHAUSTED, and so is a waiter whose time runs out (issue 17: without it, goodput at 3x capacity fell to
+0.3% of requests).
 
-Fairness between callers (issue 25; the principal is the token's `sub`): while other callers are active (a request
-in flight or waiting, or one finished in the last `RECENT_S`), one caller may hold at most `share` of the stage's
-slots and cost; a request over its caller's share is refused at once with a retry hint, so the others keep
-theirs. Waiting requests are served caller by caller, the caller that used the least measured service time
-recently first (the measured cost, not only the pixels), first come first served within a caller. A lone caller
-may use the whole stage.
+Fairness (issue 25; a caller is its token's subject): while others are active (in flight, waiting, or served in the
+last `RECENT_S`), a caller holds at most `share` of the cost and of the slots (idle slots may be borrowed while no
+one else waits), and one request is charged at most that share; more is refused at once with a retry hint. Waiters
+are served caller by caller, least recent measured service time first. A lone caller may use the whole stage.
 """
 
 from __future__ import annotations
@@ -63,6 +60,9 @@ class Admission:
         self.ceiling, self.target_service_s, self._completed = max_in_flight, target_service_s, 0
         self.service_s = initial_service_s  # EWMA of one unit's service time, measured
         self.service_dev_s = 0.0  # EWMA of its absolute deviation
+        # The same per caller: whether one of its requests can finish in time depends on what its own cost, not on
+        # another caller's heavy ones.
+        self._service_by: dict[str, tuple[float, float]] = {}
         self.in_flight = self.pixels = 0
         self.shed = self.admitted = 0
         self.shed_by: Counter[str] = Counter()
@@ -95,6 +95,7 @@ class Admission:
             old, _ = self._last_seen.popitem(last=False)
             self._usage.pop(old, None)
             self._shares.pop(old, None)
+            self._service_by.pop(old, None)
 
     def _cap(self, principal: str) -> tuple[int, int]:
         """(slots, cost) one caller may hold while others are active."""
@@ -102,27 +103,26 @@ class Admission:
         return max(1, math.floor(self.max_in_flight * share)), max(MIN_COST_PIXELS, int(self.max_pixels * share))
 
     def _within_share(self, principal: str, units: int, pixels: int) -> bool:
+        """Alone, a caller may take everything; with others active, its share of the cost, and its share of the
+        slots, beyond which it may borrow idle slots while no one else waits, always leaving one free."""
         if not self._others_active(principal):
             return True
         slots, cost = self._cap(principal)
         held_units, held_pixels = self._in_flight_by[principal], self._pixels_by[principal]
-        return held_units == 0 or (held_units + units <= slots and held_pixels + pixels <= cost)
+        if held_units == 0 or held_units + units <= slots:
+            return held_units == 0 or held_pixels + pixels <= cost
+        return (held_pixels + pixels <= cost and not any(p != principal for p in self._queues)
+                and self.in_flight + units < self.max_in_flight)
 
     def _fits(self, principal: str, units: int, pixels: int) -> bool:
         return (self.in_flight + units <= self.max_in_flight and self.pixels + pixels <= self.max_pixels
                 and self._within_share(principal, units, pixels))
 
-    def _take(self, principal: str, units: int, pixels: int) -> None:
-        self.in_flight += units
-        self.pixels += pixels
-        self._in_flight_by[principal] += units
-        self._pixels_by[principal] += pixels
-
-    def _give_back(self, principal: str, units: int, pixels: int) -> None:
-        self.in_flight -= units
-        self.pixels -= pixels
-        self._in_flight_by[principal] -= units
-        self._pixels_by[principal] -= pixels
+    def _take(self, principal: str, units: int, pixels: int, sign: int = 1) -> None:
+        """Hold (sign 1) or give back (sign -1) slots and cost."""
+        self.in_flight, self.pixels = self.in_flight + sign * units, self.pixels + sign * pixels
+        self._in_flight_by[principal] += sign * units
+        self._pixels_by[principal] += sign * pixels
         if not self._in_flight_by[principal]:
             del self._in_flight_by[principal], self._pixels_by[principal]
 
@@ -135,16 +135,26 @@ class Admission:
         self._usage[principal] = (self.usage(principal) + seconds, time.monotonic())
         self._seen(principal)
 
-    # -- latency estimates ---------------------------------------------------------------------------------
     @property
     def service_high_s(self) -> float:
         """A high estimate (~p99) of one request's service time, from the running mean and mean deviation."""
         return self.service_s + 4 * self.service_dev_s
 
-    def _budget(self, timeout_s: float | None) -> float | None:
+    def caller_service_high_s(self, principal: str) -> float:
+        """The same estimate from this caller's own requests (the stage's until it has some)."""
+        mean, dev = self._service_by.get(principal, (self.service_s, self.service_dev_s))
+        return mean + 4 * dev
+
+    def _measured(self, principal: str, took: float) -> None:
+        self.service_dev_s = 0.9 * self.service_dev_s + 0.1 * abs(took - self.service_s)
+        self.service_s = 0.9 * self.service_s + 0.1 * took
+        mean, dev = self._service_by.get(principal, (self.service_s, self.service_dev_s))
+        self._service_by[principal] = (0.9 * mean + 0.1 * took, 0.9 * dev + 0.1 * abs(took - mean))
+
+    def _budget(self, timeout_s: float | None, principal: str) -> float | None:
         """How long a request may wait to start and still finish within the latency budget and its deadline."""
         limits = [b for b in (self.latency_budget_s, timeout_s) if b is not None]
-        return min(limits) - self.service_high_s if limits else None
+        return min(limits) - self.caller_service_high_s(principal) if limits else None
 
     def _refuse(self, principal: str, why: str) -> Shed:
         self.shed += 1
@@ -172,9 +182,9 @@ class Admission:
             slots, _ = self._cap(principal)
             raise self._refuse(principal, f"this caller holds its share ({self._in_flight_by[principal]} of "
                                           f"{slots} requests) while others wait; retry after "
-                                          f"~{self.service_high_s * 1000:.0f} ms")
+                                          f"~{self.caller_service_high_s(principal) * 1000:.0f} ms")
         else:
-            await self._wait(principal, units, pixels, self._budget(timeout_s))
+            await self._wait(principal, units, pixels, self._budget(timeout_s, principal))
         self.admitted += 1
         started = time.monotonic()
         try:
@@ -183,10 +193,9 @@ class Admission:
             took = time.monotonic() - started
             self._charge(principal, took)
             if units == 1:
-                self.service_dev_s = 0.9 * self.service_dev_s + 0.1 * abs(took - self.service_s)
-                self.service_s = 0.9 * self.service_s + 0.1 * took
+                self._measured(principal, took)
                 self._adapt()
-            self._give_back(principal, units, pixels)
+            self._take(principal, units, pixels, -1)
             self._wake()
 
     def _adapt(self) -> None:
@@ -210,7 +219,7 @@ class Admission:
             await asyncio.wait_for(asyncio.shield(waiter.granted), None if budget is None else max(budget, 0))
         except (TimeoutError, asyncio.CancelledError) as exc:
             if waiter.granted.done() and not waiter.granted.cancelled():  # granted as we gave up: give it back
-                self._give_back(principal, units, pixels)
+                self._take(principal, units, pixels, -1)
                 self._wake()
             else:
                 waiter.granted.cancel()

@@ -89,3 +89,20 @@ def test_decode_cost_charges_a_jpeg_of_many_scans_more_than_its_pixels():
     assert imaging.decode_cost(plain) == imaging.header_pixels(plain) == 1_000_000
     assert imaging.decode_cost(heavy) == 1_000_000 * (1 + 200 * imaging.SCAN_COST)
     assert imaging.decode_cost(b"not an image") is None
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_decode_over_its_cpu_budget_stops_at_its_next_read(monkeypatch, fmt):
+    """The backstop for a bomb nobody foresaw: the decoder reads its input in blocks and stops once its thread has
+    spent the budget (here none at all, so a multi-block image stops at its second block)."""
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), dtype=np.uint8))
+    buffer = io.BytesIO()
+    noise.save(buffer, fmt)
+    data = buffer.getvalue()
+    assert len(data) > 2 * 65536
+    assert imaging.prepare(data).shape == (224, 224, 3)  # within the budget the limits give it
+    monkeypatch.setattr(imaging, "DECODE_BUDGET_BASE_S", 0.0)
+    monkeypatch.setattr(imaging, "DECODE_BUDGET_PER_PIXEL_S", 0.0)
+    with pytest.raises(InvalidInput, match="CPU budget") as error:
+        imaging.prepare(data)
+    assert error.value.field == "image_bytes"

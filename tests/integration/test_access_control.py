@@ -244,12 +244,12 @@ def test_a_caller_without_credentials_is_refused_before_its_body_is_read(triton_
     try:
         before = _peak_rss_mib(gateway.pid)
         body = b"\xff" * (60 * 2**20)  # not a protobuf message
-        with gateway.client(timeout_s=60) as client:
+        with gateway.client(timeout_s=15) as client:
             for method in ("Search", "SearchBatch", "AddImages"):
                 call = (client.channel.stream_unary if method == "AddImages" else client.channel.unary_unary)(
                     f"/visual_search.v1.VisualSearch/{method}")
                 request = iter([body]) if method == "AddImages" else body
-                code, details = _code(lambda c=call, r=request: c(r, timeout=60))
+                code, details = _code(lambda c=call, r=request: c(r, timeout=15))
                 assert code == "UNAUTHENTICATED" and "no credentials" in details, (method, code, details)
         assert _peak_rss_mib(gateway.pid) - before < 30, "the gateway received an unauthenticated body"
         assert gateway.health() == 1  # SERVING

@@ -15,7 +15,7 @@ import pytest
 import tritonclient.grpc as triton_grpc
 from tritonclient.utils import InferenceServerException
 
-from server.core.config import loopback_settings
+from server.core.config import MODEL_REPOSITORY, loopback_settings
 from server.core.errors import InvalidInput, Unavailable
 from server.embedding import imaging
 from server.embedding.contract import EMBEDDING_DIM, TRITON_GRPC_KEY_HEADER
@@ -29,9 +29,10 @@ def client_of(triton: TritonServer, version: str | None = None) -> EncoderClient
     return EncoderClient(triton.endpoint.grpc_url, version=version, key=triton.settings.triton_admin_key)
 
 
-def embed(triton: TritonServer, pixels: np.ndarray) -> np.ndarray:
+def embed(triton: TritonServer, pixels: np.ndarray, version: str | None = "1") -> np.ndarray:
+    """Pixels through Triton's encoder model, pinned to `version` (None: the newest it serves)."""
     async def run() -> np.ndarray:
-        client = client_of(triton)
+        client = client_of(triton, version)
         try:
             return await client.embed(pixels, timeout_s=30)
         finally:
@@ -240,10 +241,18 @@ def test_a_bad_image_fails_only_its_own_request_with_the_field_named(triton_serv
 
 
 def test_image_model_embeds_with_the_requested_encoder_version(triton_server):
+    """Every shipped version is served (1: the pretrained model; 2: the copy-robust one, float16 weights), and the
+    image model embeds with the version the request names, the newest when it names none."""
     data = photo("skimage/chelsea").path.read_bytes()
-    pinned, newest = _embed_images(triton_server, [(data, None)], "1")[0], \
-        _embed_images(triton_server, [(data, None)], None)[0]
-    assert float(pinned @ newest) >= 0.9999
+    pixels = imaging.prepare(data)[None]
+    served = sorted(p.name for p in (MODEL_REPOSITORY / "encoder").iterdir() if p.name.isdigit())
+    assert served[:2] == ["1", "2"]
+    by_version = {v: _embed_images(triton_server, [(data, None)], v)[0] for v in served}
+    for version, vector in by_version.items():
+        assert float(vector @ embed(triton_server, pixels, version)[0]) >= 0.9999
+    assert float(by_version["1"] @ by_version["2"]) < 0.999  # two different models
+    newest = _embed_images(triton_server, [(data, None)], None)[0]
+    assert float(newest @ by_version[served[-1]]) >= 0.9999
     missing = _embed_images(triton_server, [(data, None)], "99")[0]
     assert isinstance(missing, Unavailable | InvalidInput) and "99" in str(missing)
 

@@ -53,7 +53,7 @@ robust-encoder: setup
 	mkdir -p $(ROBUST_VERSION)
 	$(PY) -m training.export_onnx --output $(ROBUST_VERSION)/model.onnx --checkpoint $(ROBUST)/last.pt \
 	  --fine-tuned-share 0.7 --fp16-weights
-	cp model_repository/encoder/1/model.py $(ROBUST_VERSION)/model.py
+	ln -sfn ../1/model.py $(ROBUST_VERSION)/model.py  # the same Python-backend model for every version
 	cp $(ROBUST)/manifest.json $(ROBUST_VERSION)/manifest.json
 	$(PY) -m training.recipe --version-dir $(ROBUST_VERSION) --finetune="$(FINETUNE_RECIPE)" \
 	  --export="--fine-tuned-share 0.7 --fp16-weights"

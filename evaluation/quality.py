@@ -206,9 +206,16 @@ class VersionEmbedder:
         with tqdm(total=len(pixels), desc=desc, unit="img") as bar:
             return self.encoder.run(pixels, progress=bar.update)
 
-    def regions(self, pixels: np.ndarray | None, images: int, desc: str) -> np.ndarray | None:
-        """[images, R, dim] region embeddings from the REGION_BOXES views of `images` images; None: no regions."""
-        return None if pixels is None else self.embed(pixels, desc).reshape(images, len(REGION_BOXES), -1)
+    def regions(self, whole: np.ndarray, views: np.ndarray | None, desc: str) -> np.ndarray | None:
+        """[images, R, dim] region embeddings of the images whose pixels are `whole`, as the indexing path makes
+        them with this version: pooled from the whole image's pass when its graph can, else from the encoded
+        REGION_BOXES views (`views`: [images * R, ...]). None when `views` is None: no regions."""
+        if views is None:
+            return None
+        if self.encoder.pooled_regions:
+            with tqdm(total=len(whole), desc=desc, unit="img") as bar:
+                return self.encoder.run_with_regions(whole, progress=bar.update)[1]
+        return self.embed(views, desc).reshape(len(whole), len(REGION_BOXES), -1)
 
 
 def _rankings(sims: np.ndarray, k: int) -> np.ndarray:
@@ -355,21 +362,22 @@ def evaluate_version(prep: Prepared, version: str, repository: Path, seed: int) 
     embedder = VersionEmbedder(version, repository)
     gallery = embedder.embed(prep.gallery_pixels, f"v{version} gallery")
     queries = embedder.embed(prep.copy_pixels, f"v{version} copies")
-    regions = embedder.regions(prep.region_pixels, len(gallery), f"v{version} regions")
+    regions = embedder.regions(prep.gallery_pixels, prep.region_pixels, f"v{version} regions")
     dup = duplicates(prep, gallery, queries, seed)  # whole-image vectors: what the duplicate collapse compares
     thresholds = {"off": 2.0, "fixed-0.87": FIXED_THRESHOLD, "calibrated": dup["threshold"]}
     details = details_whole = None
     if prep.scene_pixels is not None and prep.detail_pixels is not None:
         scenes = embedder.embed(prep.scene_pixels, f"v{version} scenes")
         details_px = embedder.embed(prep.detail_pixels, f"v{version} details")
-        scene_regions = embedder.regions(prep.scene_region_pixels, len(scenes), f"v{version} scene regions")
+        scene_regions = embedder.regions(prep.scene_pixels, prep.scene_region_pixels, f"v{version} scene regions")
         details = details_retrieval(prep, gallery, scenes, details_px, regions, scene_regions)
         details_whole = details_retrieval(prep, gallery, scenes, details_px)
     resolutions = resolutions_whole = None
     if prep.wallpaper_pixels is not None and prep.wallpaper_query_pixels is not None:
         pictures = embedder.embed(prep.wallpaper_pixels, f"v{version} wallpapers")
         sizes = embedder.embed(prep.wallpaper_query_pixels, f"v{version} wallpaper sizes")
-        picture_regions = embedder.regions(prep.wallpaper_region_pixels, len(pictures), f"v{version} wallpaper regions")
+        picture_regions = embedder.regions(prep.wallpaper_pixels, prep.wallpaper_region_pixels,
+                                           f"v{version} wallpaper regions")
         resolutions = same_picture(prep, pictures, sizes, picture_regions)
         resolutions_whole = same_picture(prep, pictures, sizes)
     per_query_ap: dict[str, list[float]] = {}

@@ -47,3 +47,18 @@ def best_match(whole: np.ndarray, regions: Iterable[np.ndarray]) -> np.ndarray:
     for cosines in regions:
         np.maximum(best, region_score(cosines), out=best)
     return best
+
+
+def region_pooling_weights(cells: int) -> np.ndarray:
+    """[cells * cells, R]: each REGION_BOXES box's share of each cell of a cells x cells feature map (area overlap,
+    normalised per box), so a MatMul with the flattened map average-pools exactly the box."""
+    edges = np.arange(cells + 1) / cells
+
+    def overlap(lo: float, hi: float) -> np.ndarray:
+        return np.clip(np.minimum(hi, edges[1:]) - np.maximum(lo, edges[:-1]), 0.0, None)
+
+    columns = []
+    for x_min, y_min, x_max, y_max in REGION_BOXES:
+        weight = np.outer(overlap(y_min, y_max), overlap(x_min, x_max))  # [row, column] = [y, x]
+        columns.append((weight / weight.sum()).reshape(-1))
+    return np.stack(columns, axis=1).astype(np.float32)

@@ -14,7 +14,7 @@ its region views (server/core/regions.py) from that one decode:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,12 +44,18 @@ Outcome = Embedded | InvalidInput  # per image: its embeddings, or why it was re
 
 
 class PixelEncoder(Protocol):
-    """uint8 [N, 224, 224, 3] in, float32 [N, dim] unit vectors out: Triton's encoder model or ONNX Runtime."""
+    """uint8 [N, 224, 224, 3] in, float32 [N, dim] unit vectors out: Triton's encoder model or ONNX Runtime.
+    A version whose graph `pools_regions` also gives each image's region embeddings from the same pass."""
 
     @property
     def model_version(self) -> str: ...
 
     async def embed(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray: ...
+
+    async def pools_regions(self) -> bool: ...
+
+    async def embed_with_regions(self, pixels: np.ndarray, timeout_s: float | None = None
+                                 ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class Embedder:
@@ -139,19 +145,29 @@ class LocalDecodeEmbedder(Embedder):
 
     async def _embed_chunk(self, items: Sequence[ImageInput], regions: bool, timeout_s: float | None
                            ) -> list[Outcome]:
+        pooled = regions and await self.backend.pools_regions()  # else the region views are encoded too
         views = await asyncio.gather(*(asyncio.to_thread(
-            prepare_views, i.data, region_views(i.crop) if regions else [i.crop], self.limits, i.field)
+            prepare_views, i.data, region_views(i.crop) if regions and not pooled else [i.crop], self.limits, i.field)
             for i in items), return_exceptions=True)
         _raise_unexpected(views)
         good = [v for v in views if isinstance(v, np.ndarray)]
-        vectors = iter(await self.backend.embed(np.concatenate(good), timeout_s) if good else ())
+        pooled_rows: Iterator[np.ndarray] = iter(())
+        if not good:
+            vectors: Iterator[np.ndarray] = iter(())
+        elif pooled:
+            whole, region_rows = await self.backend.embed_with_regions(np.concatenate(good), timeout_s)
+            vectors, pooled_rows = iter(whole), iter(region_rows)
+        else:
+            vectors = iter(await self.backend.embed(np.concatenate(good), timeout_s))
         out: list[Outcome] = []
         for v in views:
-            if isinstance(v, np.ndarray):
+            if not isinstance(v, np.ndarray):
+                out.append(v)  # type: ignore[arg-type]
+            elif pooled:
+                out.append(Embedded(next(vectors), next(pooled_rows)))
+            else:
                 rows = np.stack([next(vectors) for _ in range(len(v))])
                 out.append(Embedded(rows[0], rows[1:] if regions else None))
-            else:
-                out.append(v)  # type: ignore[arg-type]
         return out
 
 

@@ -20,6 +20,7 @@ from server.embedding.contract import (
     INPUT_SIZE,
     MAX_BATCH_SIZE,
     MODEL_NAME,
+    NO_POOLED_REGIONS,
     OUTPUT_NAME,
     REGIONS_OUTPUT_NAME,
     TRITON_GRPC_KEY_HEADER,
@@ -70,6 +71,7 @@ class EncoderClient:
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
         ])
         self._version = version
+        self._pools_regions: bool | None = None
 
     @property
     def version(self) -> str | None:
@@ -103,16 +105,38 @@ class EncoderClient:
 
     async def embed(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         """uint8 [N, 224, 224, 3] -> float32 [N, 1280]. Batches over the model's limit are split."""
+        return (await self._embed(pixels, [OUTPUT_NAME], timeout_s))[0]
+
+    async def embed_with_regions(self, pixels: np.ndarray, timeout_s: float | None = None
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, 224, 224, 3] -> (float32 [N, 1280], float32 [N, R, 1280]): a version that `pools_regions`."""
+        whole, regions = await self._embed(pixels, [OUTPUT_NAME, REGIONS_OUTPUT_NAME], timeout_s)
+        return whole, regions
+
+    async def pools_regions(self) -> bool:
+        """Whether the pinned version's graph outputs the regions pooled from the image's own pass, asked once
+        (one blank image; config.pbtxt lists the output for every version, only some graphs have it)."""
+        if self._pools_regions is None:
+            try:
+                await self.embed_with_regions(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
+                self._pools_regions = True
+            except Unavailable as exc:  # the model's error (INTERNAL) arrives as Unavailable
+                if NO_POOLED_REGIONS not in str(exc):
+                    raise
+                self._pools_regions = False
+        return self._pools_regions
+
+    async def _embed(self, pixels: np.ndarray, names: list[str], timeout_s: float | None) -> list[np.ndarray]:
         if pixels.dtype != np.uint8:
             raise InvalidInput(f"expected uint8 pixels, got {pixels.dtype}", field="pixels")
         if pixels.ndim != 4 or pixels.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
             raise InvalidInput(f"expected shape [N, {INPUT_SIZE}, {INPUT_SIZE}, 3], got {list(pixels.shape)}",
                                field="pixels")
-        parts = [await self._infer(pixels[i : i + MAX_BATCH_SIZE], timeout_s)
+        parts = [await self._infer(pixels[i : i + MAX_BATCH_SIZE], names, timeout_s)
                  for i in range(0, len(pixels), MAX_BATCH_SIZE)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return [np.concatenate([part[n] for part in parts]) for n in range(len(names))]
 
-    async def _infer(self, batch: np.ndarray, timeout_s: float | None) -> np.ndarray:
+    async def _infer(self, batch: np.ndarray, names: list[str], timeout_s: float | None) -> list[np.ndarray]:
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceeded("the request deadline passed before the encoder was called")
         tensor = InferInput(INPUT_NAME, list(batch.shape), "UINT8")
@@ -120,14 +144,14 @@ class EncoderClient:
         try:
             result = await self._client.infer(
                 self.model_name, [tensor], model_version=self._version or "",
-                outputs=[InferRequestedOutput(OUTPUT_NAME)], client_timeout=timeout_s, headers=self._headers,
-                timeout=_queue_timeout_us(timeout_s),
+                outputs=[InferRequestedOutput(name) for name in names], client_timeout=timeout_s,
+                headers=self._headers, timeout=_queue_timeout_us(timeout_s),
             )
         except InferenceServerException as exc:
             raise _translate(exc, self.url) from exc
         if self._version is None:
             self._version = result.get_response().model_version or None
-        return result.as_numpy(OUTPUT_NAME)
+        return [result.as_numpy(name) for name in names]
 
     async def embed_image(self, data: bytes, crop: CropBox | None = None, timeout_s: float | None = None,
                           regions: bool = False) -> tuple[np.ndarray, np.ndarray | None]:

@@ -14,13 +14,22 @@ from pathlib import Path
 import numpy as np
 
 from server.core.config import MODEL_REPOSITORY
-from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME
+from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, REGIONS_OUTPUT_NAME
 
 BATCH = 32
 
 
 def model_path(version: str | int, repository: Path = MODEL_REPOSITORY, model_name: str = MODEL_NAME) -> Path:
     return repository / model_name / str(version) / "model.onnx"
+
+
+def graph_has_pooled_regions(path: Path) -> bool:
+    """Whether the graph at `path` outputs REGIONS_OUTPUT_NAME (see `OnnxEncoder.pooled_regions`), read without
+    starting a session (Triton's image model asks this once per encoder version)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return REGIONS_OUTPUT_NAME in {output.name for output in graph.output}
 
 
 class OnnxEncoder:
@@ -49,17 +58,43 @@ class OnnxEncoder:
     def of_version(cls, version: str | int, repository: Path = MODEL_REPOSITORY, threads: int = 0) -> OnnxEncoder:
         return cls(model_path(version, repository), threads)
 
+    @property
+    def pooled_regions(self) -> bool:
+        """The graph also outputs the region embeddings, pooled from the whole image's own forward pass
+        (training/export_onnx.py: add_region_output), so regions cost no encoder pass of their own."""
+        return REGIONS_OUTPUT_NAME in {output.name for output in self.session.get_outputs()}
+
     def run(self, pixels: np.ndarray, batch: int = BATCH, progress: Callable[[int], None] | None = None
             ) -> np.ndarray:
         """uint8 [N, 224, 224, 3] -> float32 [N, dim], `batch` images per run."""
-        parts = []
+        return self._run([OUTPUT_NAME], pixels, batch, progress)[0]
+
+    def run_with_regions(self, pixels: np.ndarray, batch: int = BATCH,
+                         progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 [N, 224, 224, 3] -> (float32 [N, dim], float32 [N, R, dim]): a `pooled_regions` graph only."""
+        if not self.pooled_regions:
+            raise ValueError(f"{self.model_version} has no pooled regions output (its regions are encoded views)")
+        whole, regions = self._run([OUTPUT_NAME, REGIONS_OUTPUT_NAME], pixels, batch, progress)
+        return whole, regions
+
+    def _run(self, names: list[str], pixels: np.ndarray, batch: int, progress: Callable[[int], None] | None
+             ) -> list[np.ndarray]:
+        parts: list[list[np.ndarray]] = [[] for _ in names]
         for start in range(0, len(pixels), batch):
             chunk = np.ascontiguousarray(pixels[start:start + batch])
-            parts.append(self.session.run([OUTPUT_NAME], {INPUT_NAME: chunk})[0])
+            for part, got in zip(parts, self.session.run(names, {INPUT_NAME: chunk}), strict=True):
+                part.append(got)
             if progress is not None:
                 progress(len(chunk))
-        return np.concatenate(parts) if parts else np.empty((0, 0), np.float32)
+        return [np.concatenate(part) if part else np.empty((0, 0), np.float32) for part in parts]
 
     async def embed(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         """The `PixelEncoder` call: off the event loop (ONNX Runtime releases the GIL)."""
         return await asyncio.to_thread(self.run, pixels)
+
+    async def pools_regions(self) -> bool:
+        return self.pooled_regions
+
+    async def embed_with_regions(self, pixels: np.ndarray, timeout_s: float | None = None
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+        return await asyncio.to_thread(self.run_with_regions, pixels)

@@ -12,11 +12,16 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 from devkit.corpus import real_photos
 from server.core.config import MODEL_REPOSITORY, REPO_ROOT
+from server.core.regions import REGION_BOXES, region_pooling_weights
 from server.embedding import imaging
+from server.embedding.contract import OUTPUT_NAME, REGIONS_OUTPUT_NAME
+from server.embedding.onnx_encoder import OnnxEncoder, graph_has_pooled_regions
 from training.encoder_model import load_encoder
+from training.export_onnx import add_region_output
 
 ONNX = MODEL_REPOSITORY / "encoder/1/model.onnx"
 
@@ -58,6 +63,71 @@ def test_float16_weights_halve_the_file_and_keep_the_embeddings(tmp_path, photos
     full = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"])
     got, want = half.run(None, {"pixels": photos})[0], full.run(None, {"pixels": photos})[0]
     assert np.sum(got * want, axis=1).min() >= 0.9999
+
+
+def _box_means(feature_map: np.ndarray, upscale: int = 60) -> np.ndarray:
+    """[N, R, C]: each REGION_BOXES box averaged over the map blown up `upscale` x per cell (pixel counting, not
+    the export's overlap formula), L2-normalised."""
+    side = feature_map.shape[3] * upscale
+    rows = []
+    for x_min, y_min, x_max, y_max in REGION_BOXES:  # a box mean is separable: columns first, then rows
+        columns = feature_map.repeat(upscale, axis=3)[..., round(x_min * side):round(x_max * side)].mean(axis=3)
+        mean = columns.repeat(upscale, axis=2)[..., round(y_min * side):round(y_max * side)].mean(axis=2)
+        rows.append(mean / np.linalg.norm(mean, axis=1, keepdims=True))
+    return np.stack(rows, axis=1)
+
+
+def test_region_output_pools_the_boxes_from_the_same_pass_and_leaves_the_embedding_alone(tmp_path, photos):
+    """A version with pooled regions: the graph's second output is each region box average-pooled from the last
+    feature map (the one the embedding pools whole); the embedding itself is bit-identical."""
+    import onnx
+
+    path = tmp_path / "pooled.onnx"
+    path.write_bytes(ONNX.read_bytes())
+    add_region_output(path)
+    add_region_output(path)  # idempotent
+    model = onnx.load(str(path))
+    assert [o.name for o in model.graph.output] == [OUTPUT_NAME, REGIONS_OUTPUT_NAME]
+    feature_map = next(n for n in model.graph.node if n.op_type == "ReduceMean").input[0]
+    model.graph.output.append(onnx.helper.make_tensor_value_info(feature_map, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    whole, regions, fmap = session.run(None, {"pixels": photos})
+    original = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"]).run(None, {"pixels": photos})[0]
+    assert np.array_equal(whole, original)
+    assert regions.shape == (len(photos), len(REGION_BOXES), 1280)
+    np.testing.assert_allclose(regions, _box_means(fmap), atol=2e-3)  # the box edges fall inside a 60x cell
+    assert not np.allclose(regions[:, 0], regions[:, 1])  # different boxes, different vectors
+    encoder = OnnxEncoder(path)
+    assert encoder.pooled_regions and graph_has_pooled_regions(path) and not graph_has_pooled_regions(ONNX)
+    got_whole, got_regions = encoder.run_with_regions(photos, batch=4)
+    np.testing.assert_allclose(got_whole, whole, atol=1e-6)
+    np.testing.assert_allclose(got_regions, regions, atol=1e-6)
+    with pytest.raises(ValueError, match="no pooled regions"):
+        OnnxEncoder(ONNX).run_with_regions(photos[:1])
+
+
+def test_the_region_study_pools_what_the_exported_graph_serves(tmp_path, photos):
+    """evaluation/region_variants.py scores pooled regions with its own any-size session: at 224 px they must be
+    the exported graph's `regions` output, or the study measures something that is never served."""
+    from evaluation.region_variants import feature_map_session, pool_boxes
+
+    session, feature_map = feature_map_session("1")
+    studied = pool_boxes(session.run([feature_map], {"pixels": photos})[0])
+    path = tmp_path / "pooled.onnx"
+    path.write_bytes(ONNX.read_bytes())
+    add_region_output(path)
+    served = OnnxEncoder(path).run_with_regions(photos)[1]
+    np.testing.assert_allclose(studied, served, atol=1e-5)
+    larger = np.stack([np.asarray(Image.fromarray(p).resize((320, 320)), np.uint8) for p in photos[:2]])
+    assert session.run([feature_map], {"pixels": larger})[0].shape[2:] == (10, 10)  # any side: 320 px -> 10x10
+
+
+def test_region_pooling_weights_cover_each_box_once():
+    weights = region_pooling_weights(7)
+    assert weights.shape == (49, len(REGION_BOXES))
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0, rtol=1e-6)
+    centre = weights[:, -1].reshape(7, 7)  # (0.25, 0.25, 0.75, 0.75): the centre quarter
+    assert centre[0].sum() == 0 and centre[:, 0].sum() == 0 and centre[3, 3] == centre.max()
 
 
 def _trt_reason() -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from server.embedding.contract import NO_POOLED_REGIONS, REGIONS_OUTPUT_NAME
 from server.embedding.onnx_encoder import OnnxEncoder
 
 
@@ -31,10 +32,23 @@ class TritonPythonModel:
         # Dynamic batching hands us several requests: run them as one batch, split the result back.
         batches = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         pixels = np.concatenate(batches)
-        embeddings = self.encoder.run(pixels, batch=len(pixels))
+        # The regions output (a graph that pools them from the same pass) is computed when a request asks for it.
+        wants_regions = [REGIONS_OUTPUT_NAME in r.requested_output_names() for r in requests]
+        regions = None
+        if any(wants_regions) and self.encoder.pooled_regions:
+            embeddings, regions = self.encoder.run_with_regions(pixels, batch=len(pixels))
+        else:
+            embeddings = self.encoder.run(pixels, batch=len(pixels))
         responses, start = [], 0
-        for batch in batches:
-            part = embeddings[start : start + len(batch)]
+        for batch, wants in zip(batches, wants_regions, strict=True):
+            part = slice(start, start + len(batch))
             start += len(batch)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, part)]))
+            outputs = [pb_utils.Tensor(self.output_name, embeddings[part])]
+            if wants and regions is None:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    f"{self.encoder.model_version} {NO_POOLED_REGIONS}: send its region views instead")))
+                continue
+            if wants:
+                outputs.append(pb_utils.Tensor(REGIONS_OUTPUT_NAME, regions[part]))
+            responses.append(pb_utils.InferenceResponse(outputs))
         return responses

@@ -105,28 +105,31 @@ class EncoderClient:
 
     async def embed(self, pixels: np.ndarray, timeout_s: float | None = None) -> np.ndarray:
         """uint8 [N, 224, 224, 3] -> float32 [N, 1280]. Batches over the model's limit are split."""
-        return (await self._embed(pixels, [OUTPUT_NAME], timeout_s))[0]
+        whole = (await self._embed(pixels, [OUTPUT_NAME], timeout_s))[0]
+        if whole is None:
+            raise Unavailable(f"encoder (Triton at {self.url}) answered without the {OUTPUT_NAME} output")
+        return whole
 
     async def embed_with_regions(self, pixels: np.ndarray, timeout_s: float | None = None
                                  ) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, 224, 224, 3] -> (float32 [N, 1280], float32 [N, R, 1280]): a version that `pools_regions`."""
         whole, regions = await self._embed(pixels, [OUTPUT_NAME, REGIONS_OUTPUT_NAME], timeout_s)
+        if regions is None:
+            raise ValueError(f"{self.model_version} {NO_POOLED_REGIONS}: embed its region views instead")
         return whole, regions
 
     async def pools_regions(self) -> bool:
         """Whether the pinned version's graph outputs the regions pooled from the image's own pass, asked once
-        (one blank image; config.pbtxt lists the output for every version, only some graphs have it)."""
+        (one blank image; config.pbtxt lists the output for every version, only some graphs answer with it)."""
         if self._pools_regions is None:
-            try:
-                await self.embed_with_regions(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8))
-                self._pools_regions = True
-            except Unavailable as exc:  # the model's error (INTERNAL) arrives as Unavailable
-                if NO_POOLED_REGIONS not in str(exc):
-                    raise
-                self._pools_regions = False
+            regions = (await self._embed(np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8),
+                                         [OUTPUT_NAME, REGIONS_OUTPUT_NAME], None))[1]
+            self._pools_regions = regions is not None
         return self._pools_regions
 
-    async def _embed(self, pixels: np.ndarray, names: list[str], timeout_s: float | None) -> list[np.ndarray]:
+    async def _embed(self, pixels: np.ndarray, names: list[str], timeout_s: float | None
+                     ) -> list[np.ndarray | None]:
+        """Each named output over every batch; None for an output the model did not return."""
         if pixels.dtype != np.uint8:
             raise InvalidInput(f"expected uint8 pixels, got {pixels.dtype}", field="pixels")
         if pixels.ndim != 4 or pixels.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
@@ -134,9 +137,11 @@ class EncoderClient:
                                field="pixels")
         parts = [await self._infer(pixels[i : i + MAX_BATCH_SIZE], names, timeout_s)
                  for i in range(0, len(pixels), MAX_BATCH_SIZE)]
-        return [np.concatenate([part[n] for part in parts]) for n in range(len(names))]
+        return [None if any(part[n] is None for part in parts) else np.concatenate([part[n] for part in parts])
+                for n in range(len(names))]
 
-    async def _infer(self, batch: np.ndarray, names: list[str], timeout_s: float | None) -> list[np.ndarray]:
+    async def _infer(self, batch: np.ndarray, names: list[str], timeout_s: float | None
+                     ) -> list[np.ndarray | None]:
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceeded("the request deadline passed before the encoder was called")
         tensor = InferInput(INPUT_NAME, list(batch.shape), "UINT8")

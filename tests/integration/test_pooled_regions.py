@@ -19,7 +19,6 @@ import pytest
 import tritonclient.grpc as triton_grpc
 
 from server.core.config import MODEL_REPOSITORY, loopback_settings
-from server.core.errors import Unavailable
 from server.embedding import imaging
 from server.embedding.contract import TRITON_GRPC_KEY_HEADER
 from server.embedding.embedder import ImageInput, LocalDecodeEmbedder, RemoteDecodeEmbedder
@@ -108,6 +107,8 @@ def test_a_version_without_pooled_regions_still_encodes_its_region_views(triton,
 
 
 def test_asking_a_version_without_pooled_regions_for_them_is_refused_with_the_reason(triton):
+    """The client learns which versions pool their regions from the answers (Triton lists the output for every
+    version); one that does not is asked for its views, never silently given none."""
     async def run() -> tuple[bool, bool, str]:
         old = EncoderClient(triton.endpoint.grpc_url, version="1", key=triton.settings.triton_admin_key)
         new = EncoderClient(triton.endpoint.grpc_url, version="2", key=triton.settings.triton_admin_key)
@@ -115,7 +116,7 @@ def test_asking_a_version_without_pooled_regions_for_them_is_refused_with_the_re
             try:
                 await old.embed_with_regions(np.zeros((1, 224, 224, 3), np.uint8))
                 message = ""
-            except Unavailable as exc:  # the model's refusal (INTERNAL) arrives as Unavailable
+            except ValueError as exc:
                 message = str(exc)
             return await old.pools_regions(), await new.pools_regions(), message
         finally:

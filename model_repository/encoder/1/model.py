@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from server.embedding.contract import NO_POOLED_REGIONS, REGIONS_OUTPUT_NAME
+from server.embedding.contract import REGIONS_OUTPUT_NAME
 from server.embedding.onnx_encoder import OnnxEncoder
 
 
@@ -44,11 +44,9 @@ class TritonPythonModel:
             part = slice(start, start + len(batch))
             start += len(batch)
             outputs = [pb_utils.Tensor(self.output_name, embeddings[part])]
-            if wants and regions is None:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    f"{self.encoder.model_version} {NO_POOLED_REGIONS}: send its region views instead")))
-                continue
-            if wants:
+            # A version without the output answers without it: a request that names no outputs asks for all of
+            # them (config.pbtxt lists `regions` for every version), and must still get its embedding.
+            if wants and regions is not None:
                 outputs.append(pb_utils.Tensor(REGIONS_OUTPUT_NAME, regions[part]))
             responses.append(pb_utils.InferenceResponse(outputs))
         return responses

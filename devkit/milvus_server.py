@@ -90,6 +90,9 @@ class MilvusServer:
 
     data_dir: Path
     extra_config: dict[str, str] = field(default_factory=dict)  # milvus.yaml keys, e.g. proxy.timeTickInterval
+    # Milvus settings the package's milvus.yaml template lacks (extra_config only rewrites keys it has), as Milvus'
+    # environment overrides: the key upper-cased, dots as underscores, e.g. QUERYCOORD_UPDATENEXTTARGETINTERVAL.
+    extra_env: dict[str, str] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     start_seconds: float = 0.0
@@ -122,7 +125,8 @@ class MilvusServer:
             args += [f"--{flag}", str(self.ports[flag])]
         for key, value in self.extra_config.items():
             args += ["--extra-config", f"{key}={value}"]
-        env = {**os.environ, METRICS_ENV: str(self.ports["metrics"]), "ETCD_CONFIG_PATH": str(etcd_config)}
+        env = {**os.environ, **self.extra_env, METRICS_ENV: str(self.ports["metrics"]),
+               "ETCD_CONFIG_PATH": str(etcd_config)}
         self.process = subprocess.Popen(
             args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
             env=env, start_new_session=True, preexec_fn=_die_with_parent)

@@ -33,7 +33,7 @@ from reporting.results import markdown_table, run_info, write_results
 from server.core.config import MODEL_REPOSITORY
 from server.core.regions import REGION_BOXES, region_pooling_weights
 from server.embedding.contract import INPUT_NAME, INPUT_SIZE
-from server.embedding.onnx_encoder import model_path
+from server.embedding.onnx_encoder import feature_map_name, model_path, with_output
 
 CENTRE_QUARTER = REGION_BOXES.index((0.25, 0.25, 0.75, 0.75))
 
@@ -45,12 +45,12 @@ def feature_map_session(version: str, threads: int = 2) -> tuple[ort.InferenceSe
     for dim in model.graph.input[0].type.tensor_type.shape.dim[1:3]:
         dim.ClearField("dim_value")
         dim.dim_param = "side"
-    pooled = [n for n in model.graph.node if n.op_type == "ReduceMean"]
-    feature_map = pooled[-1].input[0]
-    model.graph.output.append(onnx.helper.make_tensor_value_info(feature_map, onnx.TensorProto.FLOAT, None))
+    feature_map = feature_map_name(model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]), feature_map
+    session = ort.InferenceSession(with_output(model, feature_map).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    return session, feature_map
 
 
 def pooled_regions(prep: Prepared, version: str, side: int, batch: int = 16) -> np.ndarray:

@@ -25,7 +25,7 @@ import torch
 
 from server.core.regions import REGION_BOXES, region_pooling_weights
 from server.embedding.contract import INPUT_NAME, INPUT_SIZE, OUTPUT_NAME, REGIONS_OUTPUT_NAME
-from server.embedding.onnx_encoder import OnnxEncoder
+from server.embedding.onnx_encoder import OnnxEncoder, feature_map_name, with_output
 from training.encoder_model import load_encoder
 
 OPSET = 17
@@ -62,10 +62,7 @@ def _feature_map_shape(model: onnx.ModelProto, name: str) -> tuple[int, int, int
     float16 weights' casts)."""
     import onnxruntime as ort
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(with_output(model, name).SerializeToString(), providers=["CPUExecutionProvider"])
     found = session.run([name], {INPUT_NAME: np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8)})[0]
     _, channels, height, width = found.shape
     return channels, height, width
@@ -81,11 +78,7 @@ def add_region_output(path: Path) -> None:
     graph = model.graph
     if any(o.name == REGIONS_OUTPUT_NAME for o in graph.output):
         return
-    pooled = [n for n in graph.node if n.op_type == "ReduceMean" and
-              list(helper.get_attribute_value(next(a for a in n.attribute if a.name == "axes"))) == [2, 3]]
-    if len(pooled) != 1:
-        raise ValueError(f"expected one global average pool over the feature map, found {len(pooled)}")
-    feature_map = pooled[0].input[0]
+    feature_map = feature_map_name(model)
     channels, height, width = _feature_map_shape(model, feature_map)
     if height != width or not height:
         raise ValueError(f"the feature map must be square, got {height}x{width}")

@@ -10,17 +10,42 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from server.core.config import MODEL_REPOSITORY
-from server.embedding.contract import INPUT_NAME, MODEL_NAME, OUTPUT_NAME, REGIONS_OUTPUT_NAME
+from server.embedding.contract import INPUT_NAME, MODEL_NAME, NO_POOLED_REGIONS, OUTPUT_NAME, REGIONS_OUTPUT_NAME
+
+if TYPE_CHECKING:
+    import onnx
 
 BATCH = 32
 
 
 def model_path(version: str | int, repository: Path = MODEL_REPOSITORY, model_name: str = MODEL_NAME) -> Path:
     return repository / model_name / str(version) / "model.onnx"
+
+
+def feature_map_name(model: onnx.ModelProto) -> str:
+    """The tensor the embedding averages: the input of the graph's one global average pool (ReduceMean over H, W)."""
+    from onnx import helper
+
+    pooled = [n.input[0] for n in model.graph.node if n.op_type == "ReduceMean" and
+              list(helper.get_attribute_value(next(a for a in n.attribute if a.name == "axes"))) == [2, 3]]
+    if len(pooled) != 1:
+        raise ValueError(f"expected one global average pool over the feature map, found {len(pooled)}")
+    return pooled[0]
+
+
+def with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    """A copy of `model` that also outputs its intermediate tensor `name` (float32, any shape)."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return copy
 
 
 def graph_has_pooled_regions(path: Path) -> bool:
@@ -73,7 +98,7 @@ class OnnxEncoder:
                          progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """uint8 [N, 224, 224, 3] -> (float32 [N, dim], float32 [N, R, dim]): a `pooled_regions` graph only."""
         if not self.pooled_regions:
-            raise ValueError(f"{self.model_version} has no pooled regions output (its regions are encoded views)")
+            raise ValueError(f"{self.model_version} {NO_POOLED_REGIONS}: embed its region views instead")
         whole, regions = self._run([OUTPUT_NAME, REGIONS_OUTPUT_NAME], pixels, batch, progress)
         return whole, regions
 

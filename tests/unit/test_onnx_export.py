@@ -19,7 +19,7 @@ from server.core.config import MODEL_REPOSITORY, REPO_ROOT
 from server.core.regions import REGION_BOXES, region_pooling_weights
 from server.embedding import imaging
 from server.embedding.contract import OUTPUT_NAME, REGIONS_OUTPUT_NAME
-from server.embedding.onnx_encoder import OnnxEncoder, graph_has_pooled_regions
+from server.embedding.onnx_encoder import OnnxEncoder, feature_map_name, graph_has_pooled_regions, with_output
 from training.encoder_model import load_encoder
 from training.export_onnx import add_region_output
 
@@ -88,9 +88,8 @@ def test_region_output_pools_the_boxes_from_the_same_pass_and_leaves_the_embeddi
     add_region_output(path)  # idempotent
     model = onnx.load(str(path))
     assert [o.name for o in model.graph.output] == [OUTPUT_NAME, REGIONS_OUTPUT_NAME]
-    feature_map = next(n for n in model.graph.node if n.op_type == "ReduceMean").input[0]
-    model.graph.output.append(onnx.helper.make_tensor_value_info(feature_map, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(with_output(model, feature_map_name(model)).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
     whole, regions, fmap = session.run(None, {"pixels": photos})
     original = ort.InferenceSession(str(ONNX), providers=["CPUExecutionProvider"]).run(None, {"pixels": photos})[0]
     assert np.array_equal(whole, original)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import faiss
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from server.query.duplicates import collapse_duplicates
 from server.store.base import Candidate
 from server.store.faiss.eligibility import Eligibility
 from server.store.faiss.index import VectorIndex
-from server.store.faiss.params import flat_quantizer_params, params_for
+from server.store.faiss.params import flat_quantizer_params, ivf_params, large_params, params_for
 
 
 def clustered(n: int, dim: int, seed: int = 0, clusters: int = 200, noise: float = 0.6) -> np.ndarray:
@@ -18,6 +20,20 @@ def clustered(n: int, dim: int, seed: int = 0, clusters: int = 200, noise: float
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim)).astype(np.float32)
     x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
+    faiss.normalize_L2(x)
+    return x
+
+
+def embedding_like(n: int, dim: int, seed: int = 0, clusters: int = 100) -> np.ndarray:
+    """Unit vectors with the shape of real embeddings: clusters and a decaying spectrum (a few directions carry
+    most of the variance), randomly rotated. Compact codes rank these as they rank real embeddings; on
+    isotropic noise (`clustered`) they lose most of the order (shared/README.md)."""
+    rng, fixed = np.random.default_rng(seed), np.random.default_rng(123)
+    decay = np.arange(1, dim + 1, dtype=np.float32)
+    centres = fixed.standard_normal((clusters, dim)).astype(np.float32) * decay**-0.5
+    noise = rng.standard_normal((n, dim)).astype(np.float32) * 0.5 * decay**-0.6
+    rotation = np.linalg.qr(fixed.standard_normal((dim, dim)))[0].astype(np.float32)
+    x = (centres[rng.integers(0, clusters, n)] + noise) @ rotation
     faiss.normalize_L2(x)
     return x
 
@@ -34,32 +50,38 @@ def recall_at_10(index: VectorIndex, x: np.ndarray, queries: np.ndarray) -> floa
 def test_params_follow_corpus_size():
     assert params_for(1000, 1280).factory == "Flat"
     big = params_for(1_000_000, 1280)
-    assert big.factory == "IVF4096_HNSW32,PQ1280x4fs,RFlat" and big.hnsw_quantizer and big.k_factor == 8
-    assert params_for(30_000, 1280).factory.startswith("IVF")
-    huge = params_for(10_000_000, 1280)
-    assert huge.factory == "IVF4096_HNSW32,PQ640x4fs,Refine(SQ8)" and huge.nprobe == 128 and huge.k_factor == 32
-    assert not huge.exact_rerank and big.exact_rerank
+    assert big.factory == "PCAR1280,IVF4096_HNSW32,PQ128x4fs" and big.hnsw_quantizer and big.rerank_from_disk
+    assert big.metric == faiss.METRIC_L2 and not big.exact_rerank
+    in_ram = params_for(1_000_000, 1280, rows_on_disk=False)
+    assert in_ram.factory == "IVF4096_HNSW32,PQ1280x4fs,RFlat" and in_ram.exact_rerank
+    assert params_for(10_000_000, 1280).factory == "PCAR1280,IVF4096_HNSW32,PQ128x4fs"
+
+
+def stored_rows(path, x: np.ndarray) -> np.ndarray:
+    stored = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=x.shape)
+    stored[:] = x
+    return stored
 
 
 @pytest.mark.timeout(300)
-def test_large_corpora_switch_to_sq8_rerank_over_stored_rows_and_keep_recall(tmp_path):
-    """Past the large threshold the index stops holding exact copies: rebuilds read the stored rows (the
-    catalog's memory-mapped vector log), the re-rank uses 8-bit codes, and recall, selectors and snapshots
-    still hold."""
+def test_compact_index_holds_codes_and_reranks_from_the_stored_rows(tmp_path):
+    """Above the flat threshold the index keeps only compact codes in RAM; the exact re-rank reads the
+    candidates' stored rows (the catalog's memory-mapped vector log). Recall, selectors and snapshots hold."""
     dim, n = 128, 12_000
-    x, queries = clustered(n, dim, clusters=100), clustered(200, dim, seed=1, clusters=100)
-    stored = np.lib.format.open_memmap(tmp_path / "rows.npy", mode="w+", dtype=np.float32, shape=x.shape)
-    stored[:] = x
-    index = VectorIndex(dim, flat_threshold=2_000, large_threshold=8_000, rebuild_in_background=False,
-                        stored=lambda: stored)
-    index.add(0, x[:5_000])
-    assert index.describe()[0].endswith("RFlat")
-    index.add(5_000, x[5_000:])
-    factory, _ = index.describe()
-    assert factory.endswith("Refine(SQ8)") and "_HNSW32" in factory
+    x, queries = embedding_like(n, dim), embedding_like(200, dim, seed=1)
+    stored = stored_rows(tmp_path / "rows.npy", x)
+    index = VectorIndex(dim, flat_threshold=2_000, rebuild_in_background=False, stored=lambda: stored)
+    index.add(0, x[:1_000])
+    assert index.describe()[0] == "Flat"
+    index.add(1_000, x[1_000:])
+    assert index.params.layout == "compact" and index.describe()[0].startswith("PCAR128,IVF")
     np.testing.assert_array_equal(index.reconstruct(np.array([7, 11_999])), x[[7, 11_999]])
+    read_before = index.rows_reranked
     recall = recall_at_10(index, x, queries)
     assert recall >= 0.95, recall
+    assert index.rows_reranked - read_before == pytest.approx(len(queries) * 10 * index.params.k_factor, rel=0.05)
+    scores, ids = index.search(queries[:3], 10)
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries[:3], x[ids]), rtol=1e-5)  # exact scores
     eligible = Eligibility()
     for i in range(0, n, 50):  # 2% eligible: most probed lists hold none
         eligible.set(i, True)
@@ -67,9 +89,36 @@ def test_large_corpora_switch_to_sq8_rerank_over_stored_rows_and_keep_recall(tmp
     _, ids = index.search(queries[:5], 10, selector)
     assert (ids >= 0).all() and all(i % 50 == 0 for i in ids.ravel())
     index.save(tmp_path / "index.faiss")
+    # What the snapshot (= what RAM holds) costs per vector: codes, ids, lists; far below one float row.
+    assert (tmp_path / "index.faiss").stat().st_size / n < dim * 4 / 2
     loaded = VectorIndex(dim, stored=lambda: stored)
     loaded.load(tmp_path / "index.faiss")
     assert loaded.describe() == index.describe()
+    np.testing.assert_array_equal(loaded.search(queries[:5], 10)[1], index.search(queries[:5], 10)[1])
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("earlier", ["exact-copy", "sq8-copy"])
+def test_a_snapshot_of_an_earlier_layout_serves_then_converts_to_compact(tmp_path, earlier):
+    """Data directories written before the compact layout keep working: the loaded index answers at once, and
+    the background rebuild converts it from the stored rows."""
+    dim, n = 64, 6_000
+    x, queries = embedding_like(n, dim), embedding_like(50, dim, seed=1)
+    stored = stored_rows(tmp_path / "rows.npy", x)
+    legacy = ivf_params(64, dim) if earlier == "exact-copy" else large_params(64, dim)
+    old = faiss.index_factory(dim, legacy.factory, faiss.METRIC_INNER_PRODUCT)
+    old.train(x)
+    old.add(x)
+    faiss.write_index(old, str(tmp_path / "index.faiss"))
+    index = VectorIndex(dim, flat_threshold=2_000, stored=lambda: stored)
+    index.load(tmp_path / "index.faiss")  # converts in the background; searches never wait for it
+    assert recall_at_10(index, x, queries) >= 0.9
+    for _ in range(600):
+        if index.params.layout == "compact":
+            break
+        time.sleep(0.1)
+    assert index.params.layout == "compact" and index.ntotal == n
+    assert recall_at_10(index, x, queries) >= 0.95
 
 
 @pytest.mark.timeout(300)

@@ -4,13 +4,17 @@ FAISS ids are positions: internal id i is the i-th vector ever added (ids are ne
 images stay in the index and are excluded by the selector). So no id map is needed, the write-ahead
 vector log and the index agree row for row, and replay after a snapshot is "add rows ntotal..end".
 
-The index type follows the corpus size (`params.py`) and is rebuilt off to the side as the corpus grows.
+The index type follows the corpus size (`params.py`) and is rebuilt off to the side as the corpus grows, or
+when a snapshot of an earlier layout is loaded (the conversion: serving continues on the loaded index).
+In the compact layout the index returns k_factor x k candidates from its codes and the exact re-rank reads
+their rows from the stored vectors (the catalog's vector log, memory-mapped: disk, page cache).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,20 +22,26 @@ import faiss
 import numpy as np
 
 from server.core.durable import replace_durably
-from server.store.faiss.params import FLAT_THRESHOLD, LARGE_THRESHOLD, IndexParams, params_for, params_of
+from server.store.faiss.params import FLAT_THRESHOLD, IndexParams, params_for, params_of
 
 log = logging.getLogger("index")
 
 
-def _build(params: IndexParams, dim: int, stored: np.ndarray) -> faiss.Index:
-    """Train on a sample of the stored rows, then add them in chunks (they may be a memory map of 10M rows)."""
-    index = faiss.index_factory(dim, params.factory, faiss.METRIC_INNER_PRODUCT)
+def build_index(params: IndexParams, dim: int, stored: np.ndarray, training: np.ndarray | None = None,
+                progress: Callable[[int], None] | None = None) -> faiss.Index:
+    """Train on `training` (default: a sample of the stored rows), then add the stored rows in chunks (they may
+    be a memory map of 10M rows)."""
+    index = faiss.index_factory(dim, params.factory, params.metric)
     if not index.is_trained:
-        rng = np.random.default_rng(0)
-        rows = np.sort(rng.choice(len(stored), 200_000, replace=False)) if len(stored) > 200_000 else slice(None)
-        index.train(np.ascontiguousarray(stored[rows], dtype=np.float32))
+        if training is None:
+            rng = np.random.default_rng(0)
+            rows = np.sort(rng.choice(len(stored), 200_000, replace=False)) if len(stored) > 200_000 else slice(None)
+            training = stored[rows]
+        index.train(np.ascontiguousarray(training, dtype=np.float32))
     for start in range(0, len(stored), 100_000):
         index.add(np.ascontiguousarray(stored[start:start + 100_000], dtype=np.float32))
+        if progress is not None:
+            progress(min(100_000, len(stored) - start))
     return _maybe_to_gpu(index)
 
 
@@ -50,22 +60,22 @@ class VectorIndex:
     """Thread-safe: searches run concurrently (FAISS releases the GIL); adds and swaps take the lock."""
 
     def __init__(self, dim: int, flat_threshold: int = FLAT_THRESHOLD, rebuild_in_background: bool = True,
-                 large_threshold: int = LARGE_THRESHOLD, stored: Callable[[], np.ndarray] | None = None,
+                 stored: Callable[[], np.ndarray] | None = None,
                  on_rebuilt: Callable[[], None] | None = None) -> None:
         """`stored`: every added vector, row = id (the catalog's vector log, memory-mapped). Without it the index
-        must keep exact copies itself, so it never switches to the SQ8 re-rank."""
+        must keep exact copies itself (RFlat), so it never becomes compact."""
         self.dim = dim
         self.flat_threshold = flat_threshold
-        self.large_threshold = large_threshold if stored is not None else 2**62
         self.rebuild_in_background = rebuild_in_background
         self._stored = stored
         self._on_rebuilt = on_rebuilt
         self.params = params_for(0, dim, flat_threshold)
-        self._index: faiss.Index = _build(self.params, dim, np.empty((0, dim), np.float32))
+        self._index: faiss.Index = build_index(self.params, dim, np.empty((0, dim), np.float32))
         self._lock = threading.RLock()
         self._rebuilding = False
         self._built_at = 0
         self.version = 0  # bumps on every change: answers carry it
+        self.rows_reranked = 0  # stored rows read by re-ranks (x row bytes: disk/page-cache bytes read)
 
     # -- state -------------------------------------------------------------------------------------------
     @property
@@ -81,7 +91,7 @@ class VectorIndex:
 
     def vectors(self) -> np.ndarray:
         """Every vector added, row = id: a zero-copy view of the index's exact copies (Flat, RFlat) or, for
-        the SQ8 re-rank, the stored rows. The view is invalid after the next add: copy what you keep."""
+        the compact and SQ8 layouts, the stored rows. The view is invalid after the next add: copy what you keep."""
         with self._lock:
             if not self.params.exact_rerank:
                 assert self._stored is not None
@@ -104,19 +114,27 @@ class VectorIndex:
                 raise ValueError(f"ids are positions: expected first id {self.ntotal}, got {first_id}")
             self._index.add(vectors)
             self.version += 1
-            target = params_for(self.ntotal, self.dim, self.flat_threshold, self.large_threshold)
-            if self._needs_rebuild(target) and not self._rebuilding:
-                self._rebuilding = True
-                if self.rebuild_in_background:
-                    threading.Thread(target=self._rebuild, args=(target,), daemon=True, name="index-rebuild").start()
-                else:
-                    self._rebuild(target)
+            self._maybe_rebuild()
+
+    def _maybe_rebuild(self) -> None:
+        with self._lock:
+            target = params_for(self.ntotal, self.dim, self.flat_threshold, rows_on_disk=self._stored is not None)
+            if not self._needs_rebuild(target) or self._rebuilding:
+                return
+            self._rebuilding = True
+        if self.rebuild_in_background:
+            threading.Thread(target=self._rebuild, args=(target,), daemon=True, name="index-rebuild").start()
+        else:
+            self._rebuild(target)
 
     def _needs_rebuild(self, target: IndexParams) -> bool:
-        """Flat -> IVF-PQ at the threshold, exact -> SQ8 re-rank at the large threshold; otherwise re-tune IVF
-        only when the corpus has grown 4x since the last build."""
-        if self.params.is_flat or target.exact_rerank != self.params.exact_rerank:
-            return target.factory != self.params.factory
+        """Flat -> IVF-PQ at the threshold, an earlier layout -> this one (conversion); otherwise re-tune IVF
+        only when the corpus has grown 4x since the last build. Never back to Flat (a loaded IVF snapshot of a
+        catalog below this gateway's flat threshold keeps serving as built)."""
+        if target.is_flat:
+            return False
+        if target.layout != self.params.layout:
+            return True
         return target.factory != self.params.factory and self.ntotal >= 4 * self._built_at
 
     def _rebuild(self, target: IndexParams) -> None:
@@ -128,7 +146,8 @@ class VectorIndex:
                 snapshot = source.copy() if self._stored is None else source
                 built = self.ntotal
             log.info("rebuilding index %s -> %s on %d vectors", self.params.factory, target.factory, built)
-            index = _build(target, self.dim, snapshot[:built])
+            started = time.monotonic()
+            index = build_index(target, self.dim, snapshot[:built])
             with self._lock:
                 late = self.vectors()[built:self.ntotal]
                 if len(late):
@@ -137,7 +156,7 @@ class VectorIndex:
                 self.version += 1
                 if self._on_rebuilt is not None:
                     self._on_rebuilt()
-            log.info("index rebuilt: %s (%d vectors)", target.factory, index.ntotal)
+            log.info("index rebuilt: %s (%d vectors, %.1f s)", target.factory, index.ntotal, time.monotonic() - started)
         finally:
             self._rebuilding = False
 
@@ -148,11 +167,21 @@ class VectorIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             index, params = self._index, self.params
-        k = max(1, min(k, index.ntotal)) if index.ntotal else 1
         if index.ntotal == 0:
             return np.full((len(queries), 0), -1, np.float32), np.full((len(queries), 0), -1, np.int64)
+        k = max(1, min(k, index.ntotal))
         if params.is_flat:
             return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
+        if params.rerank_from_disk:
+            return self._rerank(queries, *self._probe(index, params, queries, k * params.k_factor, k, selector), k)
+        scores, ids = self._probe(index, params, queries, k, k, selector)
+        return scores, ids
+
+    def _probe(self, index: faiss.Index, params: IndexParams, queries: np.ndarray, count: int, needed: int,
+               selector: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
+        """`count` results of the IVF search. A restrictive selector can leave the probed lists with fewer than
+        `needed` eligible vectors: probe more lists (up to all of them) so k eligible images always come back
+        when they exist."""
         nprobe, nlist = params.nprobe, faiss.extract_index_ivf(index).nlist
         while True:
             ivf = faiss.SearchParametersIVF(nprobe=nprobe, sel=selector)
@@ -160,13 +189,31 @@ class VectorIndex:
             quantizer = faiss.SearchParametersHNSW(efSearch=params.quantizer_ef(nprobe))
             if params.hnsw_quantizer:
                 ivf.quantizer_params = quantizer
-            search_params = faiss.IndexRefineSearchParameters(k_factor=params.k_factor, base_index_params=ivf)
-            scores, ids = index.search(queries, k, params=search_params)
-            # A restrictive selector can leave the probed lists with fewer than k eligible vectors: probe more
-            # lists (up to all of them) so k eligible images always come back when they exist.
-            if selector is None or nprobe >= nlist or (ids >= 0).all():
+            if params.rerank_from_disk:
+                search_params = faiss.SearchParametersPreTransform(index_params=ivf)
+            else:
+                search_params = faiss.IndexRefineSearchParameters(k_factor=params.k_factor, base_index_params=ivf)
+            scores, ids = index.search(queries, count, params=search_params)
+            if selector is None or nprobe >= nlist or ((ids >= 0).sum(axis=1) >= min(needed, count)).all():
                 return scores, ids
             nprobe = min(nlist, nprobe * 4)
+
+    def _rerank(self, queries: np.ndarray, _scores: np.ndarray, candidates: np.ndarray, k: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact inner products of each query with its candidates' stored rows, best k first. Rows are read in
+        id order (the log's order on disk)."""
+        assert self._stored is not None
+        stored = self._stored()
+        out_scores = np.full((len(queries), k), -np.inf, np.float32)
+        out_ids = np.full((len(queries), k), -1, np.int64)
+        for q, row in enumerate(candidates):
+            ids = np.unique(row[row >= 0])
+            ids = ids[ids < len(stored)]
+            exact = np.asarray(stored[ids], dtype=np.float32) @ queries[q]
+            self.rows_reranked += len(ids)
+            best = np.argsort(-exact, kind="stable")[:k]
+            out_scores[q, :len(best)], out_ids[q, :len(best)] = exact[best], ids[best]
+        return out_scores, out_ids
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -186,3 +233,4 @@ class VectorIndex:
             self.params = params_of(index)
             self._built_at = index.ntotal
             self.version += 1
+        self._maybe_rebuild()  # a snapshot of an earlier layout converts in the background

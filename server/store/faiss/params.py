@@ -1,9 +1,14 @@
 """Which FAISS index a corpus of n vectors gets, and with which search parameters.
 
-Below `flat_threshold` vectors the index is exact (`Flat`); above it, IVF whose lists are found by an HNSW
-graph over the centroids, 4-bit fast-scan PQ with one dimension per sub-quantizer, and an exact re-rank on the
-stored vectors (`RFlat`); past `large_threshold` the re-rank reads 8-bit codes instead of exact copies
-(benchmarks/results/index_1000000.md and scale.md have the measurements behind the rules).
+Below `flat_threshold` vectors the index is exact (`Flat`). Above it, the index is COMPACT: RAM holds only
+4-bit fast-scan PQ codes of PCA-rotated vectors, the ids and the IVF lists (found by an HNSW graph over the
+centroids); the exact re-rank reads the candidates' rows from the catalog's vector log on disk
+(`VectorIndex.search`). About 72 B of RAM per vector instead of 5.7 KB (`RFlat`) or 1.7 KB (`Refine(SQ8)`):
+benchmarks/results/economics.md.
+
+Indexes without an on-disk copy of their rows keep the exact copies in RAM (`RFlat`). Snapshots of the earlier
+layouts (`RFlat`, `Refine(SQ8)`, a flat coarse quantizer) load and serve with their own parameters until the
+background rebuild has converted them (`IndexParams.layout`).
 """
 
 from __future__ import annotations
@@ -14,11 +19,11 @@ from dataclasses import dataclass
 import faiss
 
 FLAT_THRESHOLD = 20_000  # below: exact search costs < ~3 ms and IVF training has too few points
-# Above: an exact float copy for the re-rank (5 KB per 1280-d vector) no longer fits in memory; re-rank on
-# 8-bit scalar-quantized copies and assign lists with an HNSW graph (benchmarks/results/scale.md: 10M vectors
-# in 15.75 GiB at 10-recall@10 0.9875, 12 ms per query).
+# Above: ~sqrt(n) lists, not ~4 sqrt(n): k-means of the coarse quantizer on 2 cores must finish.
 LARGE_THRESHOLD = 2_000_000
 NPROBE = 24  # lists probed (of <= 4096 below the large threshold); a restrictive filter widens it per query
+COMPACT_NPROBE, COMPACT_K_FACTOR = 32, 10
+COMPACT_DIMS_PER_CODE = 10  # 1280-d: 128 sub-quantizers of 4 bits, 64 B per vector
 
 
 @dataclass(frozen=True)
@@ -41,29 +46,60 @@ class IndexParams:
         return self.nprobe == 0
 
     @property
+    def layout(self) -> str:
+        """Where the re-rank reads its vectors: `flat` (no re-rank), `exact-copy` (float copies in RAM, RFlat),
+        `sq8-copy` (8-bit copies in RAM) or `compact` (the vector log on disk; RAM holds codes only)."""
+        if self.is_flat:
+            return "flat"
+        if self.factory.endswith("RFlat"):
+            return "exact-copy"
+        return "sq8-copy" if self.factory.endswith("Refine(SQ8)") else "compact"
+
+    @property
     def exact_rerank(self) -> bool:
-        """Flat, or IVF-PQ re-ranked on exact float copies (RFlat): the index holds the exact vectors."""
-        return self.is_flat or self.factory.endswith("RFlat")
+        """The index holds the exact vectors (Flat, RFlat)."""
+        return self.layout in ("flat", "exact-copy")
+
+    @property
+    def rerank_from_disk(self) -> bool:
+        return self.layout == "compact"
+
+    @property
+    def metric(self) -> int:
+        """The PCA stage centres the data, which changes inner products but not L2 distances; on unit vectors
+        L2 ranks like inner product, and the compact layout re-ranks by exact inner product anyway."""
+        return faiss.METRIC_L2 if self.factory.startswith("PCA") else faiss.METRIC_INNER_PRODUCT
 
 
-def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD,
-               large_threshold: int = LARGE_THRESHOLD) -> IndexParams:
-    """Index type and search parameters for a corpus of n vectors."""
+def nlist_for(n: int) -> int:
+    """~4*sqrt(n) lists (nearest power of two) keeping >= 39 training points per list as FAISS recommends;
+    ~sqrt(n) past the large threshold."""
+    if n >= LARGE_THRESHOLD:
+        return 2 ** round(math.log2(math.sqrt(n)))
+    return 2 ** round(math.log2(max(64, min(4 * math.sqrt(n), n / 39))))
+
+
+def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD, rows_on_disk: bool = True) -> IndexParams:
+    """Index type and search parameters for a corpus of n vectors (`rows_on_disk`: the re-rank can read them
+    from the catalog's vector log)."""
     if n < flat_threshold:
         return IndexParams("Flat")
-    if n >= large_threshold:
-        return large_params(2 ** round(math.log2(math.sqrt(n))), m=dim // 2)
-    # ~4*sqrt(n) lists (nearest power of two), keeping >= 39 training points per list as FAISS recommends.
-    nlist = 2 ** round(math.log2(max(64, min(4 * math.sqrt(n), n / 39))))
-    return ivf_params(nlist, m=dim)
+    if rows_on_disk:
+        return compact_params(nlist_for(n), dim)
+    return ivf_params(nlist_for(n), m=dim)
+
+
+def compact_params(nlist: int, dim: int, m: int | None = None) -> IndexParams:
+    """PCA rotation at full dimension (no information lost; the random rotation after it spreads the variance
+    evenly over the sub-quantizers), 4-bit fast-scan PQ, 10x candidates re-ranked exactly from disk
+    (benchmarks/results/economics.md: the codec choice on vectors with the structure of real embeddings)."""
+    m = m or max(d for d in range(1, dim // COMPACT_DIMS_PER_CODE + 1) if dim % d == 0)
+    return IndexParams(f"PCAR{dim},IVF{nlist}_HNSW32,PQ{m}x4fs", nprobe=COMPACT_NPROBE, k_factor=COMPACT_K_FACTOR)
 
 
 def ivf_params(nlist: int, m: int) -> IndexParams:
-    """On 1M x 1280, one thread, one query at a time: 10-recall@10 ~0.97 in < 2% of exact search time
-    (benchmarks/results/index_1000000.md). The HNSW graph over the centroids replaces a scan of all of them; one
-    dimension per 4-bit sub-quantizer ranks well enough that an 8x exact re-rank suffices (2 dims per
-    sub-quantizer needed 24-32x on the hard set, 4 dims never reached 0.95); 24 lists of 4096 (the graph exploring
-    48 centroids) reach 0.97 on the smooth set, where neighbours spread over many lists."""
+    """Exact float copies in RAM for the re-rank: for an index without an on-disk copy of its rows. On 1M x 1280,
+    one thread: 10-recall@10 ~0.97 in < 2% of exact search time (benchmarks/results/index_1000000.md)."""
     return IndexParams(f"IVF{nlist}_HNSW32,PQ{m}x4fs,RFlat", nprobe=NPROBE, k_factor=8)
 
 
@@ -73,15 +109,18 @@ def flat_quantizer_params(nlist: int, m: int) -> IndexParams:
 
 
 def large_params(nlist: int, m: int) -> IndexParams:
-    """~sqrt(n) lists (k-means on 2 cores must finish), nprobe nlist/32, SQ8 re-rank of 32x the candidates."""
+    """Snapshots of the earlier large-corpus layout: an SQ8 re-rank of 32x the candidates."""
     return IndexParams(f"IVF{nlist}_HNSW32,PQ{m}x4fs,Refine(SQ8)", nprobe=max(16, nlist // 32), k_factor=32)
 
 
 def params_of(index: faiss.Index) -> IndexParams:
     """The parameters of a loaded index (its factory string is not stored)."""
-    if isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexFlat):
         return IndexParams("Flat")
     ivf = faiss.extract_index_ivf(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        return compact_params(ivf.nlist, index.d, faiss.downcast_index(ivf).pq.M)
     nlist, m = ivf.nlist, faiss.downcast_index(index.base_index).pq.M
     if isinstance(faiss.downcast_index(index.refine_index), faiss.IndexScalarQuantizer):
         return large_params(nlist, m)

@@ -61,7 +61,7 @@ class FaissVectorStore:
             self._regions = RegionRows(data_dir, dim, per_image, flat_threshold, rebuild_in_background)
         self._vector_log = VectorLog(data_dir / "vectors.f32", dim)
         self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view,
-                                  on_rebuilt=self._records.bump_version)
+                                  on_rebuilt=self._rebuilt)
         self._eligibility = Eligibility()
         self._image_ids: list[str] = []  # internal id -> image ID (hot path: no DB lookups)
         self._hashes: list[str] = []  # internal id -> content hash (duplicate collapse)
@@ -69,6 +69,12 @@ class FaissVectorStore:
         self._write_lock = threading.Lock()
         self._adds_since_snapshot = 0
         self._recover()
+
+    def _rebuilt(self) -> None:
+        """A rebuild (growth, or the conversion of an earlier layout) changed the index: answers carry a new
+        version, and the next `snapshot(only_if_due=True)` persists it (no lock: called under the index's)."""
+        self._records.bump_version()
+        self._adds_since_snapshot = SNAPSHOT_EVERY
 
     @property
     def regions_per_image(self) -> int:

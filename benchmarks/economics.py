@@ -1,0 +1,288 @@
+"""Index economics: RAM, disk and quality of the served compact index at 10M vectors, and on the real sets.
+
+    python -m benchmarks.economics --n 10000000 --data /work/econ-data [--queries 300]   # ~1 h the first time
+    python -m benchmarks.economics --real-only                                          # real sets, ~8 min
+
+1. **Scale** (`--n`): n vectors with the structure of the served encoder's real embeddings
+   (evaluation/real_structure.py, fitted on the train split's whole-image and region embeddings), written like
+   the store's vector log (float32 rows). The index is the one `params_for(n)` serves, its codec trained on
+   200k generated vectors disjoint from the corpus, then searched by the serving code (`VectorIndex.search`
+   over the memory-mapped log), one query at a time, one thread:
+   - recall@10 and nDCG@10 against exact search over all n (queries disjoint from both);
+   - p50/p99 with the log's pages as the page cache holds them (`warm`) and with them evicted before every
+     query (`cold`: every candidate row read from the SSD);
+   - resident RAM of the loaded index (anonymous RSS, page cache not counted), the page cache the log
+     occupies (fincore), and the bytes read from disk per query (4 KiB pages touched by the re-rank).
+2. **Real sets** (`--real`): the held-out quality set (evaluation/quality.py: calib + test splits, every copy
+   edit and the centre crop box) indexed with regions in a real `FaissVectorStore` whose whole-image and region
+   indexes are compact, codecs trained on the train split (disjoint); every query searched through
+   `store.search`; P@1 per edit and nDCG@10 against the exact ranking (`quality.similarity`: same scoring rule).
+Writes benchmarks/results/economics.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from tqdm import tqdm
+
+from evaluation.real_structure import RealStructure, describe, train_split_rows, write_rows
+from reporting.results import RESULTS, markdown_table, run_info, write_results
+from server.embedding.contract import EMBEDDING_DIM as DIM
+from server.store.faiss.index import VectorIndex, build_index
+from server.store.faiss.params import compact_params, nlist_for, params_for
+
+PAGE = 4096
+ROW_BYTES = DIM * 4
+
+
+def rss_anon() -> int:
+    """Anonymous resident memory of this process (heap, FAISS arrays): the page cache is not in it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def page_cache_bytes(path: Path) -> int:
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def evict(path: Path) -> None:
+    """Drop the file's pages from the page cache (POSIX_FADV_DONTNEED: no privileges needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def exact_top(rows: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products over all rows (streamed in chunks from the memory map)."""
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    for start in tqdm(range(0, len(rows), 200_000), desc="exact search", unit="chunk", mininterval=30):
+        block = np.asarray(rows[start:start + 200_000], dtype=np.float32)
+        s = queries @ block.T
+        top = np.argpartition(-s, k, axis=1)[:, :k]
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], axis=1)
+        cand_i = np.concatenate([best_i, top + start], axis=1)
+        order = np.argsort(-cand_s, axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+    return best_s, best_i
+
+
+def ndcg_vs_exact(got: np.ndarray, exact_ids: np.ndarray, exact_scores: np.ndarray, k: int = 10) -> float:
+    """nDCG@k of a ranking with the exact top-k's similarities as gains (1.0: the exact order)."""
+    gains = dict(zip(exact_ids[:k].tolist(), exact_scores[:k].tolist(), strict=True))
+    discounts = 1 / np.log2(np.arange(2, k + 2))
+    dcg = sum(gains.get(int(i), 0.0) * d for i, d in zip(got[:k], discounts, strict=False))
+    return float(dcg / np.sum(exact_scores[:k] * discounts))
+
+
+def pages_touched(ids: np.ndarray) -> int:
+    ids = ids[ids >= 0]
+    first, last = ids * ROW_BYTES // PAGE, ((ids + 1) * ROW_BYTES - 1) // PAGE
+    return len(set().union(*(range(int(a), int(b) + 1) for a, b in zip(first, last, strict=True))))
+
+
+def timed_pass(index: VectorIndex, queries: np.ndarray, log: Path | None) -> tuple[list[float], np.ndarray]:
+    """One query at a time; `log`: evict its pages before every query (cold)."""
+    latencies, found = [], []
+    for q in queries:
+        if log is not None:
+            evict(log)
+        started = time.perf_counter()
+        _, ids = index.search(q[None], 10)
+        latencies.append((time.perf_counter() - started) * 1000)
+        found.append(ids[0])
+    return latencies, np.stack(found)
+
+
+def scale(n: int, data: Path, nq: int, version: str) -> dict:
+    model = RealStructure.fit(train_split_rows(version))
+    data.mkdir(parents=True, exist_ok=True)
+    log = data / f"rows-{n}.f32"
+    with tqdm(total=n, desc="generate rows", unit="row", mininterval=30) as bar:
+        rows = write_rows(log, n, model, seed=9, progress=bar.update)
+    params = params_for(n, DIM)
+    index_path = data / f"index-{n}-{re.sub(r'[^A-Za-z0-9]+', '_', params.factory)}.faiss"
+    build_path = index_path.with_suffix(".json")
+    if not index_path.exists():
+        training = model.sample(200_000, np.random.default_rng(7))  # disjoint from the corpus
+        started = time.monotonic()
+        with tqdm(total=n, desc=f"build {params.factory}", unit="row", mininterval=30) as bar:
+            built = build_index(params, DIM, rows, training=training, progress=bar.update)
+        faiss.write_index(built, str(index_path))
+        build_path.write_text(json.dumps({"build_s": round(time.monotonic() - started, 1)}))
+        del built
+    queries = model.sample(nq, np.random.default_rng(11))
+    truth_path = data / f"exact-{n}-{nq}.npz"
+    if not truth_path.exists():
+        np.savez(truth_path, *exact_top(rows, queries, 10))
+    truth = np.load(truth_path)
+    exact_scores, exact_ids = truth["arr_0"], truth["arr_1"]
+
+    faiss.omp_set_num_threads(1)
+    before = rss_anon()
+    index = VectorIndex(DIM, stored=lambda: rows, rebuild_in_background=False)
+    index.load(index_path)
+    assert index.params == params, (index.params, params)
+    index_ram = rss_anon() - before
+    timed_pass(index, queries[: min(50, nq)], None)  # warm-up: the HNSW graph, the lists
+    read_before = index.rows_reranked
+    warm, found = timed_pass(index, queries, None)
+    rows_per_query = (index.rows_reranked - read_before) / nq
+    cold, _ = timed_pass(index, queries, log)
+    candidates = [index.search(q[None], 10 * params.k_factor)[1][0] for q in queries[:50]]
+    recall = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact_ids, strict=True)]))
+    ndcg = float(np.mean([ndcg_vs_exact(f, e, s) for f, e, s in zip(found, exact_ids, exact_scores, strict=True)]))
+    timed_pass(index, queries, None)
+    return {
+        "n": n, "factory": params.factory, "nprobe": params.nprobe, "k_factor": params.k_factor,
+        "build_s": json.loads(build_path.read_text())["build_s"] if build_path.exists() else None,
+        "index_file_bytes_per_vector": round(index_path.stat().st_size / n, 1),
+        "ram_bytes_per_vector": round(index_ram / n, 1),
+        "recall_at_10": round(recall, 4), "ndcg10_vs_exact": round(ndcg, 4),
+        **{f"{name}_p{p}_ms": round(float(np.percentile(values, p)), 2)
+           for name, values in (("warm", warm), ("cold", cold)) for p in (50, 99)},
+        "rows_reranked_per_query": round(rows_per_query, 1),
+        "disk_bytes_per_query": int(np.mean([pages_touched(c) for c in candidates]) * PAGE),
+        "log_bytes": log.stat().st_size, "log_page_cache_bytes_after_warm_pass": page_cache_bytes(log),
+        "queries": nq, "vectors": describe(np.asarray(rows[:9240])), "fit_rows": describe(model.anchors),
+        "latencies_ms": {"warm": [round(x, 3) for x in warm], "cold": [round(x, 3) for x in cold]},
+    }
+
+
+def per_image_overhead(images: int = 1_000_000) -> float:
+    """RAM the FAISS store keeps per image besides the index: image ID and content hash strings (Python lists)
+    and the eligibility bits (whole image + regions). Measured on typical values."""
+    before = rss_anon()
+    ids = [f"tenant-{i % 97}/photo-{i:012d}" for i in range(images)]
+    hashes = [f"{i:064x}" for i in range(images)]
+    used = rss_anon() - before
+    del ids, hashes
+    return used / images + 7 / 8
+
+
+def real_sets(version: str, seed: int = 16) -> dict:
+    """The held-out quality set through a real store with compact whole-image and region indexes."""
+    from evaluation.quality import VersionEmbedder, build, similarity
+    from server.core.regions import REGION_BOXES
+    from server.store.base import EmbeddedImage, Visibility
+    from server.store.faiss.store import FaissVectorStore
+
+    prep = build(seed, regions=True)
+    embedder = VersionEmbedder(version)
+    gallery = embedder.embed(prep.gallery_pixels, "gallery")
+    regions = embedder.regions(prep.gallery_pixels, prep.region_pixels, "regions")
+    queries = embedder.embed(prep.copy_pixels, "copies")
+    exact = similarity(queries, gallery, regions)
+    training = train_split_rows(version, seed)  # disjoint: the train split
+    out: dict = {"gallery": len(gallery), "queries": len(queries), "regions_per_image": len(REGION_BOXES)}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        store = FaissVectorStore(directory, DIM, version, flat_threshold=10**9, regions=len(REGION_BOXES))
+        store.add([EmbeddedImage(str(i), "owner", Visibility.PUBLIC, f"h{i}", g, r)
+                   for i, (g, r) in enumerate(zip(gallery, regions, strict=True))], version)
+        store.close()
+        for log_name, snapshot in (("vectors.f32", "index.faiss"), ("regions.f32", "regions.faiss")):
+            rows = np.fromfile(directory / log_name, dtype=np.float32).reshape(-1, DIM)
+            params = compact_params(nlist_for(len(rows)), DIM)
+            faiss.write_index(build_index(params, DIM, rows, training=training), str(directory / snapshot))
+            out[f"{snapshot}_factory"] = params.factory
+        store = FaissVectorStore(directory, DIM, version, flat_threshold=1, rebuild_in_background=False)
+        assert store.stats().index_type.startswith("PCAR"), store.stats()
+        ranked = [[int(c.image_id) for c in store.search(q, 10)] for q in tqdm(queries, desc="store search")]
+        store.close()
+    exact_top = np.argsort(-exact, axis=1)[:, :10]
+    per_edit: dict[str, dict[str, list[float]]] = {}
+    for (source, edit), got, e_ids, row in zip(prep.copy_queries, ranked, exact_top, exact, strict=True):
+        m = per_edit.setdefault(edit, {"compact": [], "exact": [], "ndcg": []})
+        m["compact"].append(float(got[0] == source))
+        m["exact"].append(float(e_ids[0] == source))
+        m["ndcg"].append(ndcg_vs_exact(np.array(got), e_ids, row[e_ids]))
+    out["per_edit"] = {edit: {"p1_compact": round(float(np.mean(m["compact"])), 4),
+                              "p1_exact": round(float(np.mean(m["exact"])), 4),
+                              "ndcg10_vs_exact": round(float(np.mean(m["ndcg"])), 4), "queries": len(m["ndcg"])}
+                       for edit, m in per_edit.items()}
+    out["ndcg10_vs_exact"] = round(float(np.mean([v for m in per_edit.values() for v in m["ndcg"]])), 4)
+    return out
+
+
+def plot(result: dict) -> None:
+    s = result.get("scale")
+    if not s:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, values in s["latencies_ms"].items():
+        ax.plot(np.sort(values), np.linspace(0, 1, len(values)), label=f"{name} page cache")
+    ax.axvline(10, color="grey", linestyle=":", label="goal p99 10 ms")
+    ax.set_xscale("log")
+    ax.set_xlabel("one store search, ms (1 thread)")
+    ax.set_ylabel("share of queries")
+    ax.set_title(f"{s['factory']} at {s['n']:,} vectors: recall@10 {s['recall_at_10']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "economics.png", dpi=110)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=10_000_000)
+    parser.add_argument("--data", type=Path, default=Path("var/economics"))
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--version", default="2")
+    parser.add_argument("--real-only", action="store_true")
+    parser.add_argument("--scale-only", action="store_true")
+    args = parser.parse_args(argv)
+    path = RESULTS / "economics.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result["run"] = run_info(**{k: str(v) for k, v in vars(args).items()})
+    if not args.real_only:
+        result["scale"] = scale(args.n, args.data, args.queries, args.version)
+        result["per_image_overhead_bytes"] = round(per_image_overhead(), 1)
+    if not args.scale_only:
+        result["real"] = real_sets(args.version)
+    write_results("economics", result, markdown(result))
+    plot(result)
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = ["# Index economics", "", f"`python -m benchmarks.economics` — commit {result['run']['git_commit']}.", ""]
+    if s := result.get("scale"):
+        lines += [f"## {s['n']:,} vectors with the structure of real embeddings", "",
+                  markdown_table([{k: v for k, v in s.items() if not isinstance(v, dict)}],
+                                 ["factory", "nprobe", "k_factor", "recall_at_10", "ndcg10_vs_exact",
+                                  "ram_bytes_per_vector", "index_file_bytes_per_vector", "warm_p50_ms", "warm_p99_ms",
+                                  "cold_p50_ms", "cold_p99_ms", "disk_bytes_per_query", "build_s"]), "",
+                  f"Vector log {s['log_bytes'] / 2**30:.1f} GiB on disk, "
+                  f"{s['log_page_cache_bytes_after_warm_pass'] / 2**30:.2f} GiB of it in the page cache after the "
+                  f"timed passes. Per-image overhead of the store outside the index: "
+                  f"{result.get('per_image_overhead_bytes')} B.", ""]
+    if r := result.get("real"):
+        rows = [{"edit": e, **m} for e, m in r["per_edit"].items()]
+        lines += ["## Held-out quality set through a compact store (whole images + regions)", "",
+                  f"{r['gallery']} images, {r['queries']} copy queries; nDCG@10 vs exact {r['ndcg10_vs_exact']}.", "",
+                  markdown_table(rows, ["edit", "p1_exact", "p1_compact", "ndcg10_vs_exact", "queries"])]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

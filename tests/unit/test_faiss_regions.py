@@ -56,14 +56,17 @@ def test_a_region_match_finds_its_image_first_scored_by_the_best_match(tmp_path,
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
-def test_private_and_deleted_images_are_never_reached_through_their_regions(tmp_path):
-    """The attacker knows (or guesses) a private image's region exactly and asks for every result."""
+@pytest.mark.parametrize("flat_threshold", [10_000, 50], ids=["flat", "compact"])
+def test_private_and_deleted_images_are_never_reached_through_their_regions(tmp_path, flat_threshold):
+    """The attacker knows (or guesses) a private image's region exactly and asks for every result, against
+    exact search and against the compact index (codes in RAM, re-rank from the logs)."""
     rng = np.random.default_rng(1)
-    store = open_store(tmp_path)
+    store = open_store(tmp_path, flat_threshold=flat_threshold)
     public = [new(f"pub{i}", rng) for i in range(40)]
     private = [new(f"priv{i}", rng, Visibility.PRIVATE) for i in range(20)]
     doomed = [new(f"del{i}", rng) for i in range(20)]
     store.add(public + private + doomed)
+    assert (store.stats().index_type == "Flat") == (flat_threshold > 80)
     store.delete([d.image_id for d in doomed])
     hidden = {i.image_id for i in private + doomed}
     for secret in private + doomed:

@@ -84,7 +84,8 @@ class VectorIndex:
 
     def describe(self) -> tuple[str, dict[str, str]]:
         p = self.params
-        extra = {} if p.is_flat else {"nprobe": str(p.nprobe), "k_factor": str(p.k_factor)}
+        extra = {"rerank": p.layout} if p.is_flat else {"nprobe": str(p.nprobe), "k_factor": str(p.k_factor),
+                                                        "rerank": p.layout}
         if p.hnsw_quantizer:
             extra["ef_search"] = str(p.quantizer_ef(p.nprobe))
         return p.factory, {"metric": "inner_product", **extra, "gpu": str(on_gpu()).lower()}

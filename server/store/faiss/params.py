@@ -93,7 +93,9 @@ def compact_params(nlist: int, dim: int, m: int | None = None) -> IndexParams:
     """PCA rotation at full dimension (no information lost; the random rotation after it spreads the variance
     evenly over the sub-quantizers), 4-bit fast-scan PQ, 10x candidates re-ranked exactly from disk
     (benchmarks/results/economics.md: the codec choice on vectors with the structure of real embeddings)."""
-    m = m or max(d for d in range(1, dim // COMPACT_DIMS_PER_CODE + 1) if dim % d == 0)
+    # Small dimensions (tests, other encoders) keep at least 32 sub-quantizers: a few codes cannot rank at all.
+    target = max(dim // COMPACT_DIMS_PER_CODE, min(dim, 32))
+    m = m or max(d for d in range(1, target + 1) if dim % d == 0)
     return IndexParams(f"PCAR{dim},IVF{nlist}_HNSW32,PQ{m}x4fs", nprobe=COMPACT_NPROBE, k_factor=COMPACT_K_FACTOR)
 
 

@@ -102,6 +102,9 @@ class RegionRows:
                 best[image] = region_score(float(score))
         return best
 
+    def describe(self) -> tuple[str, dict[str, str]]:
+        return self._index.describe()
+
     def rows_of(self, images: np.ndarray) -> list[np.ndarray]:
         """The region rows of each of these images, float32 [R, dim] each, from the log."""
         view = self._log.view()

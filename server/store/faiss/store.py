@@ -214,8 +214,12 @@ class FaissVectorStore:
     def stats(self) -> StoreStats:
         c = self._counts
         kind, params = self._index.describe()
+        params = {**params, "regions_per_image": str(self.regions_per_image)}
+        if self._regions is not None:
+            region_kind, region_params = self._regions.describe()
+            params |= {"regions_index": region_kind, "regions_rerank": region_params["rerank"]}
         return StoreStats(Counts(public=c[Visibility.PUBLIC], private=c[Visibility.PRIVATE], deleted=c["deleted"]),
-                          self._index.ntotal, kind, {**params, "regions_per_image": str(self.regions_per_image)})
+                          self._index.ntotal, kind, params)
 
     def healthy(self) -> bool:
         return True  # in-process: serving whenever the gateway is

@@ -17,6 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 
 
+FLAT_THRESHOLD = 20_000  # vectors; below, exact search costs < ~3 ms and IVF training has too few points
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a deployment can change. Env vars are VSEARCH_<FIELD> (upper case). Frozen: a process reads its
@@ -68,6 +71,9 @@ class Settings:
     # crop of an indexed picture finds it (issue 16; benchmarks/results/quality.md). Costs 1 + 6 encoder inputs
     # per indexed image and 7x the vectors; queries still embed once. A catalog keeps what it was created with.
     index_regions: bool = True
+    # FAISS catalogs below this many vectors search exactly (Flat); above, the compact index (codes in RAM, exact
+    # re-rank from the vector log: server/store/faiss/params.py).
+    index_flat_threshold: int = FLAT_THRESHOLD
     # Input limits (decompression-bomb and abuse protection).
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000

@@ -63,4 +63,5 @@ def open_store(settings: Settings, model_version: str, dim: int) -> Store:
     from server.store.faiss import FaissVectorStore
 
     return FaissVectorStore(catalog_dir(settings.data_dir, model_version), dim, model_version,
+                            flat_threshold=settings.index_flat_threshold,
                             regions=len(REGION_BOXES) if settings.index_regions else 0)

@@ -14,7 +14,9 @@ from PIL import Image
 
 from clients.client import NewImage
 from devkit.corpus import real_photos
+from devkit.launcher import GatewayProcess
 from protos.visual_search.v1 import visual_search_pb2 as pb
+from tests.fixtures.gateway import start_gateway
 from tests.photos import jpeg
 
 OPERATIONS = 2400
@@ -37,7 +39,20 @@ def _tiles(count: int, seed: int) -> list[bytes]:
 
 
 @pytest.mark.timeout(900)
-def test_randomized_add_hide_delete_search_never_leaks(fresh_gateway):
+def test_randomized_add_hide_delete_search_never_leaks(triton_server, tmp_path):
+    """Against the compact index with regions (a flat threshold of 64 vectors): the filter is applied inside
+    the code search and the re-rank only ever sees eligible candidates."""
+    gateway = start_gateway(triton_server, tmp_path / "gateway", index_flat_threshold=64)
+    try:
+        leak_check(gateway)
+        with gateway.client() as client:
+            stats = client.stats()
+        assert stats.index_params["rerank"] == stats.index_params["regions_rerank"] == "compact", stats
+    finally:
+        gateway.stop()
+
+
+def leak_check(fresh_gateway: GatewayProcess) -> None:
     rng = random.Random(20261124)
     tiles = _tiles(220, seed=1)
     state: dict[str, str] = {}  # reference model: image_id -> "public" | "private" | "deleted"

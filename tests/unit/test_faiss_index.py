@@ -50,11 +50,11 @@ def recall_at_10(index: VectorIndex, x: np.ndarray, queries: np.ndarray) -> floa
 def test_params_follow_corpus_size():
     assert params_for(1000, 1280).factory == "Flat"
     big = params_for(1_000_000, 1280)
-    assert big.factory == "PCAR1280,IVF4096_HNSW32,PQ128x4fs" and big.hnsw_quantizer and big.rerank_from_disk
-    assert big.metric == faiss.METRIC_L2 and not big.exact_rerank
+    assert big.factory == "IVF4096_HNSW32,PQ128x4fs" and big.hnsw_quantizer and big.rerank_from_disk
+    assert not big.exact_rerank and big.k_factor == 20
     in_ram = params_for(1_000_000, 1280, rows_on_disk=False)
     assert in_ram.factory == "IVF4096_HNSW32,PQ1280x4fs,RFlat" and in_ram.exact_rerank
-    assert params_for(10_000_000, 1280).factory == "PCAR1280,IVF4096_HNSW32,PQ128x4fs"
+    assert params_for(10_000_000, 1280).factory == "IVF4096_HNSW32,PQ128x4fs"
 
 
 def stored_rows(path, x: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ def test_compact_index_holds_codes_and_reranks_from_the_stored_rows(tmp_path):
     index.add(0, x[:1_000])
     assert index.describe()[0] == "Flat"
     index.add(1_000, x[1_000:])
-    assert index.params.layout == "compact" and index.describe()[0].startswith("PCAR128,IVF")
+    assert index.params.layout == "compact" and index.describe()[0].startswith("IVF")
     np.testing.assert_array_equal(index.reconstruct(np.array([7, 11_999])), x[[7, 11_999]])
     read_before = index.rows_reranked
     recall = recall_at_10(index, x, queries)

@@ -31,7 +31,7 @@ def build_index(params: IndexParams, dim: int, stored: np.ndarray, training: np.
                 progress: Callable[[int], None] | None = None) -> faiss.Index:
     """Train on `training` (default: a sample of the stored rows), then add the stored rows in chunks (they may
     be a memory map of 10M rows)."""
-    index = faiss.index_factory(dim, params.factory, params.metric)
+    index = faiss.index_factory(dim, params.factory, faiss.METRIC_INNER_PRODUCT)
     if not index.is_trained:
         if training is None:
             rng = np.random.default_rng(0)
@@ -190,10 +190,8 @@ class VectorIndex:
             quantizer = faiss.SearchParametersHNSW(efSearch=params.quantizer_ef(nprobe))
             if params.hnsw_quantizer:
                 ivf.quantizer_params = quantizer
-            if params.rerank_from_disk:
-                search_params = faiss.SearchParametersPreTransform(index_params=ivf)
-            else:
-                search_params = faiss.IndexRefineSearchParameters(k_factor=params.k_factor, base_index_params=ivf)
+            search_params = ivf if params.rerank_from_disk else faiss.IndexRefineSearchParameters(
+                k_factor=params.k_factor, base_index_params=ivf)
             scores, ids = index.search(queries, count, params=search_params)
             if selector is None or nprobe >= nlist or ((ids >= 0).sum(axis=1) >= min(needed, count)).all():
                 return scores, ids

@@ -1,9 +1,9 @@
 """Which FAISS index a corpus of n vectors gets, and with which search parameters.
 
 Below `flat_threshold` vectors the index is exact (`Flat`). Above it, the index is COMPACT: RAM holds only
-4-bit fast-scan PQ codes of PCA-rotated vectors, the ids and the IVF lists (found by an HNSW graph over the
-centroids); the exact re-rank reads the candidates' rows from the catalog's vector log on disk
-(`VectorIndex.search`). About 72 B of RAM per vector instead of 5.7 KB (`RFlat`) or 1.7 KB (`Refine(SQ8)`):
+4-bit fast-scan PQ codes (10 dimensions per code: 64 B per 1280-d vector), the ids and the IVF lists (found by
+an HNSW graph over the centroids); the exact re-rank reads the candidates' rows from the catalog's vector log on
+disk (`VectorIndex.search`). About 72 B of RAM per vector instead of 5.7 KB (`RFlat`) or 1.7 KB (`Refine(SQ8)`):
 benchmarks/results/economics.md.
 
 Indexes without an on-disk copy of their rows keep the exact copies in RAM (`RFlat`). Snapshots of the earlier
@@ -18,11 +18,12 @@ from dataclasses import dataclass
 
 import faiss
 
-FLAT_THRESHOLD = 20_000  # below: exact search costs < ~3 ms and IVF training has too few points
+from server.core.config import FLAT_THRESHOLD
+
 # Above: ~sqrt(n) lists, not ~4 sqrt(n): k-means of the coarse quantizer on 2 cores must finish.
 LARGE_THRESHOLD = 2_000_000
 NPROBE = 24  # lists probed (of <= 4096 below the large threshold); a restrictive filter widens it per query
-COMPACT_NPROBE, COMPACT_K_FACTOR = 32, 10
+COMPACT_NPROBE, COMPACT_K_FACTOR = 16, 20
 COMPACT_DIMS_PER_CODE = 10  # 1280-d: 128 sub-quantizers of 4 bits, 64 B per vector
 
 
@@ -64,12 +65,6 @@ class IndexParams:
     def rerank_from_disk(self) -> bool:
         return self.layout == "compact"
 
-    @property
-    def metric(self) -> int:
-        """The PCA stage centres the data, which changes inner products but not L2 distances; on unit vectors
-        L2 ranks like inner product, and the compact layout re-ranks by exact inner product anyway."""
-        return faiss.METRIC_L2 if self.factory.startswith("PCA") else faiss.METRIC_INNER_PRODUCT
-
 
 def nlist_for(n: int) -> int:
     """~4*sqrt(n) lists (nearest power of two) keeping >= 39 training points per list as FAISS recommends;
@@ -90,13 +85,14 @@ def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD, rows_on_d
 
 
 def compact_params(nlist: int, dim: int, m: int | None = None) -> IndexParams:
-    """PCA rotation at full dimension (no information lost; the random rotation after it spreads the variance
-    evenly over the sub-quantizers), 4-bit fast-scan PQ, 10x candidates re-ranked exactly from disk
-    (benchmarks/results/economics.md: the codec choice on vectors with the structure of real embeddings)."""
+    """4-bit fast-scan PQ of the raw embedding, 20x candidates re-ranked exactly from disk. On 200k vectors with
+    the structure of real embeddings (evaluation/real_structure.py), 10-recall@10 at nprobe 16: 0.9925 with
+    20x, 0.9755 with 10x; a PCA or random rotation first ranked worse (0.9865 / 0.9785 with 20x) and costs a
+    1280x1280 product per vector. benchmarks/results/economics.md has the 10M measurement."""
     # Small dimensions (tests, other encoders) keep at least 32 sub-quantizers: a few codes cannot rank at all.
     target = max(dim // COMPACT_DIMS_PER_CODE, min(dim, 32))
     m = m or max(d for d in range(1, target + 1) if dim % d == 0)
-    return IndexParams(f"PCAR{dim},IVF{nlist}_HNSW32,PQ{m}x4fs", nprobe=COMPACT_NPROBE, k_factor=COMPACT_K_FACTOR)
+    return IndexParams(f"IVF{nlist}_HNSW32,PQ{m}x4fs", nprobe=COMPACT_NPROBE, k_factor=COMPACT_K_FACTOR)
 
 
 def ivf_params(nlist: int, m: int) -> IndexParams:
@@ -121,7 +117,7 @@ def params_of(index: faiss.Index) -> IndexParams:
     if isinstance(index, faiss.IndexFlat):
         return IndexParams("Flat")
     ivf = faiss.extract_index_ivf(index)
-    if isinstance(index, faiss.IndexPreTransform):
+    if not isinstance(index, faiss.IndexRefine):
         return compact_params(ivf.nlist, index.d, faiss.downcast_index(ivf).pq.M)
     nlist, m = ivf.nlist, faiss.downcast_index(index.base_index).pq.M
     if isinstance(faiss.downcast_index(index.refine_index), faiss.IndexScalarQuantizer):

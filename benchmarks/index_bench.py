@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parser.parse_args(argv)
     n = args.n or (25_000 if args.quick else 300_000)
     faiss.omp_set_num_threads(1)
-    default = params_for(n, DIM)
+    default = params_for(n, DIM, rows_on_disk=False)  # in-RAM re-rank (compact layout: benchmarks/economics.py)
     nlist = int(default.factory.split(",")[0][3:].split("_")[0])
     previous_nlist = 2 ** int(math.log2(max(64, min(4 * math.sqrt(n), n / 39))))  # the rule before the HNSW one
     variants = {

@@ -54,7 +54,7 @@ def exact_truth(xb: np.ndarray, xq: np.ndarray, eligible: np.ndarray | None) -> 
 def bench_faiss(xb: np.ndarray, xq: np.ndarray, public: np.ndarray, truth_all: np.ndarray,
                 truth_public: np.ndarray) -> list[dict[str, object]]:
     faiss.omp_set_num_threads(1)  # the gateway searches one query at a time on one thread
-    params = params_for(len(xb), DIM)
+    params = params_for(len(xb), DIM, rows_on_disk=False)
     index, build_s, bpv = build(params, xb)
     selector = faiss.IDSelectorBatch(np.flatnonzero(public).astype(np.int64))
     rows = []

@@ -61,16 +61,13 @@ class VectorIndex:
 
     def __init__(self, dim: int, flat_threshold: int = FLAT_THRESHOLD, rebuild_in_background: bool = True,
                  stored: Callable[[], np.ndarray] | None = None,
-                 on_rebuilt: Callable[[], None] | None = None,
-                 prefetch: Callable[[np.ndarray], None] | None = None) -> None:
+                 on_rebuilt: Callable[[], None] | None = None) -> None:
         """`stored`: every added vector, row = id (the catalog's vector log, memory-mapped). Without it the index
-        must keep exact copies itself (RFlat), so it never becomes compact. `prefetch(rows)`: start reading
-        these stored rows (the re-rank calls it before it reads them)."""
+        must keep exact copies itself (RFlat), so it never becomes compact."""
         self.dim = dim
         self.flat_threshold = flat_threshold
         self.rebuild_in_background = rebuild_in_background
         self._stored = stored
-        self._prefetch = prefetch
         self._on_rebuilt = on_rebuilt
         self.params = params_for(0, dim, flat_threshold)
         self._index: faiss.Index = build_index(self.params, dim, np.empty((0, dim), np.float32))
@@ -211,8 +208,6 @@ class VectorIndex:
         for q, row in enumerate(candidates):
             ids = np.unique(row[row >= 0])
             ids = ids[ids < len(stored)]
-            if self._prefetch is not None:
-                self._prefetch(ids)
             exact = np.asarray(stored[ids], dtype=np.float32) @ queries[q]
             self.rows_reranked += len(ids)
             best = np.argsort(-exact, kind="stable")[:k]

@@ -61,7 +61,7 @@ class FaissVectorStore:
             self._regions = RegionRows(data_dir, dim, per_image, flat_threshold, rebuild_in_background)
         self._vector_log = VectorLog(data_dir / "vectors.f32", dim)
         self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view,
-                                  on_rebuilt=self._rebuilt, prefetch=self._vector_log.prefetch)
+                                  on_rebuilt=self._rebuilt)
         self._eligibility = Eligibility()
         self._image_ids: list[str] = []  # internal id -> image ID (hot path: no DB lookups)
         self._hashes: list[str] = []  # internal id -> content hash (duplicate collapse)

@@ -8,13 +8,6 @@ from pathlib import Path
 import numpy as np
 
 
-def prefetch_rows(fd: int, row_bytes: int, rows: np.ndarray) -> None:
-    """Ask the kernel to start reading these rows now (POSIX_FADV_WILLNEED submits the reads without waiting):
-    the re-rank's reads then overlap on the SSD instead of faulting in one page at a time."""
-    for row in rows.tolist():
-        os.posix_fadvise(fd, row * row_bytes, row_bytes, os.POSIX_FADV_WILLNEED)
-
-
 class VectorLog:
     def __init__(self, path: Path, dim: int) -> None:
         self.path, self.dim = path, dim
@@ -39,9 +32,6 @@ class VectorLog:
         if rows == 0:
             return np.empty((0, self.dim), np.float32)
         return np.memmap(self.path, dtype="<f4", mode="r", shape=(rows, self.dim))
-
-    def prefetch(self, rows: np.ndarray) -> None:
-        prefetch_rows(self._file.fileno(), self._row_bytes, rows)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.array(self.view()[start:stop], dtype=np.float32)

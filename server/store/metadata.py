@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -36,6 +37,10 @@ class SqliteMetadataStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self._db.execute("INSERT OR IGNORE INTO counters VALUES ('version', 0)")
         self.version = self._db.execute("SELECT value FROM counters WHERE name = 'version'").fetchone()[0]
+        # Searches name their hits through a connection of their own: a WAL reader never waits for a writer's
+        # fsync, so ingest does not stall the search path.
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._reader_lock = threading.Lock()
 
     def _bump(self) -> None:
         """Inside an open transaction, lock held."""
@@ -94,6 +99,16 @@ class SqliteMetadataStore:
                 out[r.internal_id] = r
         return out
 
+    def names(self, internal_ids: list[int]) -> dict[int, tuple[str, str]]:
+        """internal id -> (image ID, content hash) of committed records: the hot path's lookup (a search names
+        its few hits here instead of keeping every image's ID and hash in RAM)."""
+        if not internal_ids:
+            return {}
+        with self._reader_lock:
+            return {r[0]: (r[1], r[2]) for r in self._reader.execute(
+                f"SELECT internal_id, image_id, content_hash FROM images WHERE internal_id IN "
+                f"({','.join('?' * len(internal_ids))})", internal_ids)}
+
     def known(self, image_ids: Iterable[str]) -> set[str]:
         ids = list(image_ids)
         out: set[str] = set()
@@ -141,6 +156,8 @@ class SqliteMetadataStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._reader_lock:
+            self._reader.close()
 
 
 def now() -> float:

@@ -63,8 +63,6 @@ class FaissVectorStore:
         self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view,
                                   on_rebuilt=self._rebuilt)
         self._eligibility = Eligibility()
-        self._image_ids: list[str] = []  # internal id -> image ID (hot path: no DB lookups)
-        self._hashes: list[str] = []  # internal id -> content hash (duplicate collapse)
         self._counts = {Visibility.PUBLIC: 0, Visibility.PRIVATE: 0, "deleted": 0}
         self._write_lock = threading.Lock()
         self._adds_since_snapshot = 0
@@ -114,8 +112,6 @@ class FaissVectorStore:
     def _track(self, records: list[ImageRecord]) -> None:
         """Make added records searchable and counted (ids are positions, so they arrive in order)."""
         for r in records:
-            self._image_ids.append(r.image_id)
-            self._hashes.append(r.content_hash)
             self._set_eligible(r.internal_id, r.eligible)
             self._counts["deleted" if r.deleted else r.visibility] += 1
 
@@ -202,7 +198,8 @@ class FaissVectorStore:
         found = sorted(((i, s) for i, s in best.items() if self._eligibility.is_eligible(i)),
                        key=lambda hit: -hit[1])[:k]
         vectors = self._index.reconstruct(np.array([i for i, _ in found], dtype=np.int64))
-        return [Candidate(self._image_ids[i], s, self._hashes[i], v) for (i, s), v in zip(found, vectors, strict=True)]
+        names = self._records.names([i for i, _ in found])  # not kept in RAM: ~200 B per image as Python strings
+        return [Candidate(names[i][0], s, names[i][1], v) for (i, s), v in zip(found, vectors, strict=True)]
 
     def get(self, image_id: str) -> ImageRecord | None:
         return self._records.get(image_id)

@@ -102,8 +102,10 @@ class RegionRows:
                 best[image] = region_score(float(score))
         return best
 
-    def describe(self) -> tuple[str, dict[str, str]]:
-        return self._index.describe()
+    def describe(self) -> tuple[str, str]:
+        """The region index's type and where its re-rank reads (params.IndexParams.layout)."""
+        kind, params = self._index.describe()
+        return kind, params["rerank"]
 
     def rows_of(self, images: np.ndarray) -> list[np.ndarray]:
         """The region rows of each of these images, float32 [R, dim] each, from the log."""

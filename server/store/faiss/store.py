@@ -4,7 +4,7 @@ On disk (one directory per encoder version, `<data_dir>/catalogs/encoder-N`):
   vectors.f32      append-only log of embeddings, row i = internal id i (fsync'd before the records commit)
   metadata.sqlite  image records (WAL, synchronous=FULL); a row exists only once its vector is durable
   index.faiss      last index snapshot (atomic write + rename); rows after its ntotal are replayed on start
-  regions.f32, regions.faiss   the same for the region rows of a catalog created with regions (regions.py)
+  regions.*        the same for the region rows of a catalog created with regions (regions.py)
 
 Recovery: rows of vectors.f32 beyond the record count were never acknowledged and are truncated. Writes are
 serialized by one lock; searches are lock-free.
@@ -69,8 +69,7 @@ class FaissVectorStore:
         self._recover()
 
     def _rebuilt(self) -> None:
-        """A rebuild (growth, or the conversion of an earlier layout) changed the index: answers carry a new
-        version, and the next `snapshot(only_if_due=True)` persists it (no lock: called under the index's)."""
+        """A rebuild or a conversion: a new version; the next due snapshot persists it (under the index's lock)."""
         self._records.bump_version()
         self._adds_since_snapshot = SNAPSHOT_EVERY
 
@@ -120,7 +119,6 @@ class FaissVectorStore:
         if self._regions is not None:
             self._regions.set(internal_id, eligible)
 
-    # -- writes ------------------------------------------------------------------------------------------
     def add(self, images: Sequence[EmbeddedImage], model_version: str | None = None) -> list[bool]:
         if model_version is not None and model_version != self.model_version:
             raise ValueError(f"embeddings of {model_version} cannot join the store of {self.model_version}")
@@ -179,7 +177,6 @@ class FaissVectorStore:
     def _unknown(self, image_ids: Sequence[str]) -> list[str]:
         return [i for i in image_ids if (r := self._records.get(i)) is None or r.deleted]
 
-    # -- reads -------------------------------------------------------------------------------------------
     def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Candidate]:
         skip = None
         if exclude is not None and (record := self._records.get(exclude)) is not None:
@@ -198,7 +195,7 @@ class FaissVectorStore:
         found = sorted(((i, s) for i, s in best.items() if self._eligibility.is_eligible(i)),
                        key=lambda hit: -hit[1])[:k]
         vectors = self._index.reconstruct(np.array([i for i, _ in found], dtype=np.int64))
-        names = self._records.names([i for i, _ in found])  # not kept in RAM: ~200 B per image as Python strings
+        names = self._records.names([i for i, _ in found])  # not kept in RAM (~200 B per image as str)
         return [Candidate(names[i][0], s, names[i][1], v) for (i, s), v in zip(found, vectors, strict=True)]
 
     def get(self, image_id: str) -> ImageRecord | None:
@@ -213,15 +210,13 @@ class FaissVectorStore:
         kind, params = self._index.describe()
         params = {**params, "regions_per_image": str(self.regions_per_image)}
         if self._regions is not None:
-            region_kind, region_params = self._regions.describe()
-            params |= {"regions_index": region_kind, "regions_rerank": region_params["rerank"]}
+            params |= dict(zip(("regions_index", "regions_rerank"), self._regions.describe(), strict=True))
         return StoreStats(Counts(public=c[Visibility.PUBLIC], private=c[Visibility.PRIVATE], deleted=c["deleted"]),
                           self._index.ntotal, kind, params)
 
     def healthy(self) -> bool:
         return True  # in-process: serving whenever the gateway is
 
-    # -- persistence -------------------------------------------------------------------------------------
     def snapshot(self, only_if_due: bool = False) -> None:
         with self._write_lock:
             if only_if_due and self._adds_since_snapshot < SNAPSHOT_EVERY:
@@ -231,7 +226,6 @@ class FaissVectorStore:
         if self._regions is not None:
             self._regions.snapshot()
 
-    # -- catalog -----------------------------------------------------------------------------------------
     def scan(self, cursor: object = None, limit: int = 1000) -> Page:
         """Records at internal ids [cursor, cursor + limit): add order; later adds come after the last page."""
         start = cursor if isinstance(cursor, int) else 0

@@ -11,8 +11,8 @@
    - recall@10 and nDCG@10 against exact search over all n (queries disjoint from both);
    - p50/p99 with every row the queries re-rank in the page cache (`warm`: the same queries ran once before)
      and with the log's pages evicted before every query (`cold`: every candidate row read from the disk); a
-     node whose page cache holds part of its log lies in between. (A POSIX_FADV_WILLNEED prefetch of the
-     candidates' rows measured slower here: cold p50/p99 2.89/8.57 ms against 1.34/3.0 ms without it.)
+     node whose page cache holds part of its log lies in between;
+   - the bytes read from the disk per cold query (/proc/self/io).
    - resident RAM of the loaded index (anonymous RSS, page cache not counted), the page cache the log
      occupies (fincore), and the bytes read from disk per query (4 KiB pages touched by the re-rank).
 2. **Real sets** (`--real`): the held-out quality set (evaluation/quality.py: calib + test splits, every copy
@@ -53,8 +53,8 @@ from server.store.base import EmbeddedImage, Visibility
 from server.store.faiss.index import VectorIndex, build_index
 from server.store.faiss.params import compact_params, nlist_for, params_for
 from server.store.faiss.store import FaissVectorStore
+from server.store.faiss.vector_log import VectorLog
 
-PAGE = 4096
 ROW_BYTES = DIM * 4
 
 
@@ -104,10 +104,12 @@ def ndcg_vs_exact(got: np.ndarray, exact_ids: np.ndarray, exact_scores: np.ndarr
     return float(dcg / np.sum(exact_scores[:k] * discounts))
 
 
-def pages_touched(ids: np.ndarray) -> int:
-    ids = ids[ids >= 0]
-    first, last = ids * ROW_BYTES // PAGE, ((ids + 1) * ROW_BYTES - 1) // PAGE
-    return len(set().union(*(range(int(a), int(b) + 1) for a, b in zip(first, last, strict=True))))
+def disk_reads() -> int:
+    """Bytes this process has had read from the disk (not from the page cache)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError("no read_bytes in /proc/self/io")
 
 
 def timed_pass(index: VectorIndex, queries: np.ndarray, log: Path | None) -> tuple[list[float], np.ndarray]:
@@ -149,7 +151,8 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
 
     faiss.omp_set_num_threads(1)
     before = rss_anon()
-    index = VectorIndex(DIM, stored=lambda: rows, rebuild_in_background=False)
+    vector_log = VectorLog(log, DIM)  # the store's reader of the log: one pread per row, no readahead
+    index = VectorIndex(DIM, stored=vector_log.view, rebuild_in_background=False, read_rows=vector_log.read_rows)
     index.load(index_path)
     assert index.params == params, (index.params, params)
     index_ram = rss_anon() - before
@@ -157,8 +160,9 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
     read_before = index.rows_reranked
     warm, found = timed_pass(index, queries, None)
     rows_per_query = (index.rows_reranked - read_before) / nq
+    read_before = disk_reads()
     cold, _ = timed_pass(index, queries, log)
-    candidates = [index.search(q[None], 10 * params.k_factor)[1][0] for q in queries[:50]]
+    disk_per_query = (disk_reads() - read_before) / nq
     recall = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact_ids, strict=True)]))
     ndcg = float(np.mean([ndcg_vs_exact(f, e, s) for f, e, s in zip(found, exact_ids, exact_scores, strict=True)]))
     sweep = []
@@ -180,7 +184,7 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
         **{f"{name}_p{p}_ms": round(float(np.percentile(values, p)), 2)
            for name, values in (("warm", warm), ("cold", cold)) for p in (50, 99)},
         "rows_reranked_per_query": round(rows_per_query, 1),
-        "disk_bytes_per_query": int(np.mean([pages_touched(c) for c in candidates]) * PAGE),
+        "disk_bytes_per_query": int(disk_per_query),
         "log_bytes": log.stat().st_size, "log_page_cache_bytes_after_warm_pass": page_cache_bytes(log),
         "sweep_warm": sweep, "queries": nq,
         "vectors": describe(np.asarray(rows[:9240])), "fit_rows": describe(model.anchors),

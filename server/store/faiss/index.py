@@ -62,13 +62,16 @@ class VectorIndex:
 
     def __init__(self, dim: int, flat_threshold: int = FLAT_THRESHOLD, rebuild_in_background: bool = True,
                  stored: Callable[[], np.ndarray] | None = None,
-                 on_rebuilt: Callable[[], None] | None = None) -> None:
+                 on_rebuilt: Callable[[], None] | None = None,
+                 read_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         """`stored`: every added vector, row = id (the catalog's vector log, memory-mapped). Without it the index
-        must keep exact copies itself (RFlat), so it never becomes compact."""
+        must keep exact copies itself (RFlat), so it never becomes compact. `read_rows(ids)`: the re-rank's
+        reader of stored rows (default: from `stored`)."""
         self.dim = dim
         self.flat_threshold = flat_threshold
         self.rebuild_in_background = rebuild_in_background
         self._stored = stored
+        self._read_rows = read_rows or (lambda ids: np.asarray(self._stored()[ids], dtype=np.float32))
         self._on_rebuilt = on_rebuilt
         self.params = params_for(0, dim, flat_threshold)
         self._index: faiss.Index = build_index(self.params, dim, np.empty((0, dim), np.float32))
@@ -203,13 +206,13 @@ class VectorIndex:
         """Exact inner products of each query with its candidates' stored rows, best k first. Rows are read in
         id order (the log's order on disk)."""
         assert self._stored is not None
-        stored = self._stored()
+        total = self.ntotal
         out_scores = np.full((len(queries), k), -np.inf, np.float32)
         out_ids = np.full((len(queries), k), -1, np.int64)
         for q, row in enumerate(candidates):
             ids = np.unique(row[row >= 0])
-            ids = ids[ids < len(stored)]
-            exact = np.asarray(stored[ids], dtype=np.float32) @ queries[q]
+            ids = ids[ids < total]
+            exact = self._read_rows(ids) @ queries[q]
             self.rows_reranked += len(ids)
             best = np.argsort(-exact, kind="stable")[:k]
             out_scores[q, :len(best)], out_ids[q, :len(best)] = exact[best], ids[best]

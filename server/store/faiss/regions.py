@@ -32,7 +32,8 @@ class RegionRows:
         self.per_image, self.dim = per_image, dim
         self.snapshot_path = data_dir / SNAPSHOT_NAME
         self._log = VectorLog(data_dir / LOG_NAME, dim)
-        self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._log.view)
+        self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._log.view,
+                                  read_rows=self._log.read_rows)
         self._eligibility = Eligibility()
 
     @staticmethod

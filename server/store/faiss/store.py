@@ -61,7 +61,7 @@ class FaissVectorStore:
             self._regions = RegionRows(data_dir, dim, per_image, flat_threshold, rebuild_in_background)
         self._vector_log = VectorLog(data_dir / "vectors.f32", dim)
         self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view,
-                                  on_rebuilt=self._rebuilt)
+                                  on_rebuilt=self._rebuilt, read_rows=self._vector_log.read_rows)
         self._eligibility = Eligibility()
         self._counts = {Visibility.PUBLIC: 0, Visibility.PRIVATE: 0, "deleted": 0}
         self._write_lock = threading.Lock()

@@ -166,8 +166,9 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
     recall = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact_ids, strict=True)]))
     ndcg = float(np.mean([ndcg_vs_exact(f, e, s) for f, e, s in zip(found, exact_ids, exact_scores, strict=True)]))
     sweep = []
-    for nprobe, k_factor in ((8, 20), (16, 10), (16, 20), (32, 20), (16, 40)):
+    for nprobe, k_factor in ((16, 20), (16, 30), (16, 40), (32, 40), (16, 60)):
         index.params = replace(params, nprobe=nprobe, k_factor=k_factor)
+        timed_pass(index, queries, None)  # its rows in the page cache, as for the served setting's warm pass
         latencies, got = timed_pass(index, queries, None)
         sweep.append({"nprobe": nprobe, "k_factor": k_factor, "recall_at_10": round(float(np.mean(
             [len(set(f) & set(e)) / 10 for f, e in zip(got, exact_ids, strict=True)])), 4),
@@ -316,9 +317,11 @@ def markdown(result: dict) -> str:
         rows = [{"edit": e, **m} for e, m in r["per_edit"].items()]
         lines += ["## Held-out quality set through a compact store (whole images + regions)", "",
                   f"{r['gallery']} images, {r['queries']} copy queries; nDCG@10 vs exact {r['ndcg10_vs_exact']}.", "",
-                  markdown_table(rows, ["edit", "p1_exact", "p1_compact", "ndcg10_vs_exact", "queries"]), "",
-                  "Category retrieval (each held-out image of a category with >= 3 images queries the rest):", "",
-                  markdown_table([r["category"]], ["queries", "map10_exact", "map10_compact", "ndcg10_vs_exact"])]
+                  markdown_table(rows, ["edit", "p1_exact", "p1_compact", "ndcg10_vs_exact", "queries"])]
+        if "category" in r:
+            lines += ["", "Category retrieval (each held-out image of a category with >= 3 images queries the rest):",
+                      "", markdown_table([r["category"]], ["queries", "map10_exact", "map10_compact",
+                                                           "ndcg10_vs_exact"])]
     return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ def test_params_follow_corpus_size():
     assert params_for(1000, 1280).factory == "Flat"
     big = params_for(1_000_000, 1280)
     assert big.factory == "IVF4096_HNSW32,PQ256x4fs" and big.hnsw_quantizer and big.rerank_from_disk
-    assert not big.exact_rerank and big.k_factor == 20
+    assert not big.exact_rerank and big.k_factor == 40
     in_ram = params_for(1_000_000, 1280, rows_on_disk=False)
     assert in_ram.factory == "IVF4096_HNSW32,PQ1280x4fs,RFlat" and in_ram.exact_rerank
     assert params_for(10_000_000, 1280).factory == "IVF4096_HNSW32,PQ256x4fs"

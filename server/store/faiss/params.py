@@ -23,7 +23,7 @@ from server.core.config import FLAT_THRESHOLD
 # Above: ~sqrt(n) lists, not ~4 sqrt(n): k-means of the coarse quantizer on 2 cores must finish.
 LARGE_THRESHOLD = 2_000_000
 NPROBE = 24  # lists probed (of <= 4096 below the large threshold); a restrictive filter widens it per query
-COMPACT_NPROBE, COMPACT_K_FACTOR = 16, 20
+COMPACT_NPROBE, COMPACT_K_FACTOR = 16, 40
 COMPACT_DIMS_PER_CODE = 5  # 1280-d: 256 sub-quantizers of 4 bits, 128 B per vector
 
 

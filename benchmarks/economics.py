@@ -282,9 +282,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--version", default="2")
     parser.add_argument("--real-only", action="store_true")
     parser.add_argument("--scale-only", action="store_true")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the goals and tables from the JSON")
     args = parser.parse_args(argv)
     path = RESULTS / "economics.json"
     result = json.loads(path.read_text()) if path.exists() else {}
+    if args.report_only:
+        result["goals"] = goals(result)
+        write_results("economics", result, markdown(result))
+        return result
     result["run"] = run_info(**{k: str(v) for k, v in vars(args).items()})
     if not args.real_only:
         result["scale"] = s = scale(args.n, args.data, args.queries, args.version)
@@ -293,13 +298,38 @@ def main(argv: list[str] | None = None) -> dict:
                                               + BITMAP_BYTES_PER_IMAGE, 1)
     if not args.scale_only:
         result["real"] = real_sets(args.version)
+    result["goals"] = goals(result)
     write_results("economics", result, markdown(result))
     plot(result)
     return result
 
 
+def goals(result: dict) -> dict:
+    """The issue's goal figures, from this benchmark's parts and the regions benchmark (indexing rates)."""
+    s, r = result.get("scale", {}), result.get("real", {})
+    regions = json.loads((RESULTS / "regions.json").read_text()) if (RESULTS / "regions.json").exists() else {}
+    rates = {row["index_regions"]: row["indexing_images_per_s"] for row in regions.get("services", [])}
+    edits = r.get("per_edit", {})
+    return {
+        "ram_bytes_per_image": result.get("ram_bytes_per_image"), "ram_bytes_per_vector": s.get("ram_bytes_per_vector"),
+        "ndcg10_vs_exact_real_sets": r.get("ndcg10_vs_exact"),
+        "ndcg10_vs_exact_categories": r.get("category", {}).get("ndcg10_vs_exact"),
+        "recall_at_10": s.get("recall_at_10"), "n": s.get("n"),
+        "store_search_p99_ms": s.get("warm_p99_ms"), "store_search_p99_ms_cold": s.get("cold_p99_ms"),
+        "indexing_with_regions_over_whole_only": round(rates[True] / rates[False], 3) if len(rates) == 2 else None,
+        "crop_box_centre_p1": edits.get("centre-crop-box", {}).get("p1_compact"),
+        "crop_box_centre_p1_exact": edits.get("centre-crop-box", {}).get("p1_exact"),
+        "crop50_p1": edits.get("crop-50", {}).get("p1_compact"),
+        "crop50_p1_exact": edits.get("crop-50", {}).get("p1_exact"),
+        "disk_bytes_per_query": s.get("disk_bytes_per_query"),
+    }
+
+
 def markdown(result: dict) -> str:
     lines = ["# Index economics", "", f"`python -m benchmarks.economics` — commit {result['run']['git_commit']}.", ""]
+    if g := result.get("goals"):
+        lines += ["## Goals (issue 26)", "", markdown_table([{"metric": k, "measured": v} for k, v in g.items()],
+                                                            ["metric", "measured"]), ""]
     if s := result.get("scale"):
         lines += [f"## {s['n']:,} vectors with the structure of real embeddings", "",
                   markdown_table([{k: v for k, v in s.items() if not isinstance(v, dict)}],

@@ -150,8 +150,17 @@ class SqliteMetadataStore:
     def mark_deleted(self, image_ids: list[str]) -> list[ImageRecord]:
         return self._update(image_ids, "deleted = 1", (), "1")
 
-    def iter_all(self) -> Iterator[ImageRecord]:
-        yield from self._select("ORDER BY internal_id")
+    def iter_all(self, chunk: int = 10_000) -> Iterator[ImageRecord]:
+        """Every record in internal-id order, read a chunk at a time (a catalog of 100M images never sits in
+        memory as records)."""
+        last = -1
+        while rows := self._select("WHERE internal_id > ? ORDER BY internal_id LIMIT ?", (last, chunk)):
+            yield from rows
+            last = rows[-1].internal_id
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:

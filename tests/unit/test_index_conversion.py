@@ -117,3 +117,19 @@ def test_kill_9_during_the_conversion_loses_no_acknowledged_image_and_the_conver
         assert store.stats().rows >= 3_000 + acknowledged + 1
     finally:
         store.close()
+
+
+def test_a_restart_reads_the_records_a_chunk_at_a_time_and_keeps_them_all(tmp_path):
+    """Recovery streams the catalog's records (a 100M-image catalog never sits in memory as records): every
+    image is found after a restart, across chunk boundaries."""
+    added = images(25, 2, "img")
+    store = FaissVectorStore(tmp_path, DIM, VERSION, regions=R)
+    store.add(added)
+    store.close()
+    reopened = FaissVectorStore(tmp_path, DIM, VERSION)
+    try:
+        assert [r.image_id for r in reopened._records.iter_all(chunk=10)] == [i.image_id for i in added]
+        assert reopened._records.count() == 25 and reopened.stats().counts.public == 25
+        assert all(found_first(reopened, i) for i in added)
+    finally:
+        reopened.close()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +88,7 @@ class FaissVectorStore:
 
     def _recover(self) -> None:
         self._records.refuse_nested_owners()
-        records = list(self._records.iter_all())
-        committed = len(records)
+        committed = self._records.count()
         if self._vector_log.rows() > committed:
             log.warning("dropping %d unacknowledged vector rows", self._vector_log.rows() - committed)
             self._vector_log.truncate(committed)
@@ -105,10 +104,10 @@ class FaissVectorStore:
             self._index.add(self._index.ntotal, self._vector_log.read(self._index.ntotal, committed))
         if self._regions is not None:
             self._regions.recover(committed)
-        self._track(records)
+        self._track(self._records.iter_all())
         log.info("store ready: %d images (%s)", committed, self._index.describe()[0])
 
-    def _track(self, records: list[ImageRecord]) -> None:
+    def _track(self, records: Iterable[ImageRecord]) -> None:
         """Make added records searchable and counted (ids are positions, so they arrive in order)."""
         for r in records:
             self._set_eligible(r.internal_id, r.eligible)

@@ -7,7 +7,7 @@ vector log and the index agree row for row, and replay after a snapshot is "add 
 The index type follows the corpus size (`params.py`) and is rebuilt off to the side as the corpus grows, or
 when a snapshot of an earlier layout is loaded (the conversion: serving continues on the loaded index).
 In the compact layout the index returns k_factor x k candidates from its codes and the exact re-rank reads
-their rows from the stored vectors (the catalog's vector log, memory-mapped: disk, page cache).
+their rows from the stored vectors (the catalog's vector log on disk, through `read_rows`).
 """
 
 from __future__ import annotations
@@ -88,11 +88,17 @@ class VectorIndex:
 
     def describe(self) -> tuple[str, dict[str, str]]:
         p = self.params
-        extra = {"rerank": p.layout} if p.is_flat else {"nprobe": str(p.nprobe), "k_factor": str(p.k_factor),
-                                                        "rerank": p.layout}
+        extra = {"rerank": p.layout}
+        if not p.is_flat:
+            extra |= {"nprobe": str(p.nprobe), "k_factor": str(p.k_factor)}
         if p.hnsw_quantizer:
             extra["ef_search"] = str(p.quantizer_ef(p.nprobe))
-        return p.factory, {"metric": "inner_product", **extra, "gpu": str(on_gpu() and p.is_flat).lower()}
+        return p.factory, {"metric": "inner_product", **extra, "gpu": str(self._on_device).lower()}
+
+    @property
+    def _on_device(self) -> bool:
+        """Only exact indexes move to a GPU (`_maybe_to_gpu`)."""
+        return on_gpu() and self.params.is_flat
 
     def vectors(self) -> np.ndarray:
         """Every vector added, row = id: a zero-copy view of the index's exact copies (Flat, RFlat) or, for
@@ -108,7 +114,10 @@ class VectorIndex:
             return faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
 
     def reconstruct(self, ids: np.ndarray) -> np.ndarray:
-        return np.asarray(self.vectors()[np.asarray(ids, dtype=np.int64)], dtype=np.float32)
+        ids = np.asarray(ids, dtype=np.int64)
+        if not self.params.exact_rerank:  # rows on disk: the re-rank's reader, not a new memory map per call
+            return self._read_rows(ids)
+        return np.asarray(self.vectors()[ids], dtype=np.float32)
 
     # -- writes ------------------------------------------------------------------------------------------
     def add(self, first_id: int, vectors: np.ndarray) -> None:
@@ -178,9 +187,9 @@ class VectorIndex:
         if params.is_flat:
             return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
         if params.rerank_from_disk:
-            return self._rerank(queries, *self._probe(index, params, queries, k * params.k_factor, k, selector), k)
-        scores, ids = self._probe(index, params, queries, k, k, selector)
-        return scores, ids
+            _, candidates = self._probe(index, params, queries, k * params.k_factor, k, selector)
+            return self._rerank(queries, candidates, k)
+        return self._probe(index, params, queries, k, k, selector)
 
     def _probe(self, index: faiss.Index, params: IndexParams, queries: np.ndarray, count: int, needed: int,
                selector: faiss.IDSelector | None) -> tuple[np.ndarray, np.ndarray]:
@@ -201,8 +210,7 @@ class VectorIndex:
                 return scores, ids
             nprobe = min(nlist, nprobe * 4)
 
-    def _rerank(self, queries: np.ndarray, _scores: np.ndarray, candidates: np.ndarray, k: int
-                ) -> tuple[np.ndarray, np.ndarray]:
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner products of each query with its candidates' stored rows, best k first. Rows are read in
         id order (the log's order on disk)."""
         assert self._stored is not None
@@ -223,8 +231,7 @@ class VectorIndex:
         """Atomic snapshot: write to a temp file, fsync, rename over the old one."""
         tmp = path.with_suffix(path.suffix + ".tmp")
         with self._lock:
-            on_device = on_gpu() and self.params.is_flat
-            index = faiss.index_gpu_to_cpu(self._index) if on_device else self._index  # pragma: no branch
+            index = faiss.index_gpu_to_cpu(self._index) if self._on_device else self._index  # pragma: no branch
             faiss.write_index(index, str(tmp))
             params = self.params
         replace_durably(tmp, path)

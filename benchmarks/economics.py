@@ -31,7 +31,6 @@ import re
 import subprocess
 import tempfile
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -43,13 +42,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.held_out_search import held_out, quality, relevant_by_category, searched
 from evaluation.metrics import evaluate
-from evaluation.quality import Prepared, VersionEmbedder, build, similarity
+from evaluation.quality import similarity
 from evaluation.real_structure import RealStructure, describe, train_split_rows, write_rows
 from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.regions import REGION_BOXES
 from server.embedding.contract import EMBEDDING_DIM as DIM
-from server.store.base import EmbeddedImage, Visibility
 from server.store.faiss.index import VectorIndex, build_index
 from server.store.faiss.params import compact_params, nlist_for, params_for
 from server.store.faiss.store import FaissVectorStore
@@ -199,28 +198,21 @@ BITMAP_BYTES_PER_IMAGE = (1 + REGIONS_PER_IMAGE) / 8  # eligibility: one bit per
 
 def real_sets(version: str, seed: int = 16) -> dict:
     """The held-out quality set through a real store with compact whole-image and region indexes."""
-    prep = build(seed, regions=True)
-    embedder = VersionEmbedder(version)
-    gallery = embedder.embed(prep.gallery_pixels, "gallery")
-    regions = embedder.regions(prep.gallery_pixels, prep.region_pixels, "regions")
-    queries = embedder.embed(prep.copy_pixels, "copies")
-    exact = similarity(queries, gallery, regions)
+    held = held_out(version, seed)
+    gallery, queries, members = held.gallery, held.queries, held.members
+    exact = similarity(queries, gallery, held.regions)
     training = train_split_rows(version, seed)  # disjoint: the train split
     out: dict = {"gallery": len(gallery), "queries": len(queries), "regions_per_image": len(REGION_BOXES)}
-    members = category_queries(prep)
 
     def searches(store: FaissVectorStore, name: str) -> tuple[list[list[int]], list[list[int]]]:
-        copies = [[int(c.image_id) for c in store.search(q, 10)] for q in tqdm(queries, desc=f"{name}: copies")]
-        by_category = [[int(c.image_id) for c in store.search(gallery[q], 10, exclude=str(q))]
-                       for q in tqdm(members, desc=f"{name}: categories")]
+        found = searched(held, lambda q, k, exclude: store.search(q, k, exclude), name)
         store.close()
-        return copies, by_category
+        return found
 
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         store = FaissVectorStore(directory, DIM, version, flat_threshold=10**9, regions=len(REGION_BOXES))
-        store.add([EmbeddedImage(str(i), "owner", Visibility.PUBLIC, f"h{i}", g, r)
-                   for i, (g, r) in enumerate(zip(gallery, regions, strict=True))], version)
+        store.add(held.images())
         # Control: the same store with exact (Flat) indexes. What it loses against `similarity` is the store's
         # merge rule (a bounded number of region rows per query), not the codes.
         flat_ranked, flat_by_category = searches(store, "flat store")
@@ -234,7 +226,7 @@ def real_sets(version: str, seed: int = 16) -> dict:
         ranked, by_category = searches(store, "compact store")
     exact_top = np.argsort(-exact, axis=1)[:, :10]
     per_edit: dict[str, dict[str, list[float]]] = {}
-    for (source, edit), got, e_ids, row in zip(prep.copy_queries, ranked, exact_top, exact, strict=True):
+    for (source, edit), got, e_ids, row in zip(held.prep.copy_queries, ranked, exact_top, exact, strict=True):
         m = per_edit.setdefault(edit, {"compact": [], "exact": [], "ndcg": []})
         m["compact"].append(float(got[0] == source))
         m["exact"].append(float(e_ids[0] == source))
@@ -246,30 +238,23 @@ def real_sets(version: str, seed: int = 16) -> dict:
     out["ndcg10_vs_exact"] = round(float(np.mean([v for m in per_edit.values() for v in m["ndcg"]])), 4)
     out["flat_store_ndcg10_vs_exact"] = round(float(np.mean([ndcg_vs_exact(np.array(got), e, row[e]) for got, e, row
                                                              in zip(flat_ranked, exact_top, exact, strict=True)])), 4)
-    out["flat_store_p1"] = {edit: round(float(np.mean([got[0] == source for (source, e), got in zip(
-        prep.copy_queries, flat_ranked, strict=True) if e == edit])), 4) for edit in per_edit}
-    category_exact = similarity(gallery[members], gallery, regions)
+    flat = quality(held, flat_ranked, flat_by_category)
+    out["flat_store_p1"] = {edit: flat[f"p1_{edit}"] for edit in per_edit}
+    category_exact = similarity(gallery[members], gallery, held.regions)
     category_exact[np.arange(len(members)), members] = -np.inf  # leave-one-out
     exact_ranked = np.argsort(-category_exact, axis=1)[:, :10]
-    relevant = [{j: 1 for j, g in enumerate(prep.gallery) if g.category == prep.gallery[q].category and j != q}
-                for q in members]
+    relevant = relevant_by_category(held)
     out["category"] = {
         "queries": len(members),
         "map10_exact": round(evaluate([list(r) for r in exact_ranked], relevant, (10,))["map@10"], 4),
         "map10_compact": round(evaluate(by_category, relevant, (10,))["map@10"], 4),
-        "map10_flat_store": round(evaluate(flat_by_category, relevant, (10,))["map@10"], 4),
+        "map10_flat_store": flat["category_map10"],
         "flat_store_ndcg10_vs_exact": round(float(np.mean([ndcg_vs_exact(np.array(got), e, row[e]) for got, e, row
                                                            in zip(flat_by_category, exact_ranked, category_exact,
                                                                   strict=True)])), 4),
         "ndcg10_vs_exact": round(float(np.mean([ndcg_vs_exact(np.array(got), e, row[e]) for got, e, row in zip(
             by_category, exact_ranked, category_exact, strict=True)])), 4)}
     return out
-
-
-def category_queries(prep: Prepared) -> list[int]:
-    """Gallery images whose category has >= 3 members: each queries the rest (leave-one-out)."""
-    counts = Counter(g.category for g in prep.gallery)
-    return [i for i, g in enumerate(prep.gallery) if counts[g.category] >= 3]
 
 
 def plot(result: dict) -> None:

@@ -67,9 +67,10 @@ class Settings:
     # (<model_repository>/<model_name>/promoted.json, server/model_versions/registry.py), else 1. Afterwards the data
     # directory's ACTIVE_MODEL file decides (SwitchModel changes it).
     model_version: str | None = None
-    # A new FAISS catalog also indexes embeddings of the regions in server/core/regions.py, so a
-    # crop of an indexed picture finds it (issue 16; benchmarks/results/quality.md). Costs 1 + 6 encoder inputs
-    # per indexed image and 7x the vectors; queries still embed once. A catalog keeps what it was created with.
+    # A new catalog (FAISS directory or Milvus collection) also indexes embeddings of the regions in
+    # server/core/regions.py, so a crop of an indexed picture finds it (issue 16; benchmarks/results/quality.md).
+    # Costs 1 + 6 encoder inputs per indexed image and 7x the vectors; queries still embed once. A catalog keeps
+    # what it was created with.
     index_regions: bool = True
     # FAISS catalogs below this many vectors search exactly (Flat); above, the compact index (codes in RAM, exact
     # re-rank from the vector log: server/store/faiss/params.py).

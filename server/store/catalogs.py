@@ -59,7 +59,8 @@ def open_store(settings: Settings, model_version: str, dim: int) -> Store:
 
         return MilvusVectorStore(_milvus(settings), model_version, dim,
                                  index=MilvusIndexConfig(kind=settings.milvus_index),
-                                 collection_prefix=settings.milvus_prefix, timeout_s=settings.milvus_timeout_s)
+                                 collection_prefix=settings.milvus_prefix, timeout_s=settings.milvus_timeout_s,
+                                 regions=len(REGION_BOXES) if settings.index_regions else 0)
     from server.store.faiss import FaissVectorStore
 
     return FaissVectorStore(catalog_dir(settings.data_dir, model_version), dim, model_version,

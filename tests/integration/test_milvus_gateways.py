@@ -14,8 +14,10 @@ import uuid
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
+from pymilvus import MilvusClient
 
 from clients.client import NewImage
 from devkit.launcher import GatewayProcess
@@ -119,30 +121,63 @@ def test_milvus_down_gives_unavailable_and_not_serving_then_recovers(triton_serv
         gateway.stop()
 
 
-def test_migration_copies_a_faiss_catalog_into_milvus(milvus_server, tmp_path):
-    from cli.migrate import migrate_catalog
+def test_migration_copies_a_faiss_catalog_with_regions_into_milvus_resumably(milvus_server, tmp_path, monkeypatch):
+    import cli.migrate
+    from cli.migrate import migrate, migrate_catalog
     from server.core.config import Settings
+    from server.core.regions import REGION_BOXES
+    from server.store.base import EmbeddedImage
     from server.store.catalogs import open_store, read_active_version, write_active_version
-    from tests.unit.test_store_contract import image, stand_in_vector
+    from tests.unit.test_store_contract import stand_in_vector
+
+    def region_vectors(i: int) -> np.ndarray:
+        return np.stack([stand_in_vector(f"m{i}#{r}") for r in range(len(REGION_BOXES))])
 
     prefix = f"mig_{uuid.uuid4().hex[:8]}"
     settings = Settings(data_dir=tmp_path / "data", milvus_prefix=prefix)
+    on_milvus = settings.with_overrides(index_backend="milvus", milvus_uri=milvus_server.uri)
     faiss_store = open_store(settings, "encoder/1", 64)
-    faiss_store.add([image(f"m{i}", Visibility.PRIVATE if i % 4 == 0 else Visibility.PUBLIC) for i in range(300)])
+    assert faiss_store.regions_per_image == len(REGION_BOXES)
+    faiss_store.add([EmbeddedImage(f"m{i}", "owner", Visibility.PRIVATE if i % 4 == 0 else Visibility.PUBLIC,
+                                   f"h{i}", stand_in_vector(f"m{i}"), region_vectors(i)) for i in range(300)])
     faiss_store.delete(["m1", "m2"])
     write_active_version(settings, "encoder/1")
+
+    # interrupted after its first page of 100: what it copied is complete, the rerun copies the rest
+    monkeypatch.setattr(cli.migrate, "CHUNK", 100)
+    target = open_store(on_milvus, "encoder/1", 64)
+    pages = []
+
+    def interrupt(n: int) -> None:
+        pages.append(n)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        migrate(faiss_store, target, interrupt)
+    assert pages == [100] and target.stats().rows == 100
+    target.close()
     faiss_store.close()
     done = migrate_catalog(settings, milvus_server.uri, dim=64)
     assert done["records"] == 300
-    on_milvus = settings.with_overrides(index_backend="milvus", milvus_uri=milvus_server.uri)
     assert read_active_version(on_milvus) == "encoder/1"
     milvus_store = open_store(on_milvus, "encoder/1", 64)
     try:
+        assert milvus_store.regions_per_image == len(REGION_BOXES)
         counts = milvus_store.stats().counts
         assert (counts.public, counts.private, counts.deleted) == (223, 75, 2)
         assert [c.image_id for c in milvus_store.search(stand_in_vector("m5"), 1)] == ["m5"]
-        assert "m1" not in [c.image_id for c in milvus_store.search(stand_in_vector("m1"), 50)]
+        assert [c.image_id for c in milvus_store.search(region_vectors(5)[3], 1)] == ["m5"]  # through a region
+        np.testing.assert_allclose(milvus_store.rows([milvus_store.get("m7")])[0].regions, region_vectors(7),
+                                   atol=1e-6)
+        for probe in (stand_in_vector("m1"), *region_vectors(1)):  # deleted before the move: all its rows
+            assert "m1" not in [c.image_id for c in milvus_store.search(probe, 50)]
         assert migrate_catalog(settings, milvus_server.uri, dim=64)["records"] == 300  # a rerun changes nothing
         assert milvus_store.stats().counts.deleted == 2
+        # an image that lost a region row in the target is found by the per-image check of the next run
+        client = MilvusClient(uri=milvus_server.uri)
+        client.delete(f"{prefix}_encoder_1_regions", ids=["m9#2"])
+        client.close()
+        with pytest.raises(RuntimeError, match="not copied whole"):
+            migrate_catalog(settings, milvus_server.uri, dim=64)
     finally:
         milvus_store.close()

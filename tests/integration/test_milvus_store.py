@@ -35,9 +35,10 @@ def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def images(vectors: np.ndarray, public: np.ndarray, prefix: str = "img") -> list[EmbeddedImage]:
-    return [EmbeddedImage(f"{prefix}{i}", f"owner{i % 7}", PUBLIC if public[i] else PRIVATE, f"hash{i}", v)
-            for i, v in enumerate(vectors)]
+def images(vectors: np.ndarray, public: np.ndarray, prefix: str = "img", regions: np.ndarray | None = None
+           ) -> list[EmbeddedImage]:
+    return [EmbeddedImage(f"{prefix}{i}", f"owner{i % 7}", PUBLIC if public[i] else PRIVATE, f"hash{i}", v,
+                          None if regions is None else regions[i]) for i, v in enumerate(vectors)]
 
 
 def exact_top(vectors: np.ndarray, eligible: np.ndarray, query: np.ndarray, k: int) -> list[int]:
@@ -55,8 +56,9 @@ def prefix() -> str:
 def make_store(milvus_server: MilvusServer, prefix: str) -> Iterator:
     made: list[MilvusVectorStore] = []
 
-    def make(dim: int = 32, version: str = "encoder/1", index: MilvusIndexConfig | None = None) -> MilvusVectorStore:
-        store = MilvusVectorStore(milvus_server.uri, version, dim, index, collection_prefix=prefix)
+    def make(dim: int = 32, version: str = "encoder/1", index: MilvusIndexConfig | None = None, regions: int = 0
+             ) -> MilvusVectorStore:
+        store = MilvusVectorStore(milvus_server.uri, version, dim, index, collection_prefix=prefix, regions=regions)
         made.append(store)
         return store
 
@@ -124,22 +126,26 @@ def test_visibility_flips_and_deletes(make_store) -> None:
 
 
 def test_a_hide_through_one_gateway_is_honoured_at_once_by_another(make_store, milvus_server, prefix) -> None:
-    """Two store objects = two gateways (separate pymilvus connections); the reader never wrote (no session)."""
+    """Two store objects = two gateways (separate pymilvus connections); the reader never wrote (no session).
+    The images have region rows: the reader is probed with the whole vector and with a region's."""
     vectors = unit_vectors(3000, 32, seed=11)
-    writer = make_store()
-    writer.add(images(vectors, np.ones(3000, bool)))
+    regions = unit_vectors(3000 * 2, 32, seed=12).reshape(3000, 2, 32)
+    writer = make_store(regions=2)
+    writer.add(images(vectors, np.ones(3000, bool), regions=regions))
     writer.wait_indexed()  # rows in a sealed segment: a hide's upsert deletes there, and inserts in a growing one
     reader = MilvusVectorStore(milvus_server.uri, "encoder/1", 32, collection_prefix=prefix, dedicated=True)
+    assert reader.regions_per_image == 2  # what the collections were created with
     try:
         for i in range(40):
             target = reader.search(vectors[i], 1)[0].image_id
-            assert target == f"img{i}"
+            assert target == f"img{i}" and reader.search(regions[i, i % 2], 1)[0].image_id == target
             if i % 2:
                 writer.set_visibility([target], PRIVATE)
             else:
                 writer.delete([target])
-            ids = [r.image_id for r in reader.search(vectors[i], 5)]
-            assert target not in ids, f"{target} still served by the other gateway after the call returned"
+            for probe in (vectors[i], regions[i, 0], regions[i, 1]):
+                ids = [r.image_id for r in reader.search(probe, 5)]
+                assert target not in ids, f"{target} still served by the other gateway after the call returned"
     finally:
         reader.close()
 

@@ -26,7 +26,7 @@ from server.store.faiss import FaissVectorStore
 
 DIM = 64
 VERSION = "encoder/1"
-OpenStore = Callable[[], Store]
+OpenStore = Callable[..., Store]  # opens the store again (a restart), or creates it; arguments: the backend's
 
 
 def stand_in_vector(key: str, dim: int = DIM) -> np.ndarray:
@@ -53,8 +53,8 @@ def opener(backend: OpenStore) -> Iterator[OpenStore]:
     """`open_store` for a backend: each call opens the store again (a restart); all are closed afterwards."""
     opened: list[Store] = []
 
-    def open_() -> Store:
-        opened.append(backend())
+    def open_(*args: object, **kwargs: object) -> Store:
+        opened.append(backend(*args, **kwargs))
         return opened[-1]
 
     yield open_

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from server.store.base import ImageRecord, Page, StoredRow, Visibility
+from server.store.base import EmbeddedImage, ImageRecord, Page, StoredRow, Visibility
 from server.store.milvus.client import SCALARS, Connection
 
 CLOCK_MARGIN_NS = 60 * 10**9
@@ -27,6 +27,19 @@ class Cursor:
     pass_start: int  # when this pass began: the next one reads what was added after it
 
 
+def region_rows(images: Sequence[EmbeddedImage], per_image: int) -> list[dict[str, Any]]:
+    """The region collection's rows of `images`. An image added without regions (a job that embedded whole images
+    only) gets its whole-image vector in every row, as in the embedded store: it is found as before."""
+    rows = []
+    for image in images:
+        vectors = np.broadcast_to(image.vector, (per_image, image.vector.shape[0])) if image.regions is None \
+            else image.regions
+        rows += [{"row_id": f"{image.image_id}#{r}", "image_id": image.image_id, "region": r,
+                  "embedding": np.asarray(v, np.float32).tolist(), "visibility": int(image.visibility),
+                  "deleted": False} for r, v in enumerate(vectors)]
+    return rows
+
+
 def record_of(row: dict[str, Any], model_version: str) -> ImageRecord:
     return ImageRecord(image_id=row["image_id"], internal_id=-1, owner_id=row["owner_id"],
                        visibility=Visibility(int(row["visibility"])), deleted=bool(row["deleted"]),
@@ -34,8 +47,8 @@ def record_of(row: dict[str, Any], model_version: str) -> ImageRecord:
 
 
 class MilvusCatalog:
-    def __init__(self, conn: Connection, model_version: str) -> None:
-        self.conn, self.model_version = conn, model_version
+    def __init__(self, conn: Connection, model_version: str, regions_per_image: int = 0) -> None:
+        self.conn, self.model_version, self.regions_per_image = conn, model_version, regions_per_image
 
     def scan(self, cursor: object = None, limit: int = 1000) -> Page:
         at = cursor if isinstance(cursor, Cursor) else Cursor(since=-1, after=None, pass_start=time.time_ns())
@@ -51,5 +64,19 @@ class MilvusCatalog:
 
     def rows(self, records: Sequence[ImageRecord]) -> list[StoredRow]:
         found = self.conn.rows([r.image_id for r in records], ["embedding"])
-        return [StoredRow(r, np.asarray(found[r.image_id]["embedding"], np.float32), None)
+        regions: dict[str, list[tuple[int, list[float]]]] = {}
+        if self.regions_per_image:
+            for row in self.conn.region_rows(list(found), ["embedding"]):
+                regions.setdefault(row["image_id"], []).append((int(row["region"]), row["embedding"]))
+        return [StoredRow(r, np.asarray(found[r.image_id]["embedding"], np.float32),
+                          np.asarray([v for _, v in sorted(regions[r.image_id])], np.float32)
+                          if r.image_id in regions else None)
                 for r in records if r.image_id in found]
+
+    def rows_per_image(self, image_ids: Sequence[str]) -> dict[str, int]:
+        """Stored rows of each image, its whole row and its region rows (a copy checks them: migration)."""
+        counts = dict.fromkeys(self.conn.rows(list(image_ids), ["image_id"]), 1)
+        if self.regions_per_image:
+            for row in self.conn.region_rows(list(counts), []):
+                counts[row["image_id"]] += 1
+        return counts

@@ -73,6 +73,8 @@ class Connection:
     def __init__(self, uri: str, collection: str, consistency: str, timeout_s: float, dedicated: bool) -> None:
         self.uri, self.collection, self.consistency = uri, collection, consistency
         self.tombstones = f"{collection}_tombstones"
+        self.regions = f"{collection}_regions"  # region rows (regions.py); absent in a collection created without
+        self.loaded = [collection, self.tombstones]  # what a restarted server must load again
         self.timeout_s = timeout_s
         self.client = _client(uri, timeout_s, dedicated)  # dedicated: own connection and session
 
@@ -84,16 +86,17 @@ class Connection:
         except MilvusException as exc:
             if "not loaded" not in str(exc):
                 raise
-        for name in (self.collection, self.tombstones):  # a restarted Milvus reloads in the background: wait
+        for name in self.loaded:  # a restarted Milvus reloads in the background: wait
             _guard(self.uri, self.client.load_collection, name)
         return _guard(self.uri, fn, *args, **kwargs)
 
-    def query(self, expr: str, fields: list[str], limit: int | None = None, consistency: str | None = None
-              ) -> list[dict[str, Any]]:
+    def query(self, expr: str, fields: list[str], limit: int | None = None, consistency: str | None = None,
+              collection: str | None = None) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"consistency_level": consistency or self.consistency}
         if limit is not None:
             kwargs["limit"] = limit
-        return list(self.call(self.client.query, self.collection, filter=expr, output_fields=fields, **kwargs))
+        return list(self.call(self.client.query, collection or self.collection, filter=expr, output_fields=fields,
+                              **kwargs))
 
     def rows(self, ids: Sequence[str], fields: list[str]) -> dict[str, dict[str, Any]]:
         """The rows of `ids` that exist, by image ID."""
@@ -103,9 +106,23 @@ class Connection:
                 out[row["image_id"]] = row
         return out
 
-    def count(self, expr: str, consistency: str | None = None) -> int:
-        rows = self.query(expr, ["count(*)"], consistency=consistency)
+    def region_rows(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
+        """Every region row of the images `ids` (with `image_id` and `region` besides `fields`)."""
+        out: list[dict[str, Any]] = []
+        step = 100 if fields else 1000  # ~6 rows per image, 5 KB per 1280-d vector: answers of a few MB
+        for start in range(0, len(ids), step):
+            out += self.query(_in(list(ids[start:start + step])), ["image_id", "region", *fields],
+                              collection=self.regions)
+        return out
+
+    def count(self, expr: str, consistency: str | None = None, collection: str | None = None) -> int:
+        rows = self.query(expr, ["count(*)"], consistency=consistency, collection=collection)
         return int(rows[0]["count(*)"]) if rows else 0
+
+    def upsert(self, rows: list[dict[str, Any]], collection: str | None = None) -> None:
+        """In batches of 500 rows. Upsert, not insert: Milvus does not enforce unique primary keys."""
+        for start in range(0, len(rows), 500):
+            self.call(self.client.upsert, collection or self.collection, rows[start:start + 500])
 
     def page(self, expr: str, fields: list[str], after: str | None, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` rows matching `expr` with image IDs above `after`, in image-ID order (Milvus returns a

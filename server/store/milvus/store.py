@@ -3,6 +3,7 @@
 Layout: one collection per encoder version (`vsearch_encoder_2`), with the image ID as primary key, the embedding,
 visibility / deleted / content hash / owner / added time as scalar fields and `seq` (the add order). An alias
 (`vsearch_live`) names the collection that serves: switching models is `point_live_alias` (atomic on the server).
+A version created with regions keeps its images' region rows in `<collection>_regions` (see `MilvusVectorStore`).
 
 Choices, each measured or documented (docs/milvus-scale.md has the numbers):
 - Privacy inside the ANN search: `visibility == 1 and deleted == false` is the search's filter expression, so
@@ -50,7 +51,7 @@ import numpy as np
 
 from server.store import base
 from server.store.base import Candidate, Changed, Counts, EmbeddedImage, StoreStats, Visibility
-from server.store.milvus.catalog import MilvusCatalog, record_of
+from server.store.milvus.catalog import MilvusCatalog, record_of, region_rows
 from server.store.milvus.client import ELIGIBLE, SCALARS, Connection, collection_name
 from server.store.milvus.config import MilvusIndexConfig
 from server.store.milvus.schema import drop_collections, ensure_collections, wait_indexed
@@ -61,14 +62,15 @@ from server.store.milvus.writes import StateChanges
 class MilvusVectorStore:
     """`VectorStore` and `Catalog` over one Milvus collection (created and loaded on first use); thread-safe.
 
-    Whole-image vectors only: region vectors (`EmbeddedImage.regions`) are not kept yet (they need a second
-    collection whose rows follow every visibility change), so the indexing path does not embed them here."""
-
-    regions_per_image = 0
+    With `regions` > 0 a NEW version's images also keep that many region rows (server/core/regions.py) in a
+    collection beside (`<collection>_regions`, one row per region: `row_id` = image ID + region number, the image ID,
+    the region, its vector, visibility and deleted), searched beside the whole images and merged per image by the
+    embedded store's rule; every visibility change and delete rewrites all of an image's rows before its barrier.
+    A version keeps the choice it was created with."""
 
     def __init__(self, uri: str, model_version: str, dim: int, index: MilvusIndexConfig | None = None,
                  collection_prefix: str = "vsearch", consistency: str = "Session", counts_ttl_s: float = 5.0,
-                 timeout_s: float = 10.0, dedicated: bool = False) -> None:
+                 timeout_s: float = 10.0, dedicated: bool = False, regions: int = 0) -> None:
         self.uri, self.model_version, self.dim = uri, model_version, dim
         self.index = index or MilvusIndexConfig()
         self.collection = collection_name(model_version, collection_prefix)
@@ -79,11 +81,15 @@ class MilvusVectorStore:
         self._counts: tuple[float, Counts] | None = None
         # set-up (create, load) waits for the server; every later call has the configured deadline
         self._conn = Connection(uri, self.collection, consistency, max(timeout_s, 120.0), dedicated)
-        ensure_collections(self._conn, model_version, dim, self.index, consistency)
+        self._regions = ensure_collections(self._conn, model_version, dim, self.index, consistency, regions)
         self._conn.timeout_s = timeout_s
-        self._search = FilteredSearch(self._conn, self.index, self.counts)
-        self._changes = StateChanges(self._conn, self._adjust)
-        self._catalog = MilvusCatalog(self._conn, model_version)
+        self._search = FilteredSearch(self._conn, self.index, self.counts, self._regions)
+        self._changes = StateChanges(self._conn, self._adjust, self._regions)
+        self._catalog = MilvusCatalog(self._conn, model_version, self._regions)
+
+    @property
+    def regions_per_image(self) -> int:
+        return self._regions
 
     @property
     def tombstones(self) -> str:
@@ -110,6 +116,9 @@ class MilvusVectorStore:
         for image in images:
             if image.vector.shape != (self.dim,):
                 raise ValueError(f"{image.image_id}: embedding has shape {image.vector.shape}, want ({self.dim},)")
+            if self._regions and image.regions is not None and image.regions.shape != (self._regions, self.dim):
+                raise ValueError(f"{image.image_id}: expected {self._regions} region vectors per image of "
+                                 f"{self.dim} floats, got shape {image.regions.shape}")
         with self._lock:
             present = set(self._conn.rows([i.image_id for i in images], ["image_id"]))
             result: list[bool] = []
@@ -126,10 +135,12 @@ class MilvusVectorStore:
                              "content_hash": image.content_hash, "owner_id": image.owner_id, "added_at": now,
                              "seq": self._next_seq()})
             if rows:
+                if self._regions:  # first: an image's whole row is what makes it exist (`add` after a crash redoes)
+                    added = [i for i, new in zip(images, result, strict=True) if new]
+                    self._conn.upsert(region_rows(added, self._regions), self._conn.regions)
                 # upsert, not insert: Milvus does not enforce unique primary keys, and two gateways adding the
                 # same ID at once must leave one row, not two
-                for start in range(0, len(rows), 500):
-                    self._conn.call(self._conn.client.upsert, self.collection, rows[start:start + 500])
+                self._conn.upsert(rows)
                 public = sum(r["visibility"] == Visibility.PUBLIC for r in rows)
                 self._adjust(public, len(rows) - public, 0)
                 self._bump()
@@ -182,6 +193,7 @@ class MilvusVectorStore:
         spec = self.index.index_params(self.dim)
         params = {k: str(v) for k, v in spec["params"].items()}
         params.update(collection=self.collection, consistency=self.consistency, metric="IP",
+                      regions_per_image=str(self._regions),
                       search=str(self.index.search_params(1, 0)["params"]),
                       candidates_per_result=str(self.index.candidates_per_result))
         return StoreStats(counts, counts.live + counts.deleted, f"milvus:{spec['index_type']}", params)
@@ -199,7 +211,8 @@ class MilvusVectorStore:
         """Seal and persist the growing segments; Milvus does it by itself too (dataNode.segment.syncPeriod), so
         nothing is ever due; an explicit flush makes a restart fast."""
         if not only_if_due:
-            self._conn.call(self._conn.client.flush, self.collection)
+            for name in self._conn.loaded:
+                self._conn.call(self._conn.client.flush, name)
 
     # --- Catalog --------------------------------------------------------------------------------------------
 
@@ -212,6 +225,9 @@ class MilvusVectorStore:
     def rows(self, records: Sequence[base.ImageRecord]) -> list[base.StoredRow]:
         return self._catalog.rows(records)
 
+    def rows_per_image(self, image_ids: Sequence[str]) -> dict[str, int]:
+        return self._catalog.rows_per_image(image_ids)
+
     def advance_version(self, at_least: int) -> None:
         self._version = max(self._version, at_least)
 
@@ -221,10 +237,13 @@ class MilvusVectorStore:
         """Flush, then wait until every row is indexed and served so (tests and benchmarks: the ANN index is used)."""
         self.snapshot()
         wait_indexed(self._conn, self.stats().rows, timeout_s)
+        if self._regions:
+            wait_indexed(self._conn, self.stats().rows * self._regions, timeout_s, self._conn.regions)
 
     def drop(self) -> None:
         """Drop both collections (tests, and a model version retired); works on a closed store too."""
-        drop_collections(self.uri, self.collection, self.tombstones)
+        drop_collections(self.uri, self.collection, self.tombstones, self._conn.regions)
 
     def close(self) -> None:
+        self._search.close()
         self._conn.close()

@@ -9,14 +9,16 @@ from typing import Any
 from server.store.base import Changed, Visibility
 from server.store.milvus.client import ELIGIBLE, SCALARS, Connection, StoreUnavailable, _in
 
+REGION_STATE = ["visibility", "deleted"]
 Adjust = Callable[[int, int, int], None]  # (public, private, deleted) changes, applied to the cached counts
 
 
 class StateChanges:
-    """Hide, show and delete images of one collection. The caller holds the store's write lock."""
+    """Hide, show and delete images of one collection (all of an image's rows: the whole image's and its regions').
+    The caller holds the store's write lock."""
 
-    def __init__(self, conn: Connection, adjust: Adjust) -> None:
-        self.conn, self.adjust = conn, adjust
+    def __init__(self, conn: Connection, adjust: Adjust, regions_per_image: int = 0) -> None:
+        self.conn, self.adjust, self.regions_per_image = conn, adjust, regions_per_image
 
     def set_visibility(self, image_ids: Sequence[str], visibility: Visibility) -> Changed:
         rows = self.conn.rows(list(dict.fromkeys(image_ids)), [*SCALARS, "embedding"])
@@ -24,6 +26,7 @@ class StateChanges:
         changed = [r for r in rows.values() if not r["deleted"] and int(r["visibility"]) != int(visibility)]
         if changed:
             self._upsert([{**r, "visibility": int(visibility)} for r in changed])
+            self._rewrite_regions(changed, {"visibility": int(visibility)})
             self._reapply_deletes(changed)
             self._barrier([r["image_id"] for r in changed], f"visibility == {int(visibility)}",
                           gone=visibility != Visibility.PUBLIC)
@@ -41,28 +44,40 @@ class StateChanges:
             c = self.conn
             c.call(c.client.upsert, c.tombstones, [{"image_id": r["image_id"], "marker": [0.0, 0.0]} for r in changed])
             self._upsert([{**r, "deleted": True} for r in changed])
+            self._rewrite_regions(changed, {"deleted": True})
             self._barrier([r["image_id"] for r in changed], "deleted == true", gone=True)
             public = sum(int(r["visibility"]) == Visibility.PUBLIC for r in changed)
             self.adjust(-public, public - len(changed), len(changed))
         return Changed(len(changed), not_found)
 
     def _upsert(self, rows: list[dict[str, Any]]) -> None:
-        for start in range(0, len(rows), 500):
-            self.conn.call(self.conn.client.upsert, self.conn.collection, rows[start:start + 500])
+        self.conn.upsert(rows)
+
+    def _rewrite_regions(self, images: list[dict[str, Any]], change: dict[str, Any]) -> None:
+        """Give the region rows of `images` the same change (Milvus 2.3: a rewrite of each whole row)."""
+        if self.regions_per_image:
+            rows = self.conn.region_rows([r["image_id"] for r in images], ["row_id", "embedding", *REGION_STATE])
+            self.conn.upsert([{**r, **change} for r in rows], self.conn.regions)
 
     def _barrier(self, ids: list[str], state: str, gone: bool = False, timeout_s: float = 10.0) -> None:
         """Return once a Strong read sees every row of `ids` in `state`, and (gone=True: a hide or delete) once a
         read at Eventually, what other gateways get, no longer finds any of them eligible. An upsert is a
         delete of the old row (in a sealed segment) plus an insert (in a growing one): the second check makes
         sure the delete is applied too, not only the insert visible (cheap: one more query per hide)."""
+        collections = [(self.conn.collection, 1)]
+        if self.regions_per_image:  # the region rows of the images: the same barrier
+            collections.append((self.conn.regions, self.regions_per_image))
         for start in range(0, len(ids), 1000):
             chunk = ids[start:start + 1000]
-            seen = self.conn.count(f"{_in(chunk)} and {state}", consistency="Strong")
-            if seen != len(chunk):
-                raise RuntimeError(f"Milvus shows {seen} of {len(chunk)} rows in state {state} after the write")
+            for collection, per_image in collections:
+                seen = self.conn.count(f"{_in(chunk)} and {state}", consistency="Strong", collection=collection)
+                if seen != len(chunk) * per_image:
+                    raise RuntimeError(f"Milvus shows {seen} of {len(chunk) * per_image} rows of {collection} in "
+                                       f"state {state} after the write")
             deadline = time.monotonic() + timeout_s
             while gone:
-                left = self.conn.count(f"{_in(chunk)} and {ELIGIBLE}", consistency="Eventually")
+                left = sum(self.conn.count(f"{_in(chunk)} and {ELIGIBLE}", consistency="Eventually",
+                                           collection=collection) for collection, _ in collections)
                 if left == 0:
                     break
                 if time.monotonic() > deadline:
@@ -78,4 +93,6 @@ class StateChanges:
                                                    filter=_in([r["image_id"] for r in rewritten]),
                                                    output_fields=["image_id"], consistency_level="Strong")}
         if dead:
-            self._upsert([{**r, "deleted": True} for r in rewritten if r["image_id"] in dead])
+            again = [r for r in rewritten if r["image_id"] in dead]
+            self._upsert([{**r, "deleted": True} for r in again])
+            self._rewrite_regions(again, {"deleted": True})

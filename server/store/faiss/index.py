@@ -22,7 +22,14 @@ import faiss
 import numpy as np
 
 from server.core.durable import replace_durably
-from server.store.faiss.params import FLAT_THRESHOLD, IndexParams, params_for, params_of
+from server.store.faiss.params import (
+    FLAT_THRESHOLD,
+    RERANK_SAMPLE,
+    RERANK_SIGMAS,
+    IndexParams,
+    params_for,
+    params_of,
+)
 
 log = logging.getLogger("index")
 
@@ -175,9 +182,12 @@ class VectorIndex:
             self._rebuilding = False
 
     # -- reads -------------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k by inner product among ids accepted by `selector` (filtering happens inside FAISS)."""
+    def search(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None,
+               floor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by inner product among ids accepted by `selector` (filtering happens inside FAISS).
+
+        `floor`: the caller discards exact scores below it. The compact layout then re-reads only the candidates
+        whose code score may reach it (`_may_reach`; fewer rows from disk; results under the floor may be missing)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             index, params = self._index, self.params
@@ -187,7 +197,9 @@ class VectorIndex:
         if params.is_flat:
             return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
         if params.rerank_from_disk:
-            _, candidates = self._probe(index, params, queries, k * params.k_factor, k, selector)
+            codes, candidates = self._probe(index, params, queries, k * params.k_factor, k, selector)
+            if floor is not None:
+                candidates = self._may_reach(queries, codes, candidates, floor, k)
             return self._rerank(queries, candidates, k)
         return self._probe(index, params, queries, k, k, selector)
 
@@ -209,6 +221,23 @@ class VectorIndex:
             if selector is None or nprobe >= nlist or ((ids >= 0).sum(axis=1) >= min(needed, count)).all():
                 return scores, ids
             nprobe = min(nlist, nprobe * 4)
+
+    def _may_reach(self, queries: np.ndarray, codes: np.ndarray, candidates: np.ndarray, floor: float, k: int
+                   ) -> np.ndarray:
+        """Candidates (-1 for dropped ones) whose exact score may reach `floor`. The codes' error depends on the
+        codec, the corpus and the query (4-bit PQ underestimates inner products), so it is measured per query on
+        its best max(k, RERANK_SAMPLE) candidates (always kept): a candidate is kept when its code score plus
+        the mean error plus RERANK_SIGMAS standard deviations reaches the floor."""
+        out = candidates.copy()
+        for q, (row, scores) in enumerate(zip(candidates, codes, strict=True)):
+            sample = row[: max(k, RERANK_SAMPLE)]
+            sample = sample[(sample >= 0) & (sample < self.ntotal)]
+            if len(sample) < 2:
+                continue
+            errors = self._read_rows(sample) @ queries[q] - scores[: len(sample)]
+            reach = scores + errors.mean() + RERANK_SIGMAS * errors.std()
+            out[q, len(sample):][reach[len(sample):] < floor] = -1
+        return out
 
     def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner products of each query with its candidates' stored rows, best k first. Rows are read in

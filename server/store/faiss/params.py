@@ -24,6 +24,11 @@ from server.core.config import FLAT_THRESHOLD
 LARGE_THRESHOLD = 2_000_000
 NPROBE = 24  # lists probed (of <= 4096 below the large threshold); a restrictive filter widens it per query
 COMPACT_NPROBE, COMPACT_K_FACTOR = 16, 40
+# A search told that scores under a floor are discarded (the region rows: only a region scoring above the k-th
+# whole-image match can change the top k) re-reads only candidates whose code score may reach it: the codes' error
+# is measured on the query's best RERANK_SAMPLE candidates, and a candidate is kept when its code score plus the
+# mean error plus RERANK_SIGMAS standard deviations reaches the floor (VectorIndex._may_reach).
+RERANK_SAMPLE, RERANK_SIGMAS = 32, 4.0
 COMPACT_DIMS_PER_CODE = 5  # 1280-d: 256 sub-quantizers of 4 bits, 128 B per vector
 
 

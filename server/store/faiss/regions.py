@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from server.core.durable import replace_durably
-from server.core.regions import region_score
+from server.core.regions import REGION_SCORE_PENALTY, region_score
 from server.store.faiss.eligibility import Eligibility
 from server.store.faiss.index import VectorIndex
 from server.store.faiss.vector_log import VectorLog
@@ -87,15 +87,17 @@ class RegionRows:
         for r in range(self.per_image):
             self._eligibility.set(internal_id * self.per_image + r, eligible)
 
-    def search(self, vector: np.ndarray, k: int, skip: int | None) -> dict[int, float]:
+    def search(self, vector: np.ndarray, k: int, skip: int | None, floor: float | None = None) -> dict[int, float]:
         """Best region score per image among the top 2k + R rows (`region_score`). The whole-image
         search already guarantees min(k, eligible) results; the region rows only add and re-score images, so
         they need not cover k distinct images (asking for (k + 1) x R rows made the IVF re-rank search 10x
-        slower than the whole-image one: benchmarks/results/regions.md)."""
+        slower than the whole-image one: benchmarks/results/regions.md). `floor`: the k-th whole-image score; a
+        region scoring under it changes nothing, so the compact index re-reads only rows that may beat it."""
         selector, _keepalive, eligible = self._eligibility.snapshot()
         if eligible == 0:
             return {}
-        scores, rows = self._index.search(vector[None], min(2 * k + self.per_image, eligible), selector)
+        scores, rows = self._index.search(vector[None], min(2 * k + self.per_image, eligible), selector,
+                                          floor=None if floor is None else floor + REGION_SCORE_PENALTY)
         best: dict[int, float] = {}
         for row, score in zip(rows[0], scores[0], strict=True):
             image = int(row) // self.per_image

@@ -187,7 +187,8 @@ class FaissVectorStore:
         scores, ids = self._index.search(vector[None], k, selector)
         best = {int(i): float(s) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0 and i != skip}
         if self._regions is not None:  # an image scores its best match: the whole image or one of its regions
-            for i, s in self._regions.search(vector, k, skip).items():
+            floor = float(scores[0, k - 1]) if ids.shape[1] == k and ids[0, k - 1] >= 0 else None
+            for i, s in self._regions.search(vector, k, skip, floor).items():
                 if s > best.get(i, -np.inf):
                     best[i] = s
         # Re-check eligibility after the search: a hide acknowledged while it ran must still be honoured.

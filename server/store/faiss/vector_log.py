@@ -50,6 +50,8 @@ class VectorLog:
         """float32 [len(rows), dim]: these rows, each read with one pread of exactly its bytes. Many rows are read
         by READERS threads at once (preadv releases the GIL), so an SSD serves them in parallel."""
         out = np.empty((len(rows), self.dim), np.float32)
+        if len(rows) == 0:  # (every candidate under a search's floor)
+            return out
         buffer = memoryview(out).cast("B")
         positions = list(enumerate(rows.tolist()))
 

@@ -8,12 +8,14 @@ from typing import Any
 
 from server.store.milvus.client import SEGMENT_BYTES
 
+IVF_KINDS = ("IVF_PQ", "GPU_IVF_PQ", "IVF_FLAT", "IVF_SQ8")
+
 
 @dataclass(frozen=True)
 class MilvusIndexConfig:
     """Index of the embedding field and how it is searched.
 
-    kind: IVF_PQ (CPU default), IVF_FLAT, HNSW, FLAT; GPU_IVF_PQ / GPU_CAGRA for query nodes with GPUs (Milvus
+    kind: HNSW (CPU default), IVF_PQ, IVF_SQ8, IVF_FLAT, FLAT; GPU_IVF_PQ / GPU_CAGRA for query nodes with GPUs (Milvus
     GPU image; same parameters as IVF_PQ, resp. graph degrees + itopk). Milvus builds the index per sealed
     segment (~512 MB of rows), so `for_corpus` sizes nlist from the rows of one segment, not the corpus.
     """
@@ -61,7 +63,7 @@ class MilvusIndexConfig:
         params: dict[str, Any]
         if self.kind in ("IVF_PQ", "GPU_IVF_PQ"):
             params = {"nlist": self.nlist, "m": self.pq_m(dim), "nbits": self.nbits}
-        elif self.kind == "IVF_FLAT":
+        elif self.kind in ("IVF_FLAT", "IVF_SQ8"):
             params = {"nlist": self.nlist}
         elif self.kind == "HNSW":
             params = {"M": self.hnsw_m, "efConstruction": self.ef_construction}
@@ -75,7 +77,7 @@ class MilvusIndexConfig:
 
     def search_params(self, widen: int, limit: int) -> dict[str, Any]:
         """Search parameters at `widen` times the configured breadth."""
-        if self.kind in ("IVF_PQ", "GPU_IVF_PQ", "IVF_FLAT"):
+        if self.kind in IVF_KINDS:
             params: dict[str, Any] = {"nprobe": min(self.nlist, self.nprobe * widen)}
         elif self.kind == "HNSW":
             params = {"ef": min(32768, max(4 * limit, self.ef * widen))}  # filtered graph walks need ef >> k
@@ -87,7 +89,7 @@ class MilvusIndexConfig:
 
     def exhausted(self, widen: int, limit: int) -> bool:
         """Would widening further change nothing (every list probed, or the graph search at its cap)?"""
-        if self.kind in ("IVF_PQ", "GPU_IVF_PQ", "IVF_FLAT"):
+        if self.kind in IVF_KINDS:
             return self.nprobe * widen >= self.nlist
         if self.kind == "HNSW":
             return self.ef * widen >= 32768

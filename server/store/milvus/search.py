@@ -13,7 +13,7 @@ import numpy as np
 from server.core.regions import region_score
 from server.store.base import Candidate, Counts
 from server.store.milvus.client import ELIGIBLE, MAX_TOPK, Connection, _in, _literal, log
-from server.store.milvus.config import MilvusIndexConfig
+from server.store.milvus.config import IVF_KINDS, MilvusIndexConfig
 
 WHOLE_FIELDS = ["embedding", "content_hash"]
 
@@ -98,7 +98,7 @@ class FilteredSearch:
     def _start_widen(self, limit: int, rows_per_image: int = 1) -> int:
         """Breadth for the first try from the eligible fraction (cached counts): probe enough lists to expect
         4x `limit` eligible rows, as FAISS' selector path does; the retries above handle what this misses."""
-        if self.index.kind not in ("IVF_PQ", "GPU_IVF_PQ", "IVF_FLAT"):
+        if self.index.kind not in IVF_KINDS:
             return 1
         counts = self.counts()
         total = (counts.live + counts.deleted) * rows_per_image

@@ -21,6 +21,7 @@ from pymilvus import MilvusClient
 
 from clients.client import NewImage
 from devkit.launcher import GatewayProcess
+from protos.visual_search.v1 import visual_search_pb2 as pb
 from server.store.base import Visibility
 from tests.fixtures.gateway import start_gateway
 from tests.photos import small_jpeg
@@ -105,6 +106,9 @@ def test_milvus_down_gives_unavailable_and_not_serving_then_recovers(triton_serv
                 client.search(small_jpeg(photo, 200), k=1)
             assert down.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "Milvus" in down.value.details() and "unavailable" in down.value.details()
+            with pytest.raises(grpc.RpcError) as refused:  # nothing acknowledged while the store is away
+                client.add_images([NewImage(PHOTOS[1], small_jpeg(PHOTOS[1], 256))])
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
             gateway.wait_health(health_pb2.HealthCheckResponse.NOT_SERVING, timeout_s=30)
             milvus.start()
             gateway.wait_serving(timeout_s=120)  # the same gateway process, not restarted
@@ -116,7 +120,9 @@ def test_milvus_down_gives_unavailable_and_not_serving_then_recovers(triton_serv
                     assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc
                     return False
 
-            assert eventually(found, timeout_s=60)
+            assert eventually(found, timeout_s=60)  # acknowledged before the SIGKILL: still there
+            added = client.add_images([NewImage(PHOTOS[1], small_jpeg(PHOTOS[1], 256))]).results[0]
+            assert added.status == pb.AddImageResult.ADDED  # the same process indexes again
     finally:
         gateway.stop()
 

@@ -1,12 +1,12 @@
 """MilvusVectorStore against a REAL Milvus server (tests/fixtures/milvus.py): privacy inside the ANN search,
 exactly k under selective filters on a real IVF_PQ index, visibility and deletes, the live alias, recovery,
-a randomized sequence checked against a reference model, and Milvus going away and coming back."""
+and a randomized sequence checked against a reference model. Milvus going away and coming back (SIGKILL right
+after an add, UNAVAILABLE, the same store object recovering): tests/integration/test_milvus_gateways.py."""
 
 from __future__ import annotations
 
 import itertools
 import random
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +20,6 @@ from server.store.base import EmbeddedImage, Visibility
 from server.store.milvus import (
     MilvusIndexConfig,
     MilvusVectorStore,
-    StoreUnavailable,
     collection_name,
     live_model_version,
     point_live_alias,
@@ -136,7 +135,7 @@ def test_a_hide_through_one_gateway_is_honoured_at_once_by_another(make_store, m
     reader = MilvusVectorStore(milvus_server.uri, "encoder/1", 32, collection_prefix=prefix, dedicated=True)
     assert reader.regions_per_image == 2  # what the collections were created with
     try:
-        for i in range(40):
+        for i in range(24):
             target = reader.search(vectors[i], 1)[0].image_id
             assert target == f"img{i}" and reader.search(regions[i, i % 2], 1)[0].image_id == target
             if i % 2:
@@ -280,7 +279,7 @@ def test_recovery_reopening_the_store_finds_everything(make_store, milvus_server
 
 @pytest.mark.slow
 def test_randomized_operations_never_leak_and_return_exactly_k(make_store) -> None:
-    """800 mixed add/hide/show/delete/search operations against a reference model in Python, on an IVF_PQ index
+    """500 mixed add/hide/show/delete/search operations against a reference model in Python, on an IVF_PQ index
     whose rows are part sealed and indexed, part growing (with the store contract's 600 random operations, which
     run against this server too: tests/integration/test_store_contract_milvus.py)."""
     dim = 32
@@ -298,7 +297,7 @@ def test_randomized_operations_never_leak_and_return_exactly_k(make_store) -> No
         vec[image.image_id] = image.vector
     store.wait_indexed()  # most rows in an indexed sealed segment, later adds and rewrites in growing ones
     searches = 0
-    for _ in range(800):
+    for _ in range(500):
         op = rng.random()
         known = list(model)
         if op < 0.15:
@@ -340,37 +339,7 @@ def test_randomized_operations_never_leak_and_return_exactly_k(make_store) -> No
             leaked = set(ids) - set(eligible)
             assert not leaked, f"ineligible images returned: {leaked}"
             assert len(set(ids)) == len(ids)
-    assert searches >= 300
+    assert searches >= 180
     counts = store.stats().counts
     assert counts.public == sum(v == PUBLIC and not d for v, d in model.values())
     assert counts.deleted == sum(d for _, d in model.values())
-
-
-@pytest.mark.slow
-def test_milvus_down_raises_store_unavailable_then_recovers(private_milvus) -> None:
-    server = private_milvus()
-    vectors = unit_vectors(100, 32, seed=10)
-    store = MilvusVectorStore(server.uri, "encoder/1", 32, timeout_s=5.0)
-    try:
-        store.add(images(vectors[:50], np.ones(50, bool)))
-        server.kill()  # SIGKILL: right after add returned, nothing flushed by us
-        with pytest.raises(StoreUnavailable, match="unavailable"):
-            store.search(vectors[0], 5)
-        with pytest.raises(StoreUnavailable):
-            store.add(images(vectors[50:], np.ones(50, bool), "late"))
-        server.start()
-        # Same store object. Every call carries a deadline, so while the restarted server reloads the collection
-        # a search may still end in StoreUnavailable (retryable): it must succeed within a minute.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                found = [r.image_id for r in store.search(vectors[0], 1)]
-                break
-            except StoreUnavailable:
-                assert time.monotonic() < deadline, "the store did not recover after the restart"
-                time.sleep(0.5)
-        assert found == ["img0"]
-        assert store.stats().counts.public == 50  # every acknowledged add survived the crash
-        assert store.add(images(vectors[50:], np.ones(50, bool), "late")) == [True] * 50
-    finally:
-        store.close()

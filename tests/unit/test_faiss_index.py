@@ -88,6 +88,17 @@ def test_compact_index_holds_codes_and_reranks_from_the_stored_rows(tmp_path):
     selector, _keep, _count = eligible.snapshot()
     _, ids = index.search(queries[:5], 10, selector)
     assert (ids >= 0).all() and all(i % 50 == 0 for i in ids.ravel())
+    # With a floor (the caller drops exact scores under it) far fewer rows are read, and what is above it is
+    # nearly always the same (approximate: params.RERANK_SIGMAS).
+    full_scores, full_ids = index.search(queries, 60)
+    read_before, same, overlap = index.rows_reranked, [], []
+    for q, floor in enumerate(full_scores[:, 9]):
+        scores, ids = index.search(queries[q:q + 1], 60, floor=float(floor))
+        got, want = set(ids[0][scores[0] >= floor]), set(full_ids[q][full_scores[q] >= floor])
+        same.append(got == want)
+        overlap.append(len(got & want) / len(want))
+    assert index.rows_reranked - read_before < len(queries) * 60 * index.params.k_factor / 4
+    assert np.mean(same) >= 0.95 and np.mean(overlap) >= 0.99, (np.mean(same), np.mean(overlap))
     index.save(tmp_path / "index.faiss")
     # What the snapshot (= what RAM holds) costs per vector: codes, ids, lists; far below one float row.
     assert (tmp_path / "index.faiss").stat().st_size / n < dim * 4 / 2

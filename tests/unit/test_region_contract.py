@@ -96,24 +96,19 @@ def test_private_and_deleted_images_are_never_reached_through_their_regions(open
     assert public[3].image_id not in ids(store.search(public[3].regions[0], 1000, exclude=public[3].image_id))
 
 
-def test_an_image_without_regions_is_found_by_its_whole_vector_and_a_wrong_region_count_is_refused(
+def test_images_without_regions_a_wrong_region_count_and_a_catalog_reopened_with_another_setting(
         open_region_store):
+    """An image added without regions is found by its whole vector; a wrong region count is refused and leaves
+    nothing; a catalog keeps the region choice it was created with when the setting changes."""
     rng = np.random.default_rng(4)
-    store = open_region_store()
-    plain = new("plain", rng, regions=False)
-    store.add([new(f"img{i}", rng) for i in range(10)] + [plain])
+    store = open_region_store(regions=R)
+    plain, kept = new("plain", rng, regions=False), new("kept", rng)
+    store.add([new(f"img{i}", rng) for i in range(10)] + [plain, kept])
     assert store.search(plain.vector, 1)[0].image_id == "plain"
     wrong = EmbeddedImage("wrong", "owner", Visibility.PUBLIC, "h", unit(rng), unit(rng, R + 1))
     with pytest.raises(ValueError, match="region vectors per image"):
         store.add([wrong])
-    assert store.get("wrong") is None and store.stats().rows == 11
-
-
-def test_a_catalog_keeps_the_region_choice_it_was_created_with(open_region_store):
-    rng = np.random.default_rng(3)
-    store = open_region_store(regions=R)
-    kept = new("kept", rng)
-    store.add([kept])
+    assert store.get("wrong") is None and store.stats().rows == 12
     reopened = open_region_store(regions=0)  # the setting changed since: the catalog still has its regions
     assert reopened.regions_per_image == R
     assert reopened.search(kept.regions[1], 1)[0].image_id == "kept"

@@ -22,14 +22,8 @@ import faiss
 import numpy as np
 
 from server.core.durable import replace_durably
-from server.store.faiss.params import (
-    FLAT_THRESHOLD,
-    RERANK_SAMPLE,
-    RERANK_SIGMAS,
-    IndexParams,
-    params_for,
-    params_of,
-)
+from server.store.faiss.params import FLAT_THRESHOLD, IndexParams, params_for, params_of
+from server.store.faiss.rerank import ExactRerank
 
 log = logging.getLogger("index")
 
@@ -79,6 +73,7 @@ class VectorIndex:
         self.rebuild_in_background = rebuild_in_background
         self._stored = stored
         self._read_rows = read_rows or (lambda ids: np.asarray(self._stored()[ids], dtype=np.float32))
+        self._rerank = ExactRerank(self._read_rows)
         self._on_rebuilt = on_rebuilt
         self.params = params_for(0, dim, flat_threshold)
         self._index: faiss.Index = build_index(self.params, dim, np.empty((0, dim), np.float32))
@@ -86,9 +81,13 @@ class VectorIndex:
         self._rebuilding = False
         self._built_at = 0
         self.version = 0  # bumps on every change: answers carry it
-        self.rows_reranked = 0  # stored rows read by re-ranks (x row bytes: disk/page-cache bytes read)
 
     # -- state -------------------------------------------------------------------------------------------
+    @property
+    def rows_reranked(self) -> int:
+        """Stored rows read by re-ranks (x row bytes: disk / page-cache bytes read)."""
+        return self._rerank.rows_read
+
     @property
     def ntotal(self) -> int:
         return int(self._index.ntotal)
@@ -187,7 +186,7 @@ class VectorIndex:
         """Top-k by inner product among ids accepted by `selector` (filtering happens inside FAISS).
 
         `floor`: the caller discards exact scores below it. The compact layout then re-reads only the candidates
-        whose code score may reach it (`_may_reach`; fewer rows from disk; results under the floor may be missing)."""
+        whose code score may reach it (rerank.py; fewer rows from disk; results under the floor may be missing)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             index, params = self._index, self.params
@@ -198,9 +197,7 @@ class VectorIndex:
             return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
         if params.rerank_from_disk:
             codes, candidates = self._probe(index, params, queries, k * params.k_factor, k, selector)
-            if floor is not None:
-                candidates = self._may_reach(queries, codes, candidates, floor, k)
-            return self._rerank(queries, candidates, k)
+            return self._rerank.top(queries, codes, candidates, k, index.ntotal, floor)
         return self._probe(index, params, queries, k, k, selector)
 
     def _probe(self, index: faiss.Index, params: IndexParams, queries: np.ndarray, count: int, needed: int,
@@ -221,39 +218,6 @@ class VectorIndex:
             if selector is None or nprobe >= nlist or ((ids >= 0).sum(axis=1) >= min(needed, count)).all():
                 return scores, ids
             nprobe = min(nlist, nprobe * 4)
-
-    def _may_reach(self, queries: np.ndarray, codes: np.ndarray, candidates: np.ndarray, floor: float, k: int
-                   ) -> np.ndarray:
-        """Candidates (-1 for dropped ones) whose exact score may reach `floor`. The codes' error depends on the
-        codec, the corpus and the query (4-bit PQ underestimates inner products), so it is measured per query on
-        its best max(k, RERANK_SAMPLE) candidates (always kept): a candidate is kept when its code score plus
-        the mean error plus RERANK_SIGMAS standard deviations reaches the floor."""
-        out = candidates.copy()
-        for q, (row, scores) in enumerate(zip(candidates, codes, strict=True)):
-            sample = row[: max(k, RERANK_SAMPLE)]
-            sample = sample[(sample >= 0) & (sample < self.ntotal)]
-            if len(sample) < 2:
-                continue
-            errors = self._read_rows(sample) @ queries[q] - scores[: len(sample)]
-            reach = scores + errors.mean() + RERANK_SIGMAS * errors.std()
-            out[q, len(sample):][reach[len(sample):] < floor] = -1
-        return out
-
-    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact inner products of each query with its candidates' stored rows, best k first. Rows are read in
-        id order (the log's order on disk)."""
-        assert self._stored is not None
-        total = self.ntotal
-        out_scores = np.full((len(queries), k), -np.inf, np.float32)
-        out_ids = np.full((len(queries), k), -1, np.int64)
-        for q, row in enumerate(candidates):
-            ids = np.unique(row[row >= 0])
-            ids = ids[ids < total]
-            exact = self._read_rows(ids) @ queries[q]
-            self.rows_reranked += len(ids)
-            best = np.argsort(-exact, kind="stable")[:k]
-            out_scores[q, :len(best)], out_ids[q, :len(best)] = exact[best], ids[best]
-        return out_scores, out_ids
 
     # -- persistence -------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:

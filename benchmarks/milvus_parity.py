@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from pymilvus import DataType, MilvusClient
 from tqdm import tqdm
 
 from benchmarks.held_out_search import HeldOut, held_out, quality, searched
@@ -42,6 +43,8 @@ from server.embedding.contract import EMBEDDING_DIM as DIM
 from server.store.base import EmbeddedImage, Visibility
 from server.store.faiss.store import FaissVectorStore
 from server.store.milvus import MilvusIndexConfig, MilvusVectorStore
+from server.store.milvus.client import Connection
+from server.store.milvus.schema import wait_indexed
 
 NAME = "milvus_parity"
 # Milvus kinds compared with FAISS mode: the served default, and the compact one with the raw vectors on disk
@@ -233,7 +236,8 @@ def mmap_check(workdir: Path, kind: str, rows: int = 3000, dim: int = 64) -> dic
     """Does Milvus with `queryNode.mmapDirPath` set (raw data of sealed segments memory-mapped) still answer
     the store's primary-key reads? Sealed, indexed rows; lookups of 100 known IDs by `image_id in [...]` (what
     `get`, the hide barrier and a search's re-read of vectors do) and a search returning vectors."""
-    server = MilvusServer(workdir / "milvus", extra_env={"QUERYNODE_MMAPDIRPATH": str(workdir / "mmap")}).start()
+    server = MilvusServer(workdir / "milvus", extra_env={"QUERYNODE_MMAPDIRPATH": str(workdir / "mmap"),
+                                                         "QUERYCOORD_UPDATENEXTTARGETINTERVAL": "1"}).start()
     try:
         rng = np.random.default_rng(0)
         vectors = rng.standard_normal((rows, dim)).astype(np.float32)
@@ -251,9 +255,30 @@ def mmap_check(workdir: Path, kind: str, rows: int = 3000, dim: int = 64) -> dic
             search = f"failed: {str(exc)[:160]}"
         store.close()
         return {"kind": kind, "rows": rows, "ids_asked": len(asked), "ids_found": found, "search": search,
+                "int64_key_ids_found": int64_key_lookups(server, kind, vectors, asked),
                 "mmap_bytes": directory_bytes(workdir / "mmap")}
     finally:
         server.stop()
+
+
+def int64_key_lookups(server: MilvusServer, kind: str, vectors: np.ndarray, asked: list[str]) -> int:
+    """The same rows in a collection whose primary key is INT64 (the store's is VARCHAR): IDs found by key."""
+    client = MilvusClient(uri=server.uri)
+    try:
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("pk", DataType.INT64, is_primary=True)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=vectors.shape[1])
+        index = client.prepare_index_params()
+        spec = MilvusIndexConfig.for_corpus(len(vectors), vectors.shape[1], kind).index_params(vectors.shape[1])
+        index.add_index("embedding", index_type=spec["index_type"], metric_type="IP", params=spec["params"])
+        client.create_collection("mmap_int64", schema=schema, index_params=index, consistency_level="Strong")
+        client.insert("mmap_int64", [{"pk": i, "embedding": v.tolist()} for i, v in enumerate(vectors)])
+        client.flush("mmap_int64")
+        wait_indexed(Connection(server.uri, "mmap_int64", "Strong", 60.0, False), len(vectors), 600.0)
+        found = client.query("mmap_int64", filter=f"pk in [{', '.join(asked)}]", output_fields=["pk"])
+        return len(found)
+    finally:
+        client.close()
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -62,16 +62,27 @@ def _encoder_inputs(triton: TritonServer, version: str) -> int:
         client.close()
 
 
+async def _settled_inputs(triton: TritonServer, version: str, quiet_s: float = 0.3) -> int:
+    """The encoder's inference count once it has stopped changing for `quiet_s` (statistics land after answers)."""
+    count = _encoder_inputs(triton, version)
+    while True:
+        await asyncio.sleep(quiet_s)
+        again = _encoder_inputs(triton, version)
+        if again == count:
+            return count
+        count = again
+
+
 def _index(triton: TritonServer, version: str, items: list[ImageInput], local: bool) -> tuple[list, int]:
     """The items' embeddings with regions, and how many encoder inputs indexing them took."""
     async def run() -> tuple[list, int]:
         client = EncoderClient(triton.endpoint.grpc_url, version=version, key=triton.settings.triton_admin_key)
         try:
             await client.pools_regions()  # asked once per client (one blank image): not part of the count
-            before = _encoder_inputs(triton, version)
+            before = await _settled_inputs(triton, version)  # Triton may count the blank image a moment later
             embedder = (LocalDecodeEmbedder if local else RemoteDecodeEmbedder)(client, imaging.Limits())
             outcomes = await embedder.embed(items, regions=True, timeout_s=60)
-            return outcomes, _encoder_inputs(triton, version) - before
+            return outcomes, await _settled_inputs(triton, version) - before
         finally:
             await client.close()
     return asyncio.run(run())

@@ -181,7 +181,11 @@ def test_migration_copies_a_faiss_catalog_with_regions_into_milvus_resumably(mil
         assert milvus_store.stats().counts.deleted == 2
         # an image that lost a region row in the target is found by the per-image check of the next run
         client = MilvusClient(uri=milvus_server.uri)
-        client.delete(f"{prefix}_encoder_1_regions", ids=["m9#2"])
+        regions = f"{prefix}_encoder_1_regions"
+        client.delete(regions, ids=["m9#2"])
+        # another client's delete: served to a new connection's reads once the query node applied it
+        assert eventually(lambda: client.query(regions, filter='image_id == "m9"', output_fields=["count(*)"],
+                                               consistency_level="Eventually")[0]["count(*)"] == 5, timeout_s=30)
         client.close()
         with pytest.raises(RuntimeError, match="not copied whole"):
             migrate_catalog(settings, milvus_server.uri, dim=64)

@@ -72,12 +72,13 @@ def bench_faiss(xb: np.ndarray, xq: np.ndarray, public: np.ndarray, truth_all: n
     return rows
 
 
-def rss_bytes(pids: list[int]) -> int:
+def rss_bytes(pids: list[int], field: str = "VmRSS") -> int:
+    """Sum of one /proc/<pid>/status memory field (VmRSS: all resident; RssAnon: heap only, no page cache)."""
     total = 0
     for pid in pids:
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     total += int(line.split()[1]) * 1024
         except OSError:
             pass

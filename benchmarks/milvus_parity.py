@@ -34,6 +34,7 @@ from pymilvus import DataType, MilvusClient
 from tqdm import tqdm
 
 from benchmarks.held_out_search import HeldOut, held_out, quality, searched
+from benchmarks.milvus_bench import rss_bytes
 from devkit.milvus_server import MilvusServer
 from evaluation.real_structure import RealStructure, train_split_rows
 from reporting.results import RESULTS, markdown_table, run_info, write_results
@@ -108,19 +109,6 @@ def quality_markdown(q: dict) -> list[str]:
 CORPUS_SEED, QUERY_SEED = 9, 10_009
 
 
-def anon_rss(pids: list[int]) -> int:
-    """Anonymous resident memory of these processes (heap: what cannot be evicted; page cache not counted)."""
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
-
-
 def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
@@ -162,7 +150,7 @@ def scale(rows: int, spec: str, version: str, seed: int, queries: int, workdir: 
     server.start()
     out: dict = {"spec": spec, "rows": rows}
     try:
-        empty = anon_rss(server.pids())
+        empty = rss_bytes(server.pids(), "RssAnon")
         index = MilvusIndexConfig.for_corpus(rows, DIM, kind)
         out["index"] = index.index_params(DIM)
         store = MilvusVectorStore(server.uri, f"encoder/{version}", DIM, index, collection_prefix="scale",
@@ -186,7 +174,7 @@ def scale(rows: int, spec: str, version: str, seed: int, queries: int, workdir: 
         store.wait_indexed(timeout_s=6 * 3600)
         out["index_build_and_handoff_s"] = round(time.perf_counter() - started, 1)
         time.sleep(5)
-        loaded = anon_rss(server.pids())
+        loaded = rss_bytes(server.pids(), "RssAnon")
         out.update(server_anon_rss_bytes=loaded, empty_server_anon_rss_bytes=empty,
                    rss_bytes_per_vector=round((loaded - empty) / rows, 1),
                    mmap_bytes_per_vector=round(directory_bytes(mmap_dir) / rows, 1))
@@ -203,7 +191,7 @@ def scale(rows: int, spec: str, version: str, seed: int, queries: int, workdir: 
         out["reindex_after_hides_s"] = round(time.perf_counter() - started, 1)
         out["eligible_1pct"] = timed_searches(store, xq, hundredth)
         out["hide_seen_by_second_gateway"] = second_gateway_hides(server, store, f"encoder/{version}", index)
-        out["rss_after_bytes_per_vector"] = round((anon_rss(server.pids()) - empty) / rows, 1)
+        out["rss_after_bytes_per_vector"] = round((rss_bytes(server.pids(), "RssAnon") - empty) / rows, 1)
         store.close()
     finally:
         server.stop()
@@ -247,7 +235,7 @@ def mmap_check(workdir: Path, kind: str, rows: int = 3000, dim: int = 64) -> dic
         store.add([EmbeddedImage(str(i), "o", Visibility.PUBLIC, f"h{i}", v) for i, v in enumerate(vectors)])
         store.wait_indexed()
         asked = [str(i) for i in range(0, rows, rows // 100)]
-        found = len(store._conn.rows(asked, ["image_id"]))
+        found = len(store.known(asked))  # a primary-key read
         try:
             hit = store.search(vectors[7], 10)[0].image_id
             search = f"first hit {hit} (want 7)"

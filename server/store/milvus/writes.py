@@ -25,7 +25,7 @@ class StateChanges:
         not_found = [i for i in image_ids if i not in rows or rows[i]["deleted"]]
         changed = [r for r in rows.values() if not r["deleted"] and int(r["visibility"]) != int(visibility)]
         if changed:
-            self._upsert([{**r, "visibility": int(visibility)} for r in changed])
+            self.conn.upsert([{**r, "visibility": int(visibility)} for r in changed])
             self._rewrite_regions(changed, {"visibility": int(visibility)})
             self._reapply_deletes(changed)
             self._barrier([r["image_id"] for r in changed], f"visibility == {int(visibility)}",
@@ -43,15 +43,12 @@ class StateChanges:
             # finds it and deletes again (see _reapply_deletes)
             c = self.conn
             c.call(c.client.upsert, c.tombstones, [{"image_id": r["image_id"], "marker": [0.0, 0.0]} for r in changed])
-            self._upsert([{**r, "deleted": True} for r in changed])
+            self.conn.upsert([{**r, "deleted": True} for r in changed])
             self._rewrite_regions(changed, {"deleted": True})
             self._barrier([r["image_id"] for r in changed], "deleted == true", gone=True)
             public = sum(int(r["visibility"]) == Visibility.PUBLIC for r in changed)
             self.adjust(-public, public - len(changed), len(changed))
         return Changed(len(changed), not_found)
-
-    def _upsert(self, rows: list[dict[str, Any]]) -> None:
-        self.conn.upsert(rows)
 
     def _rewrite_regions(self, images: list[dict[str, Any]], change: dict[str, Any]) -> None:
         """Give the region rows of `images` the same change (Milvus 2.3: a rewrite of each whole row)."""
@@ -94,5 +91,5 @@ class StateChanges:
                                                    output_fields=["image_id"], consistency_level="Strong")}
         if dead:
             again = [r for r in rewritten if r["image_id"] in dead]
-            self._upsert([{**r, "deleted": True} for r in again])
+            self.conn.upsert([{**r, "deleted": True} for r in again])
             self._rewrite_regions(again, {"deleted": True})

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from clients.client import VisualSearchClient
 from server.core.config import REPO_ROOT, Settings
 from server.triton.endpoint import save_admin_key
-from server.triton.supervisor import TritonServer, die_with_parent
+from server.triton.supervisor import TritonServer, dying_with_parent
 
 
 @dataclass
@@ -103,9 +103,8 @@ def start_gateway(settings: Settings, log_path: Path | None = None, wait: bool =
     log_path = log_path or settings.data_dir / "gateway.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "server.api.app"], cwd=REPO_ROOT,
-                                   env={**os.environ, **settings.to_env()}, stdout=log, stderr=subprocess.STDOUT,
-                                   preexec_fn=die_with_parent)
+        process = subprocess.Popen(dying_with_parent([sys.executable, "-m", "server.api.app"]), cwd=REPO_ROOT,
+                                   env={**os.environ, **settings.to_env()}, stdout=log, stderr=subprocess.STDOUT)
     gateway = GatewayProcess(process, settings, log_path)
     if wait:
         try:

@@ -28,7 +28,6 @@ stale session naming the old ports made a restart on new ports wait ~50 s for th
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -39,19 +38,14 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.triton.supervisor import dying_with_parent
+
 PORT_FLAGS = (
     "proxy-port", "proxy-internal-port", "etcd-port", "root-coord-port", "query-coord-port",
     "query-node-port", "index-coord-port", "index-node-port", "data-coord-port", "data-node-port",
 )
 EXTRA_PORTS = ("metrics", "etcd-peer")  # set through the environment, not launcher flags
 METRICS_ENV = "VSEARCH_MILVUS_METRICS_PORT"
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel sends SIGKILL to this process when the thread that started it exits."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def free_ports(n: int) -> list[int]:
@@ -128,8 +122,8 @@ class MilvusServer:
         env = {**os.environ, **self.extra_env, METRICS_ENV: str(self.ports["metrics"]),
                "ETCD_CONFIG_PATH": str(etcd_config)}
         self.process = subprocess.Popen(
-            args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            env=env, start_new_session=True, preexec_fn=_die_with_parent)
+            dying_with_parent(args), stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            env=env, start_new_session=True)
         deadline = began + timeout_s
         last_error: Exception | None = None
         health = f"http://127.0.0.1:{self.ports['metrics']}/healthz"
@@ -197,9 +191,8 @@ def _launch(argv: list[str]) -> None:
     popen = subprocess.Popen
 
     class _DyingPopen(popen):  # type: ignore[misc,valid-type]
-        def __init__(self, *args, **kwargs) -> None:
-            kwargs.setdefault("preexec_fn", _die_with_parent)
-            super().__init__(*args, **kwargs)
+        def __init__(self, command: list[str], *args, **kwargs) -> None:
+            super().__init__(dying_with_parent(command), *args, **kwargs)
 
     def resolve_port(self: milvus.MilvusServerConfig, port: int) -> tuple[int, socket.socket]:
         # The launcher scans upward from a busy port and silently uses the next one; a port left in TIME_WAIT

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 PREFIX = "vsearch-triton-"  # workdirs are <tmp>/vsearch-triton-<guardian pid>-<random>
@@ -32,16 +33,19 @@ SHM_PREFIX = "vsearch_triton_"  # shm regions are /dev/shm/vsearch_triton_<guard
 SHM_DIR = Path("/dev/shm")
 BACKENDS, SHM = "{backends}", "{shm_prefix}"  # placeholders in the command, filled in by the guardian
 STOP = b"stop"  # said on the lifeline before a clean stop closes it
-_PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER = 1, 36
+_PR_SET_CHILD_SUBREAPER = 36
 
 
 def _prctl(option: int, value: int) -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value)
 
 
-def die_with_parent() -> None:
-    """Runs in a child before exec: the kernel SIGKILLs it when the process that started it dies."""
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def dying_with_parent(command: Sequence[str]) -> list[str]:
+    """`command`, run so that the kernel SIGKILLs it when the thread that started it exits: util-linux `setpriv`
+    sets PR_SET_PDEATHSIG and execs it. Not a `preexec_fn`: that makes `subprocess` fork() where it would vfork(),
+    and fork() runs gRPC's at-fork handlers, which in a process with live channels stalled a start for 60 s and
+    broke its pollers (`epoll_wait: Bad file descriptor`); tests/unit/test_lifetime.py."""
+    return ["setpriv", "--pdeathsig", "KILL", "--", *command]
 
 
 def _pytriton_root() -> Path:
@@ -161,8 +165,7 @@ def main(argv: list[str]) -> int:
     command = [a.replace(BACKENDS, str(backends)).replace(SHM, shm_prefix) for a in argv[argv.index("--") + 1:]]
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stopping goes through the lifeline, never half-way
-    triton = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
-                              preexec_fn=die_with_parent)
+    triton = subprocess.Popen(dying_with_parent(command), stdin=subprocess.DEVNULL, start_new_session=True)
     code, grace_s = None, 0.0
     try:
         while code is None:

@@ -25,9 +25,9 @@ from server.core.config import REPO_ROOT, Settings, add_arguments, from_args
 from server.embedding.contract import IMAGE_MODEL_NAME
 from server.triton import guardian
 from server.triton.endpoint import ADMIN_HEADER, RESTRICTED, TritonEndpoint
-from server.triton.guardian import _pytriton_root, die_with_parent
+from server.triton.guardian import _pytriton_root, dying_with_parent
 
-__all__ = ["TritonEndpoint", "TritonServer", "die_with_parent"]
+__all__ = ["TritonEndpoint", "TritonServer", "dying_with_parent"]
 
 log = logging.getLogger("triton")
 RESTART_BACKOFF_S, MAX_BACKOFF_S = 0.5, 30.0

@@ -27,6 +27,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +141,7 @@ def timed_searches(store: MilvusVectorStore, queries: np.ndarray, truth: TopK) -
             "p99_ms": round(float(np.percentile(ms, 99)), 2), "qps": round(1000 / float(ms.mean()), 1)}
 
 
-def scale(rows: int, spec: str, version: str, seed: int, queries: int, workdir: Path) -> dict:
+def scale(rows: int, spec: str, version: str, seed: int, queries: int, workdir: Path, hnsw_m: int = 16) -> dict:
     """One index kind (`KIND[+mmap]`) at `rows` rows on a fresh server; see the module's docstring."""
     kind, mmap = spec.split("+")[0], spec.endswith("+mmap")
     model = RealStructure.fit(train_split_rows(version, seed))
@@ -151,7 +152,7 @@ def scale(rows: int, spec: str, version: str, seed: int, queries: int, workdir: 
     out: dict = {"spec": spec, "rows": rows}
     try:
         empty = rss_bytes(server.pids(), "RssAnon")
-        index = MilvusIndexConfig.for_corpus(rows, DIM, kind)
+        index = replace(MilvusIndexConfig.for_corpus(rows, DIM, kind), hnsw_m=hnsw_m)
         out["index"] = index.index_params(DIM)
         store = MilvusVectorStore(server.uri, f"encoder/{version}", DIM, index, collection_prefix="scale",
                                   timeout_s=300.0)
@@ -180,6 +181,8 @@ def scale(rows: int, spec: str, version: str, seed: int, queries: int, workdir: 
                    mmap_bytes_per_vector=round(directory_bytes(mmap_dir) / rows, 1))
         store.search(xq[0], 10)  # warm-up
         out["eligible_10pct"] = timed_searches(store, xq, tenth)
+        if kind == "HNSW":
+            out["ef_sweep_10pct"] = ef_sweep(server, f"encoder/{version}", index, xq, tenth)
         hide = [str(i) for i in range(0, rows, 10) if i % 100]
         started = time.perf_counter()
         for start in tqdm(range(0, len(hide), 1000), desc=f"{spec}: hide 9 in 10 public", leave=False):
@@ -195,6 +198,20 @@ def scale(rows: int, spec: str, version: str, seed: int, queries: int, workdir: 
         store.close()
     finally:
         server.stop()
+    return out
+
+
+def ef_sweep(server: MilvusServer, version: str, index: MilvusIndexConfig, queries: np.ndarray, truth: TopK,
+             efs: tuple[int, ...] = (64, 128, 256, 512, 1024)) -> list[dict[str, float]]:
+    """Recall and latency of the same filtered searches at each HNSW `ef` (another store object per setting on the
+    same collection): what the served `ef` buys and costs."""
+    out = []
+    for ef in efs:
+        reader = MilvusVectorStore(server.uri, version, DIM, replace(index, ef=ef), collection_prefix="scale",
+                                   timeout_s=60.0)
+        reader.search(queries[0], 10)  # warm-up
+        out.append({"ef": ef, **timed_searches(reader, queries, truth)})
+        reader.close()
     return out
 
 
@@ -288,6 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/milvus-scale"))
     parser.add_argument("--version", default="2")
     parser.add_argument("--seed", type=int, default=16)
+    parser.add_argument("--hnsw-m", type=int, default=16, help="HNSW graph degree (the store's default: 16)")
     args = parser.parse_args(argv)
     path = RESULTS / f"{NAME}.json"
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -308,9 +326,9 @@ def main(argv: list[str] | None = None) -> dict:
             workdir = args.workdir / spec.replace("+", "_")
             if workdir.exists():
                 shutil.rmtree(workdir)
-            runs[f"{spec}@{args.rows}"] = {**scale(args.rows, spec, args.version, args.seed,
-                                                   args.queries, workdir),
-                                           "run": run_info(rows=args.rows, spec=spec, queries=args.queries)}
+            name = f"{spec}{'' if args.hnsw_m == 16 else f'(M={args.hnsw_m})'}@{args.rows}"
+            runs[name] = {**scale(args.rows, spec, args.version, args.seed, args.queries, workdir, args.hnsw_m),
+                          "run": run_info(rows=args.rows, spec=spec, queries=args.queries, hnsw_m=args.hnsw_m)}
             shutil.rmtree(workdir)
             write_results(NAME, data, "\n".join(markdown(data)))
     data["goals"] = goals(data)

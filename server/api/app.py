@@ -35,6 +35,7 @@ from server.ingest.reindex import ModelSwitcher
 from server.model_versions.registry import default_version
 from server.query.feedback import Feedback
 from server.query.search import Searcher
+from server.query.thumbnails import Thumbnails
 from server.runtime.admission import Admission
 from server.runtime.callers import parse_shares
 from server.runtime.serving import Live, serving
@@ -110,10 +111,11 @@ class Gateway:
         blobs = BlobStore(s.blob_url or s.data_dir / "blobs")
         ingest = Admission("ingest", s.ingest_max_in_flight, 4 * s.max_image_pixels, None, share=s.admission_share,
                            on_shed=lambda caller: self.metrics.shed("ingest", caller))
+        searcher = Searcher(self.live, s, self.metrics)
         servicer = VisualSearchServicer(
-            Searcher(self.live, s, self.metrics),
-            Indexer(self.live, blobs, limits, self.metrics, ingest),
-            ModelSwitcher(self.live, blobs, s), self.live, self.feedback, parse_shares(s.admission_shares))
+            searcher, Indexer(self.live, blobs, limits, self.metrics, ingest), ModelSwitcher(self.live, blobs, s),
+            self.live, self.feedback, Thumbnails(self.live, blobs, limits, searcher.admission),
+            parse_shares(s.admission_shares))
         keys = access_keys(s)
         scrape_tls = metrics_tls(s)
         self.server = grpc.aio.server(interceptors=[StatusAndMetrics(SERVICE_NAME, self.metrics),

@@ -1,7 +1,7 @@
 """Who may do what: bearer tokens (JWT, verified against a JWKS file of public keys) checked by an interceptor.
 
-Roles: `search` (Search, SearchBatch, LogInteractions, GetStats without private counts), `write` (AddImages,
-DeleteImages, SetVisibility for the owners the token names), `admin` (everything, every owner, SwitchModel,
+Roles: `search` (Search, SearchBatch, GetThumbnail, LogInteractions, GetStats without private counts), `write`
+(AddImages, DeleteImages, SetVisibility for the owners the token names), `admin` (everything, every owner, SwitchModel,
 private counts). The verified caller is put in a context variable for the servicer (`current_caller()`).
 `insecure-local` mode (loopback only, announced loudly) treats every caller as admin: `make demo` and tests.
 Key rotation: add the new public key to the JWKS file, sign new tokens with it, remove the old key once the
@@ -29,7 +29,7 @@ from server.core.ids import owner_id_problem
 log = logging.getLogger("gateway.auth")
 INSECURE, JWT = "insecure-local", "jwt"
 SEARCH, WRITE, ADMIN = "search", "write", "admin"
-NEEDS = {"Search": SEARCH, "SearchBatch": SEARCH, "LogInteractions": SEARCH, "GetStats": SEARCH,
+NEEDS = {"Search": SEARCH, "SearchBatch": SEARCH, "LogInteractions": SEARCH, "GetStats": SEARCH, "GetThumbnail": SEARCH,
          "AddImages": WRITE, "DeleteImages": WRITE, "SetVisibility": WRITE, "SwitchModel": ADMIN}
 LEEWAY_S = 30
 

@@ -21,6 +21,7 @@ from server.ingest.add import Indexer, Outcome, Status, Upload
 from server.ingest.reindex import ModelSwitcher
 from server.query.feedback import Feedback
 from server.query.search import Answer, Query, Searcher
+from server.query.thumbnails import Thumbnails
 from server.runtime.callers import Principal, principal_of
 from server.runtime.serving import Live
 from server.store.base import Visibility
@@ -52,8 +53,8 @@ def _query(request: pb.SearchRequest) -> Query:
 
 def _response(answer: Answer) -> pb.SearchResponse:
     return pb.SearchResponse(
-        results=[pb.SearchResult(image_id=h.image_id, score=h.score, position=i, relevance=h.relevance)
-                 for i, h in enumerate(answer.hits)],
+        results=[pb.SearchResult(image_id=h.image_id, score=h.score, position=i, relevance=h.relevance,
+                                 duplicate_of=h.duplicate_of) for i, h in enumerate(answer.hits)],
         model_version=answer.model_version, index_version=answer.index_version, request_id=answer.request_id)
 
 
@@ -81,8 +82,8 @@ def _owner_check(caller: Caller, item: pb.AddImageRequest) -> InvalidInput | Per
 
 class VisualSearchServicer(pb_grpc.VisualSearchServicer):
     def __init__(self, searcher: Searcher, indexer: Indexer, switcher: ModelSwitcher, live: Live,
-                 feedback: Feedback, shares: dict[str, float] | None = None) -> None:
-        self.searcher, self.indexer, self.switcher = searcher, indexer, switcher
+                 feedback: Feedback, thumbnails: Thumbnails, shares: dict[str, float] | None = None) -> None:
+        self.searcher, self.indexer, self.switcher, self.thumbnails = searcher, indexer, switcher, thumbnails
         self.live, self.feedback = live, feedback
         self.shares = shares or {}  # admission shares by subject or `role:<role>` (settings.admission_shares)
 
@@ -161,6 +162,12 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
             switch_reembedded_count=switch.done if switch else 0,
             switch_total_count=stats.rows if switch else 0,
             switch_error=self.live.last_switch_error)
+
+    async def GetThumbnail(self, request: pb.GetThumbnailRequest, context: grpc.aio.ServicerContext
+                           ) -> pb.GetThumbnailResponse:
+        thumbnail = await self.thumbnails.get(request.image_id, request.max_side, context.time_remaining(),
+                                              self._principal())
+        return pb.GetThumbnailResponse(jpeg=thumbnail.jpeg, width=thumbnail.width, height=thumbnail.height)
 
     async def SwitchModel(self, request: pb.SwitchModelRequest, context: grpc.aio.ServicerContext
                           ) -> pb.SwitchModelResponse:

@@ -1,13 +1,37 @@
 """Near-duplicate collapse: keep the best-ranked of each group of copies, backfilled from further candidates.
 
-A pure function over ranked candidates; the same for every store backend.
+Pure functions over ranked candidates; the same for every store backend.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from server.store.base import Candidate
+
+
+def _groups(candidates: list[Candidate], threshold: float) -> Iterator[tuple[Candidate, str | None]]:
+    """Each candidate, in rank order, with the image ID of the better-ranked kept candidate it duplicates (same
+    content hash, or cosine > threshold to it), or None when it is kept (the first of its group)."""
+    kept_ids: list[str] = []
+    kept_vectors: list[np.ndarray] = []
+    by_hash: dict[str, str] = {}
+    for candidate in candidates:
+        if (first := by_hash.get(candidate.content_hash)) is not None:
+            yield candidate, first
+            continue
+        if kept_vectors:
+            similarity = np.stack(kept_vectors) @ candidate.vector
+            best = int(np.argmax(similarity))
+            if float(similarity[best]) > threshold:
+                yield candidate, kept_ids[best]
+                continue
+        by_hash[candidate.content_hash] = candidate.image_id
+        kept_ids.append(candidate.image_id)
+        kept_vectors.append(candidate.vector)
+        yield candidate, None
 
 
 def collapse_duplicates(candidates: list[Candidate], k: int, threshold: float) -> tuple[list[Candidate], int]:
@@ -17,18 +41,20 @@ def collapse_duplicates(candidates: list[Candidate], k: int, threshold: float) -
     Returns (kept, number removed).
     """
     kept: list[Candidate] = []
-    kept_vectors: list[np.ndarray] = []
-    seen_hashes: set[str] = set()
     removed = 0
-    for candidate in candidates:
-        if len(kept) == k:
-            break
-        vec = candidate.vector
-        if candidate.content_hash in seen_hashes or (
-                kept_vectors and float(np.max(np.stack(kept_vectors) @ vec)) > threshold):
+    if k <= 0:
+        return kept, removed
+    for candidate, duplicate_of in _groups(candidates, threshold):
+        if duplicate_of is not None:
             removed += 1
             continue
-        seen_hashes.add(candidate.content_hash)
         kept.append(candidate)
-        kept_vectors.append(vec)
+        if len(kept) == k:
+            break
     return kept, removed
+
+
+def mark_duplicates(candidates: list[Candidate], threshold: float) -> list[str | None]:
+    """For each candidate, the ID of the better-ranked one it duplicates (what the collapse would drop it for),
+    or None: what a search that keeps duplicates shows next to them."""
+    return [duplicate_of for _, duplicate_of in _groups(candidates, threshold)]

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -17,7 +17,7 @@ from server.core.errors import InvalidInput, NotFound, ServiceError
 from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
-from server.query.duplicates import collapse_duplicates
+from server.query.duplicates import collapse_duplicates, mark_duplicates
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.callers import ANONYMOUS, Principal
 from server.runtime.serving import FALLBACK_DUPLICATE_THRESHOLD, Live, Serving
@@ -40,6 +40,7 @@ class Hit:
     image_id: str
     score: float
     relevance: float | None = None  # calibrated probability that the result is relevant (None: no calibration)
+    duplicate_of: str | None = None  # with include_duplicates: the better-ranked hit this one duplicates
 
 
 @dataclass(frozen=True)
@@ -82,9 +83,11 @@ class Ranker:
         threshold = threshold if threshold is not None else self.duplicate_threshold
         if include_duplicates:
             with self.stage("search"):
-                hits = [Hit(c.image_id, c.score) for c in store.search(vector, k, exclude)]
+                candidates = store.search(vector, k, exclude)
+            with self.stage("filter"):
+                marks = mark_duplicates(candidates, threshold)
             self.metrics.ann_searches.observe(1)
-            return hits
+            return [Hit(c.image_id, c.score, duplicate_of=d) for c, d in zip(candidates, marks, strict=True)]
         # Ask for more than k so duplicates can be collapsed and backfilled, as many more as the recent collapse
         # rate says; go back for more only if that fell short. The store clamps to the eligible images it sees:
         # fewer candidates than asked means there are no more (no count is read here: one read before the search
@@ -174,7 +177,7 @@ class Searcher:
                                        serving.duplicate_threshold(self.settings.duplicate_threshold))
         if serving.calibration is not None:
             relevance = serving.calibration.relevance(np.array([h.score for h in hits], dtype=np.float64))
-            hits = [Hit(h.image_id, h.score, float(r)) for h, r in zip(hits, relevance, strict=True)]
+            hits = [replace(h, relevance=float(r)) for h, r in zip(hits, relevance, strict=True)]
             if query.min_relevance is not None:
                 kept = [h for h in hits if h.relevance >= query.min_relevance]
                 self.metrics.filtered_results.labels("min_relevance").inc(len(hits) - len(kept))

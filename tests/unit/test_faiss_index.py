@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from server.query.duplicates import collapse_duplicates
+from server.query.duplicates import collapse_duplicates, mark_duplicates
 from server.store.base import Candidate
 from server.store.faiss.eligibility import Eligibility
 from server.store.faiss.index import VectorIndex
@@ -216,6 +216,8 @@ def test_collapse_keeps_best_of_each_group_and_backfills():
     ranked = [Candidate(str(i), 1.0 - i / 10, hashes[i], vectors[i]) for i in range(6)]
     kept, removed = collapse_duplicates(ranked, 3, threshold=0.9)
     assert [c.image_id for c in kept] == ["0", "3", "4"] and removed == 2
+    # A search that keeps duplicates shows each next to the kept image it would have been dropped for.
+    assert mark_duplicates(ranked, threshold=0.9) == [None, "0", "0", None, None, None]
 
 
 @pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="no CUDA GPU on this host (faiss-cpu build): GPU index path "

@@ -50,16 +50,18 @@ class SearchRequest(_message.Message):
     def __init__(self, image_bytes: _Optional[bytes] = ..., image_id: _Optional[str] = ..., crop: _Optional[_Union[CropBox, _Mapping]] = ..., k: _Optional[int] = ..., min_score: _Optional[float] = ..., include_duplicates: _Optional[bool] = ..., min_relevance: _Optional[float] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("image_id", "score", "position", "relevance")
+    __slots__ = ("image_id", "score", "position", "relevance", "duplicate_of")
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     RELEVANCE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
     image_id: str
     score: float
     position: int
     relevance: float
-    def __init__(self, image_id: _Optional[str] = ..., score: _Optional[float] = ..., position: _Optional[int] = ..., relevance: _Optional[float] = ...) -> None: ...
+    duplicate_of: str
+    def __init__(self, image_id: _Optional[str] = ..., score: _Optional[float] = ..., position: _Optional[int] = ..., relevance: _Optional[float] = ..., duplicate_of: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("results", "model_version", "index_version", "request_id")
@@ -257,3 +259,21 @@ class LogInteractionsResponse(_message.Message):
     ACCEPTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     accepted_count: int
     def __init__(self, accepted_count: _Optional[int] = ...) -> None: ...
+
+class GetThumbnailRequest(_message.Message):
+    __slots__ = ("image_id", "max_side")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_SIDE_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    max_side: int
+    def __init__(self, image_id: _Optional[str] = ..., max_side: _Optional[int] = ...) -> None: ...
+
+class GetThumbnailResponse(_message.Message):
+    __slots__ = ("jpeg", "width", "height")
+    JPEG_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    jpeg: bytes
+    width: int
+    height: int
+    def __init__(self, jpeg: _Optional[bytes] = ..., width: _Optional[int] = ..., height: _Optional[int] = ...) -> None: ...

@@ -74,6 +74,11 @@ class VisualSearchStub:
                 request_serializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelRequest.SerializeToString,
                 response_deserializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelResponse.FromString,
                 _registered_method=True)
+        self.GetThumbnail = channel.unary_unary(
+                '/visual_search.v1.VisualSearch/GetThumbnail',
+                request_serializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.GetThumbnailRequest.SerializeToString,
+                response_deserializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.GetThumbnailResponse.FromString,
+                _registered_method=True)
 
 
 class VisualSearchServicer:
@@ -142,6 +147,14 @@ class VisualSearchServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetThumbnail(self, request, context):
+        """A small JPEG of an indexed image, for pages that show results (the operator console). Same rule as
+        Search: NOT_FOUND unless the image is indexed, public and not deleted, whether it exists or not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VisualSearchServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +197,11 @@ def add_VisualSearchServicer_to_server(servicer, server):
                     servicer.SwitchModel,
                     request_deserializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelRequest.FromString,
                     response_serializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelResponse.SerializeToString,
+            ),
+            'GetThumbnail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetThumbnail,
+                    request_deserializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.GetThumbnailRequest.FromString,
+                    response_serializer=protos_dot_visual__search_dot_v1_dot_visual__search__pb2.GetThumbnailResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +420,33 @@ class VisualSearch:
             '/visual_search.v1.VisualSearch/SwitchModel',
             protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelRequest.SerializeToString,
             protos_dot_visual__search_dot_v1_dot_visual__search__pb2.SwitchModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetThumbnail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visual_search.v1.VisualSearch/GetThumbnail',
+            protos_dot_visual__search_dot_v1_dot_visual__search__pb2.GetThumbnailRequest.SerializeToString,
+            protos_dot_visual__search_dot_v1_dot_visual__search__pb2.GetThumbnailResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 DEBIAN_PACKAGES := prometheus fonts-dejavu-core gnome-backgrounds mate-backgrounds plasma-workspace-wallpapers \
                    tuxpaint-stamps-default fonts-noto-color-emoji unicode-data gcompris-qt-data \
-                   ukui-wallpapers lomiri-wallpapers-20.04
+                   ukui-wallpapers lomiri-wallpapers-20.04 chromium chromium-driver
 ONNX   := model_repository/encoder/1/model.onnx
 
 .PHONY: setup demo demo-milvus test test-unit lint proto bench bench-quick clean quality robust-encoder
@@ -15,7 +15,7 @@ setup: $(VENV)/.installed system-packages $(ONNX)
 
 # Debian packages: Prometheus + promtool (observability tests), the wallpaper photo corpus, and the labelled
 # images of the quality evaluation and the demo (Tux Paint stamps, Noto emoji + unicode-data emoji-test.txt,
-# GCompris detail crops).
+# GCompris detail crops), Chromium + its WebDriver (the console's browser tests).
 system-packages:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

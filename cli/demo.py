@@ -18,7 +18,7 @@ from cli.output import CliError, print_hits, print_stats
 from clients.client import VisualSearchClient
 from devkit import gallery
 from devkit.corpus import demo_corpus
-from devkit.launcher import Services, running_services, start_gateway
+from devkit.launcher import Services, running_services, start_console, start_gateway
 from devkit.milvus_server import MilvusServer
 from server.core.config import Settings, free_port
 from server.embedding.imaging import Limits, decode_image
@@ -125,7 +125,13 @@ def run_demo(args: argparse.Namespace, settings: Settings) -> None:
             print(f"this data directory ({state_dir}) was created on {stats.model_version}; new ones start on "
                   f"{s.model_name}/{version}. `vsearch switch-model {version} --wait` re-embeds it.")
         if args.keep_running:
-            print(f"\nservices keep running: gateway {s.grpc_address}, Triton {s.triton_url}. Ctrl-C stops them.")
-            with suppress(KeyboardInterrupt):
-                signal.pause()
+            console = start_console(query_target, args.console_port, state_dir / "console.log", "--insecure-local",
+                                    "--metrics-url", f"http://{s.grpc_host}:{s.metrics_port}/metrics")
+            print(f"\nservices keep running: gateway {s.grpc_address}, Triton {s.triton_url}.")
+            print(f"console: {console.url}  (search by image, drag a crop box, live SLOs). Ctrl-C stops everything.")
+            try:
+                with suppress(KeyboardInterrupt):
+                    signal.pause()
+            finally:
+                console.stop()
     print("demo done; services stopped.")

@@ -61,6 +61,12 @@ def cmd_embed(args: argparse.Namespace, settings: Settings) -> None:
         raise CliError(f"the embedding job failed (exit {done.returncode}); its output above says why")
 
 
+def cmd_console(args: argparse.Namespace, settings: Settings) -> None:
+    from console.__main__ import main as console_main
+
+    console_main(args.console_args)
+
+
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> None:
     from cli.migrate import migrate_catalog
 
@@ -184,10 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
                        prefix_chars="\0")
     p.add_argument("job_args", nargs=argparse.REMAINDER)
     sub.add_parser("migrate-to-milvus", help="copy the served FAISS catalog into Milvus, check counts, switch")
+    p = sub.add_parser("console", help="the operators' web console for a running gateway (python -m console -h)",
+                       prefix_chars="\0")
+    p.add_argument("console_args", nargs=argparse.REMAINDER)
     p = sub.add_parser("demo", help="index the real corpus and run example queries")
     p.add_argument("--output", type=Path, default=Path("demo-out"))
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--keep-running", action="store_true")
+    p.add_argument("--keep-running", action="store_true", help="leave the services and the web console running")
+    p.add_argument("--console-port", type=int, default=8080)
     p.add_argument("--milvus", action="store_true", help="the scale-out mode: a real Milvus server, two gateways")
     return parser
 
@@ -195,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"serve": cmd_serve, "triton": cmd_triton, "index": cmd_index, "search": cmd_search,
             "similar": cmd_similar, "delete": cmd_delete, "hide": cmd_visibility, "show": cmd_visibility,
             "stats": cmd_stats, "publish": cmd_publish, "switch-model": cmd_switch_model,
-            "embed": cmd_embed, "migrate-to-milvus": cmd_migrate, "demo": run_demo}
+            "embed": cmd_embed, "migrate-to-milvus": cmd_migrate, "demo": run_demo, "console": cmd_console}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -141,3 +143,43 @@ def running_services(settings: Settings, log_dir: Path, announce: bool = True) -
             yield Services(settings, triton, gateway)
         finally:
             gateway.stop()
+
+
+@dataclass
+class ConsoleProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def stop(self, timeout_s: float = 10) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_console(gateway: str, port: int, log_path: Path, *options: str, https: bool = False,
+                  timeout_s: float = 30.0) -> ConsoleProcess:
+    """`python -m console` for `gateway` on loopback `port` (options: `--insecure-local`, or TLS and
+    `--gateway-ca`, `--metrics-url`...), once its page answers."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(dying_with_parent([sys.executable, "-m", "console", "--gateway", gateway,
+                                                      "--port", str(port), *options]),
+                                   cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+    console = ConsoleProcess(process, f"{'https' if https else 'http'}://127.0.0.1:{port}/", log_path)
+    context = ssl._create_unverified_context() if https else None  # a self-signed test certificate
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the console exited:\n{log_path.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(console.url, timeout=2, context=context):
+                return console
+        except OSError:
+            time.sleep(0.2)
+    console.stop()
+    raise TimeoutError(f"the console did not answer at {console.url} within {timeout_s:.0f}s")

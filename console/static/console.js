@@ -148,7 +148,7 @@ function setupCrop() {
 }
 
 function setupUpload() {
-  $("file").addEventListener("change", () => load($("file").files[0]));
+  $("file").addEventListener("change", () => { load($("file").files[0]); $("file").value = ""; });  // re-pickable
   const drop = $("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
   drop.addEventListener("dragleave", () => drop.classList.remove("over"));

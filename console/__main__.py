@@ -21,13 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-url", help="the gateway's Prometheus /metrics, for the SLO panel")
     parser.add_argument("--prometheus-url", help="or a Prometheus server that scrapes the gateway")
     parser.add_argument("--max-image-bytes", type=int, default=20 * 2**20, help="the gateway's upload limit")
+    parser.add_argument("--slo-window", type=float, default=30.0, help="seconds each SLO point covers")
 
 
 def config_of(args: argparse.Namespace) -> ConsoleConfig:
     return ConsoleConfig(gateway=args.gateway, host=args.host, port=args.port, insecure_local=args.insecure_local,
                          gateway_ca_file=args.gateway_ca, tls_cert_file=args.tls_cert, tls_key_file=args.tls_key,
                          metrics_url=args.metrics_url, prometheus_url=args.prometheus_url,
-                         max_image_bytes=args.max_image_bytes)
+                         max_image_bytes=args.max_image_bytes, slo_window_s=args.slo_window)
 
 
 def serve(config: ConsoleConfig) -> None:

@@ -58,6 +58,7 @@ class ConsoleConfig:
     metrics_url: str | None = None  # the gateway's /metrics, scraped for the SLO panel
     prometheus_url: str | None = None  # or a Prometheus server that scrapes it
     max_image_bytes: int = 20 * 2**20  # the gateway's upload limit, applied before anything is sent on
+    slo_window_s: float = 30.0  # each SLO point covers this much time
 
     def check(self) -> None:
         if self.insecure_local:
@@ -118,9 +119,9 @@ def create_app(config: ConsoleConfig, gateway: Gateway | None = None) -> Starlet
         gateway = Gateway(config.gateway, root_certificates=ca)
     slo: ScrapedMetrics | PrometheusQueries | None = None
     if config.prometheus_url:
-        slo = PrometheusQueries(config.prometheus_url)
+        slo = PrometheusQueries(config.prometheus_url, window_s=config.slo_window_s)
     elif config.metrics_url:
-        slo = ScrapedMetrics(config.metrics_url)
+        slo = ScrapedMetrics(config.metrics_url, window_s=config.slo_window_s)
 
     def token_of(request: Request) -> str | None:
         if config.insecure_local:

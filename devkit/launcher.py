@@ -27,6 +27,17 @@ from server.triton.endpoint import save_admin_key
 from server.triton.supervisor import TritonServer, dying_with_parent
 
 
+def terminate(process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """SIGTERM (a clean stop), SIGKILL if it is not done within `timeout_s`; reaped either way."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 @dataclass
 class GatewayProcess:
     process: subprocess.Popen[bytes]
@@ -86,13 +97,7 @@ class GatewayProcess:
                                   root_certificates=self.root_certificates)
 
     def stop(self, timeout_s: float = 20) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout_s)
 
     def kill9(self) -> None:
         self.process.kill()
@@ -152,13 +157,7 @@ class ConsoleProcess:
     log_path: Path
 
     def stop(self, timeout_s: float = 10) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, timeout_s)
 
 
 def start_console(gateway: str, port: int, log_path: Path, *options: str, https: bool = False,

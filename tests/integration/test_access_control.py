@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import serialization
 
 from clients.client import NewImage, VisualSearchClient
 from devkit.launcher import GatewayProcess
-from devkit.tokens import keygen, mint, retire, selfsigned
+from devkit.tokens import keygen, mint, retire
 from protos.visual_search.v1 import visual_search_pb2 as pb
-from tests.fixtures.gateway import start_gateway
+from tests.fixtures.gateway import start_secured_gateway
 from tests.photos import small_jpeg
 
 
@@ -37,12 +37,7 @@ class Secured:
 @pytest.fixture(scope="module")
 def secured(triton_server, tmp_path_factory) -> Iterator[Secured]:
     root = tmp_path_factory.mktemp("auth")
-    keygen("k1", root / "k1.pem", root / "jwks.json")
-    keygen("attacker", root / "attacker.pem", root / "attacker-jwks.json")  # never given to the gateway
-    selfsigned(root / "tls.pem", root / "tls.key")
-    gateway = start_gateway(triton_server, root / "data", auth_mode="jwt",
-                            jwt_keys_file=str(root / "jwks.json"), tls_cert_file=str(root / "tls.pem"),
-                            tls_key_file=str(root / "tls.key"), metrics_client_ca_file=str(root / "tls.pem"))
+    gateway = start_secured_gateway(triton_server, root, metrics_client_ca_file=str(root / "tls.pem"))
     s = Secured(gateway, root)
     with s.client(s.token("alice-svc", ["write", "search"], ["alice"])) as alice, \
             s.client(s.token("bob-svc", ["write", "search"], ["bob"])) as bob:
@@ -236,11 +231,7 @@ def test_a_caller_without_credentials_is_refused_before_its_body_is_read(triton_
     """Authentication reads the call's metadata only: a 60 MiB malformed body from an unauthenticated caller gets
     UNAUTHENTICATED (not INVALID_ARGUMENT: it is never parsed) and is never received whole (the gateway's peak
     memory stays where it was; receiving the body would add 60 MiB per call)."""
-    keygen("k1", tmp_path / "k1.pem", tmp_path / "jwks.json")
-    selfsigned(tmp_path / "tls.pem", tmp_path / "tls.key")
-    gateway = start_gateway(triton_server, tmp_path / "data", auth_mode="jwt",
-                            jwt_keys_file=str(tmp_path / "jwks.json"), tls_cert_file=str(tmp_path / "tls.pem"),
-                            tls_key_file=str(tmp_path / "tls.key"), metrics_port=0)
+    gateway = start_secured_gateway(triton_server, tmp_path, metrics_port=0)
     try:
         before = _peak_rss_mib(gateway.pid)
         body = b"\xff" * (60 * 2**20)  # not a protobuf message

@@ -18,9 +18,9 @@ import pytest
 from clients.client import NewImage
 from console.app import ConsoleConfig
 from devkit.launcher import ConsoleProcess, start_console
-from devkit.tokens import keygen, mint, selfsigned
+from devkit.tokens import mint
 from server.core.config import free_port
-from tests.fixtures.gateway import start_gateway
+from tests.fixtures.gateway import start_secured_gateway
 from tests.photos import small_jpeg
 
 LIMIT = 300_000
@@ -66,11 +66,7 @@ class Browser:
 @pytest.fixture(scope="module")
 def secured(triton_server, tmp_path_factory) -> Iterator[Secured]:
     root = tmp_path_factory.mktemp("console-prod")
-    keygen("k1", root / "k1.pem", root / "jwks.json")
-    keygen("attacker", root / "attacker.pem", root / "attacker-jwks.json")  # never given to the gateway
-    selfsigned(root / "tls.pem", root / "tls.key")
-    gateway = start_gateway(triton_server, root / "data", auth_mode="jwt", jwt_keys_file=str(root / "jwks.json"),
-                            tls_cert_file=str(root / "tls.pem"), tls_key_file=str(root / "tls.key"), metrics_port=0)
+    gateway = start_secured_gateway(triton_server, root, metrics_port=0)
     admin = mint((root / "k1.pem").read_bytes(), "k1", "setup", ["admin"], [])
     with gateway.client(timeout_s=60, token=admin) as client:
         client.add_images([NewImage("ops/coffee", small_jpeg("skimage/coffee"), "ops"),

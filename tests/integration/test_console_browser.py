@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from selenium import webdriver
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.chrome.service import Service
@@ -148,6 +149,14 @@ def test_a_corrupt_file_shows_the_gateway_status_and_the_page_keeps_working(page
     code, message = page.error()
     assert code == "INVALID_ARGUMENT" and message.startswith("image_bytes:"), (code, message)
     page.shot("corrupt-file")
+    huge = tmp_path / "60mpx.png"
+    Image.new("1", (8000, 7500)).save(huge)  # 60 Mpx in a few kB: refused on its header
+    before = page.answers()
+    page.upload(huge)
+    page.wait_answers(before)
+    code, message = page.error()
+    assert code == "INVALID_ARGUMENT" and "pixel limit" in message, (code, message)
+    page.shot("60-mpx")
     good = tmp_path / "desert.jpg"
     good.write_bytes(small_jpeg("desert", 400))
     before = page.answers()

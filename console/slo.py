@@ -139,7 +139,7 @@ class ScrapedMetrics:
         for n, new in enumerate(scrapes):
             older = [s for s in scrapes[:n] if s.at <= new.at - self.window_s + self.every_s / 2]
             base = older[-1] if older else (scrapes[0] if n else None)
-            if base is not None and base is not new:
+            if base is not None and base is not new and new.count >= base.count:  # not across a gateway restart
                 out.append(point(new, base))
         return out
 

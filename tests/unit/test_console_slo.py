@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from console.slo import ERRORS, LATENCY, SHED, bucket_quantile, parse, point
+from console.slo import ERRORS, LATENCY, SHED, Scrape, ScrapedMetrics, bucket_quantile, parse, point
 
 
 def test_quantiles_interpolate_inside_the_bucket_the_rank_falls_in():
@@ -42,3 +42,15 @@ def test_a_window_of_the_gateways_histogram_gives_its_quantiles_and_rates():
         upper = next(b for b in bounds if b >= exact)
         lower = max([b for b in bounds if b < upper], default=0.0)
         assert lower <= got[f"p{round(q * 100)}_ms"] / 1000 <= upper, (q, exact, got)
+
+
+def test_no_point_spans_a_restart_of_the_gateway():
+    """Counters start again from zero when the gateway restarts: a difference across that is not a rate."""
+    scraper = ScrapedMetrics("http://127.0.0.1:9/metrics", every_s=1.0, window_s=2.0)
+    before = {0.01: 90.0, 0.1: 100.0, float("inf"): 100.0}
+    for at, count in ((0.0, 100.0), (1.0, 100.0), (2.0, 100.0), (3.0, 5.0), (4.0, 9.0), (5.0, 12.0)):
+        scale = count / 100.0
+        scraper.scrapes.append(Scrape(at, {b: c * scale for b, c in before.items()}, count=count))
+    points = scraper.series()
+    assert [p["t"] for p in points] == [1.0, 2.0, 5.0]  # 3 and 4: their window holds the restart
+    assert all(p["qps"] >= 0 for p in points)

@@ -42,10 +42,13 @@ def _prctl(option: int, value: int) -> None:
 
 def dying_with_parent(command: Sequence[str]) -> list[str]:
     """`command`, run so that the kernel SIGKILLs it when the thread that started it exits: util-linux `setpriv`
-    sets PR_SET_PDEATHSIG and execs it. Not a `preexec_fn`: that makes `subprocess` fork() where it would vfork(),
-    and fork() runs gRPC's at-fork handlers, which in a process with live channels stalled a start for 60 s and
-    broke its pollers (`epoll_wait: Bad file descriptor`); tests/unit/test_lifetime.py."""
-    return ["setpriv", "--pdeathsig", "KILL", "--", *command]
+    sets PR_SET_PDEATHSIG, then a shell checks that its parent is still this process (one that died before the
+    flag was set would never send the signal) and execs the command in its place (same pid). Not a
+    `preexec_fn`: that makes `subprocess` fork() where it would vfork(), and fork() runs gRPC's at-fork handlers,
+    which in a process with live channels stalled a start for 60 s and broke its pollers (`epoll_wait: Bad file
+    descriptor`); tests/unit/test_lifetime.py."""
+    check = f'test "$PPID" = {os.getpid()} && exec "$@"'
+    return ["setpriv", "--pdeathsig", "KILL", "--", "sh", "-c", check, "sh", *command]
 
 
 def _pytriton_root() -> Path:

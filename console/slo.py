@@ -135,12 +135,12 @@ class ScrapedMetrics:
     def series(self) -> list[dict[str, float | None]]:
         with self._lock:
             scrapes = list(self.scrapes)
-        out = []
+        out, base = [], 0  # base: the newest scrape at least a window before `new` (else the oldest)
         for n, new in enumerate(scrapes):
-            older = [s for s in scrapes[:n] if s.at <= new.at - self.window_s + self.every_s / 2]
-            base = older[-1] if older else (scrapes[0] if n else None)
-            if base is not None and base is not new and new.count >= base.count:  # not across a gateway restart
-                out.append(point(new, base))
+            while base + 1 < n and scrapes[base + 1].at <= new.at - self.window_s + self.every_s / 2:
+                base += 1
+            if n and new.count >= scrapes[base].count:  # not across a gateway restart
+                out.append(point(new, scrapes[base]))
         return out
 
 
@@ -148,18 +148,18 @@ class PrometheusQueries:
     """The same panel from a Prometheus server's HTTP API (`query_range` over the last `span_s`)."""
 
     def __init__(self, base_url: str, window_s: float = 30.0, span_s: float = 600.0, step_s: float = 5.0,
-                 job_selector: str = "", clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.base_url, self.window_s, self.span_s, self.step_s = base_url.rstrip("/"), window_s, span_s, step_s
-        self.selector, self.clock = job_selector, clock
+        self.clock = clock
         self.last_error: str | None = None
 
     def expressions(self) -> dict[str, str]:
-        w, extra = f"{int(self.window_s)}s", f",{self.selector}" if self.selector else ""
-        rate = f'rate({LATENCY}_bucket{{method="{METHOD}"{extra}}}[{w}])'
+        w = f"{int(self.window_s)}s"
+        rate = f'rate({LATENCY}_bucket{{method="{METHOD}"}}[{w}])'
         out = {f"p{round(q * 100)}_ms": f"1000 * histogram_quantile({q}, sum by (le) ({rate}))" for q in QUANTILES}
-        out["qps"] = f'sum(rate({LATENCY}_count{{method="{METHOD}"{extra}}}[{w}]))'
-        out["shed_per_s"] = f"sum(rate({SHED}{{{self.selector}}}[{w}]))"
-        out["errors_per_s"] = (f'sum(rate({ERRORS}{{method="{METHOD}",code!="{SHED_CODE}"{extra}}}[{w}]))')
+        out["qps"] = f'sum(rate({LATENCY}_count{{method="{METHOD}"}}[{w}]))'
+        out["shed_per_s"] = f"sum(rate({SHED}[{w}]))"
+        out["errors_per_s"] = f'sum(rate({ERRORS}{{method="{METHOD}",code!="{SHED_CODE}"}}[{w}]))'
         return out
 
     def _query_range(self, expr: str, start: float, end: float) -> dict[float, float]:

@@ -21,7 +21,7 @@ from server.query.duplicates import collapse_duplicates, mark_duplicates
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.callers import ANONYMOUS, Principal
 from server.runtime.serving import FALLBACK_DUPLICATE_THRESHOLD, Live, Serving
-from server.store.base import VectorStore
+from server.store.base import ImageRecord, Store, VectorStore
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,19 @@ class Answer:
     model_version: str
     index_version: int
     request_id: str
+
+
+def not_visible(image_id: str) -> NotFound:
+    return NotFound(f"no visible indexed image {image_id!r}", field="image_id")
+
+
+def visible(store: Store, image_id: str) -> ImageRecord:
+    """Search's rule for naming an image: only an indexed, public, not deleted one; anything else is NOT_FOUND,
+    with the same message whether it exists or not."""
+    record = store.get(image_id)
+    if record is None or not record.eligible:
+        raise not_visible(image_id)
+    return record
 
 
 class Ranker:
@@ -145,10 +158,10 @@ class Searcher:
     async def embed_query(self, serving: Serving, query: Query, timeout_s: float | None) -> np.ndarray:
         """The query vector: the stored one for a search by ID, else the served embedder's for the (cropped) image."""
         if query.image_id is not None:
-            record = serving.store.get(query.image_id)
-            vector = serving.store.vector(query.image_id) if record is not None and record.eligible else None
-            if vector is None:
-                raise NotFound(f"no visible indexed image {query.image_id!r}", field="image_id")
+            visible(serving.store, query.image_id)
+            vector = serving.store.vector(query.image_id)
+            if vector is None:  # deleted since
+                raise not_visible(query.image_id)
             return vector
         with self.ranker.stage("embed"):
             return await serving.embedder.embed_query(query.image_bytes or b"", query.crop, timeout_s)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 
+from cachetools import LRUCache
 from PIL import Image
 
-from server.core.errors import InvalidInput, NotFound
+from server.core.errors import InvalidInput
 from server.core.ids import check_image_id
 from server.embedding import imaging
+from server.query.search import visible
 from server.runtime.admission import Admission
 from server.runtime.callers import ANONYMOUS, Principal
 from server.runtime.serving import Live
@@ -34,32 +34,6 @@ class Thumbnail:
     height: int
 
 
-class ByteBoundedLru:
-    """Least-recently-used thumbnails up to a total size in bytes (thread-safe: filled from worker threads)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes, self.size = max_bytes, 0
-        self._items: OrderedDict[tuple[str, int], Thumbnail] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, int]) -> Thumbnail | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: tuple[str, int], item: Thumbnail) -> None:
-        with self._lock:
-            if key in self._items or len(item.jpeg) > self.max_bytes:
-                return
-            self._items[key] = item
-            self.size += len(item.jpeg)
-            while self.size > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self.size -= len(old.jpeg)
-
-
 def render(data: bytes, max_side: int, limits: imaging.Limits) -> Thumbnail:
     """Decode (JPEGs at a reduced DCT scale), orient, shrink to `max_side`, encode as JPEG."""
     image = imaging.decode_image(data, limits, field="image_id", needed=max_side)
@@ -73,7 +47,8 @@ class Thumbnails:
     def __init__(self, live: Live, blobs: BlobStore, limits: imaging.Limits, admission: Admission,
                  cache_bytes: int = CACHE_BYTES) -> None:
         self.live, self.blobs, self.limits, self.admission = live, blobs, limits, admission
-        self.cache = ByteBoundedLru(cache_bytes)
+        # Read and filled on the event loop only (never from the worker threads): no lock.
+        self.cache: LRUCache[tuple[str, int], Thumbnail] = LRUCache(cache_bytes, getsizeof=lambda t: len(t.jpeg))
 
     async def get(self, image_id: str, max_side: int = 0, timeout_s: float | None = None,
                   caller: Principal = ANONYMOUS) -> Thumbnail:
@@ -82,10 +57,8 @@ class Thumbnails:
         if not MIN_SIDE <= side <= MAX_SIDE:
             raise InvalidInput(f"must be {MIN_SIDE}..{MAX_SIDE} pixels (0 means {DEFAULT_SIDE}), got {max_side}",
                                field="max_side")
-        store = self.live.serving.store
-        record = await asyncio.to_thread(store.get, image_id)  # a server store answers over the network
-        if record is None or not record.eligible:
-            raise NotFound(f"no visible indexed image {image_id!r}", field="image_id")
+        # A server store answers over the network.
+        record = await asyncio.to_thread(visible, self.live.serving.store, image_id)
         key = (record.content_hash, side)
         if (cached := self.cache.get(key)) is not None:
             return cached
@@ -93,5 +66,5 @@ class Thumbnails:
         # Decoding the original is admitted like a Search of that image (the same stage: they share the CPU).
         async with self.admission.admit(imaging.decode_cost(data) or 0, timeout_s, caller=caller):
             thumbnail = await asyncio.to_thread(render, data, side, self.limits)
-        self.cache.put(key, thumbnail)
+        self.cache[key] = thumbnail
         return thumbnail

@@ -91,7 +91,7 @@ CHILD = textwrap.dedent("""
 
 
 def test_kill_9_during_the_conversion_loses_no_acknowledged_image_and_the_conversion_resumes(tmp_path):
-    legacy_catalog(tmp_path, 3_000)
+    legacy_catalog(tmp_path, 12_000)  # a conversion that lasts well beyond 20 adds, also on a fast host
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
                              text=True)
     seen, converting, acknowledged = [], False, -1

@@ -1,4 +1,5 @@
-"""Score calibration in numpy: isotonic regression (pool adjacent violators), ECE, precision-targeted thresholds.
+"""Score calibration in numpy: isotonic regression (the serving code's, pool adjacent violators), ECE,
+precision-targeted thresholds.
 
 No scikit-learn: it is not a project dependency, and PAV is a few lines.
 """
@@ -7,32 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from server.model_versions.feedback_calibration import isotonic_fit
 
-def isotonic_fit(x: np.ndarray, y: np.ndarray, max_points: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Non-decreasing least-squares fit of y (0/1 labels) on x; returns interpolation points (xs, ys).
-
-    Pool adjacent violators over x-sorted samples; each pooled block becomes one point at its mean x.
-    Blocks are merged evenly down to `max_points` (the file stays small; the fit barely changes).
-    """
-    order = np.argsort(x, kind="stable")
-    xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
-    values, weights, sums_x = [], [], []
-    for xi, yi in zip(xs, ys, strict=True):
-        values.append(yi)
-        weights.append(1.0)
-        sums_x.append(xi)
-        while len(values) > 1 and values[-2] >= values[-1]:  # equal neighbours pool too: fewer points
-            v, w, sx = values.pop(), weights.pop(), sums_x.pop()
-            values[-1] = (values[-1] * weights[-1] + v * w) / (weights[-1] + w)
-            weights[-1] += w
-            sums_x[-1] += sx
-    v, w, sx = np.array(values), np.array(weights), np.array(sums_x)
-    if len(v) > max_points:  # merge neighbouring blocks (weighted), which keeps the fit monotone
-        groups = np.array_split(np.arange(len(v)), max_points)
-        v = np.array([np.average(v[g], weights=w[g]) for g in groups])
-        sx = np.array([sx[g].sum() for g in groups])
-        w = np.array([w[g].sum() for g in groups])
-    return sx / w, v
+__all__ = ["expected_calibration_error", "isotonic_fit", "precision_recall", "reliability",
+           "threshold_for_precision"]
 
 
 def expected_calibration_error(prob: np.ndarray, label: np.ndarray, bins: int = 15) -> float:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from evaluation import quality_report
@@ -124,16 +125,8 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool
     emoji = [i for i, g in enumerate(gallery) if g.source == "emoji"]
     sample = set(np.random.default_rng(seed).choice(emoji, min(emoji_copy_sources, len(emoji)), replace=False))
     sources = [i for i, g in enumerate(gallery) if g.source != "emoji" or i in sample]
-    queries, query_pixels = [], []
-    for index in tqdm(sources, desc="copies", unit="src"):
-        image, item = originals[index], gallery[index]
-        for name, edit in EDITS.items():
-            queries.append((index, name))
-            query_pixels.append(prepare(edit(image, _rng(seed, item.image_id, name))))
-        queries.append((index, "centre-crop-box"))
-        query_pixels.append(prepare(encode(image), CropBox(*CENTRE_CROP_BOX)))
-    prep = Prepared(gallery, np.stack(pixels), queries, np.stack(query_pixels),
-                    np.stack(region_pixels) if regions else None)
+    queries, query_pixels = copy_queries(gallery, originals, sources, seed)
+    prep = Prepared(gallery, np.stack(pixels), queries, query_pixels, np.stack(region_pixels) if regions else None)
     add_wallpapers(prep, regions)
     try:
         scenes, details = gcompris_details()
@@ -148,6 +141,20 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool
     if regions:
         prep.scene_region_pixels = np.stack([v for _, views in scene_views for v in views])
     return prep
+
+
+def copy_queries(gallery: list[LabelledImage], originals: list[Image.Image] | dict[int, Image.Image],
+                 sources: list[int], seed: int, desc: str = "copies") -> tuple[list[tuple[int, str]], np.ndarray]:
+    """Every edit of each source image (and the centre crop box as a query crop), as the encoder's inputs."""
+    queries, query_pixels = [], []
+    for index in tqdm(sources, desc=desc, unit="src"):
+        image, item = originals[index], gallery[index]
+        for name, edit in EDITS.items():
+            queries.append((index, name))
+            query_pixels.append(prepare(edit(image, _rng(seed, item.image_id, name))))
+        queries.append((index, "centre-crop-box"))
+        query_pixels.append(prepare(encode(image), CropBox(*CENTRE_CROP_BOX)))
+    return queries, np.stack(query_pixels)
 
 
 def add_wallpapers(prep: Prepared, regions: bool) -> None:

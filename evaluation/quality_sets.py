@@ -9,6 +9,12 @@ Sources (nothing downloaded, nothing committed; built at run time from what `apt
   `unicode-data`'s emoji-test.txt (e.g. `face-smiling`): same-style drawings, the hard case for duplicates.
   Skin-tone variants are left out, so no two images are the same drawing in another colour.
 
+Held-out domains (evaluation/heldout_domains.py; never used by training, calibration or the gate's sets above):
+- `openclipart`: Debian `openclipart-png` (Open Clip Art Library 0.18, public domain): ~8,100 drawings;
+  category = the folder (two levels at most, e.g. `animals/birds`, `food/fruit`).
+- `emojione`: Debian `ruby-gemojione` (EmojiOne 3 artwork, CC BY 4.0): ~1,800 emoji drawn in another style
+  than Noto's; category = the emoji's subgroup, as for `emoji`.
+
 Split: a seeded hash of the image ID puts each image in `train` (50%), `calib` (25%) or `test` (25%).
 Training only ever sees `train`; calibration fits on `calib`; reported calibration errors are on `test`.
 The copy edits are evaluation/edits.py's.
@@ -30,6 +36,8 @@ STAMPS = Path("/usr/share/tuxpaint/stamps")
 EMOJI_FONT = Path("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf")
 EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 SKIN_TONES = {f"{c:X}" for c in range(0x1F3FB, 0x1F400)}
+OPENCLIPART = Path("/usr/share/openclipart/png")  # Debian openclipart-png
+EMOJIONE = Path("/usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png")  # Debian ruby-gemojione
 MAX_SIDE = 512  # originals are kept at most this large (stamps are up to ~1000 px)
 SPLITS = {"train": 0.5, "calib": 0.25, "test": 0.25}
 DEFAULT_SEED = 16
@@ -38,9 +46,9 @@ DEFAULT_SEED = 16
 @dataclass(frozen=True)
 class LabelledImage:
     image_id: str  # "tuxpaint/animals/birds/robin", "emoji/1F600"
-    source: str  # "tuxpaint" | "emoji"
+    source: str  # "tuxpaint" | "emoji" | "openclipart" | "emojione"
     category: str  # "tuxpaint:animals/birds", "emoji:face-smiling"
-    path: Path | None = None  # tuxpaint: the PNG
+    path: Path | None = None  # tuxpaint, openclipart, emojione: the PNG
     text: str | None = None  # emoji: the characters to render
 
     def load(self) -> Image.Image:
@@ -74,23 +82,52 @@ def tuxpaint_images() -> list[LabelledImage]:
     return out
 
 
-def emoji_images() -> list[LabelledImage]:
-    """Fully-qualified emoji without skin-tone modifiers, labelled by subgroup."""
-    if not (EMOJI_FONT.exists() and EMOJI_TEST.exists()):
-        raise FileNotFoundError("apt-get install fonts-noto-color-emoji unicode-data")
+def _emoji_subgroups() -> list[tuple[list[str], str]]:
+    """(code points, subgroup) of every fully-qualified emoji without a skin-tone modifier (emoji-test.txt)."""
+    if not EMOJI_TEST.exists():
+        raise FileNotFoundError(f"{EMOJI_TEST}: apt-get install unicode-data")
     out, subgroup = [], ""
     for line in EMOJI_TEST.read_text(encoding="utf-8").splitlines():
         if line.startswith("# subgroup:"):
             subgroup = line.split(":", 1)[1].strip()
             continue
         match = re.match(r"^([0-9A-F ]+?)\s*;\s*fully-qualified\s*#", line)
-        if not match:
-            continue
-        codes = match.group(1).split()
-        if SKIN_TONES & set(codes):
-            continue
-        text = "".join(chr(int(c, 16)) for c in codes)
-        out.append(LabelledImage(f"emoji/{'-'.join(codes)}", "emoji", f"emoji:{subgroup}", text=text))
+        if match and not SKIN_TONES & set(codes := match.group(1).split()):
+            out.append((codes, subgroup))
+    return out
+
+
+def emoji_images() -> list[LabelledImage]:
+    """Fully-qualified emoji without skin-tone modifiers, labelled by subgroup."""
+    if not EMOJI_FONT.exists():
+        raise FileNotFoundError("apt-get install fonts-noto-color-emoji")
+    return [LabelledImage(f"emoji/{'-'.join(codes)}", "emoji", f"emoji:{subgroup}",
+                          text="".join(chr(int(c, 16)) for c in codes)) for codes, subgroup in _emoji_subgroups()]
+
+
+def emojione_images() -> list[LabelledImage]:
+    """EmojiOne's drawings of the same emoji, labelled by subgroup (its files are named by code points, without
+    the FE0F variation selector)."""
+    if not EMOJIONE.exists():
+        raise FileNotFoundError(f"{EMOJIONE}: apt-get install ruby-gemojione")
+    files = {path.stem.upper(): path for path in EMOJIONE.glob("*.png")}
+    out = []
+    for codes, subgroup in _emoji_subgroups():
+        name = "-".join(c for c in codes if c != "FE0F")
+        if name in files:
+            out.append(LabelledImage(f"emojione/{name}", "emojione", f"emojione:{subgroup}", path=files.pop(name)))
+    return out
+
+
+def openclipart_images() -> list[LabelledImage]:
+    """Open Clip Art drawings, labelled by their folder (at most two levels: `animals/birds`)."""
+    if not OPENCLIPART.exists():
+        raise FileNotFoundError(f"{OPENCLIPART}: apt-get install openclipart-png")
+    out = []
+    for path in sorted(OPENCLIPART.rglob("*.png")):
+        folder = "/".join(path.parent.relative_to(OPENCLIPART).parts[:2])
+        out.append(LabelledImage(f"openclipart/{path.relative_to(OPENCLIPART).with_suffix('').as_posix()}",
+                                 "openclipart", f"openclipart:{folder}", path=path))
     return out
 
 
@@ -112,7 +149,8 @@ def render_emoji(text: str) -> Image.Image:
 
 @cache
 def _distinct(sources: tuple[str, ...]) -> tuple[LabelledImage, ...]:
-    loaders = {"tuxpaint": tuxpaint_images, "emoji": emoji_images}
+    loaders = {"tuxpaint": tuxpaint_images, "emoji": emoji_images, "openclipart": openclipart_images,
+               "emojione": emojione_images}
     seen, out = set(), []
     for image in (image for source in sources for image in loaders[source]()):
         loaded = image.load()

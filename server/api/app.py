@@ -32,6 +32,7 @@ from server.embedding.embedder import triton_embedder
 from server.embedding.imaging import Limits
 from server.ingest.add import Indexer
 from server.ingest.reindex import ModelSwitcher
+from server.model_versions.feedback_calibration import CorpusRelevance
 from server.model_versions.registry import default_version
 from server.query.feedback import Feedback
 from server.query.search import Searcher
@@ -90,6 +91,7 @@ class Gateway:
         self.settings = settings
         self.metrics = metrics or GatewayMetrics()
         self.live: Live | None = None
+        self.relevance = CorpusRelevance()  # the served version's relevance curve, refitted on its feedback
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
@@ -111,7 +113,7 @@ class Gateway:
         blobs = BlobStore(s.blob_url or s.data_dir / "blobs")
         ingest = Admission("ingest", s.ingest_max_in_flight, 4 * s.max_image_pixels, None, share=s.admission_share,
                            on_shed=lambda caller: self.metrics.shed("ingest", caller))
-        searcher = Searcher(self.live, s, self.metrics)
+        searcher = Searcher(self.live, s, self.metrics, relevance=self.relevance)
         servicer = VisualSearchServicer(
             searcher, Indexer(self.live, blobs, limits, self.metrics, ingest), ModelSwitcher(self.live, blobs, s),
             self.live, self.feedback, Thumbnails(self.live, blobs, limits, searcher.admission),
@@ -137,6 +139,8 @@ class Gateway:
         if s.metrics_port:
             self.metrics.serve(s.metrics_port, s.grpc_host, scrape_tls)
         self._tasks.append(asyncio.create_task(self._watch()))
+        if s.relevance_refit_s > 0:
+            self._tasks.append(asyncio.create_task(self._refit_relevance(s.relevance_refit_s)))
         log.info("gateway listening on %s:%d (metrics :%d)", s.grpc_host, port, s.metrics_port)
         return port
 
@@ -166,6 +170,22 @@ class Gateway:
             except Exception as exc:  # a store outage shows in health; the gauges wait for it to end
                 log.debug("gauges not updated: %s", exc)
             await asyncio.sleep(1.0)
+
+    async def _refit_relevance(self, every_s: float) -> None:
+        """The served version's relevance curve, refitted from the impressions and clicks logged so far."""
+        while True:
+            await asyncio.sleep(every_s)
+            live = self.live.serving
+            version = live.embedder.model_version
+            try:
+                scores, labels = await asyncio.to_thread(self.feedback.log.judgements, version)
+                fitted = self.relevance.update(version, live.calibration, scores, labels)
+            except Exception:  # a refit that fails keeps the curve in use; the next one tries again
+                log.exception("relevance refit failed")
+                continue
+            if fitted is not None:
+                log.info("relevance of %s refitted on %d judged results (%d clicked)", version, len(scores),
+                         int(labels.sum()))
 
     async def _follow_live_version(self) -> None:
         """Gateways over one Milvus are replicas: when another one cut over to a new model version (the alias

@@ -94,7 +94,7 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
 
     def _issue(self, query: Query, answer: Answer) -> pb.SearchResponse:
         self.feedback.issue(answer.request_id, current_caller().subject, [h.image_id for h in answer.hits],
-                            query.image_id)
+                            [h.score for h in answer.hits], answer.model_version, query.image_id)
         return _response(answer)
 
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:

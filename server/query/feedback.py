@@ -14,7 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from server.store.interactions import Interaction, InteractionLog
 
@@ -23,6 +23,8 @@ from server.store.interactions import Interaction, InteractionLog
 class _Issued:
     subject: str
     image_ids: list[str]
+    scores: list[float]
+    model_version: str
     at: float
     logged: set[tuple[int, int]] = field(default_factory=set)  # (position, kind)
 
@@ -33,24 +35,27 @@ class IssuedResults:
         self._issued: OrderedDict[str, _Issued] = OrderedDict()
         self._lock = threading.Lock()
 
-    def remember(self, request_id: str, subject: str, image_ids: list[str]) -> None:
+    def remember(self, request_id: str, subject: str, image_ids: list[str], scores: list[float],
+                 model_version: str) -> None:
         with self._lock:
-            self._issued[request_id] = _Issued(subject, image_ids, time.monotonic())
+            self._issued[request_id] = _Issued(subject, image_ids, scores, model_version, time.monotonic())
             while len(self._issued) > self.max_requests:
                 self._issued.popitem(last=False)
 
-    def accept(self, request_id: str, subject: str, position: int, image_id: str, kind: int) -> bool:
-        """True once per (request, position, kind) for a result really returned to this caller."""
+    def accept(self, item: Interaction, subject: str) -> Interaction | None:
+        """The interaction with the score its result was shown with, once per (request, position, kind), for a
+        result really returned to this caller; None otherwise."""
         with self._lock:
-            issued = self._issued.get(request_id)
+            issued = self._issued.get(item.request_id)
             if issued is None or time.monotonic() - issued.at > self.ttl_s or issued.subject != subject:
-                return False
-            if not 0 <= position < len(issued.image_ids) or issued.image_ids[position] != image_id:
-                return False
-            if (position, kind) in issued.logged:
-                return False
-            issued.logged.add((position, kind))
-            return True
+                return None
+            position = item.position
+            if not 0 <= position < len(issued.image_ids) or issued.image_ids[position] != item.image_id:
+                return None
+            if (position, item.kind) in issued.logged:
+                return None
+            issued.logged.add((position, item.kind))
+            return replace(item, score=issued.scores[position], model_version=issued.model_version)
 
 
 class Feedback:
@@ -58,15 +63,16 @@ class Feedback:
         self.log = log
         self.issued = issued or IssuedResults()
 
-    def issue(self, request_id: str, subject: str, image_ids: list[str], query_image_id: str | None) -> None:
+    def issue(self, request_id: str, subject: str, image_ids: list[str], scores: list[float], model_version: str,
+              query_image_id: str | None) -> None:
         """An answer handed to `subject`: interactions on it are accepted from now on."""
-        self.issued.remember(request_id, subject, image_ids)
+        self.issued.remember(request_id, subject, image_ids, scores, model_version)
         if query_image_id is not None:  # "more like this": clicks on its results become training pairs
             self.log.remember_query(request_id, query_image_id)
 
     def record(self, subject: str, items: Sequence[Interaction]) -> int:
         """Durably store the interactions on results issued to `subject`, each once; returns how many."""
-        accepted = [i for i in items if self.issued.accept(i.request_id, subject, i.position, i.image_id, i.kind)]
+        accepted = [a for a in (self.issued.accept(i, subject) for i in items) if a is not None]
         return self.log.record(accepted) if accepted else 0
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from server.core.errors import InvalidInput, NotFound, ServiceError
 from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
+from server.model_versions.feedback_calibration import CorpusRelevance
 from server.query.duplicates import collapse_duplicates, mark_duplicates
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.callers import ANONYMOUS, Principal
@@ -127,8 +128,9 @@ class Searcher:
     """Every query reads `live.serving` once: its vector and its index come from the same model version."""
 
     def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, relevance: CorpusRelevance | None = None) -> None:
         self.live, self.settings, self.metrics = live, settings, metrics
+        self.relevance = relevance or CorpusRelevance()  # the shipped curve, or the corpus's refit of it
         self.admission = admission or Admission(
             "search", settings.admission_max_in_flight, settings.admission_max_pixels,
             settings.admission_latency_budget_ms / 1000 if settings.admission_latency_budget_ms > 0 else None,
@@ -188,8 +190,9 @@ class Searcher:
         hits = await asyncio.to_thread(self.ranker.rank, serving.store, vector, k, query.image_id,
                                        query.include_duplicates,
                                        serving.duplicate_threshold(self.settings.duplicate_threshold))
-        if serving.calibration is not None:
-            relevance = serving.calibration.relevance(np.array([h.score for h in hits], dtype=np.float64))
+        calibration = self.relevance.calibration(serving.embedder.model_version, serving.calibration)
+        if calibration is not None:
+            relevance = calibration.relevance(np.array([h.score for h in hits], dtype=np.float64))
             hits = [replace(h, relevance=float(r)) for h, r in zip(hits, relevance, strict=True)]
             if query.min_relevance is not None:
                 kept = [h for h in hits if h.relevance >= query.min_relevance]

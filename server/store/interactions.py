@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from server.core.durable import durable_sqlite
 
 IMPRESSION, CLICK = 1, 2
@@ -25,6 +27,8 @@ class Interaction:
     image_id: str
     kind: int  # IMPRESSION or CLICK
     time: float
+    score: float | None = None  # the cosine the result was shown with (None: logged before scores were kept)
+    model_version: str = ""  # the encoder version whose cosine it is
 
 
 class InteractionLog:
@@ -35,14 +39,20 @@ class InteractionLog:
             position INTEGER NOT NULL, image_id TEXT NOT NULL, kind INTEGER NOT NULL, time REAL NOT NULL)""")
         self._db.execute("""CREATE TABLE IF NOT EXISTS queries (request_id TEXT PRIMARY KEY,
             query_image_id TEXT NOT NULL)""")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(interactions)")}
+        for name, kind in (("score", "REAL"), ("model_version", "TEXT NOT NULL DEFAULT ''")):
+            if name not in columns:  # a log written before scores were kept: its rows stay, without one
+                self._db.execute(f"ALTER TABLE interactions ADD COLUMN {name} {kind}")
         self._pending_queries: list[tuple[str, str]] = []
 
     def record(self, items: list[Interaction]) -> int:
         with self._lock:
             self._flush_queries()  # a click refers to a query remembered before it
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT INTO interactions VALUES (?,?,?,?,?)",
-                                 [(i.request_id, i.position, i.image_id, i.kind, i.time) for i in items])
+            self._db.executemany(
+                "INSERT INTO interactions (request_id, position, image_id, kind, time, score, model_version) "
+                "VALUES (?,?,?,?,?,?,?)",
+                [(i.request_id, i.position, i.image_id, i.kind, i.time, i.score, i.model_version) for i in items])
             self._db.execute("COMMIT")
         return len(items)
 
@@ -83,6 +93,17 @@ class InteractionLog:
             return [tuple(r) for r in self._db.execute(
                 "SELECT q.query_image_id, i.image_id FROM interactions i JOIN queries q USING (request_id) "
                 "WHERE i.kind = 2 ORDER BY i.time")]
+
+    def judgements(self, model_version: str) -> tuple[np.ndarray, np.ndarray]:
+        """(score, clicked) of every impression shown with a score of `model_version`: the judged pairs a
+        relevance calibration is refitted on (server/model_versions/feedback_calibration.py)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT i.score, EXISTS (SELECT 1 FROM interactions c WHERE c.kind = 2 AND "
+                "c.request_id = i.request_id AND c.position = i.position) FROM interactions i "
+                "WHERE i.kind = 1 AND i.score IS NOT NULL AND i.model_version = ?", (model_version,)).fetchall()
+        data = np.array(rows, dtype=np.float64).reshape(-1, 2)
+        return data[:, 0], data[:, 1]
 
     def close(self) -> None:
         with self._lock:

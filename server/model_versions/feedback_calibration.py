@@ -1,0 +1,90 @@
+"""Relevance calibration for the corpus being served, refitted from its own impressions and clicks.
+
+A version's shipped curve (calibration.py) was fitted on the team's labelled sets; on another image domain the
+same cosine means another probability of relevance (issue 28: ECE 0.14 on a domain outside them). The gateway
+logs every impression and click on the results it handed out, with the score it showed
+(server/store/interactions.py); `refit` turns them into judged pairs (shown -> 0, clicked -> 1) and fits a
+weighted isotonic regression of relevance on the cosine, in which the shipped curve counts as `prior_weight`
+judgements spread over the observed scores: with few clicks the curve stays near the shipped one, with many it
+follows the corpus. `CorpusRelevance` holds the refitted curve per model version for the Search path.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from server.model_versions.calibration import Calibration
+
+PRIOR_WEIGHT = 200.0  # the shipped curve counts as this many judgements
+MIN_JUDGEMENTS = 100  # fewer impressions than this: keep the shipped curve
+
+
+def isotonic_fit(x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, max_points: int = 200
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Non-decreasing weighted least-squares fit of y (labels or probabilities) on x; returns interpolation
+    points (xs, ys): pool adjacent violators over x-sorted samples, each pooled block one point at its weighted
+    mean x, blocks merged evenly down to `max_points` (which keeps the fit monotone)."""
+    order = np.argsort(x, kind="stable")
+    xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
+    ws = np.ones_like(xs) if weights is None else np.asarray(weights, np.float64)[order]
+    values: list[float] = []
+    totals: list[float] = []
+    sums_x: list[float] = []
+    for xi, yi, wi in zip(xs, ys, ws, strict=True):
+        values.append(yi)
+        totals.append(wi)
+        sums_x.append(xi * wi)
+        while len(values) > 1 and values[-2] >= values[-1]:  # equal neighbours pool too: fewer points
+            v, w, sx = values.pop(), totals.pop(), sums_x.pop()
+            values[-1] = (values[-1] * totals[-1] + v * w) / (totals[-1] + w)
+            totals[-1] += w
+            sums_x[-1] += sx
+    v, w, sx = np.array(values), np.array(totals), np.array(sums_x)
+    if len(v) > max_points:
+        groups = np.array_split(np.arange(len(v)), max_points)
+        v = np.array([np.average(v[g], weights=w[g]) for g in groups])
+        sx = np.array([sx[g].sum() for g in groups])
+        w = np.array([w[g].sum() for g in groups])
+    return sx / w, v
+
+
+def refit(base: Calibration, scores: np.ndarray, labels: np.ndarray, prior_weight: float = PRIOR_WEIGHT
+          ) -> Calibration:
+    """`base` with its relevance curve refitted on judged (score, 0/1) pairs, the base curve as a prior."""
+    scores, labels = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
+    prior = np.asarray(base.relevance(scores), np.float64)
+    weights = np.concatenate([np.ones(len(scores)), np.full(len(scores), prior_weight / max(1, len(scores)))])
+    xs, ys = isotonic_fit(np.concatenate([scores, scores]), np.concatenate([labels, prior]), weights)
+    raw = {**base.raw, "relevance": {**base.raw.get("relevance", {}), "x": xs.tolist(), "y": ys.tolist(),
+                                     "source": "feedback", "judgements": len(scores),
+                                     "prior_weight": prior_weight}}
+    return replace(base, relevance_x=xs, relevance_y=ys, raw=raw)
+
+
+class CorpusRelevance:
+    """The refitted relevance curve per model version (None: the shipped one applies)."""
+
+    def __init__(self, min_judgements: int = MIN_JUDGEMENTS, prior_weight: float = PRIOR_WEIGHT) -> None:
+        self.min_judgements, self.prior_weight = min_judgements, prior_weight
+        self._fitted: dict[str, Calibration] = {}
+        self._lock = threading.Lock()
+        self.refitted_at = 0.0
+
+    def calibration(self, model_version: str, shipped: Calibration | None) -> Calibration | None:
+        with self._lock:
+            return self._fitted.get(model_version, shipped)
+
+    def update(self, model_version: str, shipped: Calibration | None, scores: np.ndarray, labels: np.ndarray
+               ) -> Calibration | None:
+        """Refit from all judged pairs of this version; returns the new curve (None: too few, or no base)."""
+        if shipped is None or len(scores) < self.min_judgements:
+            return None
+        fitted = refit(shipped, scores, labels, self.prior_weight)
+        with self._lock:
+            self._fitted[model_version] = fitted
+            self.refitted_at = time.time()
+        return fitted

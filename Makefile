@@ -10,19 +10,29 @@ DEBIAN_PACKAGES := prometheus fonts-dejavu-core gnome-backgrounds mate-backgroun
                    ukui-wallpapers lomiri-wallpapers-20.04 chromium chromium-driver
 ONNX   := model_repository/encoder/1/model.onnx
 
-.PHONY: setup demo demo-milvus test test-unit lint proto bench bench-quick clean quality robust-encoder
+.PHONY: setup demo demo-milvus test test-unit lint proto bench bench-quick clean quality robust-encoder \
+        system-packages heldout-packages
 setup: $(VENV)/.installed system-packages $(ONNX)
 
 # Debian packages: Prometheus + promtool (observability tests), the wallpaper photo corpus, and the labelled
 # images of the quality evaluation and the demo (Tux Paint stamps, Noto emoji + unicode-data emoji-test.txt,
 # GCompris detail crops), Chromium + its WebDriver (the console's browser tests).
-system-packages:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+system-packages:
+	$(call apt_install,$(DEBIAN_PACKAGES))
+
+# The held-out image domains of `make quality` (evaluation/heldout_domains.py): Open Clip Art drawings and
+# EmojiOne artwork, ~140 MB; not needed by the demo or the tests.
+HELDOUT_PACKAGES := openclipart-png ruby-gemojione
+heldout-packages:
+	$(call apt_install,$(HELDOUT_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +45,11 @@ $(ONNX): $(VENV)/.installed training/encoder_model.py training/export_onnx.py
 	$(PY) -m training.export_onnx --output $@
 
 # Retrieval quality of the published encoder versions on held-out package images (benchmarks/results/quality.md).
-quality: setup
+# And on domains nothing was trained, calibrated or gated on, with re-ranking and feedback calibration
+# (benchmarks/results/heldout_domains.md).
+quality: setup heldout-packages
 	$(PY) -m evaluation.quality --versions 1 $(if $(wildcard model_repository/encoder/2/model.onnx),2) --write-calibration
+	$(PY) -m evaluation.heldout_domains --versions 1 $(if $(wildcard model_repository/encoder/2/model.onnx),2)
 
 # The served encoder, version 2 (issue 16, candidate E of docs/QUALITY.md), ships with the repository: its ONNX graph
 # with float16 weights (7 MB), its recipe (recipe.json: command, seed, base weights), its training-data manifest

@@ -10,7 +10,8 @@ image is indexed as the store indexes it (whole + REGION_BOXES, scored by server
   alpha-QE (the query plus its top-n results' whole-image vectors weighted by score^alpha, searched again),
   DBA (every indexed whole-image vector replaced by itself plus its top-n neighbours, weighted the same way);
 - calibration: ECE of the version's shipped relevance curve (fitted on the team's sets) on this domain's
-  judged top-20 results (relevant = the query's source image or the same category).
+  judged top-20 results (relevant = the query's source image or the same category), and of the curve the
+  gateway refits from the corpus's own feedback, by the number of judged results it has seen.
 Writes heldout_domains.json / .md / .png under benchmarks/results.
 """
 
@@ -43,9 +44,12 @@ from evaluation.quality_sets import DEFAULT_SEED, LabelledImage, emojione_images
 from server.core.config import MODEL_REPOSITORY
 from server.core.errors import InvalidInput
 from server.model_versions.calibration import load_calibration
+from server.model_versions.feedback_calibration import refit
 
 DOMAINS = {"openclipart": openclipart_images, "emojione": emojione_images}
 TOP = 20
+FEEDBACK_SIZES = (100, 300, 1000, 3000, 10000)  # judged results the refit sees
+FEEDBACK_REPEATS = 3
 
 
 @dataclass(frozen=True)
@@ -149,9 +153,12 @@ def copy_with_qe(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regio
 
 
 def calibration_error(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regions: np.ndarray,
-                      version: str, repository: Path) -> dict:
-    """ECE of the shipped relevance curve on this domain's judged top-20 results (copy queries and every gallery
-    image as a query of its own, itself excluded)."""
+                      version: str, repository: Path, seed: int) -> dict:
+    """ECE on this domain's judged top-20 results (copy queries and every gallery image as a query of its own,
+    itself excluded; relevant = same source image or same category): of the shipped curve (fitted on the team's
+    sets), and of that curve refitted as the gateway refits it from feedback (feedback_calibration.refit) on
+    `n` judged results of half the queries (simulated clicks: a judged result is an impression, clicked when
+    relevant), measured on the other half."""
     calibration = load_calibration(version, repository)
     if calibration is None:
         return {}
@@ -160,15 +167,33 @@ def calibration_error(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, 
     sims = similarity(np.concatenate([queries, gallery]), gallery, regions)
     sims[np.arange(len(queries), len(sources)), np.arange(len(prep.gallery))] = -np.inf
     ranked = _rankings(sims, TOP)
-    scores = np.take_along_axis(sims, ranked, axis=1).ravel()
+    scores = np.take_along_axis(sims, ranked, axis=1)
     labels = np.array([[j == s or cats[j] == cats[s] for j in row] for row, s in zip(ranked, sources, strict=True)]
-                      ).ravel().astype(np.float64)
-    prob = np.asarray(calibration.relevance(scores))
-    return {"ece": round(expected_calibration_error(prob, labels), 4), "pairs": len(labels),
-            "base_rate": round(float(labels.mean()), 4), "reliability": reliability(prob, labels)}
+                      ).astype(np.float64)
+    prob = np.asarray(calibration.relevance(scores.ravel()))
+    out = {"ece": round(expected_calibration_error(prob, labels.ravel()), 4), "pairs": labels.size,
+           "base_rate": round(float(labels.mean()), 4), "reliability": reliability(prob, labels.ravel())}
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(sources))
+    feedback, held = order[: len(order) // 2], order[len(order) // 2:]
+    fb_scores, fb_labels = scores[feedback].ravel(), labels[feedback].ravel()
+    ev_scores, ev_labels = scores[held].ravel(), labels[held].ravel()
+    out["ece_shipped_on_eval_half"] = round(expected_calibration_error(calibration.relevance(ev_scores),
+                                                                       ev_labels), 4)
+    out["ece_by_judgements"] = {}
+    for n in FEEDBACK_SIZES:
+        if n > len(fb_scores):
+            break
+        eces = []
+        for _ in range(FEEDBACK_REPEATS):
+            pick = rng.choice(len(fb_scores), n, replace=False)
+            fitted = refit(calibration, fb_scores[pick], fb_labels[pick])
+            eces.append(expected_calibration_error(fitted.relevance(ev_scores), ev_labels))
+        out["ece_by_judgements"][str(n)] = round(float(np.mean(eces)), 4)
+    return out
 
 
-def evaluate_domain(prep: Prepared, version: str, repository: Path) -> dict:
+def evaluate_domain(prep: Prepared, version: str, repository: Path, seed: int) -> dict:
     embedder = VersionEmbedder(version, repository)
     gallery = embedder.embed(prep.gallery_pixels, f"v{version} gallery")
     queries = embedder.embed(prep.copy_pixels, f"v{version} copies")
@@ -180,7 +205,7 @@ def evaluate_domain(prep: Prepared, version: str, repository: Path) -> dict:
             "copy_p1_min": min(v["p@1"] for v in copy.values()),
             "copy_qe": copy_with_qe(prep, gallery, queries, regions, 3, 3.0),
             "category": category_rerankings(prep, gallery, regions),
-            "calibration": calibration_error(prep, gallery, queries, regions, version, repository)}
+            "calibration": calibration_error(prep, gallery, queries, regions, version, repository, seed)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -197,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for source in args.domains:
         prep = build_domain(source, args.per_category, args.copy_sources, args.seed)
-        results[source] = [evaluate_domain(prep, v, args.model_repository) for v in args.versions]
+        results[source] = [evaluate_domain(prep, v, args.model_repository, args.seed) for v in args.versions]
     meta = {"seed": args.seed, "per_category": args.per_category, "copy_sources": args.copy_sources,
             "seconds": round(time.monotonic() - started, 1),
             "command": "python -m evaluation.heldout_domains --versions " + " ".join(args.versions)}

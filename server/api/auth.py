@@ -1,8 +1,10 @@
 """Who may do what: bearer tokens (JWT, verified against a JWKS file of public keys) checked by an interceptor.
 
 Roles: `search` (Search, SearchBatch, GetThumbnail, LogInteractions, GetStats without private counts), `write`
-(AddImages, DeleteImages, SetVisibility for the owners the token names), `admin` (everything, every owner, SwitchModel,
-private counts). The verified caller is put in a context variable for the servicer (`current_caller()`).
+(AddImages, DeleteImages, SetVisibility for the owners the token names), `feedback` (with `search`: the
+interactions this caller logs are trusted to refit the served relevance curve, which every caller sees; give it
+to the surface that logs real users' clicks, not to every searcher), `admin` (everything, every owner,
+SwitchModel, private counts). The verified caller is put in a context variable for the servicer (`current_caller()`).
 `insecure-local` mode (loopback only, announced loudly) treats every caller as admin: `make demo` and tests.
 Key rotation: add the new public key to the JWKS file, sign new tokens with it, remove the old key once the
 tokens it signed have expired; the file is re-read when it changes (docs/OPERATIONS.md).
@@ -28,7 +30,7 @@ from server.core.ids import owner_id_problem
 
 log = logging.getLogger("gateway.auth")
 INSECURE, JWT = "insecure-local", "jwt"
-SEARCH, WRITE, ADMIN = "search", "write", "admin"
+SEARCH, WRITE, FEEDBACK, ADMIN = "search", "write", "feedback", "admin"
 NEEDS = {"Search": SEARCH, "SearchBatch": SEARCH, "LogInteractions": SEARCH, "GetStats": SEARCH, "GetThumbnail": SEARCH,
          "AddImages": WRITE, "DeleteImages": WRITE, "SetVisibility": WRITE, "SwitchModel": ADMIN}
 LEEWAY_S = 30

@@ -11,7 +11,7 @@ import grpc
 
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from protos.visual_search.v1 import visual_search_pb2_grpc as pb_grpc
-from server.api.auth import Caller, current_caller
+from server.api.auth import FEEDBACK, Caller, current_caller
 from server.api.status import code_of
 from server.core.errors import InvalidInput, PermissionDenied
 from server.core.ids import check_image_id, check_image_ids, owner_id_problem
@@ -190,5 +190,6 @@ class VisualSearchServicer(pb_grpc.VisualSearchServicer):
             when = i.time.ToSeconds() + i.time.nanos / 1e9 if i.HasField("time") else time.time()
             items.append(Interaction(i.request_id, i.position, i.image_id, int(i.kind), when))
         # Only for results this gateway returned to this caller, each at most once (no forged clicks).
-        accepted = await asyncio.to_thread(self.feedback.record, current_caller().subject, items)
+        caller = current_caller()
+        accepted = await asyncio.to_thread(self.feedback.record, caller.subject, items, caller.may(FEEDBACK))
         return pb.LogInteractionsResponse(accepted_count=accepted)

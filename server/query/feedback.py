@@ -70,9 +70,11 @@ class Feedback:
         if query_image_id is not None:  # "more like this": clicks on its results become training pairs
             self.log.remember_query(request_id, query_image_id)
 
-    def record(self, subject: str, items: Sequence[Interaction]) -> int:
-        """Durably store the interactions on results issued to `subject`, each once; returns how many."""
-        accepted = [a for a in (self.issued.accept(i, subject) for i in items) if a is not None]
+    def record(self, subject: str, items: Sequence[Interaction], calibrates: bool = False) -> int:
+        """Durably store the interactions on results issued to `subject`, each once; returns how many.
+        `calibrates`: the caller is trusted to refit the shared relevance curve (the `feedback` role)."""
+        accepted = [replace(a, calibrates=calibrates) for a in (self.issued.accept(i, subject) for i in items)
+                    if a is not None]
         return self.log.record(accepted) if accepted else 0
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ class Interaction:
     time: float
     score: float | None = None  # the cosine the result was shown with (None: logged before scores were kept)
     model_version: str = ""  # the encoder version whose cosine it is
+    calibrates: bool = False  # logged by a caller trusted to refit the relevance curve (the `feedback` role)
 
 
 class InteractionLog:
@@ -40,7 +41,8 @@ class InteractionLog:
         self._db.execute("""CREATE TABLE IF NOT EXISTS queries (request_id TEXT PRIMARY KEY,
             query_image_id TEXT NOT NULL)""")
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(interactions)")}
-        for name, kind in (("score", "REAL"), ("model_version", "TEXT NOT NULL DEFAULT ''")):
+        for name, kind in (("score", "REAL"), ("model_version", "TEXT NOT NULL DEFAULT ''"),
+                           ("calibrates", "INTEGER NOT NULL DEFAULT 0")):
             if name not in columns:  # a log written before scores were kept: its rows stay, without one
                 self._db.execute(f"ALTER TABLE interactions ADD COLUMN {name} {kind}")
         self._pending_queries: list[tuple[str, str]] = []
@@ -50,9 +52,10 @@ class InteractionLog:
             self._flush_queries()  # a click refers to a query remembered before it
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany(
-                "INSERT INTO interactions (request_id, position, image_id, kind, time, score, model_version) "
-                "VALUES (?,?,?,?,?,?,?)",
-                [(i.request_id, i.position, i.image_id, i.kind, i.time, i.score, i.model_version) for i in items])
+                "INSERT INTO interactions (request_id, position, image_id, kind, time, score, model_version, "
+                "calibrates) VALUES (?,?,?,?,?,?,?,?)",
+                [(i.request_id, i.position, i.image_id, i.kind, i.time, i.score, i.model_version, int(i.calibrates))
+                 for i in items])
             self._db.execute("COMMIT")
         return len(items)
 
@@ -95,13 +98,14 @@ class InteractionLog:
                 "WHERE i.kind = 2 ORDER BY i.time")]
 
     def judgements(self, model_version: str) -> tuple[np.ndarray, np.ndarray]:
-        """(score, clicked) of every impression shown with a score of `model_version`: the judged pairs a
-        relevance calibration is refitted on (server/model_versions/feedback_calibration.py)."""
+        """(score, clicked) of every impression shown with a score of `model_version` and logged by a trusted
+        caller: the judged pairs a relevance calibration is refitted on (feedback_calibration.py)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT i.score, EXISTS (SELECT 1 FROM interactions c WHERE c.kind = 2 AND "
+                "SELECT i.score, EXISTS (SELECT 1 FROM interactions c WHERE c.kind = 2 AND c.calibrates = 1 AND "
                 "c.request_id = i.request_id AND c.position = i.position) FROM interactions i "
-                "WHERE i.kind = 1 AND i.score IS NOT NULL AND i.model_version = ?", (model_version,)).fetchall()
+                "WHERE i.kind = 1 AND i.calibrates = 1 AND i.score IS NOT NULL AND i.model_version = ?",
+                (model_version,)).fetchall()
         data = np.array(rows, dtype=np.float64).reshape(-1, 2)
         return data[:, 0], data[:, 1]
 

@@ -53,11 +53,23 @@ def test_the_log_keeps_the_shown_score_and_labels_impressions_by_their_clicks(tm
     feedback.issue("r1", "alice", ["a", "b", "c"], [0.9, 0.6, 0.3], "encoder/1", None)
     items = [Interaction("r1", p, i, IMPRESSION, 1.0) for p, i in enumerate("abc")]
     items += [Interaction("r1", 1, "b", CLICK, 2.0), Interaction("r1", 2, "a", CLICK, 2.0)]  # a forged position
-    assert feedback.record("alice", items) == 4
+    assert feedback.record("alice", items, calibrates=True) == 4
     assert feedback.record("mallory", [Interaction("r1", 2, "c", CLICK, 2.0)]) == 0  # not issued to mallory
     scores, labels = feedback.log.judgements("encoder/1")
     assert sorted(zip(scores.tolist(), labels.tolist(), strict=True)) == [(0.3, 0.0), (0.6, 1.0), (0.9, 0.0)]
     assert len(feedback.log.judgements("encoder/2")[0]) == 0
+
+
+def test_only_trusted_callers_interactions_are_judgements(tmp_path) -> None:
+    feedback = Feedback(InteractionLog(tmp_path / "log.sqlite"))
+    feedback.issue("r1", "searcher", ["a", "b"], [0.9, 0.6], "encoder/1", None)
+    feedback.issue("r2", "frontend", ["a", "b"], [0.8, 0.5], "encoder/1", None)
+    assert feedback.record("searcher", [Interaction("r1", p, i, k, 1.0) for p, i in enumerate("ab")
+                                        for k in (IMPRESSION, CLICK)]) == 4
+    assert feedback.record("frontend", [Interaction("r2", 0, "a", IMPRESSION, 1.0)], calibrates=True) == 1
+    assert feedback.log.ctr()["overall"]["clicks"] == 2  # every caller's interactions are logged ...
+    scores, labels = feedback.log.judgements("encoder/1")  # ... only the trusted one's refit the curve
+    assert scores.tolist() == [0.8] and labels.tolist() == [0.0]
 
 
 def test_a_log_written_before_scores_were_kept_opens_and_keeps_its_rows(tmp_path) -> None:
@@ -69,5 +81,5 @@ def test_a_log_written_before_scores_were_kept_opens_and_keeps_its_rows(tmp_path
     log = InteractionLog(path)
     assert log.ctr()["overall"]["impressions"] == 1
     assert len(log.judgements("encoder/1")[0]) == 0  # no score: not a judged pair
-    log.record([Interaction("r1", 0, "b", IMPRESSION, 2.0, 0.7, "encoder/1")])
+    log.record([Interaction("r1", 0, "b", IMPRESSION, 2.0, 0.7, "encoder/1", calibrates=True)])
     assert log.judgements("encoder/1")[0].tolist() == [0.7]

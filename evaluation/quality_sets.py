@@ -30,6 +30,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from server.core.errors import InvalidInput
 from server.embedding.imaging import Limits, decode_image
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -153,7 +154,10 @@ def _distinct(sources: tuple[str, ...]) -> tuple[LabelledImage, ...]:
                "emojione": emojione_images}
     seen, out = set(), []
     for image in (image for source in sources for image in loaders[source]()):
-        loaded = image.load()
+        try:
+            loaded = image.load()
+        except InvalidInput:  # a few Open Clip Art drawings are over 100 Mpx: left out, as the gateway would
+            continue
         digest = hashlib.sha256(loaded.tobytes() + repr(loaded.size).encode()).digest()
         if digest not in seen:
             seen.add(digest)

@@ -130,7 +130,8 @@ class VisualSearchServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LogInteractions(self, request, context):
-        """Impressions and clicks from a surface that showed Search results; stored durably.
+        """Impressions and clicks from a surface that showed Search results; stored durably. Those of a
+        caller with the `feedback` role also refit SearchResult.relevance for this corpus.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

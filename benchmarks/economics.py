@@ -165,7 +165,7 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
     recall = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact_ids, strict=True)]))
     ndcg = float(np.mean([ndcg_vs_exact(f, e, s) for f, e, s in zip(found, exact_ids, exact_scores, strict=True)]))
     sweep = []
-    for nprobe, k_factor in ((16, 20), (16, 30), (16, 40), (32, 40), (16, 60)):
+    for nprobe, k_factor in ((16, 40), (32, 40), (48, 20), (48, 40), (64, 40), (48, 60)):
         index.params = replace(params, nprobe=nprobe, k_factor=k_factor)
         timed_pass(index, queries, None)  # its rows in the page cache, as for the served setting's warm pass
         latencies, got = timed_pass(index, queries, None)

@@ -23,7 +23,12 @@ from server.core.config import FLAT_THRESHOLD
 # Above: ~sqrt(n) lists, not ~4 sqrt(n): k-means of the coarse quantizer on 2 cores must finish.
 LARGE_THRESHOLD = 2_000_000
 NPROBE = 24  # lists probed (of <= 4096 below the large threshold); a restrictive filter widens it per query
-COMPACT_NPROBE, COMPACT_K_FACTOR = 16, 40
+# Lists probed and re-rank depth of the compact layout. Set on REAL embeddings (benchmarks/results/real_recall.md:
+# ~72k whole-image and region rows of package images, queries from images left out): their neighbours spread over
+# more lists than generated vectors' do, so recall is lost in the coarse quantizer, not in the codes. With 4096
+# lists (what 1M-10M rows get) 16 probes gave 10-recall@10 0.951 (generated twin: 0.996), 48 give 0.987, 64
+# give 0.991; a deeper re-rank (80x) or a wider HNSW search over the centroids changed nothing.
+COMPACT_NPROBE, COMPACT_K_FACTOR = 48, 40
 # A search told that scores under a floor are discarded (the region rows: only a region scoring above the k-th
 # whole-image match can change the top k) re-reads only candidates whose code score may reach it: the codes' error
 # is measured on the query's best RERANK_SAMPLE candidates, and a candidate is kept when its code score plus the
@@ -93,10 +98,9 @@ def params_for(n: int, dim: int, flat_threshold: int = FLAT_THRESHOLD, rows_on_d
 
 
 def compact_params(nlist: int, dim: int, m: int | None = None) -> IndexParams:
-    """4-bit fast-scan PQ of the raw embedding, 20x candidates re-ranked exactly from disk. On 200k vectors with
-    the structure of real embeddings (evaluation/real_structure.py), 10-recall@10 at nprobe 16: 0.9925 with
-    20x, 0.9755 with 10x; a PCA or random rotation first ranked worse (0.9865 / 0.9785 with 20x) and costs a
-    1280x1280 product per vector. benchmarks/results/economics.md has the 10M measurement."""
+    """4-bit fast-scan PQ of the raw embedding, 40x candidates re-ranked exactly from disk. On 200k generated
+    vectors (evaluation/real_structure.py) a PCA or random rotation first ranked worse and costs a 1280x1280
+    product per vector. benchmarks/results/economics.md has the 10M measurement, real_recall.md the real one."""
     # Small dimensions (tests, other encoders) keep at least 32 sub-quantizers: a few codes cannot rank at all.
     target = max(dim // COMPACT_DIMS_PER_CODE, min(dim, 32))
     m = m or max(d for d in range(1, target + 1) if dim % d == 0)

@@ -56,9 +56,27 @@ def _plot(results: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
+FEEDBACK_GOAL_JUDGEMENTS = "1000"  # the refit's ECE is reported after this many judged results
+
+
+def goals(results: dict[str, list[dict]]) -> dict[str, float | None]:
+    """Issue 28's figures for the served (last) version, worst over the held-out domains."""
+    served = [rs[-1] for rs in results.values()]
+    refit = [r["calibration"].get("ece_by_judgements", {}).get(FEEDBACK_GOAL_JUDGEMENTS) for r in served]
+    return {"version": served[0]["version"],
+            "heldout_domain_copy_p1_min": min(r["copy_p1_min"] for r in served),
+            "heldout_domain_map10": min(r["category"]["none"]["map@10"] for r in served),
+            "heldout_domain_map10_best_reranking": min(max(v["map@10"] for v in r["category"].values())
+                                                       for r in served),
+            "heldout_domain_ece_shipped_curve": max(r["calibration"]["ece"] for r in served),
+            f"heldout_domain_ece_after_{FEEDBACK_GOAL_JUDGEMENTS}_judgements": None if None in refit else max(refit)}
+
+
 def write(results: dict[str, list[dict]], meta: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "heldout_domains.json").write_text(json.dumps({"meta": meta, "domains": results}, indent=1) + "\n")
+    summary = goals(results)
+    (out / "heldout_domains.json").write_text(json.dumps({"meta": meta, "goals": summary, "domains": results},
+                                                         indent=1) + "\n")
     _plot(results, out / "heldout_domains.png")
     sizes = ", ".join(f"{d}: {rs[0]['gallery']} images in {rs[0]['categories']} categories"
                       for d, rs in results.items())
@@ -66,6 +84,8 @@ def write(results: dict[str, list[dict]], meta: dict, out: Path) -> None:
         "# Held-out domains: quality on images nothing was trained, calibrated or gated on", "",
         f"Command: `{meta['command']}` ({meta['seconds']} s). Seed {meta['seed']}; at most {meta['per_category']} "
         f"images per category; {sizes}. Every image indexed whole + 6 regions, scored as the store scores.", "",
+        "## Goals (issue 28; served version, worst domain)", "",
+        markdown_table([{"metric": k, "measured": v} for k, v in summary.items()], ["metric", "measured"]), "",
         "## Copy detection: P@1 per edit (query = edited copy, relevant = its original)", "", _copy_table(results), "",
         "## Category retrieval (leave-one-out) with re-ranking", "",
         "`qe n=N`: alpha-QE (alpha 3) over the top N results' whole-image vectors, searched again; `dba n=N`: every "

@@ -14,6 +14,10 @@ process, no Triton): promote when the mean copy-detection P@1 over the edits is 
 loses more than 0.02 of P@1 (one edit has ~600 queries: 0.02 is ~12 of them), and category mAP@10 on every
 set is not worse than the served version's by more than the tolerance. Writes benchmarks/results/quality.*.
 
+`--set heldout-domains` decides by the same rule on the domains nothing was trained, calibrated or gated on
+before (evaluation/heldout_domains.py: Open Clip Art, EmojiOne), every edit of every domain counted as its own
+edit and every domain's category mAP@10 as its own set; `make robust-encoder` gates with it (issue 28).
+
 `--promote`: when the candidate wins, record it as the version new data directories serve
 (`<model_repository>/encoder/promoted.json`; `make demo` and a fresh `vsearch serve` then serve it); when it
 loses, withdraw a record that names it.
@@ -68,6 +72,14 @@ def decide_quality(current: dict, candidate: dict, tolerance: float = DEFAULT_TO
     return True, f"promote: mean copy P@1 {new:.4f} vs served {old:.4f}; {maps}"
 
 
+def heldout_as_quality(results: dict[str, list[dict]], position: int) -> dict:
+    """One version's held-out domain results (evaluation.heldout_domains: {domain: [per version]}) in the shape
+    `decide_quality` reads: every domain's edits and category retrieval (no re-ranking) as their own rows."""
+    return {"copy": {f"{domain} {edit}": row for domain, rs in results.items()
+                     for edit, row in rs[position]["copy"].items()},
+            "category": {domain: rs[position]["category"]["none"] for domain, rs in results.items()}}
+
+
 def served_row(rows: list[dict[str, object]], version: str) -> dict[str, float]:
     return next(r for r in rows if r["version"] == version and str(r["index"]).startswith("served"))
 
@@ -93,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
                                            "--model-repository", str(args.model_repository)]
                                           + (["--write-calibration"] if args.write_calibration else []))
         promote, reason = decide_quality(current, candidate, args.tolerance)
+    elif args.set == "heldout-domains":
+        from evaluation import heldout_domains
+
+        results = heldout_domains.main(["--versions", args.current, args.candidate,
+                                        "--model-repository", str(args.model_repository)])
+        promote, reason = decide_quality(heldout_as_quality(results, 0), heldout_as_quality(results, 1),
+                                         args.tolerance)
     else:
         with triton_url(args.triton_url, args.model_repository) as triton:
             rows = run(load_set(args.set, args.sources), [args.current, args.candidate], triton)

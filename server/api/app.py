@@ -176,16 +176,11 @@ class Gateway:
         while True:
             await asyncio.sleep(every_s)
             live = self.live.serving
-            version = live.embedder.model_version
             try:
-                scores, labels = await asyncio.to_thread(self.feedback.log.judgements, version)
-                fitted = self.relevance.update(version, live.calibration, scores, labels)
+                await asyncio.to_thread(self.relevance.refit, self.feedback.log.judgements,
+                                        live.embedder.model_version, live.calibration)
             except Exception:  # a refit that fails keeps the curve in use; the next one tries again
                 log.exception("relevance refit failed")
-                continue
-            if fitted is not None:
-                log.info("relevance of %s refitted on %d judged results (%d clicked)", version, len(scores),
-                         int(labels.sum()))
 
     async def _follow_live_version(self) -> None:
         """Gateways over one Milvus are replicas: when another one cut over to a new model version (the alias

@@ -11,14 +11,17 @@ follows the corpus. `CorpusRelevance` holds the refitted curve per model version
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 
 from server.model_versions.calibration import Calibration
 
+log = logging.getLogger("relevance")
 PRIOR_WEIGHT = 200.0  # the shipped curve counts as this many judgements
 MIN_JUDGEMENTS = 100  # fewer impressions than this: keep the shipped curve
 
@@ -87,4 +90,14 @@ class CorpusRelevance:
         with self._lock:
             self._fitted[model_version] = fitted
             self.refitted_at = time.time()
+        return fitted
+
+    def refit(self, judgements: Callable[[str], tuple[np.ndarray, np.ndarray]], model_version: str,
+              shipped: Calibration | None) -> Calibration | None:
+        """`update` from every judged pair `judgements(model_version)` returns (the interaction log's)."""
+        scores, labels = judgements(model_version)
+        fitted = self.update(model_version, shipped, scores, labels)
+        if fitted is not None:
+            log.info("relevance of %s refitted on %d judged results (%d clicked)", model_version, len(scores),
+                     int(labels.sum()))
         return fitted

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -87,7 +88,7 @@ def build_domain(source: str, per_category: int, copy_sources: int, seed: int) -
         try:
             image = item.load()
         except InvalidInput as exc:  # a handful of Open Clip Art PNGs are over 100 Mpx: left out, as the
-            print(f"left out {item.image_id}: {exc}")  # gateway would refuse them
+            tqdm.write(f"left out {item.image_id}: {exc}", file=sys.stderr)  # gateway would refuse them
             continue
         digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).digest()
         if digest in seen:

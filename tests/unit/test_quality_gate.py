@@ -21,6 +21,12 @@ def test_one_edit_losing_more_than_002_refuses_even_when_the_mean_improves() -> 
     assert not promote and "jpeg-q20" in reason
 
 
+def test_a_drop_of_exactly_002_is_not_more_than_002() -> None:
+    current = _result({"crop-50": 0.9733, "flip": 0.9}, {"clip": 0.24})
+    assert decide_quality(current, _result({"crop-50": 0.9533, "flip": 0.92}, {"clip": 0.24}))[0]
+    assert not decide_quality(current, _result({"crop-50": 0.9532, "flip": 0.92}, {"clip": 0.24}))[0]
+
+
 def test_held_out_domains_count_each_domain_edit_and_category_on_its_own() -> None:
     def version(grey: float, served_map: float) -> dict:
         return {"copy": {"grayscale": {"p@1": grey}},

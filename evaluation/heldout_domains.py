@@ -11,7 +11,9 @@ image is indexed as the store indexes it (whole + REGION_BOXES, scored by server
   DBA (every indexed whole-image vector replaced by itself plus its top-n neighbours, weighted the same way);
 - calibration: ECE of the version's shipped relevance curve (fitted on the team's sets) on this domain's
   judged top-20 results (relevant = the query's source image or the same category), and of the curve the
-  gateway refits from the corpus's own feedback, by the number of judged results it has seen.
+  gateway refits from the corpus's own feedback, by the number of judged results it has seen; and the other
+  route, score normalisation: a curve fitted on the team's `calib` images on raw scores against one fitted on
+  each score minus the query's 20th best (its neighbourhood's level), both measured on this domain.
 Writes heldout_domains.json / .md / .png under benchmarks/results.
 """
 
@@ -23,12 +25,13 @@ import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.calibrate import expected_calibration_error, reliability
+from evaluation.calibrate import expected_calibration_error, isotonic_fit, reliability
 from evaluation.edits import encode
 from evaluation.metrics import evaluate
 from evaluation.quality import (
@@ -41,7 +44,14 @@ from evaluation.quality import (
     indexing_views,
     similarity,
 )
-from evaluation.quality_sets import DEFAULT_SEED, LabelledImage, emojione_images, openclipart_images
+from evaluation.quality_sets import (
+    DEFAULT_SEED,
+    LabelledImage,
+    emojione_images,
+    labelled_images,
+    of_split,
+    openclipart_images,
+)
 from server.core.config import MODEL_REPOSITORY
 from server.core.errors import InvalidInput
 from server.model_versions.calibration import load_calibration
@@ -153,6 +163,38 @@ def copy_with_qe(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regio
     return copy_detection(prep, gallery, expanded, regions)
 
 
+def judged(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray, sources: list[int],
+           cats: np.ndarray, own_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, relevant) [queries, TOP] of each query's top results; relevant = the query's source image or the
+    same category. The last `own_rows` queries are gallery images querying with themselves excluded."""
+    sims = similarity(queries, gallery, regions)
+    first = len(queries) - own_rows
+    sims[np.arange(first, len(queries)), np.asarray(sources[first:])] = -np.inf
+    ranked = _rankings(sims, TOP)
+    labels = np.array([[j == s or cats[j] == cats[s] for j in row] for row, s in zip(ranked, sources, strict=True)])
+    return np.take_along_axis(sims, ranked, axis=1), labels.astype(np.float64)
+
+
+def normalised(scores: np.ndarray) -> np.ndarray:
+    """Each score minus the query's TOP-th best: its neighbourhood's level (the copy-detection normalisation)."""
+    return scores - scores[:, -1:]
+
+
+@cache
+def team_pairs(version: str, repository: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Judged top-20 results of the team's `calib` images (Tux Paint + Noto emoji) querying with themselves
+    excluded, indexed with regions: what a curve is fitted on before it meets a new domain."""
+    gallery = of_split(labelled_images(), {"calib"}, seed)
+    pixels = []
+    for item in tqdm(gallery, desc="team calib", unit="img"):
+        whole, views = indexing_views(encode(item.load()), True)
+        pixels += [whole, *views]
+    rows = VersionEmbedder(version, repository).embed(np.stack(pixels), f"v{version} team calib")
+    rows = rows.reshape(len(gallery), len(pixels) // len(gallery), -1)
+    cats = np.array([g.category for g in gallery])
+    return judged(rows[:, 0], rows[:, 0], rows[:, 1:], list(range(len(gallery))), cats, len(gallery))
+
+
 def calibration_error(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regions: np.ndarray,
                       version: str, repository: Path, seed: int) -> dict:
     """ECE on this domain's judged top-20 results (copy queries and every gallery image as a query of its own,
@@ -165,15 +207,15 @@ def calibration_error(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, 
         return {}
     cats = np.array([g.category for g in prep.gallery])
     sources = [s for s, _ in prep.copy_queries] + list(range(len(prep.gallery)))
-    sims = similarity(np.concatenate([queries, gallery]), gallery, regions)
-    sims[np.arange(len(queries), len(sources)), np.arange(len(prep.gallery))] = -np.inf
-    ranked = _rankings(sims, TOP)
-    scores = np.take_along_axis(sims, ranked, axis=1)
-    labels = np.array([[j == s or cats[j] == cats[s] for j in row] for row, s in zip(ranked, sources, strict=True)]
-                      ).astype(np.float64)
+    scores, labels = judged(np.concatenate([queries, gallery]), gallery, regions, sources, cats, len(prep.gallery))
     prob = np.asarray(calibration.relevance(scores.ravel()))
     out = {"ece": round(expected_calibration_error(prob, labels.ravel()), 4), "pairs": labels.size,
            "base_rate": round(float(labels.mean()), 4), "reliability": reliability(prob, labels.ravel())}
+    team_scores, team_labels = team_pairs(version, repository, seed)
+    for name, transform in (("raw", lambda x: x), ("normalised", normalised)):
+        xs, ys = isotonic_fit(transform(team_scores).ravel(), team_labels.ravel())
+        out[f"ece_team_fit_{name}"] = round(expected_calibration_error(
+            np.interp(transform(scores).ravel(), xs, ys), labels.ravel()), 4)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(sources))
     feedback, held = order[: len(order) // 2], order[len(order) // 2:]

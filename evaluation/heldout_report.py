@@ -37,7 +37,7 @@ def _calibration_table(results: dict[str, list[dict]]) -> str:
              **{f"refit on {n}": r["calibration"]["ece_by_judgements"].get(n, "") for n in sizes}}
             for d, rs in results.items() for r in rs if r["calibration"]]
     return markdown_table(rows, ["domain", "version", "pairs", "base_rate", "ece", "ece_shipped_on_eval_half",
-                                 *[f"refit on {n}" for n in sizes]])
+                                 *[f"refit on {n}" for n in sizes], "ece_team_fit_raw", "ece_team_fit_normalised"])
 
 
 def _plot(results: dict[str, list[dict]], path: Path) -> None:
@@ -98,6 +98,9 @@ def write(results: dict[str, list[dict]], meta: dict, out: Path) -> None:
         "curve as 200 judgements of prior) after N judged results of half the queries, measured on the other "
         "half (`ece_shipped_on_eval_half` is where it starts); mean of 3 draws. The clicks are SIMULATED from "
         "the judged pairs (a judged result = an impression, clicked when relevant): no real clicks exist here, "
-        "and real ones carry position bias.", "", _calibration_table(results), ""]
+        "and real ones carry position bias. `ece_team_fit_raw` / `ece_team_fit_normalised`: a curve fitted on the "
+        "team's `calib` images (Tux Paint + Noto emoji querying each other) on raw cosines / on each cosine minus "
+        "the query's 20th best (score normalisation by the neighbourhood), applied to this domain.", "",
+        _calibration_table(results), ""]
     (out / "heldout_domains.md").write_text("\n".join(text))
     print(f"wrote {out / 'heldout_domains.md'}")

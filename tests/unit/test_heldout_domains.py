@@ -38,3 +38,19 @@ def test_database_augmentation_adds_neighbours_but_never_the_row_itself() -> Non
     assert np.allclose(augmented[0], _unit(base[0] + s01 * base[1]))
     assert np.allclose(augmented[2], _unit(base[2] + max(0.0, float(base[2] @ base[0])) * base[0]))
     assert np.allclose(np.linalg.norm(augmented, axis=1), 1.0)
+
+
+def test_judged_results_leave_a_gallery_query_out_and_normalise_by_the_neighbourhood() -> None:
+    from evaluation.heldout_domains import TOP, judged, normalised
+
+    rng = np.random.default_rng(1)
+    gallery = _unit(rng.standard_normal((TOP + 5, 8)))
+    regions = np.repeat(gallery[:, None], 2, axis=1)  # regions equal to the whole image: scores unchanged
+    cats = np.array(["a"] * 3 + ["b"] * (TOP + 2))
+    scores, labels = judged(gallery[:3], gallery, regions, [0, 1, 2], cats, own_rows=2)
+    assert scores.shape == (3, TOP)
+    assert np.isclose(scores[0, 0], 1.0) and labels[0, 0] == 1  # a query that is not a gallery image finds it
+    assert not np.isclose(scores[1:, 0], 1.0).any()  # the gallery's own queries never find themselves
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    assert np.allclose(normalised(scores)[:, -1], 0) and np.allclose(normalised(scores)[:, 0],
+                                                                      scores[:, 0] - scores[:, -1])

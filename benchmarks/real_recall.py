@@ -22,7 +22,6 @@ Writes benchmarks/results/real_recall.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import tempfile
 import time
 from dataclasses import replace
@@ -39,7 +38,7 @@ from tqdm import tqdm
 from benchmarks.economics import exact_top, timed_pass
 from evaluation.edits import encode
 from evaluation.quality import VersionEmbedder
-from evaluation.quality_sets import labelled_images
+from evaluation.quality_sets import labelled_images, unit_hash
 from evaluation.real_structure import CACHE, RealStructure, train_split_rows
 from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.errors import InvalidInput
@@ -81,8 +80,7 @@ def package_rows(version: str) -> tuple[np.ndarray, list[str]]:
 
 def split(ids: list[str], share: float, seed: int = 5) -> np.ndarray:
     """True for the images left out of the corpus (seeded hash of the ID)."""
-    return np.array([int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2**64 < share
-                     for i in ids])
+    return np.array([unit_hash(i, seed) < share for i in ids])
 
 
 def real_set(version: str, share: float) -> tuple[np.ndarray, np.ndarray]:
@@ -97,35 +95,38 @@ def real_set(version: str, share: float) -> tuple[np.ndarray, np.ndarray]:
     return corpus, queries
 
 
-def measure(corpus: np.ndarray, queries: np.ndarray, nlist: int, workdir: Path, label: str) -> list[dict]:
-    log_path = workdir / f"{label}-{nlist}.f32"
+def measure(corpus: np.ndarray, queries: np.ndarray, nlists: list[int], workdir: Path, label: str) -> list[dict]:
+    """The sweep for each list count, over one vector log and one exact ranking of the set."""
+    log_path = workdir / f"{label}.f32"
     corpus.astype("<f4").tofile(log_path)
-    params = compact_params(nlist, DIM)
-    started = time.monotonic()
-    built = build_index(params, DIM, corpus)
-    build_s = time.monotonic() - started
-    index_path = workdir / f"{label}-{nlist}.faiss"
-    faiss.write_index(built, str(index_path))
-    del built
     exact_scores, exact_ids = exact_top(corpus, queries, 10)
     vector_log = VectorLog(log_path, DIM)
-    index = VectorIndex(DIM, stored=vector_log.view, rebuild_in_background=False, read_rows=vector_log.read_rows)
-    index.load(index_path)
     out = []
-    for nprobe, k_factor in SWEEP:
-        index.params = replace(params, nprobe=nprobe, k_factor=k_factor)
-        timed_pass(index, queries, None)  # page cache warm
-        latencies, found = timed_pass(index, queries, None)
-        recalls = [len(set(f) & set(e)) / 10 for f, e in zip(found, exact_ids, strict=True)]
-        out.append({"vectors": label, "n": len(corpus), "queries": len(queries), "factory": params.factory,
-                    "nlist": nlist, "nprobe": nprobe, "k_factor": k_factor,
-                    "recall_at_10": round(float(np.mean(recalls)), 4),
-                    "queries_below_0.8": round(float(np.mean(np.array(recalls) < 0.8)), 4),
-                    "warm_p50_ms": round(float(np.percentile(latencies, 50)), 2),
-                    "warm_p99_ms": round(float(np.percentile(latencies, 99)), 2),
-                    "top10_margin": round(float(np.mean(exact_scores[:, 0] - exact_scores[:, 9])), 4),
-                    "build_s": round(build_s, 1)})
-        print(out[-1], flush=True)
+    for nlist in nlists:
+        params = compact_params(nlist, DIM)
+        started = time.monotonic()
+        built = build_index(params, DIM, corpus)
+        build_s = time.monotonic() - started
+        index_path = workdir / f"{label}-{nlist}.faiss"
+        faiss.write_index(built, str(index_path))
+        del built
+        index = VectorIndex(DIM, stored=vector_log.view, rebuild_in_background=False,
+                            read_rows=vector_log.read_rows)
+        index.load(index_path)
+        for nprobe, k_factor in SWEEP:
+            index.params = replace(params, nprobe=nprobe, k_factor=k_factor)
+            timed_pass(index, queries, None)  # page cache warm
+            latencies, found = timed_pass(index, queries, None)
+            recalls = [len(set(f) & set(e)) / 10 for f, e in zip(found, exact_ids, strict=True)]
+            out.append({"vectors": label, "n": len(corpus), "queries": len(queries), "factory": params.factory,
+                        "nlist": nlist, "nprobe": nprobe, "k_factor": k_factor,
+                        "recall_at_10": round(float(np.mean(recalls)), 4),
+                        "queries_below_0.8": round(float(np.mean(np.array(recalls) < 0.8)), 4),
+                        "warm_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+                        "warm_p99_ms": round(float(np.percentile(latencies, 99)), 2),
+                        "top10_margin": round(float(np.mean(exact_scores[:, 0] - exact_scores[:, 9])), 4),
+                        "build_s": round(build_s, 1)})
+            print(out[-1], flush=True)
     vector_log.close()
     return out
 
@@ -161,9 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     twin_queries = model.sample(len(queries), np.random.default_rng(11))
     rows = []
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        for nlist in sorted({nlist_for(len(corpus)), 4096}):
-            rows += measure(corpus, queries, nlist, Path(tmp), "real")
-            rows += measure(twin, twin_queries, nlist, Path(tmp), "generated")
+        nlists = sorted({nlist_for(len(corpus)), 4096})
+        rows += measure(corpus, queries, nlists, Path(tmp), "real")
+        rows += measure(twin, twin_queries, nlists, Path(tmp), "generated")
     plot(rows, RESULTS / "real_recall.png")
     columns = ["vectors", "n", "queries", "nlist", "nprobe", "k_factor", "recall_at_10", "queries_below_0.8",
                "warm_p50_ms", "warm_p99_ms", "top10_margin"]

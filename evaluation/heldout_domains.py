@@ -20,7 +20,6 @@ Writes heldout_domains.json / .md / .png under benchmarks/results.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from collections import Counter, defaultdict
@@ -42,6 +41,7 @@ from evaluation.quality import (
     copy_detection,
     copy_queries,
     indexing_views,
+    judged,
     similarity,
 )
 from evaluation.quality_sets import (
@@ -51,6 +51,7 @@ from evaluation.quality_sets import (
     labelled_images,
     of_split,
     openclipart_images,
+    pixel_digest,
 )
 from server.core.config import MODEL_REPOSITORY
 from server.core.errors import InvalidInput
@@ -58,7 +59,6 @@ from server.model_versions.calibration import load_calibration
 from server.model_versions.feedback_calibration import refit
 
 DOMAINS = {"openclipart": openclipart_images, "emojione": emojione_images}
-TOP = 20
 FEEDBACK_SIZES = (100, 300, 1000, 3000, 10000)  # judged results the refit sees
 FEEDBACK_REPEATS = 3
 
@@ -100,7 +100,7 @@ def build_domain(source: str, per_category: int, copy_sources: int, seed: int) -
         except InvalidInput as exc:  # a handful of Open Clip Art PNGs are over 100 Mpx: left out, as the
             tqdm.write(f"left out {item.image_id}: {exc}", file=sys.stderr)  # gateway would refuse them
             continue
-        digest = hashlib.sha256(image.tobytes() + repr(image.size).encode()).digest()
+        digest = pixel_digest(image)
         if digest in seen:
             continue
         seen.add(digest)
@@ -161,18 +161,6 @@ def copy_with_qe(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regio
     """Copy detection when alpha-QE is on: does the expansion keep the copy's source first?"""
     expanded = expand(queries, similarity(queries, gallery, regions), gallery, n, alpha)
     return copy_detection(prep, gallery, expanded, regions)
-
-
-def judged(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray, sources: list[int],
-           cats: np.ndarray, own_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, relevant) [queries, TOP] of each query's top results; relevant = the query's source image or the
-    same category. The last `own_rows` queries are gallery images querying with themselves excluded."""
-    sims = similarity(queries, gallery, regions)
-    first = len(queries) - own_rows
-    sims[np.arange(first, len(queries)), np.asarray(sources[first:])] = -np.inf
-    ranked = _rankings(sims, TOP)
-    labels = np.array([[j == s or cats[j] == cats[s] for j in row] for row, s in zip(ranked, sources, strict=True)])
-    return np.take_along_axis(sims, ranked, axis=1), labels.astype(np.float64)
 
 
 def normalised(scores: np.ndarray) -> np.ndarray:

@@ -327,28 +327,29 @@ def duplicates(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, seed: i
     return out
 
 
+def judged(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray | None, sources: list[int],
+           cats: np.ndarray, own_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, relevant) [queries, TOP] of each query's top results; relevant = the query's source image or the
+    same category. The last `own_rows` queries are gallery images querying with themselves excluded."""
+    sims = similarity(queries, gallery, regions)
+    first = len(queries) - own_rows
+    sims[np.arange(first, len(queries)), np.asarray(sources[first:], dtype=np.int64)] = -np.inf
+    ranked = _rankings(sims, TOP)
+    labels = np.array([[j == s or cats[j] == cats[s] for j in row] for row, s in zip(ranked, sources, strict=True)])
+    return np.take_along_axis(sims, ranked, axis=1), labels.astype(np.float64)
+
+
 def judged_pairs(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, split: str, seed: int,
                  regions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(cosine, relevant) of the top-20 results of every query whose source image is in `split`:
     the copy queries and every gallery image as a query of its own (itself excluded)."""
-    cats = np.array([g.category for g in prep.gallery])
-    sources, vectors = [], []
-    for (source, _), vector in zip(prep.copy_queries, queries, strict=True):
-        if split_of(prep.gallery[source].image_id, seed) == split:
-            sources.append((source, False))
-            vectors.append(vector)
-    for i, g in enumerate(prep.gallery):
-        if split_of(g.image_id, seed) == split:
-            sources.append((i, True))
-            vectors.append(gallery[i])
-    sims = similarity(np.stack(vectors), gallery, regions)
-    for row, (source, is_self) in enumerate(sources):
-        if is_self:
-            sims[row, source] = -np.inf
-    ranked = _rankings(sims, TOP)
-    scores = np.take_along_axis(sims, ranked, axis=1).ravel()
-    labels = np.array([[j == s or cats[j] == cats[s] for j in r] for r, (s, _) in zip(ranked, sources, strict=True)])
-    return scores, labels.ravel().astype(np.float64)
+    copies = [(source, vector) for (source, _), vector in zip(prep.copy_queries, queries, strict=True)
+              if split_of(prep.gallery[source].image_id, seed) == split]
+    own = [i for i, g in enumerate(prep.gallery) if split_of(g.image_id, seed) == split]
+    vectors = np.stack([v for _, v in copies] + [gallery[i] for i in own])
+    scores, labels = judged(vectors, gallery, regions, [s for s, _ in copies] + own,
+                            np.array([g.category for g in prep.gallery]), len(own))
+    return scores.ravel(), labels.ravel()
 
 
 def relevance_calibration(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, seed: int,

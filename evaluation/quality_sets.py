@@ -62,9 +62,19 @@ class LabelledImage:
         return image
 
 
+def unit_hash(image_id: str, seed: int) -> float:
+    """A seeded hash of the ID in [0, 1): stable across machines and runs."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{image_id}".encode()).digest()[:8], "big") / 2**64
+
+
+def pixel_digest(image: Image.Image) -> bytes:
+    """Equal for two files that decode to the same picture."""
+    return hashlib.sha256(image.tobytes() + repr(image.size).encode()).digest()
+
+
 def split_of(image_id: str, seed: int = DEFAULT_SEED) -> str:
     """`train`, `calib` or `test`, from a seeded hash of the ID (stable across machines and runs)."""
-    u = int.from_bytes(hashlib.sha256(f"{seed}:{image_id}".encode()).digest()[:8], "big") / 2**64
+    u = unit_hash(image_id, seed)
     edge = 0.0
     for name, share in SPLITS.items():
         edge += share
@@ -158,7 +168,7 @@ def _distinct(sources: tuple[str, ...]) -> tuple[LabelledImage, ...]:
             loaded = image.load()
         except InvalidInput:  # a few Open Clip Art drawings are over 100 Mpx: left out, as the gateway would
             continue
-        digest = hashlib.sha256(loaded.tobytes() + repr(loaded.size).encode()).digest()
+        digest = pixel_digest(loaded)
         if digest not in seen:
             seen.add(digest)
             out.append(image)

@@ -45,6 +45,9 @@ class InteractionLog:
                            ("calibrates", "INTEGER NOT NULL DEFAULT 0")):
             if name not in columns:  # a log written before scores were kept: its rows stay, without one
                 self._db.execute(f"ALTER TABLE interactions ADD COLUMN {name} {kind}")
+        # `judgements` looks up each impression's click: without this index that is a scan per impression.
+        self._db.execute("CREATE INDEX IF NOT EXISTS interactions_by_result ON interactions "
+                         "(request_id, position, kind)")
         self._pending_queries: list[tuple[str, str]] = []
 
     def record(self, items: list[Interaction]) -> int:

@@ -41,7 +41,8 @@ def test_database_augmentation_adds_neighbours_but_never_the_row_itself() -> Non
 
 
 def test_judged_results_leave_a_gallery_query_out_and_normalise_by_the_neighbourhood() -> None:
-    from evaluation.heldout_domains import TOP, judged, normalised
+    from evaluation.heldout_domains import normalised
+    from evaluation.quality import TOP, judged
 
     rng = np.random.default_rng(1)
     gallery = _unit(rng.standard_normal((TOP + 5, 8)))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -46,6 +47,7 @@ PORT_FLAGS = (
 )
 EXTRA_PORTS = ("metrics", "etcd-peer")  # set through the environment, not launcher flags
 METRICS_ENV = "VSEARCH_MILVUS_METRICS_PORT"
+MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
 
 
 def free_ports(n: int) -> list[int]:
@@ -87,6 +89,9 @@ class MilvusServer:
     # Milvus settings the package's milvus.yaml template lacks (extra_config only rewrites keys it has), as Milvus'
     # environment overrides: the key upper-cased, dots as underscores, e.g. QUERYCOORD_UPDATENEXTTARGETINTERVAL.
     extra_env: dict[str, str] = field(default_factory=dict)
+    # sealed segments memory-mapped from <data_dir>/mmap (`queryNode.mmapDirPath`), as deploy/milvus runs the query
+    # nodes: the raw floats stay out of the heap (Milvus maps the files, then unlinks them: see `mapped_bytes`)
+    mmap: bool = True
     ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     start_seconds: float = 0.0
@@ -95,6 +100,29 @@ class MilvusServer:
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.ports['proxy-port']}"
+
+    @property
+    def mmap_dir(self) -> Path:
+        return self.data_dir / "mmap"
+
+    def mapped_bytes(self) -> tuple[int, int]:
+        """(mapped, resident) bytes of the server's memory-mapped segment files: Milvus unlinks each file once
+        mapped, so only /proc/<pid>/smaps still shows them (resident: pages in the page cache, not the heap)."""
+        mapped = resident = 0
+        for pid in self.pids():
+            try:
+                lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+            except OSError:
+                continue
+            inside = False
+            for line in lines:
+                if MAPPING.match(line):  # a mapping's header line: address range, mode, offset, device, inode, path
+                    inside = str(self.mmap_dir) in line
+                elif inside and line.startswith("Size:"):
+                    mapped += int(line.split()[1]) * 1024
+                elif inside and line.startswith("Rss:"):
+                    resident += int(line.split()[1]) * 1024
+        return mapped, resident
 
     @property
     def log_path(self) -> Path:
@@ -121,6 +149,8 @@ class MilvusServer:
             args += ["--extra-config", f"{key}={value}"]
         env = {**os.environ, **self.extra_env, METRICS_ENV: str(self.ports["metrics"]),
                "ETCD_CONFIG_PATH": str(etcd_config)}
+        if self.mmap:
+            env["QUERYNODE_MMAPDIRPATH"] = str(self.mmap_dir)
         self.process = subprocess.Popen(
             dying_with_parent(args), stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
             env=env, start_new_session=True)

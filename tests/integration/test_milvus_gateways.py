@@ -23,6 +23,7 @@ from clients.client import NewImage
 from devkit.launcher import GatewayProcess
 from protos.visual_search.v1 import visual_search_pb2 as pb
 from server.store.base import Visibility
+from server.store.milvus.client import REGION_BITS, image_key
 from tests.fixtures.gateway import start_gateway
 from tests.photos import small_jpeg
 
@@ -182,7 +183,7 @@ def test_migration_copies_a_faiss_catalog_with_regions_into_milvus_resumably(mil
         # an image that lost a region row in the target is found by the per-image check of the next run
         client = MilvusClient(uri=milvus_server.uri)
         regions = f"{prefix}_encoder_1_regions"
-        client.delete(regions, ids=["m9#2"])
+        client.delete(regions, ids=[image_key("m9") << REGION_BITS | 2])  # its region 2
         # another client's delete: served to a new connection's reads once the query node applied it
         assert eventually(lambda: client.query(regions, filter='image_id == "m9"', output_fields=["count(*)"],
                                                consistency_level="Eventually")[0]["count(*)"] == 5, timeout_s=30)

@@ -46,27 +46,6 @@ def exact_top(vectors: np.ndarray, eligible: np.ndarray, query: np.ndarray, k: i
     return [int(i) for i in order]
 
 
-@pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture
-def make_store(milvus_server: MilvusServer, prefix: str) -> Iterator:
-    made: list[MilvusVectorStore] = []
-
-    def make(dim: int = 32, version: str = "encoder/1", index: MilvusIndexConfig | None = None, regions: int = 0
-             ) -> MilvusVectorStore:
-        store = MilvusVectorStore(milvus_server.uri, version, dim, index, collection_prefix=prefix, regions=regions)
-        made.append(store)
-        return store
-
-    yield make
-    for store in made:
-        store.drop()
-        store.close()
-
-
 def test_add_search_exactly_k_with_90_percent_private(make_store) -> None:
     vectors = unit_vectors(2000, 32, seed=1)
     public = np.arange(2000) % 10 == 0
@@ -161,8 +140,9 @@ def test_alias_names_the_live_version_and_switches(make_store, milvus_server, pr
     client = MilvusClient(uri=milvus_server.uri)
     try:
         def live_ids() -> set[str]:
-            hits = client.search(alias, data=[vectors[0].tolist()], limit=20, consistency_level="Strong")[0]
-            return {h["id"] for h in hits}
+            hits = client.search(alias, data=[vectors[0].tolist()], limit=20, output_fields=["image_id"],
+                                 consistency_level="Strong")[0]
+            return {h["entity"]["image_id"] for h in hits}
 
         assert live_ids() == {f"one{i}" for i in range(10)}
         point_live_alias(milvus_server.uri, "encoder/2", prefix, alias=alias)
@@ -237,11 +217,11 @@ def test_selective_filters_return_exactly_k(selective_stores, kind: str, fractio
         truth = exact_top(vectors, public, q, k)
         recalls.append(len(set(ids) & set(truth)) / len(truth))
         raw = store._conn.client.search(store.collection, data=[q.tolist()], limit=k,
-                                        filter="visibility == 1 and deleted == false",
+                                        filter="visibility == 1 and deleted == false", output_fields=["image_id"],
                                         search_params=index.search_params(1, k), consistency_level="Session")[0]
         raw_counts.append(len(raw))
         if kind == "IVF_PQ" and fraction == 0.1:  # the served index is IVF_PQ: PQ distances, not exact ones
-            exact_scores = vectors[[int(h["id"][3:]) for h in raw]] @ q
+            exact_scores = vectors[[int(h["entity"]["image_id"][3:]) for h in raw]] @ q
             assert np.abs(np.array([h["distance"] for h in raw]) - exact_scores).max() > 1e-3
     if kind == "IVF_PQ" and fraction <= 0.01:  # the default nprobe really falls short: the widening gives k
         assert min(raw_counts) < min(k, int(public.sum()))

@@ -1,6 +1,6 @@
 """Reading a Milvus collection whole, page by page (model switch, migration): the `Catalog` side of the store.
 
-Pages come in image-ID order within a pass over the rows whose `seq` is above the pass's mark; the cursor of the
+Pages come in key order within a pass over the rows whose `seq` is above the pass's mark; the cursor of the
 last page of a pass starts a new pass over what was added since the previous one began (less a margin for the
 clocks of other gateways, which stamp `seq`; readers skip what they copied already: `known`).
 """
@@ -23,18 +23,21 @@ CLOCK_MARGIN_NS = 60 * 10**9
 @dataclass(frozen=True)
 class Cursor:
     since: int  # this pass reads rows with seq > since
-    after: str | None  # ... and image IDs above this one
+    after: str | int | None  # ... and keys above this one
     pass_start: int  # when this pass began: the next one reads what was added after it
 
 
-def region_rows(images: Sequence[EmbeddedImage], per_image: int) -> list[dict[str, Any]]:
-    """The region collection's rows of `images`. An image added without regions (a job that embedded whole images
-    only) gets its whole-image vector in every row, as in the embedded store: it is found as before."""
+def region_rows(conn: Connection, images: Sequence[EmbeddedImage], keys: dict[str, str | int], per_image: int
+                ) -> list[dict[str, Any]]:
+    """The region collection's rows of `images` (`keys`: their rows' keys). An image added without regions (a job
+    that embedded whole images only) gets its whole-image vector in every row, as in the embedded store: it is
+    found as before."""
     rows = []
     for image in images:
         vectors = np.broadcast_to(image.vector, (per_image, image.vector.shape[0])) if image.regions is None \
             else image.regions
-        rows += [{"row_id": f"{image.image_id}#{r}", "image_id": image.image_id, "region": r,
+        rows += [{conn.region_key_field: conn.region_key(keys[image.image_id], r), "image_id": image.image_id,
+                  "region": r,
                   "embedding": np.asarray(v, np.float32).tolist(), "visibility": int(image.visibility),
                   "deleted": False} for r, v in enumerate(vectors)]
     return rows
@@ -55,7 +58,7 @@ class MilvusCatalog:
         rows = self.conn.page(f"seq > {at.since}", SCALARS[1:], at.after, limit)
         records = [record_of(r, self.model_version) for r in rows]
         if len(rows) == limit:
-            return Page(records, replace(at, after=rows[-1]["image_id"]), done=False)
+            return Page(records, replace(at, after=rows[-1][self.conn.key_field]), done=False)
         following = Cursor(since=at.pass_start - CLOCK_MARGIN_NS, after=None, pass_start=time.time_ns())
         return Page(records, following, done=True)
 

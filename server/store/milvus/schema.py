@@ -24,7 +24,8 @@ def ensure_collections(conn: Connection, model_version: str, dim: int, index_con
         if regions and not call(c.has_collection, conn.regions):
             _create_region_collection(conn, model_version, dim, index_config, consistency, regions)
         schema = c.create_schema(auto_id=False, enable_dynamic_field=False, description=model_version)
-        schema.add_field("image_id", DataType.VARCHAR, is_primary=True, max_length=512)
+        schema.add_field("key", DataType.INT64, is_primary=True)
+        schema.add_field("image_id", DataType.VARCHAR, max_length=512)
         schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("visibility", DataType.INT8)
         schema.add_field("deleted", DataType.BOOL)
@@ -41,9 +42,12 @@ def ensure_collections(conn: Connection, model_version: str, dim: int, index_con
         found = str(call(c.describe_collection, conn.collection).get("description", ""))
         if found and found != model_version:
             raise ValueError(f"collection {conn.collection} holds {found}, not {model_version}")
+    conn.key_field = _primary_key(conn, conn.collection)
     if not call(c.has_collection, conn.tombstones):
         schema = c.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("image_id", DataType.VARCHAR, is_primary=True, max_length=512)
+        if not conn.legacy_keys:
+            schema.add_field("key", DataType.INT64, is_primary=True)
+        schema.add_field("image_id", DataType.VARCHAR, is_primary=conn.legacy_keys, max_length=512)
         schema.add_field("marker", DataType.FLOAT_VECTOR, dim=2)  # Milvus 2.3 needs a vector field
         index = c.prepare_index_params()
         index.add_index("marker", index_type="FLAT", metric_type="L2", params={})
@@ -51,20 +55,27 @@ def ensure_collections(conn: Connection, model_version: str, dim: int, index_con
     kept = 0
     if call(c.has_collection, conn.regions):
         kept = int(str(call(c.describe_collection, conn.regions).get("description", "")).rsplit(REGIONS_NOTE, 1)[1])
+        conn.region_key_field = _primary_key(conn, conn.regions)
         conn.loaded.append(conn.regions)
     for name in conn.loaded:
         call(c.load_collection, name)
     return kept
 
 
+def _primary_key(conn: Connection, collection: str) -> str:
+    """The name of `collection`'s primary key field (`key`; `image_id` / `row_id` in collections of before)."""
+    fields = conn.call(conn.client.describe_collection, collection)["fields"]
+    return next(f["name"] for f in fields if f.get("is_primary"))
+
+
 def _create_region_collection(conn: Connection, model_version: str, dim: int, index_config: MilvusIndexConfig,
                               consistency: str, regions: int) -> None:
-    """Region rows (`row_id` = image ID + region number): only what search and the privacy filter read, and what a
+    """Region rows (`key`: `Connection.region_key`): only what search and the privacy filter read, and what a
     rewrite (a hide: Milvus 2.3 has no partial update) must carry."""
     c = conn.client
     schema = c.create_schema(auto_id=False, enable_dynamic_field=False,
                              description=f"{model_version}; {REGIONS_NOTE}{regions}")
-    schema.add_field("row_id", DataType.VARCHAR, is_primary=True, max_length=600)
+    schema.add_field("key", DataType.INT64, is_primary=True)
     schema.add_field("image_id", DataType.VARCHAR, max_length=512)
     schema.add_field("region", DataType.INT8)
     schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dim)

@@ -15,7 +15,8 @@ from server.store.base import Candidate, Counts
 from server.store.milvus.client import ELIGIBLE, MAX_TOPK, Connection, _in, _literal, log
 from server.store.milvus.config import IVF_KINDS, MilvusIndexConfig
 
-WHOLE_FIELDS = ["embedding", "content_hash"]
+WHOLE_FIELDS = ["image_id", "embedding", "content_hash"]
+FULL_SHARE = 0.1  # the eligible share down to which the served nprobe keeps recall (see `_start_widen`)
 
 
 class FilteredSearch:
@@ -85,7 +86,7 @@ class FilteredSearch:
         scores = dict(zip(rows, _exact(query, whole), strict=True))
         region_only = [i for i in regions if i not in rows]
         if region_only:
-            for row in self.conn.query(f"{_in(region_only)} and {expr}", ["image_id", *WHOLE_FIELDS]):
+            for row in self.conn.query(f"{_in(region_only)} and {expr}", WHOLE_FIELDS):
                 rows[row["image_id"]] = row
                 scores[row["image_id"]] = -np.inf
         for image_id, score in regions.items():
@@ -96,8 +97,12 @@ class FilteredSearch:
                 for i in top]
 
     def _start_widen(self, limit: int, rows_per_image: int = 1) -> int:
-        """Breadth for the first try from the eligible fraction (cached counts): probe enough lists to expect
-        4x `limit` eligible rows, as FAISS' selector path does; the retries above handle what this misses."""
+        """Breadth for the first try from the eligible share (cached counts): probe enough lists to expect 4x
+        `limit` eligible rows, as FAISS' selector path does, and sqrt(FULL_SHARE / share) times the served nprobe
+        when fewer than FULL_SHARE of the rows are eligible: the top k of a rare eligible set lie in farther lists
+        (real-structure vectors, 100k rows, 1,024 lists: recall@10 0.99 at 10% eligible and nprobe 64, 0.90 at
+        1% with the same lists, 0.99 with 4x as many; the distances of ineligible rows are never computed, so
+        the wider probe costs little). The retries in `_whole` handle what this misses."""
         if self.index.kind not in IVF_KINDS:
             return 1
         counts = self.counts()
@@ -106,7 +111,8 @@ class FilteredSearch:
             return 1
         rows_per_list = counts.public * rows_per_image / max(1, min(self.index.nlist, total))
         lists = 4 * limit / max(rows_per_list, 1e-9)
-        return max(1, math.ceil(lists / self.index.nprobe))
+        share = counts.public * rows_per_image / total
+        return max(1, math.ceil(lists / self.index.nprobe), math.ceil(math.sqrt(FULL_SHARE / share)))
 
     def _ann(self, collection: str, query: np.ndarray, expr: str, limit: int, widen: int, fields: list[str]
              ) -> list[dict[str, Any]]:

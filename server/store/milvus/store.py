@@ -1,7 +1,7 @@
 """`VectorStore` on a Milvus server (2.3+, pymilvus 3): the embeddings and records of ONE encoder version.
 
-Layout: one collection per encoder version (`vsearch_encoder_2`), with the image ID as primary key, the embedding,
-visibility / deleted / content hash / owner / added time as scalar fields and `seq` (the add order). An alias
+Layout: one collection per encoder version (`vsearch_encoder_2`), with an INT64 key (`client.Connection`), the image
+ID, the embedding, visibility / deleted / content hash / owner / added time and `seq` (the add order). An alias
 (`vsearch_live`) names the collection that serves: switching models is `point_live_alias` (atomic on the server).
 A version created with regions keeps its images' region rows in `<collection>_regions` (see `MilvusVectorStore`).
 
@@ -63,10 +63,10 @@ class MilvusVectorStore:
     """`VectorStore` and `Catalog` over one Milvus collection (created and loaded on first use); thread-safe.
 
     With `regions` > 0 a NEW version's images also keep that many region rows (server/core/regions.py) in a
-    collection beside (`<collection>_regions`, one row per region: `row_id` = image ID + region number, the image ID,
-    the region, its vector, visibility and deleted), searched beside the whole images and merged per image by the
-    embedded store's rule; every visibility change and delete rewrites all of an image's rows before its barrier.
-    A version keeps the choice it was created with."""
+    collection beside (`<collection>_regions`, one row per region: a key made of the image's and the region number,
+    the image ID, the region, its vector, visibility and deleted), searched beside the whole images and merged per
+    image by the embedded store's rule; every visibility change and delete rewrites all of an image's rows before its
+    barrier. A version keeps the choice it was created with."""
 
     def __init__(self, uri: str, model_version: str, dim: int, index: MilvusIndexConfig | None = None,
                  collection_prefix: str = "vsearch", consistency: str = "Session", counts_ttl_s: float = 5.0,
@@ -121,6 +121,7 @@ class MilvusVectorStore:
                                  f"{self.dim} floats, got shape {image.regions.shape}")
         with self._lock:
             present = set(self._conn.rows([i.image_id for i in images], ["image_id"]))
+            keys = self._conn.free_keys(list(dict.fromkeys(i.image_id for i in images if i.image_id not in present)))
             result: list[bool] = []
             rows: list[dict[str, Any]] = []
             now = time.time()
@@ -130,14 +131,14 @@ class MilvusVectorStore:
                     continue
                 present.add(image.image_id)
                 result.append(True)
-                rows.append({"image_id": image.image_id, "embedding": np.asarray(image.vector, np.float32).tolist(),
-                             "visibility": int(image.visibility), "deleted": False,
-                             "content_hash": image.content_hash, "owner_id": image.owner_id, "added_at": now,
-                             "seq": self._next_seq()})
+                rows.append({self._conn.key_field: keys[image.image_id], "image_id": image.image_id,
+                             "embedding": np.asarray(image.vector, np.float32).tolist(), "deleted": False,
+                             "visibility": int(image.visibility), "content_hash": image.content_hash,
+                             "owner_id": image.owner_id, "added_at": now, "seq": self._next_seq()})
             if rows:
                 if self._regions:  # first: an image's whole row is what makes it exist (`add` after a crash redoes)
                     added = [i for i, new in zip(images, result, strict=True) if new]
-                    self._conn.upsert(region_rows(added, self._regions), self._conn.regions)
+                    self._conn.upsert(region_rows(self._conn, added, keys, self._regions), self._conn.regions)
                 # upsert, not insert: Milvus does not enforce unique primary keys, and two gateways adding the
                 # same ID at once must leave one row, not two
                 self._conn.upsert(rows)

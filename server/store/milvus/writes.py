@@ -42,7 +42,8 @@ class StateChanges:
             # the tombstone first: a concurrent visibility change that rewrites the row after our upsert
             # finds it and deletes again (see _reapply_deletes)
             c = self.conn
-            c.call(c.client.upsert, c.tombstones, [{"image_id": r["image_id"], "marker": [0.0, 0.0]} for r in changed])
+            c.call(c.client.upsert, c.tombstones, [{c.key_field: r[c.key_field], "image_id": r["image_id"],
+                                                    "marker": [0.0, 0.0]} for r in changed])
             self.conn.upsert([{**r, "deleted": True} for r in changed])
             self._rewrite_regions(changed, {"deleted": True})
             self._barrier([r["image_id"] for r in changed], "deleted == true", gone=True)
@@ -53,7 +54,8 @@ class StateChanges:
     def _rewrite_regions(self, images: list[dict[str, Any]], change: dict[str, Any]) -> None:
         """Give the region rows of `images` the same change (Milvus 2.3: a rewrite of each whole row)."""
         if self.regions_per_image:
-            rows = self.conn.region_rows([r["image_id"] for r in images], ["row_id", "embedding", *REGION_STATE])
+            rows = self.conn.region_rows([r["image_id"] for r in images],
+                                         [self.conn.region_key_field, "embedding", *REGION_STATE])
             self.conn.upsert([{**r, **change} for r in rows], self.conn.regions)
 
     def _barrier(self, ids: list[str], state: str, gone: bool = False, timeout_s: float = 10.0) -> None:

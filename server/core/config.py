@@ -31,10 +31,10 @@ class Settings:
     metrics_port: int = 9464
     data_dir: Path = field(default_factory=lambda: REPO_ROOT / "var")
     # Where the vectors live: `faiss` (embedded in this process, the default) or `milvus` (a Milvus cluster at
-    # milvus_uri; gateways become stateless replicas). Index type on Milvus: HNSW, IVF_PQ, GPU_IVF_PQ, GPU_CAGRA.
+    # milvus_uri; gateways become stateless replicas). Milvus index: IVF_SQ8, HNSW, IVF_PQ, GPU_IVF_PQ, GPU_CAGRA.
     index_backend: str = "faiss"
     milvus_uri: str | None = None
-    milvus_index: str = "HNSW"  # measured against IVF_PQ on the server: docs/milvus-scale.md
+    milvus_index: str = "IVF_SQ8"  # codes in the heap, floats memory-mapped; measured: docs/milvus-scale.md
     milvus_timeout_s: float = 3.0  # per call to Milvus: down means UNAVAILABLE within seconds, not a hang
     milvus_prefix: str = "vsearch"  # collections `<prefix>_encoder_N`, live alias `<prefix>_live`
     # Originals of indexed images (re-embedded by a model switch): a path or a URL (s3://bucket/prefix) that

@@ -10,7 +10,7 @@ Choices, each measured or documented (docs/milvus-scale.md has the numbers):
   Milvus skips ineligible rows while it walks the index. IVF with a selective filter can still return fewer
   than k (the probed lists hold fewer eligible rows): `search` then widens nprobe (x8 per retry, up to nlist,
   i.e. every list) and, if still short of min(k, eligible), answers by an exact scan of the eligible rows.
-- Index: HNSW by default (measured against IVF_PQ, see `MilvusIndexConfig.for_corpus`); IVF_PQ, IVF_FLAT, FLAT
+- Index: IVF_SQ8 by default (measured, see `MilvusIndexConfig.for_corpus`); HNSW, IVF_PQ, IVF_FLAT, FLAT
   and the GPU kinds by configuration. Exact scores: candidates come back with their stored float vectors and
   are re-scored by exact inner product (for PQ kinds 8x k of them, what FAISS' `RFlat` does).
 - Consistency: reads and searches at Session (read-your-writes for the gateway that wrote; measured 5-19 ms

@@ -9,7 +9,6 @@ created with the VARCHAR key before keep working."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from pymilvus import DataType, MilvusClient
 
 from server.store.base import EmbeddedImage, Visibility
@@ -35,15 +34,15 @@ def scanned(store: MilvusVectorStore, limit: int) -> list[str]:
         page = store.scan(page.cursor, limit)
 
 
-@pytest.mark.parametrize("kind", ["HNSW", "IVF_SQ8"])
-def test_every_lookup_finds_sealed_memory_mapped_rows(make_store, milvus_server, kind: str) -> None:
-    """Also: the vectors a search returns are the stored floats, not the index's codes (the exact re-rank and the
-    duplicate collapse use them)."""
+def test_every_lookup_finds_sealed_memory_mapped_rows(make_store, milvus_server) -> None:
+    """On the served kind (IVF_SQ8; HNSW's sealed rows: test_milvus_store's second-gateway test). Also: the vectors
+    a search returns are the stored floats, not the SQ8 codes (the exact re-rank and the duplicate collapse use
+    them)."""
     n = 3000
     vectors, regions = unit_vectors(n, 32, seed=1), unit_vectors(2 * n, 32, seed=2).reshape(n, 2, 32)
     ids = [f"img-{i}" for i in range(n)]
     public = np.arange(n) % 3 != 0
-    store = make_store(regions=2, index=MilvusIndexConfig.for_corpus(n, 32, kind))
+    store = make_store(regions=2, index=MilvusIndexConfig.for_corpus(n, 32))
     assert store.add(embedded(ids, vectors, public, regions)) == [True] * n
     store.wait_indexed(timeout_s=300)  # sealed and indexed: what Milvus memory-maps
     mapped, _ = milvus_server.mapped_bytes()

@@ -11,7 +11,7 @@ DEBIAN_PACKAGES := prometheus fonts-dejavu-core gnome-backgrounds mate-backgroun
 ONNX   := model_repository/encoder/1/model.onnx
 
 .PHONY: setup demo demo-milvus test test-unit lint proto bench bench-quick clean quality robust-encoder \
-        system-packages heldout-packages
+        system-packages heldout-packages training-packages region-head
 setup: $(VENV)/.installed system-packages $(ONNX)
 
 # Debian packages: Prometheus + promtool (observability tests), the wallpaper photo corpus, and the labelled
@@ -33,6 +33,12 @@ system-packages:
 HELDOUT_PACKAGES := openclipart-png ruby-gemojione
 heldout-packages:
 	$(call apt_install,$(HELDOUT_PACKAGES))
+
+# The many-kinds training corpus (training/corpus.py: astronomical photographs, sky-culture illustrations, icons,
+# game art, terrain textures, map screenshots; ~2,500 images, ~700 MB installed): training only.
+TRAINING_PACKAGES := stellarium-data oxygen-icon-theme hedgewars-data extremetuxracer-data marble-data
+training-packages:
+	$(call apt_install,$(TRAINING_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,6 +81,16 @@ robust-encoder: setup heldout-packages
 	$(PY) -m evaluation.gate --set heldout-domains --candidate 2 --current 1 --promote > $(ROBUST_VERSION)/gate.txt.tmp || true
 	cat $(ROBUST_VERSION)/gate.txt.tmp && grep -qE '^(promote|refuse):' $(ROBUST_VERSION)/gate.txt.tmp && \
 	  mv $(ROBUST_VERSION)/gate.txt.tmp $(ROBUST_VERSION)/gate.txt
+
+# The learned region head (issue 26, training/region_head.py): regions from the whole image's one pass, distilled
+# from encoder/2's encoded region views on the train split + the many-kinds corpus (~25 min on 2 quiet cores),
+# exported into a candidate graph and compared with today's encoded regions on the held-out set.
+REGION_HEAD := var/region-head
+region-head: setup training-packages
+	nice -n 10 $(PY) -m training.region_head --from-version 2 --rounds 4 --epochs 20 --output $(REGION_HEAD)
+	$(PY) -m training.export_onnx --from model_repository/encoder/2/model.onnx --pooled-regions \
+	  --region-head $(REGION_HEAD)/region_head.pt --fp16-weights --output $(REGION_HEAD)/model.onnx
+	$(PY) -m evaluation.region_variants --version 2 --graph "learned head=$(REGION_HEAD)/model.onnx"
 
 proto: $(VENV)/.installed
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. \

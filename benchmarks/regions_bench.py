@@ -7,6 +7,9 @@
    (2 concurrent streams), then Search latency at concurrency 1 for whole-image and cropped queries.
 2. In process, the store's search (FaissVectorStore.search: ANN + privacy selector + merge) at N generated
    images, with 6 region rows per image and without: p50 / p99 per query.
+   With `--one-pass-graph PATH` a third run indexes with regions through a version whose graph outputs them from
+   the whole image's own pass (training/region_head.py), added as the next version of a copy of the model
+   repository and pinned.
 What regions buy is in benchmarks/results/quality.md (`vN p@1` vs `vN p@1 whole`).
 Writes benchmarks/results/regions.{json,md} and regions.png.
 """
@@ -14,6 +17,7 @@ Writes benchmarks/results/regions.{json,md} and regions.png.
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -31,8 +35,9 @@ from benchmarks.e2e_bench import index_through_gateway, search_queries, uploads
 from clients.client import VisualSearchClient
 from devkit.launcher import running_services
 from reporting.results import RESULTS, markdown_table, run_info, write_results
-from server.core.config import loopback_settings
+from server.core.config import MODEL_REPOSITORY, loopback_settings
 from server.core.regions import REGION_BOXES
+from server.embedding.contract import MODEL_NAME
 from server.store.base import EmbeddedImage, Visibility
 from server.store.faiss import FaissVectorStore
 
@@ -45,9 +50,11 @@ def percentiles(seconds: list[float]) -> dict[str, float]:
             "mean_ms": round(float(ms.mean()), 2)}
 
 
-def through_services(regions: bool, images: list[bytes], copies: int, searches: int) -> dict[str, object]:
+def through_services(regions: bool, images: list[bytes], copies: int, searches: int, one_pass: Path | None = None
+                     ) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="regions-bench-") as tmp:
-        settings = loopback_settings(data_dir=Path(tmp) / "data", index_regions=regions)
+        pinned = {} if one_pass is None else one_pass_repository(one_pass, Path(tmp) / "model_repository")
+        settings = loopback_settings(data_dir=Path(tmp) / "data", index_regions=regions, **pinned)
         with running_services(settings, Path(tmp) / "logs", announce=False) as services:
             target = services.settings.grpc_address
             indexing = index_through_gateway(target, images, copies)
@@ -60,9 +67,23 @@ def through_services(regions: bool, images: list[bytes], copies: int, searches: 
                     client.search(data, crop=crop, k=20)
                     latency["crop" if crop else "whole"].append(time.perf_counter() - start)
                 stats = client.stats()
-    return {"index_regions": regions, "regions_per_image": stats.index_params.get("regions_per_image", "0"),
+    return {"index_regions": regions, "regions_from": "-" if not regions else "one pass" if one_pass else "encoded",
+            "regions_per_image": stats.index_params.get("regions_per_image", "0"),
             "indexing_images_per_s": indexing["images_per_s"], "indexed": indexing["images"],
             **{f"search_{kind}_{k}": v for kind, values in latency.items() for k, v in percentiles(values).items()}}
+
+
+def one_pass_repository(graph: Path, repository: Path) -> dict[str, object]:
+    """A copy of the model repository with `graph` as the encoder's next version (beside its newest one's
+    calibration and Triton model), and the settings that pin it."""
+    shutil.copytree(MODEL_REPOSITORY, repository, symlinks=True)
+    versions = sorted(int(p.name) for p in (repository / MODEL_NAME).iterdir() if p.name.isdigit())
+    newest, version = repository / MODEL_NAME / str(versions[-1]), repository / MODEL_NAME / str(versions[-1] + 1)
+    version.mkdir()
+    shutil.copy(graph, version / "model.onnx")
+    shutil.copy(newest / "calibration.json", version / "calibration.json")
+    (version / "model.py").symlink_to("../1/model.py")
+    return {"model_repository": repository, "model_version": str(versions[-1] + 1)}
 
 
 def in_process(n: int, queries: int, regions: bool) -> dict[str, object]:
@@ -110,18 +131,25 @@ def plot(rows: list[dict[str, object]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--one-pass-graph", type=Path, default=None,
+                        help="also index through a version whose graph outputs the regions from its one pass")
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(1)  # as in the gateway
     threadpool_limits(1, user_api="blas")
     images = uploads()
     copies, searches, n = (1, 60, 5_000) if args.quick else (2, 300, 30_000)
     services = [through_services(regions, images, copies, searches) for regions in (True, False)]
+    if args.one_pass_graph is not None:
+        services.append(through_services(True, images, copies, searches, args.one_pass_graph))
     store_rows = [in_process(n, 200, regions) for regions in (True, False)]
     plot(store_rows, RESULTS / "regions.png")
-    on, off = services
+    on, off = services[:2]
     data = {**run_info(quick=args.quick, copies=copies, searches=searches, n=n), "services": services,
             "store": store_rows,
             "indexing_cost_ratio": round(float(off["indexing_images_per_s"]) / float(on["indexing_images_per_s"]), 2)}
+    if args.one_pass_graph is not None:
+        data["one_pass_over_whole_only"] = round(float(services[2]["indexing_images_per_s"])
+                                                 / float(off["indexing_images_per_s"]), 3)
     markdown = "\n".join([
         "# Region indexing: cost", "",
         f"Command: `python -m benchmarks.regions_bench{' --quick' if args.quick else ''}` (shared 2-core machine). "
@@ -129,7 +157,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "buys: benchmarks/results/quality.md.", "",
         "## Through Triton + gateway (demo corpus photos, AddImages with 2 streams, Search at concurrency 1)", "",
         markdown_table(services, list(services[0])), "",
-        f"Indexing costs {data['indexing_cost_ratio']}x the time with regions (7 encoder inputs per image).", "",
+        f"Indexing costs {data['indexing_cost_ratio']}x the time with regions (7 encoder inputs per image)."
+        + (f" With the regions from the whole image's one pass ({args.one_pass_graph.name}): "
+           f"{data['one_pass_over_whole_only']}x the whole-image-only throughput." if args.one_pass_graph else ""), "",
         "## Store search in process (generated vectors, k = 60 = the first fetch for k = 20)", "",
         markdown_table(store_rows, list(store_rows[0])), "", "![regions](regions.png)", "",
     ])

@@ -11,7 +11,9 @@ and category sets of `python -m evaluation.quality` (held out from training):
   whose box cells see the crops' scale);
 - `encoded@S`: the encoded views at S px instead of 224 (a pass costs (S/224)^2 of a 224-px one; the network is
   fully convolutional, the query is still encoded at 224);
-- mixes: some boxes pooled, the centre quarter encoded.
+- mixes: some boxes pooled, the centre quarter encoded;
+- `--graph NAME=PATH`: the `regions` output of an exported graph over the same whole-image inputs (a version whose
+  regions come from its one pass: pooled, or a learned head, training/region_head.py), cost 1.
 Cost = encoder inputs per image in 224-px passes (a 320-px pass costs (320/224)^2 = 2.04 of them).
 Writes benchmarks/results/region_variants.{json,md}.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -33,7 +36,7 @@ from reporting.results import markdown_table, run_info, write_results
 from server.core.config import MODEL_REPOSITORY
 from server.core.regions import REGION_BOXES, region_pooling_weights
 from server.embedding.contract import INPUT_NAME, INPUT_SIZE
-from server.embedding.onnx_encoder import feature_map_name, model_path, with_output
+from server.embedding.onnx_encoder import OnnxEncoder, feature_map_name, model_path, with_output
 
 CENTRE_QUARTER = REGION_BOXES.index((0.25, 0.25, 0.75, 0.75))
 
@@ -91,6 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", default="2")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--graph", action="append", default=[], metavar="NAME=PATH",
+                        help="also a graph's own regions output (its whole-image output must be --version's)")
+    parser.add_argument("--only-graphs", action="store_true", help="skip the encoded@S and pooled@320 variants")
     args = parser.parse_args(argv)
     started = time.monotonic()
     prep = build(args.seed)
@@ -98,22 +104,33 @@ def main(argv: list[str] | None = None) -> dict:
     gallery = embedder.embed(prep.gallery_pixels, "gallery")
     queries = embedder.embed(prep.copy_pixels, "copy queries")
     encoded = embedder.embed(prep.region_pixels, "encoded regions").reshape(len(gallery), len(REGION_BOXES), -1)
-    at_224, at_320 = pooled_regions(prep, args.version, INPUT_SIZE), pooled_regions(prep, args.version, 320)
-    small = {side: encoded_at(prep.region_pixels, args.version, side, len(gallery)) for side in (160, 112)}
-    second_pass = (320 / INPUT_SIZE) ** 2
+    at_224 = pooled_regions(prep, args.version, INPUT_SIZE)
     centre = encoded[:, CENTRE_QUARTER:CENTRE_QUARTER + 1]
     others = [r for r in range(len(REGION_BOXES)) if r != CENTRE_QUARTER]
     variants: dict[str, tuple[float, np.ndarray | None]] = {
         "whole only": (1, None),
         "encoded (today)": (1 + len(REGION_BOXES), encoded),
-        "encoded@160": (1 + len(REGION_BOXES) * (160 / INPUT_SIZE) ** 2, small[160]),
-        "encoded@112": (1 + len(REGION_BOXES) * (112 / INPUT_SIZE) ** 2, small[112]),
         "pooled@224": (1, at_224),
-        "pooled@320": (1 + second_pass, at_320),
         "centre quarter encoded": (2, centre),
         "pooled@224 + centre quarter encoded": (2, np.concatenate([at_224[:, others], centre], axis=1)),
-        "pooled@320 + centre quarter encoded": (2 + second_pass, np.concatenate([at_320[:, others], centre], axis=1)),
     }
+    if not args.only_graphs:
+        at_320, second_pass = pooled_regions(prep, args.version, 320), (320 / INPUT_SIZE) ** 2
+        small = {side: encoded_at(prep.region_pixels, args.version, side, len(gallery)) for side in (160, 112)}
+        variants |= {
+            "encoded@160": (1 + len(REGION_BOXES) * (160 / INPUT_SIZE) ** 2, small[160]),
+            "encoded@112": (1 + len(REGION_BOXES) * (112 / INPUT_SIZE) ** 2, small[112]),
+            "pooled@320": (1 + second_pass, at_320),
+            "pooled@320 + centre quarter encoded": (2 + second_pass,
+                                                    np.concatenate([at_320[:, others], centre], axis=1)),
+        }
+    for spec in args.graph:
+        name, path = spec.split("=", 1)
+        whole, regions = OnnxEncoder(Path(path), threads=2).run_with_regions(prep.gallery_pixels)
+        if float(np.abs(whole - gallery).max()) > 1e-3:
+            raise ValueError(f"{path}: its whole-image embedding is not encoder/{args.version}'s")
+        variants[name] = (1, regions)
+        variants[f"{name} + centre quarter encoded"] = (2, np.concatenate([regions[:, others], centre], axis=1))
     rows = []
     for name, (cost, regions) in variants.items():
         copy = copy_detection(prep, gallery, queries, regions)
@@ -130,13 +147,17 @@ def main(argv: list[str] | None = None) -> dict:
                     seconds=round(time.monotonic() - started, 1))
     markdown = (
         "# Regions: how they are made against what they cost\n\n"
-        f"Command: `python -m evaluation.region_variants --version {args.version}` (encoder/{args.version}; held-out "
+        f"Command: `python -m evaluation.region_variants --version {args.version}"
+        + "".join(f' --graph "{spec}"' for spec in args.graph) + (" --only-graphs" if args.only_graphs else "")
+        + f"` (encoder/{args.version}; held-out "
         f"gallery of {len(gallery)} images, {len(queries)} copy queries; scored as the stores score, "
         "server/core/regions.py). Cost: encoder inputs per indexed image, in 224-px passes.\n\n"
         + markdown_table(rows, columns) + "\n\n"
         "Variants: `encoded` = each box cropped and encoded (at 224 px unless `@S`); `pooled@S` = the boxes "
         "average-pooled from one pass over the whole image at S px; `centre quarter encoded` = that box encoded, "
-        "the others pooled or absent. What the numbers mean for the design: docs/QUALITY.md, 'Regions'.\n")
+        "the others pooled or absent; a `--graph` variant: that graph's own regions output (a learned head: "
+        "training/region_head.py, `make region-head`). What the numbers mean for the design: docs/QUALITY.md, "
+        "'Regions'.\n")
     write_results("region_variants", {"run": info, "rows": rows}, markdown)
     return {"rows": rows}
 

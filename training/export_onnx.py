@@ -68,11 +68,12 @@ def _feature_map_shape(model: onnx.ModelProto, name: str) -> tuple[int, int, int
     return channels, height, width
 
 
-def add_region_output(path: Path) -> None:
-    """Give the graph a second output, REGIONS_OUTPUT_NAME [N, R, dim]: the REGION_BOXES of the whole image,
-    average-pooled from the same last feature map the embedding pools (R-MAC-style regional pooling), L2-normalised.
-    The regions then cost no encoder pass of their own; the embedding output is untouched."""
-    from onnx import TensorProto, helper, numpy_helper
+def add_region_output(path: Path, head: Path | None = None, fp16_weights: bool = False) -> None:
+    """Give the graph a second output, REGIONS_OUTPUT_NAME [N, R, dim], computed from the same last feature map the
+    embedding pools, so the regions cost no encoder pass of their own (the embedding output is untouched):
+    - no `head`: each REGION_BOXES box average-pooled (R-MAC-style regional pooling), L2-normalised;
+    - `head` (a training.region_head checkpoint): the learned head's pooling and residual MLP, L2-normalised."""
+    from onnx import TensorProto, helper
 
     model = onnx.load(str(path))
     graph = model.graph
@@ -82,21 +83,79 @@ def add_region_output(path: Path) -> None:
     channels, height, width = _feature_map_shape(model, feature_map)
     if height != width or not height:
         raise ValueError(f"the feature map must be square, got {height}x{width}")
-    weights = numpy_helper.from_array(region_pooling_weights(height), "regions__weights")
-    flat_shape = numpy_helper.from_array(np.array([0, channels, height * width], np.int64), "regions__flat_shape")
-    graph.initializer.extend([weights, flat_shape])
-    graph.node.extend([
-        helper.make_node("Reshape", [feature_map, flat_shape.name], ["regions__flat"]),  # [N, C, HW]
-        helper.make_node("MatMul", ["regions__flat", weights.name], ["regions__pooled"]),  # [N, C, R]
-        helper.make_node("Transpose", ["regions__pooled"], ["regions__rows"], perm=[0, 2, 1]),  # [N, R, C]
-        helper.make_node("LpNormalization", ["regions__rows"], [REGIONS_OUTPUT_NAME], axis=-1, p=2),
-    ])
+    constants = {"flat_shape": np.array([0, channels, height * width], np.int64)}
+    nodes = [helper.make_node("Reshape", [feature_map, "regions__flat_shape"], ["regions__flat"])]  # [N, C, HW]
+    if head is None:
+        constants["weights"] = region_pooling_weights(height)
+        nodes += [
+            helper.make_node("MatMul", ["regions__flat", "regions__weights"], ["regions__pooled"]),  # [N, C, R]
+            helper.make_node("Transpose", ["regions__pooled"], ["regions__rows"], perm=[0, 2, 1]),  # [N, R, C]
+        ]
+    else:
+        from training.region_head import head_inputs
+
+        constants.update(region_head_constants(head, height))
+        fine_map = head_inputs(model)[1]
+        constants["fine_shape"] = np.array([0, constants["fine"].shape[0], 4 * height * width], np.int64)
+        nodes += [
+            helper.make_node("Reshape", [fine_map, "regions__fine_shape"], ["regions__fine_flat"]),  # [N, Cf, 4HW]
+            helper.make_node("MatMul", ["regions__fine_flat", "regions__fine_weights"], ["regions__fine_t"]),
+            helper.make_node("Transpose", ["regions__fine_t"], ["regions__fine_pooled"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["regions__fine_pooled", "regions__fine"], ["regions__fine_h"]),  # [N, R, H]
+            helper.make_node("MatMul", ["regions__flat", "regions__weights"], ["regions__pooled_t"]),  # [N, C, R]
+            helper.make_node("Transpose", ["regions__pooled_t"], ["regions__pooled"], perm=[0, 2, 1]),  # [N, R, C]
+            helper.make_node("MatMul", ["regions__flat", "regions__mean"], ["regions__mean_t"]),  # [N, C, 1]
+            helper.make_node("Transpose", ["regions__mean_t"], ["regions__whole"], perm=[0, 2, 1]),  # [N, 1, C]
+            helper.make_node("MatMul", ["regions__pooled", "regions__local"], ["regions__local_h"]),  # [N, R, H]
+            helper.make_node("MatMul", ["regions__whole", "regions__context"], ["regions__context_h"]),  # [N, 1, H]
+            helper.make_node("Add", ["regions__local_h", "regions__context_h"], ["regions__lc_h"]),
+            helper.make_node("Add", ["regions__lc_h", "regions__fine_h"], ["regions__sum_h"]),
+            helper.make_node("Add", ["regions__sum_h", "regions__bias"], ["regions__pre_h"]),
+            helper.make_node("Relu", ["regions__pre_h"], ["regions__hidden"]),
+            helper.make_node("MatMul", ["regions__hidden", "regions__out"], ["regions__delta_w"]),  # [N, R, C]
+            helper.make_node("Add", ["regions__delta_w", "regions__out_bias"], ["regions__delta"]),
+            helper.make_node("Add", ["regions__pooled", "regions__delta"], ["regions__rows"]),
+        ]
+    nodes.append(helper.make_node("LpNormalization", ["regions__rows"], [REGIONS_OUTPUT_NAME], axis=-1, p=2))
+    for name, value in constants.items():
+        graph.initializer.append(_initializer(f"regions__{name}", value, fp16_weights, graph))
+    graph.node.extend(nodes)
     graph.output.append(helper.make_tensor_value_info(REGIONS_OUTPUT_NAME, TensorProto.FLOAT,
                                                       ["batch", len(REGION_BOXES), channels]))
     onnx.checker.check_model(model)
     tmp = path.with_suffix(".regions.tmp")
     onnx.save(model, str(tmp))
     os.replace(tmp, path)
+
+
+def _initializer(name: str, value: np.ndarray, fp16: bool, graph: onnx.GraphProto) -> onnx.TensorProto:
+    """A constant of the graph; with `fp16` a float matrix is stored as float16 and cast back in the graph."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if not fp16 or value.dtype != np.float32 or value.size < 16:
+        return numpy_helper.from_array(value, name)
+    graph.node.insert(0, helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT))
+    return numpy_helper.from_array(value.astype(np.float16), f"{name}__fp16")
+
+
+def region_head_constants(checkpoint: Path, cells: int) -> dict[str, np.ndarray]:
+    """The trained head (training/region_head.py) as the matrices of its graph."""
+    from training.region_head import load_head
+
+    head = load_head(checkpoint)
+    if head.pool_logits.shape[0] != cells * cells:
+        raise ValueError(f"the head was trained on a {head.pool_logits.shape[0]}-cell map, this graph has "
+                         f"{cells}x{cells}")
+    with torch.no_grad():
+        weights, fine_weights = head.pooling_weights()
+        as_numpy = {
+            "weights": weights, "fine_weights": fine_weights, "fine": head.fine.weight.T,
+            "mean": torch.full((cells * cells, 1), 1.0 / (cells * cells)),
+            "local": head.local.weight.T, "context": head.context.weight.T,
+            "bias": head.local.bias + head.box_bias,
+            "out": head.out.weight.T, "out_bias": head.out.bias,
+        }
+        return {k: np.ascontiguousarray(v.numpy(), np.float32) for k, v in as_numpy.items()}
 
 
 def export(output: Path, checkpoint: Path | None = None, fine_tuned_share: float = 1.0, fp16_weights: bool = False
@@ -139,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fp16-weights", action="store_true", help="store the weights as float16 (half the file)")
     parser.add_argument("--pooled-regions", action="store_true",
                         help="add the regions output, pooled from the whole image's pass (add_region_output)")
+    parser.add_argument("--region-head", type=Path, default=None,
+                        help="with --pooled-regions: the regions from this learned head (training/region_head.py)")
     parser.add_argument("--from", dest="source", type=Path, default=None,
                         help="start from this exported graph instead of exporting PyTorch weights")
     args = parser.parse_args(argv)
@@ -151,8 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         tmp.write_bytes(args.source.read_bytes())
         os.replace(tmp, args.output)
     if args.pooled_regions:
-        add_region_output(args.output)
-        print(f"{args.output}: added the {REGIONS_OUTPUT_NAME} output ({len(REGION_BOXES)} pooled regions)")
+        add_region_output(args.output, args.region_head, args.fp16_weights)
+        how = f"the learned head {args.region_head}" if args.region_head else "pooled"
+        print(f"{args.output}: added the {REGIONS_OUTPUT_NAME} output ({len(REGION_BOXES)} regions, {how})")
 
 
 if __name__ == "__main__":

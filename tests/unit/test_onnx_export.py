@@ -121,6 +121,41 @@ def test_the_region_study_pools_what_the_exported_graph_serves(tmp_path, photos)
     assert session.run([feature_map], {"pixels": larger})[0].shape[2:] == (10, 10)  # any side: 320 px -> 10x10
 
 
+@pytest.mark.parametrize("fp16", [False, True], ids=["float32", "float16-weights"])
+def test_a_learned_region_head_in_the_graph_computes_what_it_learned(tmp_path, photos, fp16):
+    """training/region_head.py's head exported as the graph's regions output: the same rows as the PyTorch head
+    on the graph's own feature maps (a random head, so every weight and the fine map's wiring count), and the
+    embedding untouched."""
+    import onnx
+
+    from training.region_head import RegionHead, head_inputs
+
+    torch.manual_seed(0)
+    head = RegionHead(1280, 7, 112, hidden=32)
+    with torch.no_grad():
+        for parameter in head.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    checkpoint = tmp_path / "head.pt"
+    torch.save({"state": head.state_dict(), "channels": 1280, "cells": 7, "fine_channels": 112, "hidden": 32},
+               checkpoint)
+    path = tmp_path / "head.onnx"
+    path.write_bytes(ONNX.read_bytes())
+    add_region_output(path, checkpoint, fp16_weights=fp16)
+    model = onnx.load(str(ONNX))
+    coarse, fine = head_inputs(model)
+    probe = ort.InferenceSession(with_output(with_output(model, coarse), fine).SerializeToString(),
+                                 providers=["CPUExecutionProvider"])
+    whole, maps, fine_maps = probe.run(None, {"pixels": photos})
+    with torch.no_grad():
+        want = head(torch.from_numpy(maps.reshape(len(photos), 1280, -1)),
+                    torch.from_numpy(fine_maps.reshape(len(photos), 112, -1))).numpy()
+    got_whole, got = OnnxEncoder(path).run_with_regions(photos)
+    assert np.array_equal(got_whole, whole)
+    np.testing.assert_allclose(got, want, atol=2e-3 if fp16 else 1e-5)
+    pooled = OnnxEncoder(path).run_with_regions(photos)[1]
+    assert not np.allclose(pooled[:, 0], pooled[:, 1])
+
+
 def test_region_pooling_weights_cover_each_box_once():
     weights = region_pooling_weights(7)
     assert weights.shape == (49, len(REGION_BOXES))

@@ -45,16 +45,17 @@ class NewImage:
 class VisualSearchClient:
     """`root_certificates` (PEM of the gateway's CA) switches to TLS; `token` is sent as a bearer token on every
     call (TLS only); `client_cert`/`client_key` (PEM) for mutual TLS. Without them: a plaintext channel for a
-    gateway in insecure-local mode."""
+    gateway in insecure-local mode. `retries=False`: every refusal reaches the caller at once (for callers that
+    retry on their own terms, or measure the service's own latency)."""
 
     def __init__(self, target: str, timeout_s: float = 10.0, token: str | None = None,
                  root_certificates: bytes | None = None, client_cert: bytes | None = None,
-                 client_key: bytes | None = None) -> None:
+                 client_key: bytes | None = None, retries: bool = True) -> None:
         self.timeout_s = timeout_s
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.enable_retries", 1),
+            ("grpc.enable_retries", int(retries)),
             ("grpc.service_config", _SERVICE_CONFIG),
             ("grpc.keepalive_time_ms", 30_000),
         ]

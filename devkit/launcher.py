@@ -92,9 +92,9 @@ class GatewayProcess:
         name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
         raise TimeoutError(f"the gateway was not {name} after {timeout_s:.0f}s:\n{self._log_tail()}")
 
-    def client(self, timeout_s: float = 30, token: str | None = None) -> VisualSearchClient:
+    def client(self, timeout_s: float = 30, token: str | None = None, retries: bool = True) -> VisualSearchClient:
         return VisualSearchClient(self.target, timeout_s=timeout_s, token=token,
-                                  root_certificates=self.root_certificates)
+                                  root_certificates=self.root_certificates, retries=retries)
 
     def stop(self, timeout_s: float = 20) -> None:
         terminate(self.process, timeout_s)

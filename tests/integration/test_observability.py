@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import os
 import re
 import shutil
 import ssl
@@ -15,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -71,6 +73,9 @@ def test_prometheus_records_search_p99_and_triton_batch_size(prometheus, triton_
     queries = [small_jpeg(p, 320) for p in ("skimage/coffee", "skimage/rocket", "skimage/chelsea", "desert")]
     with fresh_gateway.client() as client:
         client.add_images(NewImage(f"p{i}", q) for i, q in enumerate(queries))
+        # The Search series exists before the first scrape, and the first search's one-off costs stay out of the
+        # rate: rate() only counts what happened after a series' first sample.
+        client.search(queries[0], k=5)
     server = prometheus({
         "vsearch-gateway": fresh_gateway.metrics_url.removeprefix("http://").removesuffix("/metrics"),
         "triton": triton_server.endpoint.metrics_url.removeprefix("http://").removesuffix("/metrics"),
@@ -78,20 +83,37 @@ def test_prometheus_records_search_p99_and_triton_batch_size(prometheus, triton_
     server.wait_for('up{job="triton"} == 1')
     server.wait_for('up{job="vsearch-gateway"} == 1')
 
-    def one(i: int) -> float:
+    def one(i: int) -> float | None:
+        """The call's latency, None when admission shed it (RESOURCE_EXHAUSTED)."""
         start = time.perf_counter()
-        client.search(queries[i % len(queries)], k=5)
+        try:
+            client.search(queries[i % len(queries)], k=5)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return None
         return time.perf_counter() - start
 
-    # As many callers as the gateway admits at once: with more, admission sheds some under a loaded CI host and
-    # the client's retries (with backoff) count in its latency but not in the server's, which is not what this
-    # compares.
-    callers = fresh_gateway.settings.admission_max_in_flight
-    with fresh_gateway.client() as client, concurrent.futures.ThreadPoolExecutor(callers) as pool:
-        latencies = np.array(list(pool.map(one, range(300))))
-    client_p99 = float(np.percentile(latencies, 99))
+    # As many callers as the host has cores, and no client retries. With more callers than cores the client sees
+    # time the gateway's own histogram cannot: the wait for the event loop to pick the request up and send the
+    # answer (at 4 callers on 2 cores, client p99 ~100 ms against the histogram's ~47 ms; at 2, 24-27 ms against
+    # 23-24 ms; docs/OPERATIONS.md). And a retry's backoff (0.1-2 s) after a shed counts in the client's latency
+    # but not in the server's (once 531 ms against 66 ms): shed calls are left out of the client's side.
+    callers = max(2, os.cpu_count() or 2)
+    with fresh_gateway.client(retries=False) as client, concurrent.futures.ThreadPoolExecutor(callers) as pool:
+        outcomes = list(pool.map(one, range(300)))
+    served = np.array([t for t in outcomes if t is not None])
+    assert len(served) >= 0.9 * len(outcomes), f"{len(outcomes) - len(served)} of {len(outcomes)} shed"
+    client_p99 = float(np.percentile(served, 99))
 
-    server_p99 = float(server.wait_for('vsearch:request_duration_seconds:p99_5m{method="Search"}')[0]["value"][1])
+    # The recorded p99 once it covers the whole load: a scrape holding every search, then a rule evaluation after
+    # it (read earlier, it covered the first second of the load: once 678 ms against the client's 66 ms).
+    searches = 'sum(vsearch_request_duration_seconds_count{method="Search"})'
+    server.wait_for(f"{searches} >= {len(outcomes) + 1}")
+    scraped_by = time.time()
+    rule = 'vsearch:request_duration_seconds:p99_5m{method="Search"}'
+    server.wait_for(f"timestamp({rule}) >= {scraped_by}")
+    server_p99 = float(server.wait_for(rule)[0]["value"][1])
     batch = float(server.wait_for("triton:encoder_batch_size:mean_rate1m")[0]["value"][1])
     assert batch >= 1.0
     # Agreement within the histogram's resolution: the client's p99 lies in the bucket holding Prometheus'
@@ -99,7 +121,8 @@ def test_prometheus_records_search_p99_and_triton_batch_size(prometheus, triton_
     edges = [0.0, *REQUEST_BUCKETS]
     bucket = next(i for i in range(1, len(edges)) if server_p99 <= edges[i])
     low, high = edges[max(0, bucket - 2)], edges[min(len(edges) - 1, bucket + 1)]
-    print(f"client p99 {client_p99 * 1000:.1f} ms, Prometheus p99 {server_p99 * 1000:.1f} ms "
+    print(f"client p50 {np.percentile(served, 50) * 1000:.1f} ms, client p99 {client_p99 * 1000:.1f} ms, "
+          f"Prometheus p99 {server_p99 * 1000:.1f} ms "
           f"(bucket ({edges[bucket - 1]}, {edges[bucket]}]), Triton mean batch {batch:.2f}")
     assert low <= client_p99 <= high + 0.002, (client_p99, server_p99, low, high)
 

@@ -58,7 +58,7 @@ class FinetuneConfig:
     progress: bool = True
     # Copy robustness (issue 16): "quality" trains on the `train` split of the labelled package sets
     # (evaluation/quality_sets.py: the evaluation never sees those images) plus the demo corpus photos.
-    dataset: str = "photos"  # "photos" (images / demo corpus) | "quality"
+    dataset: str = "photos"  # "photos" (images / demo corpus) | "quality" | "quality+corpus"
     augment: str = "simclr"  # "simclr" | "copy" (training.augment.COPY_DETECTION)
     hard_negatives: float = 0.0  # share of each batch drawn as pairs of distinct images of one category
     anchor_weight: float = 0.0  # weight of 1 - cos(view, pretrained embedding of the whole original)
@@ -123,9 +123,11 @@ def image_paths(directory: Path | None) -> list[Path]:
     return paths
 
 
-def quality_training_set(max_side: int, progress: bool) -> tuple[list, list[str], list[str]]:
+def quality_training_set(max_side: int, progress: bool, with_corpus: bool = False
+                         ) -> tuple[list, list[str], list[str]]:
     """Decoded images, their categories and IDs: the `train` split of the labelled sets plus the demo corpus photos
-    (each its own picture). Hard negatives are drawn within a category."""
+    (each its own picture), and with `with_corpus` the many-kinds corpus of training/corpus.py (each its own
+    picture too). Hard negatives are drawn within a category."""
     from PIL import Image
 
     from devkit.corpus import picture_key, real_photos
@@ -143,6 +145,13 @@ def quality_training_set(max_side: int, progress: bool) -> tuple[list, list[str]
         images.append(load_image(photo.path, max_side))
         categories.append(f"photo:{picture_key(photo.image_id)}")
         ids.append(photo.image_id)
+    if with_corpus:
+        from training.corpus import corpus
+
+        for item in tqdm(corpus(), desc="decode many-kinds corpus", disable=not progress):
+            images.append(load_image(item.path, max_side))
+            categories.append(f"corpus:{item.path}")
+            ids.append(f"corpus{item.path}")
     return images, categories, ids
 
 
@@ -222,8 +231,9 @@ def train(config: FinetuneConfig) -> Path:
 
     # Positive pairs as indices into one list of decoded images: (i, i) for a photo, (q, c) for a click.
     categories: list[str] = []
-    if config.dataset == "quality":
-        images, categories, ids = quality_training_set(config.max_side, config.progress)
+    if config.dataset in ("quality", "quality+corpus"):
+        images, categories, ids = quality_training_set(config.max_side, config.progress,
+                                                       config.dataset == "quality+corpus")
         write_manifest(out / "manifest.json", images, categories, ids)
         pool = [(i, i) for i in range(len(images))]
     else:
@@ -313,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trainable-blocks", type=int, default=FinetuneConfig.trainable_blocks)
     parser.add_argument("--checkpoint-every", type=int, default=FinetuneConfig.checkpoint_every)
     parser.add_argument("--click-pairs", type=Path, default=None, help="JSONL of query/clicked image paths")
-    parser.add_argument("--dataset", choices=("photos", "quality"), default=FinetuneConfig.dataset)
+    parser.add_argument("--dataset", choices=("photos", "quality", "quality+corpus"), default=FinetuneConfig.dataset)
     parser.add_argument("--augment", choices=("simclr", "copy"), default=FinetuneConfig.augment)
     parser.add_argument("--hard-negatives", type=float, default=FinetuneConfig.hard_negatives)
     parser.add_argument("--anchor-weight", type=float, default=FinetuneConfig.anchor_weight)

@@ -34,15 +34,17 @@ OPSET = 17
 FP16_TOLERANCE = 2e-3  # float16 weights: per-dimension differences of unit vectors stay this small (cosine > 0.9999)
 
 
-def store_weights_as_fp16(path: Path) -> None:
-    """Rewrite an ONNX file so its float32 weights are stored as float16, each cast back to float32 in the graph."""
+def store_weights_as_fp16(path: Path, prefix: str = "") -> None:
+    """Rewrite an ONNX file so its float32 weights (those whose name starts with `prefix`) are stored as float16,
+    each cast back to float32 in the graph."""
     from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(path))
     graph = model.graph
     kept, casts = [], []
     for tensor in graph.initializer:
-        if tensor.data_type != TensorProto.FLOAT or np.prod(tensor.dims) < 16:  # scalars and shapes stay as they are
+        if (tensor.data_type != TensorProto.FLOAT or np.prod(tensor.dims) < 16  # scalars and shapes stay as they are
+                or not tensor.name.startswith(prefix)):
             kept.append(tensor)
             continue
         half = numpy_helper.from_array(numpy_helper.to_array(tensor).astype(np.float16), f"{tensor.name}__fp16")
@@ -73,7 +75,7 @@ def add_region_output(path: Path, head: Path | None = None, fp16_weights: bool =
     embedding pools, so the regions cost no encoder pass of their own (the embedding output is untouched):
     - no `head`: each REGION_BOXES box average-pooled (R-MAC-style regional pooling), L2-normalised;
     - `head` (a training.region_head checkpoint): the learned head's pooling and residual MLP, L2-normalised."""
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     model = onnx.load(str(path))
     graph = model.graph
@@ -117,25 +119,16 @@ def add_region_output(path: Path, head: Path | None = None, fp16_weights: bool =
             helper.make_node("Add", ["regions__pooled", "regions__delta"], ["regions__rows"]),
         ]
     nodes.append(helper.make_node("LpNormalization", ["regions__rows"], [REGIONS_OUTPUT_NAME], axis=-1, p=2))
-    for name, value in constants.items():
-        graph.initializer.append(_initializer(f"regions__{name}", value, fp16_weights, graph))
+    graph.initializer.extend(numpy_helper.from_array(value, f"regions__{name}") for name, value in constants.items())
     graph.node.extend(nodes)
     graph.output.append(helper.make_tensor_value_info(REGIONS_OUTPUT_NAME, TensorProto.FLOAT,
                                                       ["batch", len(REGION_BOXES), channels]))
     onnx.checker.check_model(model)
     tmp = path.with_suffix(".regions.tmp")
     onnx.save(model, str(tmp))
+    if fp16_weights:  # the head's weights; the encoder's are as the source graph stores them
+        store_weights_as_fp16(tmp, prefix="regions__")
     os.replace(tmp, path)
-
-
-def _initializer(name: str, value: np.ndarray, fp16: bool, graph: onnx.GraphProto) -> onnx.TensorProto:
-    """A constant of the graph; with `fp16` a float matrix is stored as float16 and cast back in the graph."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    if not fp16 or value.dtype != np.float32 or value.size < 16:
-        return numpy_helper.from_array(value, name)
-    graph.node.insert(0, helper.make_node("Cast", [f"{name}__fp16"], [name], to=TensorProto.FLOAT))
-    return numpy_helper.from_array(value.astype(np.float16), f"{name}__fp16")
 
 
 def region_head_constants(checkpoint: Path, cells: int) -> dict[str, np.ndarray]:

@@ -23,7 +23,7 @@ an image (server.embedding.imaging.prepare_views).
 from __future__ import annotations
 
 import argparse
-import io
+import itertools
 import json
 import math
 import time
@@ -36,6 +36,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from evaluation.edits import encode
 from server.core.regions import REGION_BOXES, region_pooling_weights
 from server.embedding.contract import INPUT_NAME
 from server.embedding.imaging import Limits, prepare_views, region_views
@@ -90,12 +91,6 @@ def random_view(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else view
 
 
-def _png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, "PNG", compress_level=1)
-    return out.getvalue()
-
-
 def head_inputs(model: onnx.ModelProto) -> tuple[str, str]:
     """(the last feature map, the finer map the head also reads): the tensor the embedding averages, and the last
     residual sum at twice its side (the input of the last stride-2 block: 14x14 against 7x7 at 224 px), found
@@ -120,19 +115,6 @@ def head_inputs(model: onnx.ModelProto) -> tuple[str, str]:
     return feature_map, fine[-1]
 
 
-def training_images(with_corpus: bool) -> list[Image.Image]:
-    """The `train` split of the labelled sets and the demo photos, plus (`with_corpus`) the many-kinds corpus of
-    training/corpus.py: unlabelled images are all distillation needs."""
-    from training.augment import load_image
-    from training.corpus import corpus
-    from training.finetune import quality_training_set
-
-    images, _, _ = quality_training_set(max_side=512, progress=True)
-    if with_corpus:
-        images += [load_image(item.path, 512) for item in tqdm(corpus(), desc="decode corpus", unit="img")]
-    return images
-
-
 def distillation_set(version: str, rounds: int, seed: int, with_corpus: bool = True, batch: int = 32
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Float16 feature maps [N, C, HW] and finer maps [N, Cf, 4HW] of each view's whole-image pass (`head_inputs`),
@@ -143,8 +125,10 @@ def distillation_set(version: str, rounds: int, seed: int, with_corpus: bool = T
     from server.core.config import MODEL_REPOSITORY
     from server.embedding.contract import OUTPUT_NAME
     from server.embedding.onnx_encoder import model_path, with_output
+    from training.finetune import quality_training_set
 
-    images = training_images(with_corpus)
+    # unlabelled images are all distillation needs: the train split, the demo photos and the many-kinds corpus
+    images = quality_training_set(max_side=512, progress=True, with_corpus=with_corpus)[0]
     model = onnx.load(str(model_path(version, MODEL_REPOSITORY)))
     names = head_inputs(model)
     options = ort.SessionOptions()
@@ -153,10 +137,12 @@ def distillation_set(version: str, rounds: int, seed: int, with_corpus: bool = T
                                    providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     maps, fine, teachers = [], [], []
-    views = [(image if r == 0 else random_view(image, rng)) for r in range(rounds) for image in images]
+    # made a batch at a time (all of them at once held ~6 GB of pictures), in the same order, so the same views
+    views = ((image if r == 0 else random_view(image, rng)) for r in range(rounds) for image in images)
     limits = Limits(max_pixels=10**8)
-    for start in tqdm(range(0, len(views), batch), desc="distillation set", unit="batch"):
-        prepared = np.stack([prepare_views(_png(v), region_views(None), limits) for v in views[start:start + batch]])
+    for _ in tqdm(range(0, rounds * len(images), batch), desc="distillation set", unit="batch"):
+        prepared = np.stack([prepare_views(encode(v), region_views(None), limits)
+                             for v in itertools.islice(views, batch)])
         n, r = prepared.shape[:2]
         coarse, finer = session.run(list(names), {INPUT_NAME: prepared[:, 0]})
         maps.append(coarse.reshape(n, coarse.shape[1], -1).astype(np.float16))

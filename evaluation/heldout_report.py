@@ -27,7 +27,8 @@ def _copy_table(results: dict[str, list[dict]]) -> str:
 def _category_table(results: dict[str, list[dict]]) -> str:
     rows = [{"domain": d, "version": r["version"], "re-ranking": name, **v} for d, rs in results.items() for r in rs
             for name, v in r["category"].items()]
-    return markdown_table(rows, ["domain", "version", "re-ranking", "queries", "p@1", "p@10", "map@10"])
+    return markdown_table(rows, ["domain", "version", "re-ranking", "queries", "p@1", "p@10", "map@10",
+                                 "batch_ms_per_query"])
 
 
 def _calibration_table(results: dict[str, list[dict]]) -> str:

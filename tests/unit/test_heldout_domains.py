@@ -55,3 +55,28 @@ def test_judged_results_leave_a_gallery_query_out_and_normalise_by_the_neighbour
     assert np.all(np.diff(scores, axis=1) <= 0)
     assert np.allclose(normalised(scores)[:, -1], 0) and np.allclose(normalised(scores)[:, 0],
                                                                       scores[:, 0] - scores[:, -1])
+
+
+def test_k_reciprocal_neighbours_must_each_be_in_the_others_nearest() -> None:
+    from evaluation.k_reciprocal import _reciprocal
+
+    # 0's 2 nearest (after itself) are 1 and 2; 1 has 0 among its nearest, 2 does not.
+    rank = np.array([[0, 1, 2, 3], [1, 0, 3, 2], [2, 3, 1, 0], [3, 2, 1, 0]])
+    assert sorted(_reciprocal(rank, 0, 2).tolist()) == [0, 1]
+    assert sorted(_reciprocal(rank, 2, 2).tolist()) == [2, 3]
+
+
+def test_k_reciprocal_reranking_drops_a_hub_below_the_querys_own_cluster() -> None:
+    from evaluation.k_reciprocal import k_reciprocal_distance
+
+    rng = np.random.default_rng(3)
+    centres = _unit(rng.standard_normal((2, 32)))
+    clusters = [_unit(c + 0.45 * rng.standard_normal((6, 32)) / np.sqrt(32)) for c in centres]
+    hub = _unit(clusters[0][0] + 0.6 * centres[1])  # near image 0 and the whole other cluster
+    points = np.concatenate([clusters[0], clusters[1], hub[None]])
+    sims, own = points @ points.T, range(1, 6)
+    original = k_reciprocal_distance(sims, k1=5, k2=2, lam=1.0)  # the original distance alone
+    assert original[0, 12] < max(original[0, j] for j in own)  # it puts the hub above one of 0's cluster mates
+    distance = k_reciprocal_distance(sims, k1=5, k2=2)
+    assert all(distance[0, 12] > distance[0, j] for j in own)
+    assert np.all(np.diag(distance) <= distance.min(axis=1) + 1e-6)  # every image is nearest to itself

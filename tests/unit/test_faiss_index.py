@@ -242,3 +242,20 @@ def test_a_snapshot_with_a_flat_coarse_quantizer_loads_with_its_own_parameters(t
     factory, params = loaded.describe()
     assert factory == legacy.factory and "ef_search" not in params and params["nprobe"] == str(legacy.nprobe)
     assert recall_at_10(loaded, x, queries) >= 0.9  # searched with its own nprobe and 32x re-rank
+
+
+@pytest.mark.parametrize("rows", [[7], [3, 4, 5, 9, 10, 2, 1, 0], [5, 5, 6, 4],
+                                  list(range(0, 400, 3)) + list(range(40, 90)), list(range(399, -1, -1))])
+def test_the_vector_log_reads_exactly_the_rows_asked_for_in_their_order(tmp_path, rows) -> None:
+    """Runs of consecutive rows are read with one pread each: reversed, repeated and interleaved rows must still
+    come back as asked (the re-rank pairs each row with its candidate by position); the longer lists go through
+    the reader threads."""
+    from server.store.faiss.vector_log import VectorLog
+
+    log = VectorLog(tmp_path / "rows.f32", 16)
+    stored = np.random.default_rng(4).standard_normal((400, 16)).astype(np.float32)
+    log.append(stored[:250])
+    log.append(stored[250:])
+    asked = np.array(rows)
+    assert np.array_equal(log.read_rows(asked), stored[asked])
+    log.close()

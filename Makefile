@@ -28,9 +28,9 @@ endef
 system-packages:
 	$(call apt_install,$(DEBIAN_PACKAGES))
 
-# The held-out image domains of `make quality` (evaluation/heldout_domains.py): Open Clip Art drawings and
-# EmojiOne artwork, ~140 MB; not needed by the demo or the tests.
-HELDOUT_PACKAGES := openclipart-png ruby-gemojione
+# The held-out image domains of `make quality` (evaluation/heldout_domains.py): Open Clip Art drawings,
+# EmojiOne artwork and Wesnoth portraits, ~330 MB; not needed by the demo or the tests.
+HELDOUT_PACKAGES := openclipart-png ruby-gemojione wesnoth-1.16-data
 heldout-packages:
 	$(call apt_install,$(HELDOUT_PACKAGES))
 

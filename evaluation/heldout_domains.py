@@ -2,8 +2,10 @@
 
     python -m evaluation.heldout_domains --versions 1 2 [--per-category 30] [--copy-sources 150]
 
-Domains (evaluation/quality_sets.py): Open Clip Art drawings (`openclipart`, category = folder) and EmojiOne's
-emoji artwork (`emojione`, category = subgroup; another art style than the Noto emoji of the team's sets). Each
+Domains (evaluation/quality_sets.py): Open Clip Art drawings (`openclipart`, category = folder), EmojiOne's
+emoji artwork (`emojione`, category = subgroup; another art style than the Noto emoji of the team's sets) and
+Battle for Wesnoth's painted portraits and story landscapes (`wesnoth`, category = race; added after encoder/3
+was chosen on the other two, so the first domain no choice has seen). Each
 image is indexed as the store indexes it (whole + REGION_BOXES, scored by server/core/regions.py); per domain:
 - copy detection: P@1 of every edit of evaluation/edits.py (and the centre crop box) on `copy-sources` images;
 - category retrieval, leave-one-out: mAP@10 / P@10, plain and with each re-ranking of `RERANKINGS`:
@@ -54,13 +56,14 @@ from evaluation.quality_sets import (
     of_split,
     openclipart_images,
     pixel_digest,
+    wesnoth_images,
 )
 from server.core.config import MODEL_REPOSITORY
 from server.core.errors import InvalidInput
 from server.model_versions.calibration import load_calibration
 from server.model_versions.feedback_calibration import refit
 
-DOMAINS = {"openclipart": openclipart_images, "emojione": emojione_images}
+DOMAINS = {"openclipart": openclipart_images, "emojione": emojione_images, "wesnoth": wesnoth_images}
 FEEDBACK_SIZES = (100, 300, 1000, 3000, 10000)  # judged results the refit sees
 FEEDBACK_REPEATS = 3
 

@@ -39,6 +39,7 @@ EMOJI_TEST = Path("/usr/share/unicode/emoji/emoji-test.txt")
 SKIN_TONES = {f"{c:X}" for c in range(0x1F3FB, 0x1F400)}
 OPENCLIPART = Path("/usr/share/openclipart/png")  # Debian openclipart-png
 EMOJIONE = Path("/usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png")  # Debian ruby-gemojione
+WESNOTH = Path("/usr/share/games/wesnoth/1.16/data/core/images")  # Debian wesnoth-1.16-data
 MAX_SIDE = 512  # originals are kept at most this large (stamps are up to ~1000 px)
 SPLITS = {"train": 0.5, "calib": 0.25, "test": 0.25}
 DEFAULT_SEED = 16
@@ -142,6 +143,16 @@ def openclipart_images() -> list[LabelledImage]:
     return out
 
 
+def wesnoth_images() -> list[LabelledImage]:
+    """Battle for Wesnoth's painted character portraits, labelled by race or faction, and its painted story
+    landscapes (one category): a painterly style that no training or team evaluation set has."""
+    if not WESNOTH.exists():
+        raise FileNotFoundError(f"{WESNOTH}: apt-get install wesnoth-1.16-data")
+    paths = sorted(WESNOTH.glob("portraits/*/*.png")) + sorted(WESNOTH.glob("story/*.jpg"))
+    return [LabelledImage(f"wesnoth/{path.relative_to(WESNOTH).with_suffix('').as_posix()}", "wesnoth",
+                          f"wesnoth:{path.parent.name}", path=path) for path in paths]
+
+
 @cache
 def _emoji_font() -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(EMOJI_FONT), 109)  # the one bitmap size the CBDT font has
@@ -161,7 +172,7 @@ def render_emoji(text: str) -> Image.Image:
 @cache
 def _distinct(sources: tuple[str, ...]) -> tuple[LabelledImage, ...]:
     loaders = {"tuxpaint": tuxpaint_images, "emoji": emoji_images, "openclipart": openclipart_images,
-               "emojione": emojione_images}
+               "emojione": emojione_images, "wesnoth": wesnoth_images}
     seen, out = set(), []
     for image in (image for source in sources for image in loaders[source]()):
         try:

@@ -6,8 +6,8 @@ Each source is a package, the folders of it that hold raster images, the kind of
 (from its /usr/share/doc/<package>/copyright). Only images at least MIN_SIDE pixels on their short side are taken,
 identical files once, and icon themes' icons once (the largest of the sizes each is shipped at). None of these
 packages is an evaluation set: the labelled sets' held-out splits (evaluation/quality_sets.py: Tux Paint, Noto
-emoji), the held-out domains (Open Clip Art, EmojiOne), GCompris (its "details" set) and the wallpapers' several
-resolutions are read elsewhere and never here.
+emoji), the held-out domains (Open Clip Art, EmojiOne, Wesnoth), GCompris (its "details" set) and the
+wallpapers' several resolutions are read elsewhere and never here.
 """
 
 from __future__ import annotations

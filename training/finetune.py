@@ -32,11 +32,14 @@ from torch import nn
 from tqdm import tqdm
 
 from server.embedding.contract import EMBEDDING_DIM
-from training.augment import COPY_DETECTION, AugmentConfig, augment, load_image
+from training.augment import COPY_DETECTION, COPY_DETECTION_SMALL_JPEG, AugmentConfig, augment, load_image
 from training.encoder_model import EncoderModel, load_encoder
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 CHECKPOINT_NAME = "last.pt"
+
+
+AUGMENTATIONS = {"simclr": AugmentConfig(), "copy": COPY_DETECTION, "copy-small-jpeg": COPY_DETECTION_SMALL_JPEG}
 
 
 @dataclass
@@ -59,7 +62,7 @@ class FinetuneConfig:
     # Copy robustness (issue 16): "quality" trains on the `train` split of the labelled package sets
     # (evaluation/quality_sets.py: the evaluation never sees those images) plus the demo corpus photos.
     dataset: str = "photos"  # "photos" (images / demo corpus) | "quality" | "quality+corpus"
-    augment: str = "simclr"  # "simclr" | "copy" (training.augment.COPY_DETECTION)
+    augment: str = "simclr"  # "simclr" | "copy" | "copy-small-jpeg" (AUGMENTATIONS)
     hard_negatives: float = 0.0  # share of each batch drawn as pairs of distinct images of one category
     anchor_weight: float = 0.0  # weight of 1 - cos(view, pretrained embedding of the whole original)
     relational_weight: float = 0.0  # weight of relational_loss: keep the pretrained similarities between images
@@ -257,7 +260,7 @@ def train(config: FinetuneConfig) -> Path:
     head = ProjectionHead().to(device)
     params = trainable_parameters(encoder, config.trainable_blocks) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    augment_config = COPY_DETECTION if config.augment == "copy" else AugmentConfig()
+    augment_config = AUGMENTATIONS[config.augment]
 
     step, losses = 0, []
     if config.resume:
@@ -324,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=FinetuneConfig.checkpoint_every)
     parser.add_argument("--click-pairs", type=Path, default=None, help="JSONL of query/clicked image paths")
     parser.add_argument("--dataset", choices=("photos", "quality", "quality+corpus"), default=FinetuneConfig.dataset)
-    parser.add_argument("--augment", choices=("simclr", "copy"), default=FinetuneConfig.augment)
+    parser.add_argument("--augment", choices=list(AUGMENTATIONS), default=FinetuneConfig.augment)
     parser.add_argument("--hard-negatives", type=float, default=FinetuneConfig.hard_negatives)
     parser.add_argument("--anchor-weight", type=float, default=FinetuneConfig.anchor_weight)
     parser.add_argument("--relational-weight", type=float, default=FinetuneConfig.relational_weight)

@@ -86,6 +86,33 @@ def test_augment_handles_tiny_and_non_rgb_images() -> None:
             assert pixels.shape == (INPUT_SIZE, INPUT_SIZE, 3) and pixels.dtype == np.uint8
 
 
+@pytest.mark.parametrize("at_downscaled_size", [False, True])
+def test_a_small_views_jpeg_is_encoded_at_its_small_size_only_when_asked(at_downscaled_size: bool) -> None:
+    """Every random step off except a downscale to a quarter of the side and JPEG q15: the view must equal the
+    JPEG applied before (asked) or after (not asked) scaling back up, and not the other one."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from evaluation.edits import jpeg_reencode
+    from training.augment import COPY_DETECTION_SMALL_JPEG
+
+    config = replace(COPY_DETECTION_SMALL_JPEG, jpeg_at_downscaled_size=at_downscaled_size, crop_scale=(1.0, 1.0),
+                     crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, rotate_p=0.0,
+                     overlay_p=0.0, downscale_p=1.0, downscale=(0.25, 0.25), jpeg_p=1.0, jpeg_quality=(15, 15))
+    yy, xx = np.mgrid[0:INPUT_SIZE, 0:INPUT_SIZE]
+    texture = np.stack([(xx * 7 + yy * 3) % 256, (xx * yy) % 256, np.hypot(xx - 112, yy - 112) * 9 % 256], axis=2)
+    image = Image.fromarray(texture.astype(np.uint8))  # edges at every scale, so each order leaves its own blocks
+    small = image.resize((INPUT_SIZE // 4, INPUT_SIZE // 4), Image.Resampling.BILINEAR)
+    up = (INPUT_SIZE, INPUT_SIZE)
+    jpeg_then_up = np.asarray(jpeg_reencode(small, 15).resize(up, Image.Resampling.BILINEAR))
+    up_then_jpeg = np.asarray(jpeg_reencode(small.resize(up, Image.Resampling.BILINEAR), 15))
+    view = augment(image, np.random.default_rng(0), config)
+    expected, other = (jpeg_then_up, up_then_jpeg) if at_downscaled_size else (up_then_jpeg, jpeg_then_up)
+    np.testing.assert_array_equal(view, expected)
+    assert not np.array_equal(view, other)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """3 steps straight, and 2 steps + resume to 3, from the same seed."""

@@ -3,10 +3,12 @@
     python -m evaluation.heldout_domains --versions 1 2 [--per-category 30] [--copy-sources 150]
 
 Domains (evaluation/quality_sets.py): Open Clip Art drawings (`openclipart`, category = folder), EmojiOne's
-emoji artwork (`emojione`, category = subgroup; another art style than the Noto emoji of the team's sets) and
-Battle for Wesnoth's painted portraits and story landscapes (`wesnoth`, category = race; added after encoder/3
-was chosen on the other two, so the first domain no choice has seen). Each
-image is indexed as the store indexes it (whole + REGION_BOXES, scored by server/core/regions.py); per domain:
+emoji artwork (`emojione`, category = subgroup; another art style than the Noto emoji of the team's sets),
+Battle for Wesnoth's painted portraits and story landscapes (`wesnoth`, category = race) and its unit sprites
+(`wesnoth-units`: 72 px pixel art, category = faction). The Wesnoth domains came after encoder/3 was chosen on the
+first two; `wesnoth-units` is kept sealed: no candidate is compared on it, only the one chosen is reported on it,
+once. Each image is indexed as the store indexes it (whole + REGION_BOXES, scored by server/core/regions.py);
+per domain:
 - copy detection: P@1 of every edit of evaluation/edits.py (and the centre crop box) on `copy-sources` images;
 - category retrieval, leave-one-out: mAP@10 / P@10, plain and with each re-ranking of `RERANKINGS`:
   alpha-QE (the query plus its top-n results' whole-image vectors weighted by score^alpha, searched again),
@@ -57,13 +59,15 @@ from evaluation.quality_sets import (
     openclipart_images,
     pixel_digest,
     wesnoth_images,
+    wesnoth_unit_images,
 )
 from server.core.config import MODEL_REPOSITORY
 from server.core.errors import InvalidInput
 from server.model_versions.calibration import load_calibration
 from server.model_versions.feedback_calibration import refit
 
-DOMAINS = {"openclipart": openclipart_images, "emojione": emojione_images, "wesnoth": wesnoth_images}
+DOMAINS = {"openclipart": openclipart_images, "emojione": emojione_images, "wesnoth": wesnoth_images,
+           "wesnoth-units": wesnoth_unit_images}
 FEEDBACK_SIZES = (100, 300, 1000, 3000, 10000)  # judged results the refit sees
 FEEDBACK_REPEATS = 3
 

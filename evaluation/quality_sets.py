@@ -153,6 +153,21 @@ def wesnoth_images() -> list[LabelledImage]:
                           f"wesnoth:{path.parent.name}", path=path) for path in paths]
 
 
+def wesnoth_unit_images() -> list[LabelledImage]:
+    """Battle for Wesnoth's unit sprites, labelled by faction: small pixel art (72 px for most) with transparency.
+    One sprite per unit type, the base image its unit file names first; the animation frames are left out."""
+    units = WESNOTH.parent / "units"
+    if not units.exists():
+        raise FileNotFoundError(f"{units}: apt-get install wesnoth-1.16-data")
+    named = set()
+    for cfg in sorted(units.rglob("*.cfg")):
+        match = re.search(r'^\s*image="?(units/[^"~\s]+\.png)', cfg.read_text(errors="replace"), re.MULTILINE)
+        if match and (WESNOTH / match.group(1)).is_file():
+            named.add(match.group(1))
+    return [LabelledImage(f"wesnoth/{name.removesuffix('.png')}", "wesnoth-units",
+                          f"wesnoth-units:{name.split('/')[1]}", path=WESNOTH / name) for name in sorted(named)]
+
+
 @cache
 def _emoji_font() -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(EMOJI_FONT), 109)  # the one bitmap size the CBDT font has
@@ -172,7 +187,8 @@ def render_emoji(text: str) -> Image.Image:
 @cache
 def _distinct(sources: tuple[str, ...]) -> tuple[LabelledImage, ...]:
     loaders = {"tuxpaint": tuxpaint_images, "emoji": emoji_images, "openclipart": openclipart_images,
-               "emojione": emojione_images, "wesnoth": wesnoth_images}
+               "emojione": emojione_images, "wesnoth": wesnoth_images,
+               "wesnoth-units": wesnoth_unit_images}
     seen, out = set(), []
     for image in (image for source in sources for image in loaders[source]()):
         try:

@@ -37,12 +37,14 @@ from server.model_versions.registry import default_version
 from server.query.feedback import Feedback
 from server.query.search import Searcher
 from server.query.thumbnails import Thumbnails
+from server.query.verification import Verifier
 from server.runtime.admission import Admission
 from server.runtime.callers import parse_shares
 from server.runtime.serving import Live, serving
 from server.store.blobs import BlobStore
 from server.store.catalogs import open_store, read_active_version, write_active_version
 from server.store.interactions import InteractionLog
+from server.store.signatures import SignatureStore
 
 log = logging.getLogger("gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["VisualSearch"].full_name
@@ -113,9 +115,11 @@ class Gateway:
         blobs = BlobStore(s.blob_url or s.data_dir / "blobs")
         ingest = Admission("ingest", s.ingest_max_in_flight, 4 * s.max_image_pixels, None, share=s.admission_share,
                            on_shed=lambda caller: self.metrics.shed("ingest", caller))
-        searcher = Searcher(self.live, s, self.metrics, relevance=self.relevance)
+        signatures = SignatureStore(blobs)
+        searcher = Searcher(self.live, s, self.metrics, relevance=self.relevance, verifier=Verifier(signatures))
         servicer = VisualSearchServicer(
-            searcher, Indexer(self.live, blobs, limits, self.metrics, ingest), ModelSwitcher(self.live, blobs, s),
+            searcher, Indexer(self.live, blobs, limits, self.metrics, ingest, signatures),
+            ModelSwitcher(self.live, blobs, s),
             self.live, self.feedback, Thumbnails(self.live, blobs, limits, searcher.admission),
             parse_shares(s.admission_shares))
         keys = access_keys(s)

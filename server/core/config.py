@@ -110,6 +110,9 @@ class Settings:
     # labelled pairs (model_repository/encoder/<v>/calibration.json); this setting is the fallback for a
     # version without calibration, and overrides the calibrated value when given explicitly.
     duplicate_threshold: float | None = None
+    # Re-score the candidates that tie with the best by their pixel signatures, so an edited copy's source
+    # ranks above its look-alikes (server/query/verification.py; docs/QUALITY.md, 'Copy verification').
+    copy_verification: bool = True
     # Every this many seconds the relevance curve is refitted from this gateway's logged impressions and clicks
     # (server/model_versions/feedback_calibration.py); 0 keeps the version's shipped curve.
     relevance_refit_s: float = 300.0

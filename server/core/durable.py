@@ -26,12 +26,16 @@ def replace_durably(tmp: Path, target: Path) -> None:
     fsync_dir(target.parent)
 
 
-def write_atomic(target: Path, data: bytes) -> None:
+def write_atomic(target: Path, data: bytes, durable: bool = True) -> None:
+    """`durable=False`: still atomic (a reader sees the old file or the new one), but no fsync."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        replace_durably(Path(tmp), target)
+        if durable:
+            replace_durably(Path(tmp), target)
+        else:
+            os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -21,6 +21,7 @@ IMAGE_MODEL_NAME = "image_encoder"
 IMAGE_INPUT_NAME = "image_bytes"  # BYTES [N, 1]: the encoded image as uploaded
 CROP_INPUT_NAME = "crop"  # FP32 [N, 4]: x_min, y_min, x_max, y_max in [0, 1]; (0, 0, 1, 1) is the whole image
 REGIONS_OUTPUT_NAME = "regions"  # FP32 [N, R, 1280]: the region views' embeddings (requested when indexing)
+SIGNATURE_OUTPUT_NAME = "signature"  # the image model's pixel signature of the first view (embedding/signature.py)
 # Why a version cannot give pooled regions when asked (its graph has no `regions` output: its regions are encoded
 # views); the in-process and the Triton encoder clients say the same.
 NO_POOLED_REGIONS = "has no pooled regions output"

@@ -25,6 +25,7 @@ from server.core.errors import InvalidInput
 from server.embedding.contract import EMBED_CHUNK
 from server.embedding.encoder import EncoderClient
 from server.embedding.imaging import CropBox, Limits, check_size, prepare_views, region_views
+from server.embedding.signature import pixel_signatures
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class ImageInput:
 class Embedded:
     vector: np.ndarray  # float32 [dim], unit norm: the image (or its crop)
     regions: np.ndarray | None = None  # float32 [R, dim]: its region views, when asked for
+    signature: np.ndarray | None = None  # int8 [SIGNATURE_BYTES]: the image's (or crop's) pixel signature
 
 
 Outcome = Embedded | InvalidInput  # per image: its embeddings, or why it was rejected
@@ -78,12 +80,12 @@ class Embedder:
         return out
 
     async def embed_query(self, data: bytes, crop: CropBox | None = None, timeout_s: float | None = None
-                          ) -> np.ndarray:
-        """One query image (a query is embedded once: no regions)."""
+                          ) -> Embedded:
+        """One query image (a query is embedded once: no regions) with its pixel signature."""
         outcome = (await self._embed_chunk([ImageInput(data, crop)], False, timeout_s))[0]
         if isinstance(outcome, InvalidInput):
             raise outcome
-        return outcome.vector
+        return outcome
 
     async def _embed_chunk(self, items: Sequence[ImageInput], regions: bool, timeout_s: float | None
                            ) -> list[Outcome]:
@@ -130,8 +132,9 @@ class RemoteDecodeEmbedder(Embedder):
                            ) -> list[Outcome]:
         async def one(item: ImageInput) -> Embedded:
             check_size(item.data, self.limits, item.field)
-            vector, region_vectors = await self.backend.embed_image(item.data, item.crop, timeout_s, regions)
-            return Embedded(vector, region_vectors)
+            vector, region_vectors, signature = await self.backend.embed_image(item.data, item.crop, timeout_s,
+                                                                               regions)
+            return Embedded(vector, region_vectors, signature)
 
         outcomes = await asyncio.gather(*(one(i) for i in items), return_exceptions=True)
         _raise_unexpected(outcomes)
@@ -164,10 +167,10 @@ class LocalDecodeEmbedder(Embedder):
             if not isinstance(v, np.ndarray):
                 out.append(v)  # type: ignore[arg-type]
             elif pooled:
-                out.append(Embedded(next(vectors), next(pooled_rows)))
+                out.append(Embedded(next(vectors), next(pooled_rows), pixel_signatures(v[:1])[0]))
             else:
                 rows = np.stack([next(vectors) for _ in range(len(v))])
-                out.append(Embedded(rows[0], rows[1:] if regions else None))
+                out.append(Embedded(rows[0], rows[1:] if regions else None, pixel_signatures(v[:1])[0]))
         return out
 
 

@@ -23,6 +23,7 @@ from server.embedding.contract import (
     NO_POOLED_REGIONS,
     OUTPUT_NAME,
     REGIONS_OUTPUT_NAME,
+    SIGNATURE_OUTPUT_NAME,
     TRITON_GRPC_KEY_HEADER,
     VERSION_PARAMETER,
     WHOLE_IMAGE,
@@ -159,9 +160,9 @@ class EncoderClient:
         return [result.as_numpy(name) for name in names]
 
     async def embed_image(self, data: bytes, crop: CropBox | None = None, timeout_s: float | None = None,
-                          regions: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """Encoded image bytes (+ crop) -> (float32 [dim], and with `regions` its region views' [R, dim]):
-        decoding (once) and resizing happen inside Triton."""
+                          regions: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Encoded image bytes (+ crop) -> (float32 [dim], with `regions` its region views' [R, dim], and the
+        int8 pixel signature of the image or crop): decoding (once) and resizing happen inside Triton."""
         if timeout_s is not None and timeout_s <= 0:
             raise DeadlineExceeded("the request deadline passed before the encoder was called")
         if crop is not None:
@@ -170,15 +171,16 @@ class EncoderClient:
         image.set_data_from_numpy(np.array([[data]], dtype=np.object_))
         box = InferInput(CROP_INPUT_NAME, [1, 4], "FP32")
         box.set_data_from_numpy(np.array([crop.as_tuple() if crop else WHOLE_IMAGE], dtype=np.float32))
-        outputs = [InferRequestedOutput(OUTPUT_NAME)] + ([InferRequestedOutput(REGIONS_OUTPUT_NAME)] if regions else [])
+        names = [OUTPUT_NAME, SIGNATURE_OUTPUT_NAME] + ([REGIONS_OUTPUT_NAME] if regions else [])
         try:
             result = await self._client.infer(
-                IMAGE_MODEL_NAME, [image, box], outputs=outputs,
+                IMAGE_MODEL_NAME, [image, box], outputs=[InferRequestedOutput(n) for n in names],
                 parameters={VERSION_PARAMETER: self._version} if self._version else None, client_timeout=timeout_s,
                 headers=self._headers, timeout=_queue_timeout_us(timeout_s))
         except InferenceServerException as exc:
             raise _translate(exc, self.url, invalid_field=None) from exc
-        return result.as_numpy(OUTPUT_NAME)[0], result.as_numpy(REGIONS_OUTPUT_NAME)[0] if regions else None
+        return (result.as_numpy(OUTPUT_NAME)[0], result.as_numpy(REGIONS_OUTPUT_NAME)[0] if regions else None,
+                result.as_numpy(SIGNATURE_OUTPUT_NAME)[0])
 
     async def close(self) -> None:
         await self._client.close()

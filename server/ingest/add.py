@@ -24,6 +24,7 @@ from server.runtime.callers import ANONYMOUS, Principal
 from server.runtime.serving import Live
 from server.store.base import Changed, EmbeddedImage, Visibility
 from server.store.blobs import BlobStore
+from server.store.signatures import SignatureStore
 
 
 def content_hash(data: bytes) -> str:
@@ -59,8 +60,9 @@ def _anyone(owner_id: str) -> bool:
 
 class Indexer:
     def __init__(self, live: Live, blobs: BlobStore, limits: Limits, metrics: GatewayMetrics,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None, signatures: SignatureStore | None = None) -> None:
         self.live, self.blobs, self.limits, self.metrics = live, blobs, limits, metrics
+        self.signatures = signatures  # where the images' pixel signatures go (copy verification)
         # Chunks being decoded and embedded at once; waits as long as the stream's deadline allows.
         self.admission = admission or Admission("ingest", 2, 4 * limits.max_pixels, None)
 
@@ -113,9 +115,14 @@ class Indexer:
         hashes = [content_hash(uploads[n].data) for n in order]
         serving = self.live.serving
         start = time.perf_counter()
-        # Originals first: a new model version re-embeds from them (server/ingest/reindex.py).
+        # Originals first: a new model version re-embeds from them (server/ingest/reindex.py). Then the pixel
+        # signatures, before the image can be found, so its first search can verify it.
         await asyncio.to_thread(self.blobs.put_many, [(h, uploads[n].data) for h, n in zip(hashes, order,
                                                                                             strict=True)])
+        if self.signatures is not None:
+            await asyncio.to_thread(self.signatures.write, [
+                (h, embedded[n].signature) for h, n in zip(hashes, order, strict=True)
+                if embedded[n].signature is not None])
         async with self.live.writes:
             vectors = [embedded[n] for n in order]
             if self.live.serving is not serving:  # a model cut-over happened meanwhile: embed for the new one

@@ -23,6 +23,7 @@ from server.runtime.serving import Live, SwitchProgress, serving
 from server.store.base import EmbeddedImage, ImageRecord, Store, Visibility
 from server.store.blobs import BlobStore
 from server.store.catalogs import open_store, write_active_version
+from server.store.signatures import SignatureStore
 
 log = logging.getLogger("reindex")
 SCAN_PAGE = 256  # records read from the live store per catalog page
@@ -86,6 +87,10 @@ class ModelSwitch:
             for row, outcome in zip(rows, outcomes, strict=True):
                 if isinstance(outcome, InvalidInput):  # accepted once, so only a changed limit can reject it now
                     raise RuntimeError(f"cannot re-embed {row.image_id}: {outcome}")
+            # Images indexed before pixel signatures existed get theirs here (the same for every version).
+            await asyncio.to_thread(SignatureStore(self.blobs).write, [
+                (r.content_hash, e.signature) for r, e in zip(rows, outcomes, strict=True)
+                if e.signature is not None])  # type: ignore[union-attr]
             await asyncio.to_thread(new.add, [
                 EmbeddedImage(r.image_id, r.owner_id, r.visibility, r.content_hash, e.vector, e.regions)
                 for r, e in zip(rows, outcomes, strict=True)])  # type: ignore[union-attr]

@@ -19,10 +19,11 @@ from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.model_versions.feedback_calibration import CorpusRelevance
 from server.query.duplicates import collapse_duplicates, mark_duplicates
+from server.query.verification import Verifier
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.callers import ANONYMOUS, Principal
 from server.runtime.serving import FALLBACK_DUPLICATE_THRESHOLD, Live, Serving
-from server.store.base import ImageRecord, Store, VectorStore
+from server.store.base import Candidate, ImageRecord, Store, VectorStore
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ class Ranker:
     duplicate-heavy corpus one store search usually suffices; it goes back for more only when that fell short.
     """
 
-    def __init__(self, duplicate_threshold: float | None, metrics: GatewayMetrics) -> None:
-        self.metrics = metrics
+    def __init__(self, duplicate_threshold: float | None, metrics: GatewayMetrics,
+                 verifier: Verifier | None = None) -> None:
+        self.metrics, self.verifier = metrics, verifier
         self.duplicate_threshold = FALLBACK_DUPLICATE_THRESHOLD if duplicate_threshold is None else duplicate_threshold
         self.keep_rate = 1.0  # moving average of kept / examined candidates
 
@@ -91,13 +93,23 @@ class Ranker:
         keep rate fetched so much that the first search cost more than the second ones it saved)."""
         return max(2 * k + 10, math.ceil(1.5 * k / max(self.keep_rate, 0.02)) + 10)
 
+    def _search(self, store: VectorStore, vector: np.ndarray, k: int, exclude: str | None,
+                signature: np.ndarray | None) -> list[Candidate]:
+        with self.stage("search"):
+            candidates = store.search(vector, k, exclude)
+        if self.verifier is not None and signature is not None:
+            with self.stage("verify"):
+                candidates = self.verifier.rescore(candidates, signature)
+        return candidates
+
     def rank(self, store: VectorStore, vector: np.ndarray, k: int, exclude: str | None,
-             include_duplicates: bool, threshold: float | None = None) -> list[Hit]:
-        """`threshold`: the served version's duplicate threshold (default: the one given at construction)."""
+             include_duplicates: bool, threshold: float | None = None, signature: np.ndarray | None = None
+             ) -> list[Hit]:
+        """`threshold`: the served version's duplicate threshold (default: the one given at construction);
+        `signature`: the query's pixel signature, for copy verification (server/query/verification.py)."""
         threshold = threshold if threshold is not None else self.duplicate_threshold
         if include_duplicates:
-            with self.stage("search"):
-                candidates = store.search(vector, k, exclude)
+            candidates = self._search(store, vector, k, exclude, signature)
             with self.stage("filter"):
                 marks = mark_duplicates(candidates, threshold)
             self.metrics.ann_searches.observe(1)
@@ -108,8 +120,7 @@ class Ranker:
         # goes stale when visibility flips meanwhile).
         fetch, searches = self.first_fetch(k), 0
         while True:
-            with self.stage("search"):
-                candidates = store.search(vector, fetch, exclude)
+            candidates = self._search(store, vector, fetch, exclude, signature)
             searches += 1
             with self.stage("filter"):
                 kept, removed = collapse_duplicates(candidates, k, threshold)
@@ -128,7 +139,8 @@ class Searcher:
     """Every query reads `live.serving` once: its vector and its index come from the same model version."""
 
     def __init__(self, live: Live, settings: Settings, metrics: GatewayMetrics,
-                 admission: Admission | None = None, relevance: CorpusRelevance | None = None) -> None:
+                 admission: Admission | None = None, relevance: CorpusRelevance | None = None,
+                 verifier: Verifier | None = None) -> None:
         self.live, self.settings, self.metrics = live, settings, metrics
         self.relevance = relevance or CorpusRelevance()  # the shipped curve, or the corpus's refit of it
         self.admission = admission or Admission(
@@ -137,7 +149,8 @@ class Searcher:
             target_service_s=settings.admission_target_service_ms / 1000 if settings.admission_target_service_ms > 0
             else None, share=settings.admission_share, on_shed=lambda caller: metrics.shed("search", caller))
         self.limits = imaging.Limits(settings.max_image_bytes, settings.max_image_pixels)
-        self.ranker = Ranker(settings.duplicate_threshold, metrics)
+        self.verifier = verifier if settings.copy_verification else None
+        self.ranker = Ranker(settings.duplicate_threshold, metrics, self.verifier)
 
     def _validate(self, query: Query) -> int:
         k = query.k or self.settings.default_k
@@ -157,16 +170,20 @@ class Searcher:
                                field="min_relevance")
         return k
 
-    async def embed_query(self, serving: Serving, query: Query, timeout_s: float | None) -> np.ndarray:
-        """The query vector: the stored one for a search by ID, else the served embedder's for the (cropped) image."""
+    async def embed_query(self, serving: Serving, query: Query, timeout_s: float | None
+                          ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The query vector and pixel signature: the stored ones for a search by ID (no signature if none was
+        stored), else the served embedder's for the (cropped) image."""
         if query.image_id is not None:
-            visible(serving.store, query.image_id)
+            record = visible(serving.store, query.image_id)
             vector = serving.store.vector(query.image_id)
             if vector is None:  # deleted since
                 raise not_visible(query.image_id)
-            return vector
+            own = self.verifier.read([record.content_hash]) if self.verifier is not None else {}
+            return vector, own.get(record.content_hash)
         with self.ranker.stage("embed"):
-            return await serving.embedder.embed_query(query.image_bytes or b"", query.crop, timeout_s)
+            embedded = await serving.embedder.embed_query(query.image_bytes or b"", query.crop, timeout_s)
+        return embedded.vector, embedded.signature
 
     def _cost(self, query: Query) -> int:
         """Checks the image's header against the limits (bytes, JPEG scans, pixels), so what would be refused never
@@ -184,12 +201,12 @@ class Searcher:
 
     async def _search(self, query: Query, k: int, timeout_s: float | None) -> Answer:
         serving = self.live.serving
-        vector = await self.embed_query(serving, query, timeout_s)
+        vector, signature = await self.embed_query(serving, query, timeout_s)
         # In a worker thread: FAISS releases the GIL, so concurrent searches use every core while the event
         # loop keeps serving gRPC.
         hits = await asyncio.to_thread(self.ranker.rank, serving.store, vector, k, query.image_id,
                                        query.include_duplicates,
-                                       serving.duplicate_threshold(self.settings.duplicate_threshold))
+                                       serving.duplicate_threshold(self.settings.duplicate_threshold), signature)
         calibration = self.relevance.calibration(serving.embedder.model_version, serving.calibration)
         if calibration is not None:
             relevance = calibration.relevance(np.array([h.score for h in hits], dtype=np.float64))

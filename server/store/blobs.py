@@ -16,11 +16,18 @@ from server.core.durable import write_atomic
 
 
 class BlobStore:
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, durable: bool = True) -> None:
+        """`durable=False` (derived data that can be recomputed): a local write is still atomic (temporary name,
+        rename) but not fsync'd."""
+        self.url, self.durable = str(root), durable
         self.fs, path = fsspec.core.url_to_fs(str(root))
         self.local = "file" in self.fs.protocol
         self.root = path.rstrip("/")
         self.fs.makedirs(self.root, exist_ok=True)
+
+    def derived(self, name: str) -> BlobStore:
+        """A store of data derived from the originals (recomputable, so not fsync'd) under this root's `name`/."""
+        return BlobStore(f"{self.url.rstrip('/')}/{name}", durable=False)
 
     def path(self, digest: str) -> str:
         return f"{self.root}/{digest[:2]}/{digest}"
@@ -31,7 +38,7 @@ class BlobStore:
             return
         if self.local:
             Path(target).parent.mkdir(exist_ok=True)
-            write_atomic(Path(target), data)
+            write_atomic(Path(target), data, self.durable)
         else:
             self.fs.pipe_file(target, data)
 
@@ -41,3 +48,13 @@ class BlobStore:
     def put_many(self, blobs: list[tuple[str, bytes]]) -> None:
         for digest, data in blobs:
             self.put(digest, data)
+
+    def get_present(self, digests: list[str]) -> dict[str, bytes]:
+        """The blobs of `digests` that exist (missing ones are left out)."""
+        out = {}
+        for digest in digests:
+            try:
+                out[digest] = self.get(digest)
+            except FileNotFoundError:
+                continue
+        return out

@@ -20,6 +20,7 @@ from server.core.errors import InvalidInput, Unavailable
 from server.embedding import imaging
 from server.embedding.contract import EMBEDDING_DIM, TRITON_GRPC_KEY_HEADER
 from server.embedding.encoder import EncoderClient
+from server.embedding.signature import pixel_signatures
 from server.triton.supervisor import TritonServer
 from tests.photos import photo
 
@@ -207,13 +208,14 @@ def test_triton_dies_with_its_parent(tmp_path):
 
 
 def _embed_images(triton: TritonServer, items: list[tuple[bytes, imaging.CropBox | None]],
-                  version: str | None = "1") -> list:
+                  version: str | None = "1", output: int = 0) -> list:
+    """Per item the image model's `output` (0: embedding, 2: pixel signature) or the exception it raised."""
     async def run() -> list:
         client = client_of(triton, version)
         try:
             outcomes = await asyncio.gather(*(client.embed_image(data, crop, timeout_s=60) for data, crop in items),
                                             return_exceptions=True)
-            return [o if isinstance(o, BaseException) else o[0] for o in outcomes]
+            return [o if isinstance(o, BaseException) else o[output] for o in outcomes]
         finally:
             await client.close()
     return asyncio.run(run())
@@ -227,6 +229,10 @@ def test_image_model_decodes_inside_triton_exactly_like_the_gateway(triton_serve
     local = embed(triton_server, np.stack([imaging.prepare(d, c) for d, c in items]))
     for got, want in zip(remote, local, strict=True):
         assert float(got @ want) >= 0.9999
+    signatures = _embed_images(triton_server, items, output=2)
+    want = pixel_signatures(np.stack([imaging.prepare(d, c) for d, c in items]))
+    np.testing.assert_array_equal(np.stack(signatures), want)  # the same pixels, the same function
+    assert len({s.tobytes() for s in signatures}) == len(items)
 
 
 def test_a_bad_image_fails_only_its_own_request_with_the_field_named(triton_server):

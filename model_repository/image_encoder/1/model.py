@@ -4,6 +4,8 @@ The preprocessing is the gateway's own (`server.embedding.imaging.prepare_views`
 definition of the encoder's input. A request that asks for the `regions` output (indexing) gets the embeddings
 of its region views too, from the same decode, in the same encoder call; an encoder version whose graph pools the
 regions from the whole image's own pass (training/export_onnx.py: add_region_output) encodes the one view only.
+A request that asks for the `signature` output gets the pixel signature of its first view (the image or its crop:
+server/embedding/signature.py), computed here from the pixels the encoder sees.
 An image that cannot be decoded, or is over a limit, fails only its own request, with INVALID_ARGUMENT and a
 message that names the field.
 """
@@ -16,9 +18,10 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from server.core.errors import InvalidInput
-from server.embedding.contract import MAX_BATCH_SIZE, REGIONS_OUTPUT_NAME
+from server.embedding.contract import MAX_BATCH_SIZE, REGIONS_OUTPUT_NAME, SIGNATURE_OUTPUT_NAME
 from server.embedding.imaging import CropBox, Limits, check_header, prepare, prepare_views, region_views
 from server.embedding.onnx_encoder import graph_has_pooled_regions
+from server.embedding.signature import pixel_signatures
 
 
 class TritonPythonModel:
@@ -89,6 +92,7 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
         by_version: dict[str, list[tuple[int, np.ndarray, bool]]] = {}
+        signatures: dict[int, np.ndarray] = {}
         for n, request in enumerate(requests):
             if request.is_cancelled():  # its caller gave up (deadline, disconnect): decode nothing for it
                 responses[n] = pb_utils.InferenceResponse(
@@ -109,6 +113,8 @@ class TritonPythonModel:
                     error=pb_utils.TritonError(exc.message, pb_utils.TritonError.INVALID_ARG))
                 continue
             by_version.setdefault(version, []).append((n, views, regions))
+            if SIGNATURE_OUTPUT_NAME in request.requested_output_names():
+                signatures[n] = pixel_signatures(views[:1])
         for version, items in by_version.items():
             pooled = any(regions for _, _, regions in items) and self.pooled_regions(version)
             try:
@@ -124,6 +130,8 @@ class TritonPythonModel:
                 if regions:
                     region_rows = pooled_rows[start:start + 1] if pooled_rows is not None else rows[None, 1:]
                     outputs.append(pb_utils.Tensor(REGIONS_OUTPUT_NAME, region_rows))
+                if n in signatures:
+                    outputs.append(pb_utils.Tensor(SIGNATURE_OUTPUT_NAME, signatures[n]))
                 start += len(views)
                 responses[n] = pb_utils.InferenceResponse(outputs)
         return responses

@@ -1,0 +1,46 @@
+"""Pixel signatures: what a copy keeps that an embedding throws away.
+
+The encoder's embedding is built to be invariant to detail: two emoji that differ by their eyebrows, an arrow and
+its mirror, one clock face and the next embed within a few hundredths of each other, so a JPEG or downscaled copy
+of one may rank the other first. A copy still matches its source pixel for pixel at low resolution. The signature
+is the whole-image view's luminance averaged to SIDE x SIDE cells, centred and scaled to unit norm: its inner
+product with another is the normalised correlation of the two thumbnails, unchanged by brightness and contrast
+(grayscale, JPEG, downscaling) and spoiled by crops, rotations and overlays only where they touch.
+
+Stored as int8 (SIGNATURE_BYTES per image, on disk: server/query/verification.py reads the few it needs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from server.embedding.contract import INPUT_SIZE
+
+SIDE = 32  # cells per side: 7 x 7 input pixels each
+SIGNATURE_BYTES = SIDE * SIDE
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def pixel_signatures(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [N, 224, 224, 3] encoder inputs -> int8 [N, SIGNATURE_BYTES]. A flat image's signature is all zeros
+    (it correlates with nothing)."""
+    cell = INPUT_SIZE // SIDE
+    luma = pixels.astype(np.float32) @ _LUMA
+    small = luma.reshape(len(pixels), SIDE, cell, SIDE, cell).mean(axis=(2, 4)).reshape(len(pixels), -1)
+    small -= small.mean(axis=1, keepdims=True)
+    peak = np.abs(small).max(axis=1, keepdims=True)
+    peak[peak == 0] = 1.0
+    return np.round(small * (127.0 / peak)).astype(np.int8)
+
+
+def as_unit(signatures: np.ndarray) -> np.ndarray:
+    """int8 [N, SIGNATURE_BYTES] -> float32 rows of unit norm (zero rows stay zero)."""
+    rows = signatures.astype(np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return rows / norms
+
+
+def mirrored(signatures: np.ndarray) -> np.ndarray:
+    """The signatures of the left-right mirrored images."""
+    return signatures.reshape(len(signatures), SIDE, SIDE)[:, :, ::-1].reshape(len(signatures), -1)

@@ -1,0 +1,96 @@
+"""Copy verification (server/query/verification.py) over real signature files: what it re-scores and what it
+must never do (add a candidate, reorder beyond the tie margin, or break the descending order of scores)."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.embedding.contract import INPUT_SIZE
+from server.embedding.signature import SIGNATURE_BYTES, pixel_signatures
+from server.query.verification import MARGIN, WEIGHT, Verifier, bonuses
+from server.store.base import Candidate
+from server.store.blobs import BlobStore
+from server.store.signatures import SignatureStore
+
+
+def _picture(seed: int) -> np.ndarray:
+    """uint8 [224, 224, 3] with structure at every scale (smoothed noise)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (16, 16, 3)).astype(np.float32)
+    fine = rng.integers(-40, 40, (INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
+    return np.clip(np.kron(coarse, np.ones((14, 14, 1))) + fine, 0, 255).astype(np.uint8)
+
+
+def _detail_changed(pixels: np.ndarray) -> np.ndarray:
+    """A look-alike: the same picture with one detail (a 56 px square) painted over."""
+    out = pixels.copy()
+    out[84:140, 84:140] = 255 - out[84:140, 84:140]
+    return out
+
+
+@pytest.fixture
+def verifier(tmp_path: Path) -> Verifier:
+    return Verifier(SignatureStore(BlobStore(tmp_path / "blobs")))
+
+
+def _candidate(image_id: str, score: float) -> Candidate:
+    return Candidate(image_id, score, f"hash-{image_id}", np.zeros(4, np.float32))
+
+
+def test_signatures_ignore_brightness_and_contrast_but_not_a_changed_detail() -> None:
+    source = _picture(1)
+    dimmer = (source.astype(np.float32) * 0.6 + 30).astype(np.uint8)
+    sig = pixel_signatures(np.stack([source, dimmer, _detail_changed(source), _picture(2)]))
+    assert sig.shape == (4, SIGNATURE_BYTES) and sig.dtype == np.int8
+    gains = bonuses(sig[0], sig[1:])
+    assert gains[0] == pytest.approx(WEIGHT, rel=0.05)  # the same picture, dimmed: a full gain
+    assert gains[0] > gains[1] > gains[2] == 0.0  # the look-alike gains less, an unrelated picture nothing
+    assert not pixel_signatures(np.full((1, INPUT_SIZE, INPUT_SIZE, 3), 128, np.uint8)).any()  # flat: all zero
+
+
+def test_a_mirrored_copy_finds_its_source_but_an_unflipped_copy_prefers_the_unflipped_image() -> None:
+    source = _picture(3)
+    mirror = source[:, ::-1]
+    sig = pixel_signatures(np.stack([source, mirror]))
+    straight_first = bonuses(sig[0], sig)  # query = the source itself: source vs its mirror image
+    assert straight_first[0] > straight_first[1] > 0.0
+    flipped_query = bonuses(sig[1], sig[:1])  # a flipped copy, only the source indexed: still verified
+    assert flipped_query[0] > 0.0
+
+
+def test_the_copys_source_overtakes_a_look_alike_within_the_margin_only(verifier: Verifier) -> None:
+    source, other = _picture(4), _picture(5)
+    look_alike = _detail_changed(source)
+    sig = pixel_signatures(np.stack([source, look_alike, other]))
+    verifier.signatures.write([("hash-source", sig[0]), ("hash-look-alike", sig[1]), ("hash-other", sig[2])])
+    copy = pixel_signatures(np.stack([np.clip(source.astype(np.int16) + 12, 0, 255).astype(np.uint8)]))[0]
+
+    close = [_candidate("look-alike", 0.93), _candidate("source", 0.91), _candidate("other", 0.60)]
+    ranked = verifier.rescore(close, copy)
+    assert [c.image_id for c in ranked] == ["source", "look-alike", "other"]
+    assert ranked[0].score > 0.91 and ranked[-1].score == 0.60  # gained; out of the margin: untouched
+    assert all(a.score >= b.score for a, b in itertools.pairwise(ranked))  # still descending
+
+    far = [_candidate("look-alike", 0.93), _candidate("source", 0.93 - MARGIN - 0.01)]
+    assert [c.image_id for c in verifier.rescore(far, copy)] == ["look-alike", "source"]
+
+
+def test_verification_never_adds_a_candidate_and_leaves_unsigned_ones_alone(verifier: Verifier) -> None:
+    source = _picture(6)
+    verifier.signatures.write([("hash-a", pixel_signatures(source[None])[0])])
+    candidates = [_candidate("b", 0.95), _candidate("a", 0.94), _candidate("c", 0.94)]
+    ranked = verifier.rescore(candidates, pixel_signatures(source[None])[0])
+    assert {c.image_id for c in ranked} == {"a", "b", "c"} and len(ranked) == 3
+    assert ranked[0].image_id == "a" and ranked[0].score <= 1.0
+    assert {c.image_id: c.score for c in ranked[1:]} == {"b": 0.95, "c": 0.94}  # no signature: not verified
+    assert verifier.rescore(candidates, None) == candidates
+    assert verifier.rescore([], pixel_signatures(source[None])[0]) == []
+
+
+def test_a_truncated_signature_file_is_ignored(verifier: Verifier) -> None:
+    verifier.signatures.blobs.put("hash-x", b"\x01\x02")
+    assert verifier.read(["hash-x", "hash-missing"]) == {}

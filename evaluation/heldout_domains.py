@@ -4,11 +4,13 @@
 
 Domains (evaluation/quality_sets.py): Open Clip Art drawings (`openclipart`, category = folder), EmojiOne's
 emoji artwork (`emojione`, category = subgroup; another art style than the Noto emoji of the team's sets),
-Battle for Wesnoth's painted portraits and story landscapes (`wesnoth`, category = race) and its unit sprites
-(`wesnoth-units`: 72 px pixel art, category = faction). The Wesnoth domains came after encoder/3 was chosen on the
-first two; `wesnoth-units` is kept sealed: no candidate is compared on it, only the one chosen is reported on it,
-once. Each image is indexed as the store indexes it (whole + REGION_BOXES, scored by server/core/regions.py);
-per domain:
+Battle for Wesnoth's painted portraits and story landscapes (`wesnoth`, category = race), its unit sprites
+(`wesnoth-units`: 72 px pixel art, category = faction) and FreedroidRPG's inventory icons (`freedroid-items`:
+rendered 3-D objects of 64-128 px, category = item group). The later three came after encoder/3 was chosen on the
+first two. A domain is sealed until one choice has been made without it, then measured with that choice once:
+`wesnoth-units` measured the first copy-verification rule, `freedroid-items` the second (docs/QUALITY.md, 'Copy
+verification'). Each image is indexed as the store indexes it (whole + REGION_BOXES, scored by
+server/core/regions.py); per domain:
 - copy detection: P@1 of every edit of evaluation/edits.py (and the centre crop box) on `copy-sources` images;
 - category retrieval, leave-one-out: mAP@10 / P@10, plain and with each re-ranking of `RERANKINGS`:
   alpha-QE (the query plus its top-n results' whole-image vectors weighted by score^alpha, searched again),
@@ -54,6 +56,7 @@ from evaluation.quality_sets import (
     DEFAULT_SEED,
     LabelledImage,
     emojione_images,
+    freedroid_item_images,
     labelled_images,
     of_split,
     openclipart_images,
@@ -67,7 +70,7 @@ from server.model_versions.calibration import load_calibration
 from server.model_versions.feedback_calibration import refit
 
 DOMAINS = {"openclipart": openclipart_images, "emojione": emojione_images, "wesnoth": wesnoth_images,
-           "wesnoth-units": wesnoth_unit_images}
+           "wesnoth-units": wesnoth_unit_images, "freedroid-items": freedroid_item_images}
 FEEDBACK_SIZES = (100, 300, 1000, 3000, 10000)  # judged results the refit sees
 FEEDBACK_REPEATS = 3
 
@@ -248,9 +251,11 @@ def evaluate_domain(prep: Prepared, version: str, repository: Path, seed: int) -
     regions = embedder.regions(prep.gallery_pixels, prep.region_pixels, f"v{version} regions")
     assert regions is not None
     copy = copy_detection(prep, gallery, queries, regions)
+    verified = copy_detection(prep, gallery, queries, regions, verify=True)
     return {"version": version, "gallery": len(prep.gallery),
             "categories": len({g.category for g in prep.gallery}), "copy": copy,
             "copy_p1_min": min(v["p@1"] for v in copy.values()),
+            "copy_verified": verified, "copy_verified_p1_min": min(v["p@1"] for v in verified.values()),
             "copy_qe": copy_with_qe(prep, gallery, queries, regions, 3, 3.0),
             "category": category_rerankings(prep, gallery, regions),
             "calibration": calibration_error(prep, gallery, queries, regions, version, repository, seed)}

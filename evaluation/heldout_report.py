@@ -18,6 +18,9 @@ def _copy_table(results: dict[str, list[dict]]) -> str:
     rows = [{"domain": d, "version": r["version"], "index": "whole + regions",
              **{e: r["copy"][e]["p@1"] for e in edits}, "min": r["copy_p1_min"]}
             for d, rs in results.items() for r in rs]
+    rows += [{"domain": d, "version": r["version"], "index": "whole + regions, copy verification (served)",
+              **{e: r["copy_verified"][e]["p@1"] for e in edits}, "min": r["copy_verified_p1_min"]}
+             for d, rs in results.items() for r in rs if "copy_verified" in r]
     rows += [{"domain": d, "version": r["version"], "index": "whole + regions, qe n=3",
               **{e: r["copy_qe"][e]["p@1"] for e in edits}, "min": min(v["p@1"] for v in r["copy_qe"].values())}
              for d, rs in results.items() for r in rs]
@@ -65,7 +68,9 @@ def goals(results: dict[str, list[dict]]) -> dict[str, float | None]:
     served = [rs[-1] for rs in results.values()]
     refit = [r["calibration"].get("ece_by_judgements", {}).get(FEEDBACK_GOAL_JUDGEMENTS) for r in served]
     return {"version": served[0]["version"],
-            "heldout_domain_copy_p1_min": min(r["copy_p1_min"] for r in served),
+            # the served search verifies copies (server/query/verification.py); the embedding alone beside it
+            "heldout_domain_copy_p1_min": min(r.get("copy_verified_p1_min", r["copy_p1_min"]) for r in served),
+            "heldout_domain_copy_p1_min_embedding_only": min(r["copy_p1_min"] for r in served),
             "heldout_domain_map10": min(r["category"]["none"]["map@10"] for r in served),
             "heldout_domain_map10_best_reranking": min(max(v["map@10"] for v in r["category"].values())
                                                        for r in served),

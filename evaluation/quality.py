@@ -59,8 +59,10 @@ from server.core.config import MODEL_REPOSITORY
 from server.core.regions import REGION_BOXES, best_match
 from server.embedding.imaging import CropBox, Limits, prepare, prepare_views, region_views
 from server.embedding.onnx_encoder import OnnxEncoder
+from server.embedding.signature import pixel_signatures
 from server.model_versions.calibration import FORMAT, save_calibration
 from server.query.duplicates import collapse_duplicates
+from server.query.verification import MAX_VERIFIED, verified_scores
 from server.store.base import Candidate
 
 EVALUATION_LIMITS = Limits(max_bytes=100 * 1024 * 1024, max_pixels=100_000_000)  # 5120x2880 PNG wallpapers
@@ -230,10 +232,26 @@ def _rankings(sims: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
 
 
-def copy_detection(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regions: np.ndarray | None = None
-                   ) -> dict[str, dict[str, float]]:
+def verified_rankings(sims: np.ndarray, ranked: np.ndarray, query_pixels: np.ndarray, gallery_pixels: np.ndarray
+                      ) -> np.ndarray:
+    """Each ranking's head re-ordered as the served search's copy verification orders it
+    (server/query/verification.py: the same rule, on signatures of the same encoder inputs)."""
+    query_sigs, gallery_sigs = pixel_signatures(query_pixels), pixel_signatures(gallery_pixels)
+    out = ranked.copy()
+    for i, row in enumerate(ranked):
+        head = row[:MAX_VERIFIED]
+        fused = verified_scores(sims[i, head], query_sigs[i], list(gallery_sigs[head]))
+        out[i, :len(head)] = head[np.argsort(-fused, kind="stable")]
+    return out
+
+
+def copy_detection(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regions: np.ndarray | None = None,
+                   verify: bool = False) -> dict[str, dict[str, float]]:
+    """P@1 and MRR per edit; `verify`: with the served copy verification."""
     sims = similarity(queries, gallery, regions)
     ranked = _rankings(sims, 100)
+    if verify:
+        ranked = verified_rankings(sims, ranked, prep.copy_pixels, prep.gallery_pixels)
     per_edit: dict[str, tuple[list, list]] = {}
     for (source, edit), row in zip(prep.copy_queries, ranked, strict=True):
         rankings, relevances = per_edit.setdefault(edit, ([], []))
@@ -393,6 +411,7 @@ def evaluate_version(prep: Prepared, version: str, repository: Path, seed: int) 
     # the "*_whole" entries as a catalog without regions (index_regions off, the Milvus backend).
     return {"version": version, "regions": regions is not None,
             "copy": copy_detection(prep, gallery, queries, regions),
+            "copy_verified": copy_detection(prep, gallery, queries, regions, verify=True),
             "copy_whole": copy_detection(prep, gallery, queries), "details": details, "details_whole": details_whole,
             "resolutions": resolutions, "resolutions_whole": resolutions_whole,
             "category": category_retrieval(prep, gallery, thresholds, regions, per_query_ap),

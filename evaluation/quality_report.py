@@ -12,25 +12,27 @@ import matplotlib.pyplot as plt
 
 from reporting.results import markdown_table
 
-INDEXES = (("", "whole + regions"), ("_whole", "whole image only"))  # result key suffix, what the index holds
+# result key suffix, what the index holds (and the search does), column tag
+INDEXES = (("", "whole + regions", ""), ("_whole", "whole image only", " whole"),
+           ("_verified", "whole + regions, copy verification (served)", " verified"))
 
 
 def _copy_table(results: list[dict]) -> str:
     edits = list(results[0]["copy"])
-    columns = [(f"v{r['version']} {m}{' whole' if suffix else ''}", r, suffix, m)
-               for r in results for suffix, _ in INDEXES for m in ("p@1", "mrr") if f"copy{suffix}" in r]
+    columns = [(f"v{r['version']} {m}{tag}", r, suffix, m)
+               for r in results for suffix, _, tag in INDEXES for m in ("p@1", "mrr") if f"copy{suffix}" in r]
     rows = [{"edit": e, **{name: r[f"copy{suffix}"][e][m] for name, r, suffix, m in columns}} for e in edits]
     return markdown_table(rows, ["edit"] + [name for name, *_ in columns])
 
 
 def _by_index_table(results: list[dict], key: str, columns: list[str]) -> str:
     rows = [{"version": r["version"], "index": kind, **r[f"{key}{suffix}"]} for r in results
-            for suffix, kind in INDEXES if r.get(f"{key}{suffix}")]
+            for suffix, kind, _ in INDEXES if r.get(f"{key}{suffix}")]
     return markdown_table(rows, ["version", "index", *columns])
 
 
 def _category_table(results: list[dict]) -> str:
-    rows = [{"version": r["version"], "index": kind, "set": s, **v} for r in results for suffix, kind in INDEXES
+    rows = [{"version": r["version"], "index": kind, "set": s, **v} for r in results for suffix, kind, _ in INDEXES
             if f"category{suffix}" in r for s, v in r[f"category{suffix}"].items()]
     return markdown_table(rows, ["version", "index", "set", "queries", "gallery", "categories", "p@1", "p@10",
                                  "map@10",
@@ -66,7 +68,7 @@ def _relevance_table(results: list[dict]) -> str:
 
 def plot(results: list[dict], out: Path) -> None:
     edits = list(results[0]["copy"])
-    bars = [(r, suffix, kind) for r in results for suffix, kind in INDEXES if f"copy{suffix}" in r]
+    bars = [(r, suffix, kind) for r in results for suffix, kind, _ in INDEXES if f"copy{suffix}" in r]
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / len(bars)
     for n, (r, suffix, kind) in enumerate(bars):

@@ -40,6 +40,7 @@ SKIN_TONES = {f"{c:X}" for c in range(0x1F3FB, 0x1F400)}
 OPENCLIPART = Path("/usr/share/openclipart/png")  # Debian openclipart-png
 EMOJIONE = Path("/usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png")  # Debian ruby-gemojione
 WESNOTH = Path("/usr/share/games/wesnoth/1.16/data/core/images")  # Debian wesnoth-1.16-data
+FREEDROID_ITEMS = Path("/usr/share/freedroidrpg/data/graphics/items")  # Debian freedroidrpg-data
 MAX_SIDE = 512  # originals are kept at most this large (stamps are up to ~1000 px)
 SPLITS = {"train": 0.5, "calib": 0.25, "test": 0.25}
 DEFAULT_SEED = 16
@@ -168,6 +169,20 @@ def wesnoth_unit_images() -> list[LabelledImage]:
                           f"wesnoth-units:{name.split('/')[1]}", path=WESNOTH / name) for name in sorted(named)]
 
 
+def freedroid_item_images() -> list[LabelledImage]:
+    """FreedroidRPG's inventory icons (rendered 3-D objects, 64-128 px), labelled by their item group (`weapons`,
+    `pills_potions`, ...; items without a group are `misc`)."""
+    if not FREEDROID_ITEMS.exists():
+        raise FileNotFoundError(f"{FREEDROID_ITEMS}: apt-get install freedroidrpg-data")
+    out = []
+    for path in sorted(FREEDROID_ITEMS.rglob("inv_image.png")):
+        parts = path.parent.relative_to(FREEDROID_ITEMS).parts
+        group = parts[0] if len(parts) > 1 else "misc"
+        out.append(LabelledImage(f"freedroid/{'/'.join(parts)}", "freedroid-items", f"freedroid-items:{group}",
+                                 path=path))
+    return out
+
+
 @cache
 def _emoji_font() -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(EMOJI_FONT), 109)  # the one bitmap size the CBDT font has
@@ -188,7 +203,7 @@ def render_emoji(text: str) -> Image.Image:
 def _distinct(sources: tuple[str, ...]) -> tuple[LabelledImage, ...]:
     loaders = {"tuxpaint": tuxpaint_images, "emoji": emoji_images, "openclipart": openclipart_images,
                "emojione": emojione_images, "wesnoth": wesnoth_images,
-               "wesnoth-units": wesnoth_unit_images}
+               "wesnoth-units": wesnoth_unit_images, "freedroid-items": freedroid_item_images}
     seen, out = set(), []
     for image in (image for source in sources for image in loaders[source]()):
         try:

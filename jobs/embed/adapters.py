@@ -18,12 +18,14 @@ from server.embedding.contract import MODEL_NAME as ENCODER_MODEL_NAME
 from server.embedding.encoder import EncoderClient
 from server.embedding.imaging import Limits, prepare, prepare_views, region_views
 from server.embedding.onnx_encoder import OnnxEncoder
+from server.embedding.signature import SIGNATURE_BYTES, pixel_signatures
 from server.ingest.add import content_hash
 from server.store import catalogs
 from server.store.base import Changed, EmbeddedImage, ImageRecord, VectorStore, Visibility
 from server.store.blobs import BlobStore
 from server.store.catalogs import catalog_dir
 from server.store.metadata import SqliteMetadataStore
+from server.store.signatures import SignatureStore
 
 __all__ = [
     "EMBEDDING_DIM",
@@ -31,6 +33,7 @@ __all__ = [
     "INPUT_SIZE",
     "REGION_BOXES",
     "REPO_ROOT",
+    "SIGNATURE_BYTES",
     "BlobStore",
     "Changed",
     "EmbeddedImage",
@@ -38,16 +41,19 @@ __all__ = [
     "InvalidInput",
     "Limits",
     "OnnxEncoder",
+    "SignatureStore",
     "VectorStore",
     "Visibility",
     "content_hash",
     "iter_catalog_records",
     "open_vector_store",
+    "pixel_signatures",
     "prepare",
     "prepare_views",
     "read_active_version",
     "region_views",
     "replace_durably",
+    "signature_store",
     "write_atomic",
 ]
 
@@ -62,6 +68,11 @@ def open_vector_store(data_dir: Path, model_version: str, regions: bool = True) 
     embeds regions. An existing catalog keeps what it was created with: images a `--no-regions` job adds to a
     catalog with regions get their whole-image vector in every region row (found as in a whole-image index)."""
     return catalogs.open_store(Settings(data_dir=data_dir, index_regions=regions), model_version, EMBEDDING_DIM)
+
+
+def signature_store(data_dir: Path) -> SignatureStore:
+    """Where the gateway serving `data_dir` reads the pixel signatures (beside its originals)."""
+    return SignatureStore(BlobStore(Settings(data_dir=data_dir).blob_url or data_dir / "blobs"))
 
 
 def iter_catalog_records(data_dir: Path, model_version: str) -> Iterator[ImageRecord]:

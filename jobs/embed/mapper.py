@@ -21,6 +21,7 @@ from jobs.embed.adapters import (
     Limits,
     OnnxEncoder,
     content_hash,
+    pixel_signatures,
     prepare_views,
     region_views,
 )
@@ -47,7 +48,9 @@ def prepare_batch(batch: dict[str, np.ndarray], limits: Limits = DEFAULT_LIMITS,
         except InvalidInput as exc:  # undecodable, over the byte or pixel limits
             errors[i] = f"prepare: {exc}"
     del batch["data"]
-    batch.update(pixels=pixels if regions else pixels[:, 0], prepare_node=np.array([_node_ip()] * n, dtype=object),
+    # The whole image's pixel signature (copy verification); rows that failed keep zeros and are never stored.
+    batch.update(pixels=pixels if regions else pixels[:, 0], signature=pixel_signatures(pixels[:, 0]),
+                 prepare_node=np.array([_node_ip()] * n, dtype=object),
                  content_hash=np.array(hashes, dtype=object), error=np.array(errors, dtype=object),
                  prepare_s=np.full(n, (time.perf_counter() - started) / max(1, n)),
                  prepare_cpu_s=np.full(n, (time.process_time() - cpu_started) / max(1, n)))

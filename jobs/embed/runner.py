@@ -33,6 +33,7 @@ from jobs.embed.adapters import (
     Limits,
     open_vector_store,
     read_active_version,
+    signature_store,
 )
 from jobs.embed.mapper import OrtEmbedder, TritonEmbedder, prepare_batch
 from jobs.embed.reader import Manifest, expand_shard, freeze_manifest, read_bytes
@@ -233,7 +234,7 @@ def run(config: JobConfig) -> dict[str, Any]:
     if config.data_dir is not None:
         store = open_vector_store(config.data_dir, config.model_tag, config.regions)
         try:
-            summary["store"] = load_into_store(config.out, manifest, store)
+            summary["store"] = load_into_store(config.out, manifest, store, signature_store(config.data_dir))
             store.snapshot()
         finally:
             store.close()

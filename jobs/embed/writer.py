@@ -22,7 +22,9 @@ import pyarrow.parquet as pq
 from jobs.embed.adapters import (
     EMBEDDING_DIM,
     REGION_BOXES,
+    SIGNATURE_BYTES,
     EmbeddedImage,
+    SignatureStore,
     VectorStore,
     Visibility,
     replace_durably,
@@ -37,6 +39,7 @@ EMBEDDING_SCHEMA = pa.schema([
 ])
 # Jobs that embed regions add a column of the REGION_BOXES embeddings, [R x dim] flattened, per image.
 REGIONS_FIELD = pa.field("regions", pa.list_(pa.float32(), len(REGION_BOXES) * EMBEDDING_DIM))
+SIGNATURE_FIELD = pa.field("signature", pa.list_(pa.int8(), SIGNATURE_BYTES))  # copy verification's pixel signature
 TIMING_COLUMNS = ("read_s", "prepare_s", "prepare_cpu_s", "embed_s", "embed_cpu_s")
 
 
@@ -95,7 +98,7 @@ class ShardCommitter:
                 continue
             rows[str(batch["image_id"][i])] = {key: batch[key][i] for key in (
                 "image_id", "uri", "owner_id", "visibility", "content_hash", "embedding", "error", "embed_actor",
-                "deleted", "position", "regions") if key in batch}
+                "deleted", "position", "regions", "signature") if key in batch}
             if len(rows) == self.manifest.shard_rows[int(shard)]:
                 self._commit(int(shard), self.pending.pop(int(shard)))
 
@@ -118,6 +121,10 @@ class ShardCommitter:
             columns["regions"] = pa.FixedSizeListArray.from_arrays(
                 pa.array(np.concatenate([np.ravel(r["regions"]) for r in ok])), REGIONS_FIELD.type.list_size)
             schema = schema.append(REGIONS_FIELD)
+        if ok and "signature" in ok[0]:
+            columns["signature"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(np.concatenate([np.ravel(r["signature"]) for r in ok]).astype(np.int8)), SIGNATURE_BYTES)
+            schema = schema.append(SIGNATURE_FIELD)
         embeddings = pa.Table.from_pydict(columns, schema=schema)
         failures = pa.Table.from_pylist([{"image_id": str(r["image_id"]), "uri": str(r["uri"]),
                                           "stage": str(r["error"]).split(":", 1)[0], "reason": str(r["error"])}
@@ -149,10 +156,20 @@ def _images(table: pa.Table) -> list[EmbeddedImage]:
             for i, (image_id, owner, vis, digest) in enumerate(zip(*columns, strict=True))]
 
 
-def load_into_store(out: Path, manifest: Manifest, store: VectorStore) -> dict[str, int]:
-    """Add every committed shard to the store, in shard order; idempotent (a rerun adds nothing twice)."""
+def _write_signatures(table: pa.Table, signatures: SignatureStore | None) -> None:
+    """The rows' pixel signatures, before their images become searchable (shards of a job that computed them)."""
+    if signatures is None or "signature" not in table.column_names or not table.num_rows:
+        return
+    rows = np.asarray(table.column("signature").combine_chunks().flatten(), np.int8).reshape(-1, SIGNATURE_BYTES)
+    signatures.write(list(zip(table.column("content_hash").to_pylist(), rows, strict=True)))
+
+
+def load_into_store(out: Path, manifest: Manifest, store: VectorStore, signatures: SignatureStore | None = None
+                    ) -> dict[str, int]:
+    """Add every committed shard to the store, in shard order; idempotent (a rerun adds nothing twice).
+    `signatures`: where the serving gateway reads pixel signatures (copy verification)."""
     if manifest.aligned:
-        return _load_aligned(out, manifest, store)
+        return _load_aligned(out, manifest, store, signatures)
     loaded_dir = out / "loaded" / store.model_version.replace("/", "-")
     loaded_dir.mkdir(parents=True, exist_ok=True)
     counts = {"added": 0, "already_present": 0, "shards_skipped": 0}
@@ -163,6 +180,7 @@ def load_into_store(out: Path, manifest: Manifest, store: VectorStore) -> dict[s
             continue
         table = read_embeddings(out, shard)
         images = _images(table)
+        _write_signatures(table, signatures)
         flags = store.add(images) if images else []
         deleted = [i.image_id for i, gone in zip(images, table.column("deleted").to_pylist(), strict=True) if gone]
         if deleted:
@@ -173,7 +191,8 @@ def load_into_store(out: Path, manifest: Manifest, store: VectorStore) -> dict[s
     return counts
 
 
-def _load_aligned(out: Path, manifest: Manifest, store: VectorStore) -> dict[str, int]:
+def _load_aligned(out: Path, manifest: Manifest, store: VectorStore, signatures: SignatureStore | None
+                  ) -> dict[str, int]:
     """Catalog sources: row at add position p of the source lands at add position p of the target, so the target
     is a prefix of the source that the gateway's model switch resumes from. Loading stops at the first position
     without an embedding (a failed image): the switch re-embeds from there and reports the error itself.
@@ -191,6 +210,7 @@ def _load_aligned(out: Path, manifest: Manifest, store: VectorStore) -> dict[str
             contiguous += 1
         part = table.take(pa.array(keep[:contiguous], type=pa.int64()))
         images = _images(part)
+        _write_signatures(part, signatures)
         if images:
             flags = store.add(images)
             counts["added"] += sum(flags)

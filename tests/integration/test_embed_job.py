@@ -33,8 +33,10 @@ from jobs.embed.adapters import (
     Visibility,
     content_hash,
     open_vector_store,
+    pixel_signatures,
     prepare,
     prepare_views,
+    signature_store,
 )
 from jobs.embed.runner import JobConfig, plan_resources, run
 from protos.visual_search.v1 import visual_search_pb2 as pb
@@ -222,6 +224,19 @@ def test_job_embeds_regions_as_the_gateway_does_and_the_catalog_searches_them(fi
                 assert hit.score == pytest.approx(1 - REGION_SCORE_PENALTY, abs=1e-3)
     finally:
         store.close()
+
+
+def test_job_stores_each_loaded_images_pixel_signature_where_the_gateway_reads_it(first_job):
+    """Copy verification needs every searchable image's signature: the job computes it from the same prepared
+    pixels as Triton's image model and writes it beside the data directory's originals, by content hash."""
+    _, out, chosen = first_job
+    table = pq.read_table(out / "embeddings")
+    hash_of = dict(zip(table.column("image_id").to_pylist(), table.column("content_hash").to_pylist(), strict=True))
+    stored = signature_store(out.parent / "data").read([hash_of[i] for i, _ in chosen])
+    assert len(stored) == len(chosen)
+    want = pixel_signatures(np.stack([prepare(p.read_bytes()) for _, p in chosen]))
+    for (image_id, _), expected in zip(chosen, want, strict=True):
+        np.testing.assert_array_equal(stored[hash_of[image_id]], expected)
 
 
 def test_job_loads_the_catalog_idempotently(first_job, ray_cluster):

@@ -119,7 +119,8 @@ def write(results: list[dict], meta: dict, out: Path) -> None:
         "## Copy detection: P@1 and MRR per edit (query = edited copy, relevant = its original)", "",
         "`vN p@1`: the default catalog, which indexes each image whole and as 6 regions (server/core/regions.py) "
         "and scores an image by its best match; `vN p@1 whole`: an index of whole images only (`index_regions` "
-        "off, the Milvus backend). Queries are embedded once either way.", "",
+        "off, the Milvus backend); `vN p@1 verified`: the default catalog with the served search's copy "
+        "verification (server/query/verification.py). Queries are embedded once either way.", "",
         _copy_table(results), "", "![copy](quality_copy.png)", "",
         "## GCompris details: a small detail cut-out (~72 px) finds its full painting / landmark", "",
         "Queries: the detail images of GCompris' `details` activity (gcompris-qt-data, read from its Qt .rcc "

@@ -52,7 +52,7 @@ class GatewayMetrics:
         self.stage_latency = Histogram(
             "vsearch_stage_duration_seconds",
             "Latency of one stage of the Search / AddImages path "
-            "(decode, embed, search, filter, persist).",
+            "(decode, embed, search, verify, filter, persist).",
             ["stage"], buckets=STAGE_BUCKETS, registry=registry,
         )
         self.ann_searches = Histogram(

@@ -51,6 +51,7 @@ from evaluation.quality import (
     indexing_views,
     judged,
     similarity,
+    verified_rankings,
 )
 from evaluation.quality_sets import (
     DEFAULT_SEED,
@@ -78,15 +79,16 @@ FEEDBACK_REPEATS = 3
 @dataclass(frozen=True)
 class Reranking:
     name: str
-    kind: str  # "none" | "qe" | "dba" | "dba+qe" | "k-reciprocal" (n = k1)
+    kind: str  # "none" | "qe" | "dba" | "dba+qe" | "k-reciprocal" (n = k1) | "verified" (the served search)
     n: int = 0
     alpha: float = 3.0
 
 
+VERIFIED = "copy verification (served)"  # server/query/verification.py on the plain ranking
 RERANKINGS = (Reranking("none", "none"), Reranking("qe n=3", "qe", 3), Reranking("qe n=5", "qe", 5),
               Reranking("qe n=10", "qe", 10), Reranking("dba n=3", "dba", 3), Reranking("dba n=5", "dba", 5),
               Reranking("dba+qe n=3", "dba+qe", 3), Reranking("k-reciprocal k1=20", "k-reciprocal", 20),
-              Reranking("k-reciprocal k1=10", "k-reciprocal", 10))
+              Reranking("k-reciprocal k1=10", "k-reciprocal", 10), Reranking(VERIFIED, "verified"))
 
 
 def domain_gallery(images: list[LabelledImage], per_category: int, seed: int) -> list[LabelledImage]:
@@ -163,6 +165,8 @@ def category_rerankings(prep: Prepared, gallery: np.ndarray, regions: np.ndarray
             sims = _leave_one_out(similarity(expand(query_vectors, sims, database, rerank.n, rerank.alpha),
                                              database, regions), queries)
         ranked = _rankings(sims, 100)
+        if rerank.kind == "verified":  # a search by ID verifies with the query image's own signature
+            ranked = verified_rankings(sims, ranked, prep.gallery_pixels[queries], prep.gallery_pixels)
         seconds = time.perf_counter() - started
         m = evaluate([list(r) for r in ranked], relevances, (1, 10))
         out[rerank.name] = {"queries": len(queries), "map@10": round(m["map@10"], 4),

@@ -2,21 +2,26 @@
 the candidates that tie with the best, by how many tie, with the signature files in the page cache and evicted;
 and what a signature costs an image (bytes on disk, time to write at AddImages).
 
-    python -m benchmarks.verification_bench [--images 100000] [--queries 2000]
+    python -m benchmarks.verification_bench [--images 100000] [--queries 2000] [--searches 1500]
 
 Signatures are files of SIGNATURE_BYTES under a BlobStore.derived root on this machine's data disk (var/), as the
 gateway writes them; their content is random (only the reads and the arithmetic are timed). Each query is a
 candidate list of 60 (the gateway's first fetch for k = 20) of which the first `tied` are within the margin.
 Cold: every file of the query evicted (POSIX_FADV_DONTNEED) before it. One thread.
+Then the real path, side by side: Triton and a gateway with verification on, then off, each indexing the package
+photos twice (two slightly different crops of each: copies that tie), answering `--searches` JPEG q30 copies of
+them at concurrency 1; the gateway's own `verify` stage histogram says what the stage took inside it.
 Writes benchmarks/results/verification.{json,md,png}.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import matplotlib
@@ -24,9 +29,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 from tqdm import tqdm
 
+from benchmarks.e2e_bench import index_through_gateway, uploads
+from clients.client import VisualSearchClient
+from devkit.launcher import running_services
 from reporting.results import RESULTS, markdown_table, run_info, write_results
+from server.core.config import loopback_settings
 from server.embedding.signature import SIGNATURE_BYTES
 from server.query.verification import MARGIN, MAX_VERIFIED, Verifier
 from server.store.base import Candidate
@@ -54,10 +65,49 @@ def _evict(store: SignatureStore, candidates: list[Candidate]) -> None:
             os.close(fd)
 
 
+def _stage_seconds(metrics_port: int, stage: str) -> tuple[float, float]:
+    """(sum, count) of the gateway's vsearch_stage_duration_seconds for `stage`."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.labels.get("stage") == stage and sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.labels.get("stage") == stage and sample.name.endswith("_count"):
+                count = sample.value
+    return total, count
+
+
+def through_gateway(verify: bool, images: list[bytes], searches: int) -> dict[str, object]:
+    queries = []
+    for data in images:
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(data)).save(buffer, "JPEG", quality=30)
+        queries.append(buffer.getvalue())
+    with tempfile.TemporaryDirectory(prefix="verification-bench-") as tmp:
+        settings = loopback_settings(data_dir=Path(tmp) / "data", copy_verification=verify)
+        with running_services(settings, Path(tmp) / "logs", announce=False) as services:
+            index_through_gateway(services.settings.grpc_address, images, copies=2)
+            seconds = []
+            with VisualSearchClient(services.settings.grpc_address) as client:
+                for n in range(10):  # warm-up
+                    client.search(queries[n % len(queries)], k=20)
+                for n in tqdm(range(searches), desc=f"Search, verification {'on' if verify else 'off'}", unit="q"):
+                    began = time.perf_counter()
+                    client.search(queries[n % len(queries)], k=20)
+                    seconds.append(time.perf_counter() - began)
+            total, count = _stage_seconds(services.settings.metrics_port, "verify")
+    ms = 1000 * np.array(seconds)
+    return {"copy verification": "on" if verify else "off", "searches": searches,
+            "p50_ms": round(float(np.median(ms)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "verify_stage_mean_ms": round(1000 * total / count, 3) if count else "-"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--searches", type=int, default=1500)
     args = parser.parse_args(argv)
     Path("var").mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
@@ -90,7 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
                 rows.append({"tied candidates": tied, "page cache": cache, "p50_ms": round(float(np.median(ms)), 3),
                              "p99_ms": round(float(np.percentile(ms, 99)), 3),
                              "bytes_read_per_query": tied * SIGNATURE_BYTES})
-    data = {**run_info(images=args.images, queries=args.queries, fetch=FETCH), "rows": rows,
+    photos = uploads()
+    gateway = [through_gateway(verify, photos, args.searches) for verify in (True, False)]
+    data = {**run_info(images=args.images, queries=args.queries, fetch=FETCH, searches=args.searches), "rows": rows,
+            "gateway": gateway,
             "signature_bytes": SIGNATURE_BYTES, "disk_bytes_per_image": disk_bytes,
             "write_ms_per_image": round(1000 * float(np.median(write_s)), 3)}
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -112,6 +165,9 @@ def main(argv: list[str] | None = None) -> dict:
           markdown_table(rows, list(rows[0])), "",
           f"Per image: a {SIGNATURE_BYTES} B signature, {disk_bytes} B on this file system (one file per image), "
           f"written in {data['write_ms_per_image']} ms (atomic rename, no fsync: derived data). No RAM is kept.", "",
+          f"Through Triton and the gateway ({len(photos)} package photos indexed twice, whole + regions; "
+          f"{args.searches} JPEG q30 copies searched at concurrency 1, k = 20):", "",
+          markdown_table(gateway, list(gateway[0])), "",
           "![cost](verification.png)"]
     write_results("verification", data, "\n".join(md))
     print("\n".join(md))

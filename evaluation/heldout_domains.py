@@ -166,7 +166,7 @@ def category_rerankings(prep: Prepared, gallery: np.ndarray, regions: np.ndarray
                                              database, regions), queries)
         ranked = _rankings(sims, 100)
         if rerank.kind == "verified":  # a search by ID verifies with the query image's own signature
-            ranked = verified_rankings(sims, ranked, prep.gallery_pixels[queries], prep.gallery_pixels)
+            ranked = verified_rankings(sims, ranked, prep.gallery_signatures[queries], prep.gallery_signatures)
         seconds = time.perf_counter() - started
         m = evaluate([list(r) for r in ranked], relevances, (1, 10))
         out[rerank.name] = {"queries": len(queries), "map@10": round(m["map@10"], 4),

@@ -29,6 +29,7 @@ import hashlib
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,15 @@ class Prepared:
     wallpaper_region_pixels: np.ndarray | None = None
     wallpaper_queries: list[int] | None = None  # ... each smaller size's picture (index into wallpaper_pixels) ...
     wallpaper_query_pixels: np.ndarray | None = None  # ... and the smaller sizes as queries
+
+    @cached_property
+    def gallery_signatures(self) -> np.ndarray:
+        """Pixel signatures of the gallery (copy verification), computed once for every version and use."""
+        return pixel_signatures(self.gallery_pixels)
+
+    @cached_property
+    def copy_signatures(self) -> np.ndarray:
+        return pixel_signatures(self.copy_pixels)
 
 
 def similarity(queries: np.ndarray, gallery: np.ndarray, regions: np.ndarray | None = None) -> np.ndarray:
@@ -232,11 +242,10 @@ def _rankings(sims: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
 
 
-def verified_rankings(sims: np.ndarray, ranked: np.ndarray, query_pixels: np.ndarray, gallery_pixels: np.ndarray
+def verified_rankings(sims: np.ndarray, ranked: np.ndarray, query_sigs: np.ndarray, gallery_sigs: np.ndarray
                       ) -> np.ndarray:
     """Each ranking's head re-ordered as the served search's copy verification orders it
     (server/query/verification.py: the same rule, on signatures of the same encoder inputs)."""
-    query_sigs, gallery_sigs = pixel_signatures(query_pixels), pixel_signatures(gallery_pixels)
     out = ranked.copy()
     for i, row in enumerate(ranked):
         head = row[:MAX_VERIFIED]
@@ -251,7 +260,7 @@ def copy_detection(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, reg
     sims = similarity(queries, gallery, regions)
     ranked = _rankings(sims, 100)
     if verify:
-        ranked = verified_rankings(sims, ranked, prep.copy_pixels, prep.gallery_pixels)
+        ranked = verified_rankings(sims, ranked, prep.copy_signatures, prep.gallery_signatures)
     per_edit: dict[str, tuple[list, list]] = {}
     for (source, edit), row in zip(prep.copy_queries, ranked, strict=True):
         rankings, relevances = per_edit.setdefault(edit, ([], []))

@@ -52,22 +52,26 @@ class Verifier:
         """`candidates` best first -> the same candidates best first after verification."""
         if query is None or not candidates:
             return candidates
-        tied = [c for c in candidates[:MAX_VERIFIED] if c.score >= candidates[0].score - MARGIN]
-        found = self.read([c.content_hash for c in tied])  # only these can gain: one small read each
         scores = np.array([c.score for c in candidates])
+        near = near_best(scores)
+        found = self.read([candidates[i].content_hash for i in near])  # only these can gain: one small read each
         fused = verified_scores(scores, query, [found.get(c.content_hash) for c in candidates[:MAX_VERIFIED]])
         order = np.argsort(-fused, kind="stable")  # ties keep the store's order
         return [candidates[i] if fused[i] == scores[i] else replace(candidates[i], score=min(1.0, float(fused[i])))
                 for i in order]
 
 
+def near_best(scores: np.ndarray) -> list[int]:
+    """Positions (scores best first) of the candidates verification looks at: the first MAX_VERIFIED within MARGIN
+    of the best."""
+    return [i for i in range(min(MAX_VERIFIED, len(scores))) if scores[i] >= scores[0] - MARGIN]
+
+
 def verified_scores(scores: np.ndarray, query: np.ndarray, signatures: Sequence[np.ndarray | None]) -> np.ndarray:
     """Scores best first and the first candidates' signatures (None: none stored) -> every candidate's score with
     its verification gain (uncapped). The serving rule, which the offline evaluation applies too."""
     fused = np.asarray(scores, np.float64).copy()
-    if not len(fused):
-        return fused
-    near = [i for i, sig in enumerate(signatures[:MAX_VERIFIED]) if sig is not None and fused[i] >= fused[0] - MARGIN]
+    near = [i for i in near_best(fused) if i < len(signatures) and signatures[i] is not None]
     if near:
         fused[near] += bonuses(query, np.stack([signatures[i] for i in near]))
     return fused

@@ -24,5 +24,5 @@ class SignatureStore:
 
     def read(self, digests: Sequence[str]) -> dict[str, np.ndarray]:
         """int8 signatures of the hashes that have one."""
-        present = self.blobs.get_present(list(dict.fromkeys(digests)))
+        present = self.blobs.get_present(list(digests))  # de-duplicated there
         return {d: np.frombuffer(b, np.int8) for d, b in present.items()}

@@ -57,6 +57,7 @@ from evaluation.quality_sets import (
     DEFAULT_SEED,
     LabelledImage,
     emojione_images,
+    freeciv_flag_images,
     freedroid_item_images,
     labelled_images,
     of_split,
@@ -71,7 +72,8 @@ from server.model_versions.calibration import load_calibration
 from server.model_versions.feedback_calibration import refit
 
 DOMAINS = {"openclipart": openclipart_images, "emojione": emojione_images, "wesnoth": wesnoth_images,
-           "wesnoth-units": wesnoth_unit_images, "freedroid-items": freedroid_item_images}
+           "wesnoth-units": wesnoth_unit_images, "freedroid-items": freedroid_item_images,
+           "freeciv-flags": freeciv_flag_images}
 FEEDBACK_SIZES = (100, 300, 1000, 3000, 10000)  # judged results the refit sees
 FEEDBACK_REPEATS = 3
 

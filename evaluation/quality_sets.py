@@ -14,6 +14,9 @@ Held-out domains (evaluation/heldout_domains.py; never used by training, calibra
   category = the folder (two levels at most, e.g. `animals/birds`, `food/fruit`).
 - `emojione`: Debian `ruby-gemojione` (EmojiOne 3 artwork, CC BY 4.0): ~1,800 emoji drawn in another style
   than Noto's; category = the emoji's subgroup, as for `emoji`.
+- `wesnoth`, `wesnoth-units`: Debian `wesnoth-1.16-data` (GPL-2+): painted portraits, 72 px unit sprites.
+- `freedroid-items`: Debian `freedroidrpg-data` (GPL-2+): inventory icons of rendered 3-D objects.
+- `freeciv-flags`: Debian `freeciv-data` (GPL-2+): ~570 national flags; category = continent group.
 
 Split: a seeded hash of the image ID puts each image in `train` (50%), `calib` (25%) or `test` (25%).
 Training only ever sees `train`; calibration fits on `calib`; reported calibration errors are on `test`.
@@ -41,6 +44,8 @@ OPENCLIPART = Path("/usr/share/openclipart/png")  # Debian openclipart-png
 EMOJIONE = Path("/usr/share/rubygems-integration/all/gems/gemojione-3.3.0/assets/png")  # Debian ruby-gemojione
 WESNOTH = Path("/usr/share/games/wesnoth/1.16/data/core/images")  # Debian wesnoth-1.16-data
 FREEDROID_ITEMS = Path("/usr/share/freedroidrpg/data/graphics/items")  # Debian freedroidrpg-data
+FREECIV = Path("/usr/share/games/freeciv")  # Debian freeciv-data
+CONTINENTS = ("European", "Asian", "African", "American", "Oceanian", "Imaginary")  # Freeciv's nation groups
 MAX_SIDE = 512  # originals are kept at most this large (stamps are up to ~1000 px)
 SPLITS = {"train": 0.5, "calib": 0.25, "test": 0.25}
 DEFAULT_SEED = 16
@@ -180,6 +185,28 @@ def freedroid_item_images() -> list[LabelledImage]:
         group = parts[0] if len(parts) > 1 else "misc"
         out.append(LabelledImage(f"freedroid/{'/'.join(parts)}", "freedroid-items", f"freedroid-items:{group}",
                                  path=path))
+    return out
+
+
+def freeciv_flag_images() -> list[LabelledImage]:
+    """Freeciv's national flags (the large size, ~570 nations), labelled by the nation's first continent group
+    (`European`, `Asian`, ...; nations with none are `other`). The hard case for copies: tricolours and crosses
+    that differ only in colour or orientation, which a grayscale or mirrored copy can make identical."""
+    nations = FREECIV / "nation"
+    if not nations.exists():
+        raise FileNotFoundError(f"{nations}: apt-get install freeciv-data")
+    out, named = [], set()
+    for ruleset in sorted(nations.glob("*.ruleset")):
+        text = ruleset.read_text(errors="replace")
+        flag = re.search(r'^flag\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        groups = re.search(r"^groups\s*=(.*)$", text, re.MULTILINE)
+        path = FREECIV / "flags" / f"{flag.group(1)}-large.png" if flag else None
+        if path is None or not path.is_file() or path in named:
+            continue
+        named.add(path)
+        listed = re.findall(r'"([^"]+)"', groups.group(1)) if groups else []
+        continent = next((g for g in listed if g in CONTINENTS), "other")
+        out.append(LabelledImage(f"freeciv/{path.stem}", "freeciv-flags", f"freeciv-flags:{continent}", path=path))
     return out
 
 

@@ -39,13 +39,13 @@ from devkit.launcher import running_services
 from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.config import loopback_settings
 from server.embedding.signature import SIGNATURE_BYTES
-from server.query.verification import MARGIN, MAX_VERIFIED, Verifier
+from server.query.verification import DEPTH, MARGIN, Verifier
 from server.store.base import Candidate
 from server.store.blobs import BlobStore
 from server.store.signatures import SignatureStore
 
 FETCH = 60
-TIED = (1, 3, 10)
+TIED = (1, 10, DEPTH)
 
 
 def _candidates(rng: np.random.Generator, images: int, tied: int) -> list[Candidate]:
@@ -57,7 +57,7 @@ def _candidates(rng: np.random.Generator, images: int, tied: int) -> list[Candid
 
 
 def _evict(store: SignatureStore, candidates: list[Candidate]) -> None:
-    for c in candidates[:MAX_VERIFIED]:
+    for c in candidates[:DEPTH]:
         fd = os.open(store.blobs.path(c.content_hash), os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -63,7 +63,7 @@ from server.embedding.onnx_encoder import OnnxEncoder
 from server.embedding.signature import pixel_signatures
 from server.model_versions.calibration import FORMAT, save_calibration
 from server.query.duplicates import collapse_duplicates
-from server.query.verification import MAX_VERIFIED, verified_scores
+from server.query.verification import DEPTH, verified_scores
 from server.store.base import Candidate
 
 EVALUATION_LIMITS = Limits(max_bytes=100 * 1024 * 1024, max_pixels=100_000_000)  # 5120x2880 PNG wallpapers
@@ -248,7 +248,7 @@ def verified_rankings(sims: np.ndarray, ranked: np.ndarray, query_sigs: np.ndarr
     (server/query/verification.py: the same rule, on signatures of the same encoder inputs)."""
     out = ranked.copy()
     for i, row in enumerate(ranked):
-        head = row[:MAX_VERIFIED]
+        head = row[:DEPTH]
         fused = verified_scores(sims[i, head], query_sigs[i], list(gallery_sigs[head]))
         out[i, :len(head)] = head[np.argsort(-fused, kind="stable")]
     return out

@@ -2,15 +2,15 @@
 
 The embedding ranks an edited copy's source and the source's look-alikes (the same emoji with other eyebrows, the
 next clock face, an arrow's mirror image) within a few hundredths; their pixel signatures (server/embedding/
-signature.py) tell which one the copy was made from. Every candidate within MARGIN of the best score gains up to
-WEIGHT in proportion to how far its signature's correlation with the query's exceeds THRESHOLD. The mirrored query
-counts too, MIRROR_PENALTY lower, so a flipped copy still finds its source while an unflipped copy of an image
-whose mirror image is also indexed prefers the unflipped one. A verified score is capped at 1.
+signature.py) tell which one the copy was made from. Each of the first DEPTH candidates within MARGIN of the best
+score gains up to WEIGHT: the share of its signature's correlation with the query's above THRESHOLD, raised to
+EXPONENT, so a near-exact match (a copy) gains far more than a look-alike. The mirrored query counts too,
+MIRROR_PENALTY lower, so a flipped copy still finds its source while an unflipped copy of an image whose mirror
+image is also indexed prefers the unflipped one. A verified score is capped at 1.
 
-The constants were chosen on the team's train split (copy P@1, mean over the edits), never on a held-out domain:
-a first grid (weights up to 0.1) put the best at its edge, the wider one chose WEIGHT 0.2, and MARGIN = WEIGHT
-checks every candidate that could overtake the best. docs/QUALITY.md, 'Copy verification', has the held-out
-figures and the order in which they were looked at.
+DEPTH matters most: a downscaled copy of one sprite among many of its kind finds its source anywhere in the
+embedding's first few dozen. The search fetches at least DEPTH candidates when it verifies. docs/QUALITY.md, 'Copy
+verification', has how the constants were chosen and the held-out figures, in the order they were looked at.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from server.embedding.signature import SIGNATURE_BYTES, as_unit, mirrored
 from server.store.base import Candidate
 from server.store.signatures import SignatureStore
 
-WEIGHT = 0.2
+WEIGHT = 0.3
 MARGIN = WEIGHT  # a candidate further below the best cannot overtake it
 THRESHOLD = 0.5
+EXPONENT = 4.0
 MIRROR_PENALTY = 0.05
-MAX_VERIFIED = 10  # candidates read per query at most (one small file each)
+DEPTH = 50  # candidates read per query at most (one small file each)
 
 
 def bonuses(query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
@@ -37,7 +38,7 @@ def bonuses(query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
     straight = rows @ as_unit(query[None])[0]
     flipped = rows @ as_unit(mirrored(query[None]))[0] - MIRROR_PENALTY
     agreement = np.maximum(straight, flipped)
-    return WEIGHT * np.clip((agreement - THRESHOLD) / (1.0 - THRESHOLD), 0.0, None)
+    return WEIGHT * np.clip((agreement - THRESHOLD) / (1.0 - THRESHOLD), 0.0, 1.0) ** EXPONENT
 
 
 @dataclass(frozen=True)
@@ -55,16 +56,16 @@ class Verifier:
         scores = np.array([c.score for c in candidates])
         near = near_best(scores)
         found = self.read([candidates[i].content_hash for i in near])  # only these can gain: one small read each
-        fused = verified_scores(scores, query, [found.get(c.content_hash) for c in candidates[:MAX_VERIFIED]])
+        fused = verified_scores(scores, query, [found.get(c.content_hash) for c in candidates[:DEPTH]])
         order = np.argsort(-fused, kind="stable")  # ties keep the store's order
         return [candidates[i] if fused[i] == scores[i] else replace(candidates[i], score=min(1.0, float(fused[i])))
                 for i in order]
 
 
 def near_best(scores: np.ndarray) -> list[int]:
-    """Positions (scores best first) of the candidates verification looks at: the first MAX_VERIFIED within MARGIN
-    of the best."""
-    return [i for i in range(min(MAX_VERIFIED, len(scores))) if scores[i] >= scores[0] - MARGIN]
+    """Positions (scores best first) of the candidates verification looks at: the first DEPTH within MARGIN of the
+    best."""
+    return [i for i in range(min(DEPTH, len(scores))) if scores[i] >= scores[0] - MARGIN]
 
 
 def verified_scores(scores: np.ndarray, query: np.ndarray, signatures: Sequence[np.ndarray | None]) -> np.ndarray:

@@ -63,7 +63,7 @@ from server.embedding.onnx_encoder import OnnxEncoder
 from server.embedding.signature import pixel_signatures
 from server.model_versions.calibration import FORMAT, save_calibration
 from server.query.duplicates import collapse_duplicates
-from server.query.verification import DEPTH, verified_scores
+from server.query.verification import SERVED, Rule
 from server.store.base import Candidate
 
 EVALUATION_LIMITS = Limits(max_bytes=100 * 1024 * 1024, max_pixels=100_000_000)  # 5120x2880 PNG wallpapers
@@ -126,19 +126,7 @@ def _rng(seed: int, image_id: str, salt: str) -> np.random.Generator:
 
 def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool = True) -> Prepared:
     """Held-out gallery (calib + test splits), its regions and its edited copies, as the encoder's uint8 inputs."""
-    gallery = of_split(labelled_images(), {"calib", "test"}, seed)
-    pixels, region_pixels, originals = [], [], {}
-    for index, item in enumerate(tqdm(gallery, desc="gallery", unit="img")):
-        image = item.load()
-        originals[index] = image
-        whole, views = indexing_views(encode(image), regions)
-        pixels.append(whole)
-        region_pixels += views
-    emoji = [i for i, g in enumerate(gallery) if g.source == "emoji"]
-    sample = set(np.random.default_rng(seed).choice(emoji, min(emoji_copy_sources, len(emoji)), replace=False))
-    sources = [i for i, g in enumerate(gallery) if g.source != "emoji" or i in sample]
-    queries, query_pixels = copy_queries(gallery, originals, sources, seed)
-    prep = Prepared(gallery, np.stack(pixels), queries, query_pixels, np.stack(region_pixels) if regions else None)
+    prep = build_split({"calib", "test"}, seed, emoji_copy_sources, regions)
     add_wallpapers(prep, regions)
     try:
         scenes, details = gcompris_details()
@@ -153,6 +141,24 @@ def build(seed: int = DEFAULT_SEED, emoji_copy_sources: int = 200, regions: bool
     if regions:
         prep.scene_region_pixels = np.stack([v for _, views in scene_views for v in views])
     return prep
+
+
+def build_split(splits: set[str], seed: int, emoji_copy_sources: int, regions: bool) -> Prepared:
+    """The team's images of `splits`, their regions and edited copies (every Tux Paint stamp, a seeded sample of
+    the emoji), as the encoder's uint8 inputs."""
+    gallery = of_split(labelled_images(), splits, seed)
+    pixels, region_pixels, originals = [], [], {}
+    for index, item in enumerate(tqdm(gallery, desc="gallery", unit="img")):
+        image = item.load()
+        originals[index] = image
+        whole, views = indexing_views(encode(image), regions)
+        pixels.append(whole)
+        region_pixels += views
+    emoji = [i for i, g in enumerate(gallery) if g.source == "emoji"]
+    sample = set(np.random.default_rng(seed).choice(emoji, min(emoji_copy_sources, len(emoji)), replace=False))
+    sources = [i for i, g in enumerate(gallery) if g.source != "emoji" or i in sample]
+    queries, query_pixels = copy_queries(gallery, originals, sources, seed)
+    return Prepared(gallery, np.stack(pixels), queries, query_pixels, np.stack(region_pixels) if regions else None)
 
 
 def copy_queries(gallery: list[LabelledImage], originals: list[Image.Image] | dict[int, Image.Image],
@@ -242,25 +248,25 @@ def _rankings(sims: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
 
 
-def verified_rankings(sims: np.ndarray, ranked: np.ndarray, query_sigs: np.ndarray, gallery_sigs: np.ndarray
-                      ) -> np.ndarray:
+def verified_rankings(sims: np.ndarray, ranked: np.ndarray, query_sigs: np.ndarray, gallery_sigs: np.ndarray,
+                      rule: Rule = SERVED) -> np.ndarray:
     """Each ranking's head re-ordered as the served search's copy verification orders it
     (server/query/verification.py: the same rule, on signatures of the same encoder inputs)."""
     out = ranked.copy()
     for i, row in enumerate(ranked):
-        head = row[:DEPTH]
-        fused = verified_scores(sims[i, head], query_sigs[i], list(gallery_sigs[head]))
+        head = row[:rule.depth]
+        fused = rule.verified_scores(sims[i, head], query_sigs[i], list(gallery_sigs[head]))
         out[i, :len(head)] = head[np.argsort(-fused, kind="stable")]
     return out
 
 
 def copy_detection(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, regions: np.ndarray | None = None,
-                   verify: bool = False) -> dict[str, dict[str, float]]:
-    """P@1 and MRR per edit; `verify`: with the served copy verification."""
+                   verify: bool = False, rule: Rule = SERVED) -> dict[str, dict[str, float]]:
+    """P@1 and MRR per edit; `verify`: with copy verification (`rule`: the served one unless told)."""
     sims = similarity(queries, gallery, regions)
     ranked = _rankings(sims, 100)
     if verify:
-        ranked = verified_rankings(sims, ranked, prep.copy_signatures, prep.gallery_signatures)
+        ranked = verified_rankings(sims, ranked, prep.copy_signatures, prep.gallery_signatures, rule)
     per_edit: dict[str, tuple[list, list]] = {}
     for (source, edit), row in zip(prep.copy_queries, ranked, strict=True):
         rankings, relevances = per_edit.setdefault(edit, ([], []))

@@ -24,26 +24,51 @@ from server.embedding.signature import SIGNATURE_BYTES, as_unit, mirrored
 from server.store.base import Candidate
 from server.store.signatures import SignatureStore
 
-WEIGHT = 0.3
-MARGIN = WEIGHT  # a candidate further below the best cannot overtake it
-THRESHOLD = 0.5
-EXPONENT = 4.0
-MIRROR_PENALTY = 0.05
-DEPTH = 50  # candidates read per query at most (one small file each)
+
+@dataclass(frozen=True)
+class Rule:
+    """Which candidates verification looks at and what they can gain (evaluation/verification_grid.py compares
+    rules offline with this same code)."""
+
+    depth: int = 50  # candidates read per query at most (one small file each)
+    margin: float = 0.3  # = weight: a candidate further below the best cannot overtake it
+    weight: float = 0.3
+    threshold: float = 0.5
+    exponent: float = 4.0
+    mirror_penalty: float = 0.05
+
+    def bonuses(self, query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
+        """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's gain."""
+        rows = as_unit(signatures)
+        straight = rows @ as_unit(query[None])[0]
+        flipped = rows @ as_unit(mirrored(query[None]))[0] - self.mirror_penalty
+        share = np.clip((np.maximum(straight, flipped) - self.threshold) / (1.0 - self.threshold), 0.0, 1.0)
+        return self.weight * share**self.exponent
+
+    def near_best(self, scores: np.ndarray) -> list[int]:
+        """Positions (scores best first) of the candidates looked at: the first `depth` within `margin` of the
+        best."""
+        return [i for i in range(min(self.depth, len(scores))) if scores[i] >= scores[0] - self.margin]
+
+    def verified_scores(self, scores: np.ndarray, query: np.ndarray, signatures: Sequence[np.ndarray | None]
+                        ) -> np.ndarray:
+        """Scores best first and the first candidates' signatures (None: none stored) -> every candidate's score
+        with its gain (uncapped). The serving rule, which the offline evaluation applies too."""
+        fused = np.asarray(scores, np.float64).copy()
+        near = [i for i in self.near_best(fused) if i < len(signatures) and signatures[i] is not None]
+        if near:
+            fused[near] += self.bonuses(query, np.stack([signatures[i] for i in near]))
+        return fused
 
 
-def bonuses(query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
-    """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's score gain."""
-    rows = as_unit(signatures)
-    straight = rows @ as_unit(query[None])[0]
-    flipped = rows @ as_unit(mirrored(query[None]))[0] - MIRROR_PENALTY
-    agreement = np.maximum(straight, flipped)
-    return WEIGHT * np.clip((agreement - THRESHOLD) / (1.0 - THRESHOLD), 0.0, 1.0) ** EXPONENT
+SERVED = Rule()
+DEPTH, MARGIN, WEIGHT = SERVED.depth, SERVED.margin, SERVED.weight
 
 
 @dataclass(frozen=True)
 class Verifier:
     signatures: SignatureStore
+    rule: Rule = SERVED
 
     def read(self, digests: Sequence[str]) -> dict[str, np.ndarray]:
         """The well-formed signatures of `digests` that exist."""
@@ -54,25 +79,10 @@ class Verifier:
         if query is None or not candidates:
             return candidates
         scores = np.array([c.score for c in candidates])
-        near = near_best(scores)
+        near = self.rule.near_best(scores)
         found = self.read([candidates[i].content_hash for i in near])  # only these can gain: one small read each
-        fused = verified_scores(scores, query, [found.get(c.content_hash) for c in candidates[:DEPTH]])
+        fused = self.rule.verified_scores(scores, query,
+                                          [found.get(c.content_hash) for c in candidates[:self.rule.depth]])
         order = np.argsort(-fused, kind="stable")  # ties keep the store's order
         return [candidates[i] if fused[i] == scores[i] else replace(candidates[i], score=min(1.0, float(fused[i])))
                 for i in order]
-
-
-def near_best(scores: np.ndarray) -> list[int]:
-    """Positions (scores best first) of the candidates verification looks at: the first DEPTH within MARGIN of the
-    best."""
-    return [i for i in range(min(DEPTH, len(scores))) if scores[i] >= scores[0] - MARGIN]
-
-
-def verified_scores(scores: np.ndarray, query: np.ndarray, signatures: Sequence[np.ndarray | None]) -> np.ndarray:
-    """Scores best first and the first candidates' signatures (None: none stored) -> every candidate's score with
-    its verification gain (uncapped). The serving rule, which the offline evaluation applies too."""
-    fused = np.asarray(scores, np.float64).copy()
-    near = [i for i in near_best(fused) if i < len(signatures) and signatures[i] is not None]
-    if near:
-        fused[near] += bonuses(query, np.stack([signatures[i] for i in near]))
-    return fused

@@ -11,7 +11,7 @@ import pytest
 
 from server.embedding.contract import INPUT_SIZE
 from server.embedding.signature import SIGNATURE_BYTES, pixel_signatures
-from server.query.verification import MARGIN, WEIGHT, Verifier, bonuses
+from server.query.verification import MARGIN, SERVED, WEIGHT, Verifier
 from server.store.base import Candidate
 from server.store.blobs import BlobStore
 from server.store.signatures import SignatureStore
@@ -46,7 +46,7 @@ def test_signatures_ignore_brightness_and_contrast_but_not_a_changed_detail() ->
     dimmer = (source.astype(np.float32) * 0.6 + 30).astype(np.uint8)
     sig = pixel_signatures(np.stack([source, dimmer, _detail_changed(source), _picture(2)]))
     assert sig.shape == (4, SIGNATURE_BYTES) and sig.dtype == np.int8
-    gains = bonuses(sig[0], sig[1:])
+    gains = SERVED.bonuses(sig[0], sig[1:])
     assert gains[0] == pytest.approx(WEIGHT, rel=0.05)  # the same picture, dimmed: a full gain
     assert gains[0] > gains[1] > gains[2] == 0.0  # the look-alike gains less, an unrelated picture nothing
     assert not pixel_signatures(np.full((1, INPUT_SIZE, INPUT_SIZE, 3), 128, np.uint8)).any()  # flat: all zero
@@ -56,9 +56,9 @@ def test_a_mirrored_copy_finds_its_source_but_an_unflipped_copy_prefers_the_unfl
     source = _picture(3)
     mirror = source[:, ::-1]
     sig = pixel_signatures(np.stack([source, mirror]))
-    straight_first = bonuses(sig[0], sig)  # query = the source itself: source vs its mirror image
+    straight_first = SERVED.bonuses(sig[0], sig)  # query = the source itself: source vs its mirror image
     assert straight_first[0] > straight_first[1] > 0.0
-    flipped_query = bonuses(sig[1], sig[:1])  # a flipped copy, only the source indexed: still verified
+    flipped_query = SERVED.bonuses(sig[1], sig[:1])  # a flipped copy, only the source indexed: still verified
     assert flipped_query[0] > 0.0
 
 

@@ -1,11 +1,16 @@
-"""The held-out domain evaluation's own pieces: the category sample, alpha-QE and DBA."""
+"""The held-out domain evaluation's own pieces: the category sample, a domain's labels, alpha-QE and DBA."""
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from evaluation import quality_sets
 from evaluation.heldout_domains import augment_database, domain_gallery, expand
-from evaluation.quality_sets import LabelledImage
+from evaluation.quality_sets import LabelledImage, freeciv_flag_images
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -19,6 +24,24 @@ def test_the_gallery_caps_each_category_and_drops_those_too_small_to_query() -> 
     counts = {c: sum(1 for g in chosen if g.category == f"x:{c}") for c in ("big", "ok", "tiny")}
     assert counts == {"big": 10, "ok": 3, "tiny": 0}
     assert domain_gallery(images, 10, seed=1) == chosen != domain_gallery(images, 10, seed=2)
+
+
+def test_flags_are_labelled_by_the_first_continent_group_and_each_flag_counts_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "nation").mkdir()
+    (tmp_path / "flags").mkdir()
+    nations = {"french": ('"Modern", "European", "Core"', "france"), "russian": ('"European", "Asian"', "russia"),
+               "martian": ('"Imaginary"', "mars"), "gaul": ('"Ancient"', "france"),  # shares France's flag
+               "nowhere": ('"European"', "missing")}  # its flag file is not shipped
+    for nation, (groups, flag) in nations.items():
+        (tmp_path / "nation" / f"{nation}.ruleset").write_text(
+            f'[nation_{nation}]\ngroups={groups}\nflag="{flag}"\nflag_alt = "other"\n')
+    for flag in ("france", "russia", "mars", "other"):
+        Image.new("RGB", (30, 20)).save(tmp_path / "flags" / f"{flag}-large.png")
+    monkeypatch.setattr(quality_sets, "FREECIV", tmp_path)
+    labels = {i.image_id: i.category for i in freeciv_flag_images()}
+    assert labels == {"freeciv/france-large": "freeciv-flags:European",
+                      "freeciv/russia-large": "freeciv-flags:European", "freeciv/mars-large": "freeciv-flags:Imaginary"}
 
 
 def test_query_expansion_moves_the_query_towards_its_best_results_by_score() -> None:

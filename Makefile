@@ -82,6 +82,7 @@ robust-encoder: setup heldout-packages training-packages
 	cp $(ROBUST)/manifest.json $(ROBUST_VERSION)/manifest.json
 	$(PY) -m training.recipe --version-dir $(ROBUST_VERSION) --finetune="$(FINETUNE_RECIPE)" \
 	  --export="--fine-tuned-share 0.7 --fp16-weights"
+	rm -f $(ROBUST_VERSION)/calibration.json  # the rebuilt graph gets its calibration re-fitted
 	$(PY) -m evaluation.quality --versions 3 --write-calibration
 	$(PY) -m evaluation.gate --set heldout-domains --candidate 3 --current 2 --promote > $(ROBUST_VERSION)/gate.txt.tmp || true
 	cat $(ROBUST_VERSION)/gate.txt.tmp && grep -qE '^(promote|refuse):' $(ROBUST_VERSION)/gate.txt.tmp && \

@@ -61,7 +61,7 @@ from server.core.regions import REGION_BOXES, best_match
 from server.embedding.imaging import CropBox, Limits, prepare, prepare_views, region_views
 from server.embedding.onnx_encoder import OnnxEncoder
 from server.embedding.signature import pixel_signatures
-from server.model_versions.calibration import FORMAT, save_calibration
+from server.model_versions.calibration import FORMAT, load_calibration, save_calibration
 from server.query.duplicates import collapse_duplicates
 from server.query.verification import SERVED, Rule
 from server.store.base import Candidate
@@ -469,7 +469,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--emoji-copy-sources", type=int, default=200)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--write-calibration", action="store_true", help="write <repo>/encoder/<v>/calibration.json")
+    parser.add_argument("--write-calibration", action="store_true", help="write <repo>/encoder/<v>/calibration.json "
+                        "where a version has none (a released version's calibration is never rewritten)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     prep = build(args.seed, args.emoji_copy_sources)
@@ -478,6 +479,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         result["category_vs_first"] = map_difference(results[0], result, args.seed)
     if args.write_calibration:
         for result in results:
+            if load_calibration(result["version"], args.model_repository) is not None:
+                print(f"kept encoder/{result['version']}'s calibration: it was released with the version")
+                continue
             path = save_calibration(calibration_file(result, args.seed), result["version"], args.model_repository)
             print(f"wrote {path}")
     meta = {"seed": args.seed, "gallery": len(prep.gallery), "copy_queries": len(prep.copy_queries),

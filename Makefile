@@ -29,8 +29,10 @@ system-packages:
 	$(call apt_install,$(DEBIAN_PACKAGES))
 
 # The held-out image domains of `make quality` (evaluation/heldout_domains.py): Open Clip Art drawings,
-# EmojiOne artwork, Wesnoth portraits and sprites, FreedroidRPG icons, Freeciv flags, ~600 MB; not needed by the demo or the tests.
-HELDOUT_PACKAGES := openclipart-png ruby-gemojione wesnoth-1.16-data freedroidrpg-data freeciv-data
+# EmojiOne artwork, Wesnoth portraits and sprites, FreedroidRPG icons, Freeciv flags, Neverball screenshots,
+# Pingus level pieces, ~650 MB; not needed by the demo or the tests.
+HELDOUT_PACKAGES := openclipart-png ruby-gemojione wesnoth-1.16-data freedroidrpg-data freeciv-data \
+                    neverball-data pingus-data
 heldout-packages:
 	$(call apt_install,$(HELDOUT_PACKAGES))
 

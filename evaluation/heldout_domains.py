@@ -60,8 +60,10 @@ from evaluation.quality_sets import (
     freeciv_flag_images,
     freedroid_item_images,
     labelled_images,
+    neverball_images,
     of_split,
     openclipart_images,
+    pingus_ground_images,
     pixel_digest,
     wesnoth_images,
     wesnoth_unit_images,
@@ -73,7 +75,7 @@ from server.model_versions.feedback_calibration import refit
 
 DOMAINS = {"openclipart": openclipart_images, "emojione": emojione_images, "wesnoth": wesnoth_images,
            "wesnoth-units": wesnoth_unit_images, "freedroid-items": freedroid_item_images,
-           "freeciv-flags": freeciv_flag_images}
+           "freeciv-flags": freeciv_flag_images, "neverball": neverball_images, "pingus": pingus_ground_images}
 FEEDBACK_SIZES = (100, 300, 1000, 3000, 10000)  # judged results the refit sees
 FEEDBACK_REPEATS = 3
 

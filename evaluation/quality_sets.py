@@ -17,6 +17,8 @@ Held-out domains (evaluation/heldout_domains.py; never used by training, calibra
 - `wesnoth`, `wesnoth-units`: Debian `wesnoth-1.16-data` (GPL-2+): painted portraits, 72 px unit sprites.
 - `freedroid-items`: Debian `freedroidrpg-data` (GPL-2+): inventory icons of rendered 3-D objects.
 - `freeciv-flags`: Debian `freeciv-data` (GPL-2+): ~570 national flags; category = continent group.
+- `neverball`: Debian `neverball-data` (GPL-2+): 178 level screenshots (rendered 3-D scenes); category = level set.
+- `pingus`: Debian `pingus-data` (GPL-2+): ~510 level pieces (terrain, objects); category = theme.
 
 Split: a seeded hash of the image ID puts each image in `train` (50%), `calib` (25%) or `test` (25%).
 Training only ever sees `train`; calibration fits on `calib`; reported calibration errors are on `test`.
@@ -46,6 +48,8 @@ WESNOTH = Path("/usr/share/games/wesnoth/1.16/data/core/images")  # Debian wesno
 FREEDROID_ITEMS = Path("/usr/share/freedroidrpg/data/graphics/items")  # Debian freedroidrpg-data
 FREECIV = Path("/usr/share/games/freeciv")  # Debian freeciv-data
 CONTINENTS = ("European", "Asian", "African", "American", "Oceanian", "Imaginary")  # Freeciv's nation groups
+NEVERBALL = Path("/usr/share/games/neverball")  # Debian neverball-data
+PINGUS_GROUND = Path("/usr/share/games/pingus/data/images/groundpieces")  # Debian pingus-data
 MAX_SIDE = 512  # originals are kept at most this large (stamps are up to ~1000 px)
 SPLITS = {"train": 0.5, "calib": 0.25, "test": 0.25}
 DEFAULT_SEED = 16
@@ -208,6 +212,24 @@ def freeciv_flag_images() -> list[LabelledImage]:
         continent = next((g for g in listed if g in CONTINENTS), "other")
         out.append(LabelledImage(f"freeciv/{path.stem}", "freeciv-flags", f"freeciv-flags:{continent}", path=path))
     return out
+
+
+def neverball_images() -> list[LabelledImage]:
+    """Neverball's level screenshots (256 px renders of 3-D scenes, full frame), labelled by level set."""
+    if not NEVERBALL.exists():
+        raise FileNotFoundError(f"{NEVERBALL}: apt-get install neverball-data")
+    return [LabelledImage(f"neverball/{path.parent.name}/{path.stem}", "neverball",
+                          f"neverball:{path.parent.name.removeprefix('shot-')}", path=path)
+            for path in sorted(NEVERBALL.glob("shot-*/*.jpg"))]
+
+
+def pingus_ground_images() -> list[LabelledImage]:
+    """Pingus' level pieces (painted terrain, snow, sweets, machinery; mostly 30-260 px, transparent edges),
+    labelled by theme (`snow`, `desert`, ...; the kind of piece, ground or solid or transparent, is not a theme)."""
+    if not PINGUS_GROUND.exists():
+        raise FileNotFoundError(f"{PINGUS_GROUND}: apt-get install pingus-data")
+    return [LabelledImage(f"pingus/{path.relative_to(PINGUS_GROUND).with_suffix('').as_posix()}", "pingus",
+                          f"pingus:{path.parent.name}", path=path) for path in sorted(PINGUS_GROUND.glob("*/*/*.png"))]
 
 
 @cache

@@ -12,6 +12,8 @@ Stored as int8 (SIGNATURE_BYTES per image, on disk: server/query/verification.py
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
 from server.embedding.contract import INPUT_SIZE
@@ -44,3 +46,31 @@ def as_unit(signatures: np.ndarray) -> np.ndarray:
 def mirrored(signatures: np.ndarray) -> np.ndarray:
     """The signatures of the left-right mirrored images."""
     return signatures.reshape(len(signatures), SIDE, SIDE)[:, :, ::-1].reshape(len(signatures), -1)
+
+
+def rotated(signatures: np.ndarray, degrees: float) -> np.ndarray:
+    """float32 [N, SIGNATURE_BYTES]: the signatures of the images turned by `degrees` about their centre
+    (bilinear; cells turned in from outside are 0, the mean). At 32 x 32 this is close enough to turning the
+    picture itself: a copy turned by 8 degrees correlates with its source turned back (server/query/
+    verification.py tries a few angles)."""
+    taps, weights = _rotation_taps(float(degrees))
+    rows = signatures.reshape(len(signatures), -1).astype(np.float32)
+    return sum(rows[:, t] * w for t, w in zip(taps, weights, strict=True))
+
+
+@cache
+def _rotation_taps(degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """For every output cell, the 4 source cells and bilinear weights of a rotation by `degrees`."""
+    centre, theta = (SIDE - 1) / 2.0, np.deg2rad(degrees)
+    y, x = np.mgrid[0:SIDE, 0:SIDE].astype(np.float64) - centre
+    sy = np.cos(theta) * y - np.sin(theta) * x + centre  # where each output cell comes from
+    sx = np.sin(theta) * y + np.cos(theta) * x + centre
+    y0, x0 = np.floor(sy).astype(int), np.floor(sx).astype(int)
+    fy, fx = sy - y0, sx - x0
+    taps, weights = [], []
+    for dy, dx, w in ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)), (1, 1, fy * fx)):
+        yy, xx = y0 + dy, x0 + dx
+        inside = (yy >= 0) & (yy < SIDE) & (xx >= 0) & (xx < SIDE)
+        taps.append(np.where(inside, yy * SIDE + xx, 0).ravel())
+        weights.append(np.where(inside, w, 0.0).ravel().astype(np.float32))
+    return np.stack(taps), np.stack(weights)

@@ -4,9 +4,10 @@ The embedding ranks an edited copy's source and the source's look-alikes (the sa
 next clock face, an arrow's mirror image) within a few hundredths; their pixel signatures (server/embedding/
 signature.py) tell which one the copy was made from. Each of the first DEPTH candidates within MARGIN of the best
 score gains up to WEIGHT: the share of its signature's correlation with the query's above THRESHOLD, raised to
-EXPONENT, so a near-exact match (a copy) gains far more than a look-alike. The mirrored query counts too,
-MIRROR_PENALTY lower, so a flipped copy still finds its source while an unflipped copy of an image whose mirror
-image is also indexed prefers the unflipped one. A verified score is capped at 1.
+EXPONENT, so a near-exact match (a copy) gains far more than a look-alike. The mirrored query counts too, a
+little lower, so a flipped copy still finds its source while an unflipped copy of an image whose mirror image is
+also indexed prefers the unflipped one; so does the query turned by a few degrees either way (a rotated copy's
+thumbnail no longer lines up with its source's). A verified score is capped at 1.
 
 DEPTH matters most: a downscaled copy of one sprite among many of its kind finds its source anywhere in the
 embedding's first few dozen. The search fetches at least DEPTH candidates when it verifies; 30 is what a k=10
@@ -22,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from server.embedding.signature import SIGNATURE_BYTES, as_unit, mirrored
+from server.embedding.signature import SIGNATURE_BYTES, as_unit, mirrored, rotated
 from server.store.base import Candidate
 from server.store.signatures import SignatureStore
 
@@ -38,13 +39,21 @@ class Rule:
     threshold: float = 0.5
     exponent: float = 4.0
     mirror_penalty: float = 0.05
+    rotations: tuple[float, ...] = (-8.0, -4.0, 4.0, 8.0)  # degrees the query is also turned by
+    rotation_penalty: float = 0.02
+
+    def agreement(self, query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
+        """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's best
+        correlation with the query as it is, mirrored or turned (a little lower for either)."""
+        rows = as_unit(signatures)
+        variants = [as_unit(query[None]), as_unit(mirrored(query[None])),
+                    *(as_unit(rotated(query[None], degrees)) for degrees in self.rotations)]
+        penalties = np.array([0.0, self.mirror_penalty, *(self.rotation_penalty for _ in self.rotations)])
+        return (rows @ np.concatenate(variants).T - penalties).max(axis=1)
 
     def bonuses(self, query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
         """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's gain."""
-        rows = as_unit(signatures)
-        straight = rows @ as_unit(query[None])[0]
-        flipped = rows @ as_unit(mirrored(query[None]))[0] - self.mirror_penalty
-        share = np.clip((np.maximum(straight, flipped) - self.threshold) / (1.0 - self.threshold), 0.0, 1.0)
+        share = np.clip((self.agreement(query, signatures) - self.threshold) / (1.0 - self.threshold), 0.0, 1.0)
         return self.weight * share**self.exponent
 
     def near_best(self, scores: np.ndarray) -> list[int]:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from server.embedding.contract import INPUT_SIZE
 from server.embedding.signature import SIGNATURE_BYTES, pixel_signatures
-from server.query.verification import MARGIN, SERVED, WEIGHT, Verifier
+from server.query.verification import MARGIN, SERVED, WEIGHT, Rule, Verifier
 from server.store.base import Candidate
 from server.store.blobs import BlobStore
 from server.store.signatures import SignatureStore
@@ -60,6 +61,19 @@ def test_a_mirrored_copy_finds_its_source_but_an_unflipped_copy_prefers_the_unfl
     assert straight_first[0] > straight_first[1] > 0.0
     flipped_query = SERVED.bonuses(sig[1], sig[:1])  # a flipped copy, only the source indexed: still verified
     assert flipped_query[0] > 0.0
+
+
+def test_a_rotated_copy_lines_up_with_its_source_turned_back() -> None:
+    """A copy turned by 8 degrees (white corners, as an editor fills them) correlates with its source only once
+    the query is turned back; the unturned query keeps preferring its own unturned image."""
+    source = Image.fromarray(_picture(7))
+    turned = np.asarray(source.rotate(8, resample=Image.Resampling.BILINEAR, fillcolor=(255, 255, 255)))
+    sig = pixel_signatures(np.stack([np.asarray(source), turned, _picture(8)]))
+    still = Rule(rotations=())
+    assert SERVED.agreement(sig[1], sig[:1])[0] > still.agreement(sig[1], sig[:1])[0] + 0.1
+    assert SERVED.agreement(sig[1], sig[:1])[0] > 0.8 > SERVED.agreement(sig[1], sig[2:])[0]
+    unturned_query = SERVED.agreement(sig[0], sig[:2])
+    assert unturned_query[0] > unturned_query[1]
 
 
 def test_the_copys_source_overtakes_a_look_alike_within_the_margin_only(verifier: Verifier) -> None:

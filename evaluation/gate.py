@@ -15,8 +15,9 @@ loses more than 0.02 of P@1 (one edit has ~600 queries: 0.02 is ~12 of them), an
 set is not worse than the served version's by more than the tolerance. Writes benchmarks/results/quality.*.
 
 `--set heldout-domains` decides by the same rule on the domains nothing was trained, calibrated or gated on
-before (evaluation/heldout_domains.py: Open Clip Art, EmojiOne, Wesnoth), every edit of every domain counted
-as its own edit and every domain's category mAP@10 as its own set; `make robust-encoder` gates with it (issue 28).
+before (evaluation/heldout_domains.py DOMAINS: drawings, emoji, game art, flags, screenshots), every edit of every
+domain counted as its own edit and every domain's category mAP@10 as its own set; `make robust-encoder` gates with
+it (issue 28).
 
 `--promote`: when the candidate wins, record it as the version new data directories serve
 (`<model_repository>/encoder/promoted.json`; `make demo` and a fresh `vsearch serve` then serve it); when it

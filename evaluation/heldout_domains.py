@@ -6,10 +6,13 @@ Domains (evaluation/quality_sets.py): Open Clip Art drawings (`openclipart`, cat
 emoji artwork (`emojione`, category = subgroup; another art style than the Noto emoji of the team's sets),
 Battle for Wesnoth's painted portraits and story landscapes (`wesnoth`, category = race), its unit sprites
 (`wesnoth-units`: 72 px pixel art, category = faction) and FreedroidRPG's inventory icons (`freedroid-items`:
-rendered 3-D objects of 64-128 px, category = item group). The later three came after encoder/3 was chosen on the
-first two. A domain is sealed until one choice has been made without it, then measured with that choice once:
-`wesnoth-units` measured the first copy-verification rule, `freedroid-items` the second (docs/QUALITY.md, 'Copy
-verification'). Each image is indexed as the store indexes it (whole + REGION_BOXES, scored by
+rendered 3-D objects of 64-128 px, category = item group), Freeciv's national flags (`freeciv-flags`: 44 x 30 px,
+category = continent group), Neverball's level screenshots (`neverball`: renders of 3-D scenes, category = level
+set) and Pingus' level pieces (`pingus`: painted terrain and objects, category = theme). The later ones came after
+encoder/3 was chosen on the first two. A domain is sealed until one choice has been made without it, then measured
+with that choice once: `wesnoth-units` measured the first copy-verification rule, `freedroid-items` the second,
+`freeciv-flags` the third, `neverball` and `pingus` the fourth (docs/QUALITY.md, 'Copy verification'). Each
+image is indexed as the store indexes it (whole + REGION_BOXES, scored by
 server/core/regions.py); per domain:
 - copy detection: P@1 of every edit of evaluation/edits.py (and the centre crop box) on `copy-sources` images;
 - category retrieval, leave-one-out: mAP@10 / P@10, plain and with each re-ranking of `RERANKINGS`:

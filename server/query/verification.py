@@ -37,7 +37,7 @@ class Rule:
     margin: float = 0.3  # = weight: a candidate further below the best cannot overtake it
     weight: float = 0.3
     threshold: float = 0.5
-    exponent: float = 4.0
+    exponent: float = 3.0
     mirror_penalty: float = 0.05
     rotations: tuple[float, ...] = (-8.0, -4.0, 4.0, 8.0)  # degrees the query is also turned by
     rotation_penalty: float = 0.02

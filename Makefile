@@ -69,7 +69,7 @@ RELEASED := $(sort $(patsubst model_repository/encoder/%/model.onnx,%,$(wildcard
 # which promoted it (promoted.json). Set-up trains nothing. `make robust-encoder` rebuilds it from the recipe in
 # place (installs the training corpus, ~700 MB of Debian packages; seeded fine-tune, ~16 min on 2 quiet cores;
 # export; the calibration re-fitted on the team's sets, ~4 min; the gate re-decides on the held-out domains nothing
-# was trained on, ~7 min): `git diff` then shows what changed (a rerun matches to float rounding, not bit for bit).
+# was trained on, ~15 min): `git diff` then shows what changed (a rerun matches to float rounding, not bit for bit).
 # Version 2's recipe stays in its recipe.json.
 ROBUST := var/robust-encoder
 ROBUST_VERSION := model_repository/encoder/3

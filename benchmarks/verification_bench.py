@@ -50,8 +50,8 @@ TIED = (1, 10, DEPTH)
 
 def _candidates(rng: np.random.Generator, images: int, tied: int) -> list[Candidate]:
     ids = rng.choice(images, FETCH, replace=False)
-    scores = np.concatenate([0.9 - np.sort(rng.uniform(0, MARGIN * 0.9, tied)),
-                             0.9 - MARGIN - np.sort(rng.uniform(0.01, 0.3, FETCH - tied))])
+    head = 0.9 - np.sort(rng.uniform(0, MARGIN * 0.9, tied))
+    scores = np.concatenate([head, head[0] - MARGIN - np.sort(rng.uniform(0.01, 0.3, FETCH - tied))])
     vector = np.zeros(1, np.float32)
     return [Candidate(f"i{i}", float(s), f"{i:064x}", vector) for i, s in zip(ids, scores, strict=True)]
 

@@ -55,7 +55,20 @@ def rotated(signatures: np.ndarray, degrees: float) -> np.ndarray:
     verification.py tries a few angles)."""
     taps, weights = _rotation_taps(float(degrees))
     rows = signatures.reshape(len(signatures), -1).astype(np.float32)
-    return sum(rows[:, t] * w for t, w in zip(taps, weights, strict=True))
+    return np.einsum("nkc,kc->nc", rows[:, taps], weights)
+
+
+def turned(signature: np.ndarray, angles: tuple[float, ...]) -> np.ndarray:
+    """One signature turned by each of `angles` (degrees) -> float32 [len(angles), SIGNATURE_BYTES], in one
+    gather (the query side of copy verification: a fraction of a millisecond matters there)."""
+    taps, weights = _stacked_taps(tuple(float(a) for a in angles))
+    return np.einsum("akc,akc->ac", signature.reshape(-1).astype(np.float32)[taps], weights)
+
+
+@cache
+def _stacked_taps(angles: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    pairs = [_rotation_taps(a) for a in angles]
+    return np.stack([t for t, _ in pairs]), np.stack([w for _, w in pairs])
 
 
 @cache

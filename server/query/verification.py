@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from server.embedding.signature import SIGNATURE_BYTES, as_unit, mirrored, rotated
+from server.embedding.signature import SIGNATURE_BYTES, as_unit, mirrored, turned
 from server.store.base import Candidate
 from server.store.signatures import SignatureStore
 
@@ -46,10 +46,11 @@ class Rule:
         """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's best
         correlation with the query as it is, mirrored or turned (a little lower for either)."""
         rows = as_unit(signatures)
-        variants = [as_unit(query[None]), as_unit(mirrored(query[None])),
-                    *(as_unit(rotated(query[None], degrees)) for degrees in self.rotations)]
+        variants = [query[None].astype(np.float32), mirrored(query[None]).astype(np.float32)]
+        if self.rotations:
+            variants.append(turned(query, self.rotations))
         penalties = np.array([0.0, self.mirror_penalty, *(self.rotation_penalty for _ in self.rotations)])
-        return (rows @ np.concatenate(variants).T - penalties).max(axis=1)
+        return (rows @ as_unit(np.concatenate(variants)).T - penalties).max(axis=1)
 
     def bonuses(self, query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
         """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's gain."""

@@ -19,7 +19,6 @@ from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.model_versions.feedback_calibration import CorpusRelevance
 from server.query.duplicates import collapse_duplicates, mark_duplicates
-from server.query.verification import DEPTH as VERIFY_DEPTH
 from server.query.verification import Verifier
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.callers import ANONYMOUS, Principal
@@ -96,12 +95,12 @@ class Ranker:
 
     def _search(self, store: VectorStore, vector: np.ndarray, k: int, exclude: str | None,
                 signature: np.ndarray | None) -> list[Candidate]:
-        verify = self.verifier is not None and signature is not None
-        with self.stage("search"):  # verification looks DEPTH deep whatever k is: a copy's source may rank below k
-            candidates = store.search(vector, max(k, VERIFY_DEPTH) if verify else k, exclude)
-        if verify:
+        verifier = self.verifier if signature is not None else None
+        with self.stage("search"):  # verification looks its depth deep whatever k is: a source may rank below k
+            candidates = store.search(vector, max(k, verifier.rule.depth) if verifier else k, exclude)
+        if verifier:
             with self.stage("verify"):
-                candidates = self.verifier.rescore(candidates, signature)[:k]
+                candidates = verifier.rescore(candidates, signature)[:k]
         return candidates
 
     def rank(self, store: VectorStore, vector: np.ndarray, k: int, exclude: str | None,

@@ -152,12 +152,19 @@ def augment_database(vectors: np.ndarray, n: int, alpha: float) -> np.ndarray:
     return expand(vectors, sims, vectors, n, alpha)
 
 
-def category_rerankings(prep: Prepared, gallery: np.ndarray, regions: np.ndarray) -> dict[str, dict]:
-    """Leave-one-out category retrieval (images of categories with >= 3 members query the rest) per re-ranking."""
+def category_queries(prep: Prepared) -> tuple[list[int], list[dict[int, int]]]:
+    """Leave-one-out category retrieval: the images of categories with >= 3 members, and for each the others of
+    its category (itself excluded) as relevant."""
     counts = Counter(g.category for g in prep.gallery)
     queries = [i for i, g in enumerate(prep.gallery) if counts[g.category] >= 3]
     relevances = [{j: 1 for j, g in enumerate(prep.gallery) if g.category == prep.gallery[q].category and j != q}
                   for q in queries]
+    return queries, relevances
+
+
+def category_rerankings(prep: Prepared, gallery: np.ndarray, regions: np.ndarray) -> dict[str, dict]:
+    """Leave-one-out category retrieval (images of categories with >= 3 members query the rest) per re-ranking."""
+    queries, relevances = category_queries(prep)
     out = {}
     all_pairs = similarity(gallery, gallery, regions)  # k-reciprocal: every image's neighbourhood is in the distance
     for rerank in RERANKINGS:

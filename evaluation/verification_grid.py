@@ -14,13 +14,12 @@ import argparse
 import itertools
 import json
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from evaluation.heldout_domains import DOMAINS, build_domain
+from evaluation.heldout_domains import DOMAINS, build_domain, category_queries
 from evaluation.metrics import evaluate
 from evaluation.quality import (
     RESULTS,
@@ -53,15 +52,12 @@ def grid() -> list[Rule]:
 
 def category_map10(prep: Prepared, gallery: np.ndarray, regions: np.ndarray, rule: Rule | None) -> float:
     """mAP@10 of a search by ID over the categories with >= 3 images, itself excluded; `rule` None: unverified."""
-    counts = Counter(g.category for g in prep.gallery)
-    queries = [i for i, g in enumerate(prep.gallery) if counts[g.category] >= 3]
+    queries, relevances = category_queries(prep)
     sims = similarity(gallery[queries], gallery, regions)
     sims[np.arange(len(queries)), queries] = -np.inf
     ranked = _rankings(sims, 100)
     if rule is not None:
         ranked = verified_rankings(sims, ranked, prep.gallery_signatures[queries], prep.gallery_signatures, rule)
-    relevances = [{j: 1 for j, g in enumerate(prep.gallery) if g.category == prep.gallery[q].category and j != q}
-                  for q in queries]
     return evaluate([list(r) for r in ranked], relevances, (10,))["map@10"]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from functools import cache
 
 import numpy as np
+import scipy.fft
 
 from server.embedding.contract import INPUT_SIZE
 
@@ -63,6 +64,66 @@ def turned(signature: np.ndarray, angles: tuple[float, ...]) -> np.ndarray:
     gather (the query side of copy verification: a fraction of a millisecond matters there)."""
     taps, weights = _stacked_taps(tuple(float(a) for a in angles))
     return np.einsum("akc,akc->ac", signature.reshape(-1).astype(np.float32)[taps], weights)
+
+
+def localised(query: np.ndarray, signatures: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
+    """int8 query signature and int8 [M, SIGNATURE_BYTES] signatures -> float32 [M]: for each signature, the best
+    normalised correlation of the query's thumbnail shrunk to w x w cells (each w of `sides`) with any w x w window
+    of it. A crop keeps its source's pixels at a smaller scale and somewhere inside it: shrunk to the crop's share
+    of the source's side, the query lines up with the window it was cut from (server/query/verification.py).
+    Correlations by FFT over the 32 x 32 grid (windows that would wrap around are dropped); a window too flat to
+    correlate (a blank background) scores -1."""
+    grid = signatures.reshape(len(signatures), SIDE, SIDE).astype(np.float32)
+    thumbs = _thumbnails(query, sides)
+    sums = scipy.fft.irfft2(np.conj(scipy.fft.rfft2(thumbs))[:, None] * scipy.fft.rfft2(grid)[None], s=(SIDE, SIDE))
+    total, squares = _integral(grid), _integral(grid * grid)
+    best = np.full(len(grid), -1.0, np.float32)
+    for k, w in enumerate(sides):
+        n = SIDE - w + 1
+        s1, s2 = _windows(total, w, n), _windows(squares, w, n)
+        spread = s2 - s1 * s1 / (w * w)  # w^2 x the window's variance
+        ncc = np.where(spread > w * w * _FLAT_VARIANCE, sums[k, :, :n, :n] / np.sqrt(np.maximum(spread, 1e-6)), -1.0)
+        best = np.maximum(best, ncc.reshape(len(grid), -1).max(axis=1))
+    return best
+
+
+_FLAT_VARIANCE = 4.0  # int8 units^2: a window whose cells vary by less than ~2/127 of the image's range is blank
+
+
+def _thumbnails(query: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
+    """float32 [len(sides), SIDE, SIDE]: the query shrunk to each w x w (area averaging) in the top-left corner,
+    centred, unit norm, zeros elsewhere."""
+    shrink = _shrink_matrices(tuple(sides))
+    thumbs = shrink @ query.reshape(SIDE, SIDE).astype(np.float32) @ shrink.transpose(0, 2, 1)
+    for k, w in enumerate(sides):
+        thumbs[k, :w, :w] -= thumbs[k, :w, :w].mean()
+    norms = np.linalg.norm(thumbs.reshape(len(sides), -1), axis=1)
+    norms[norms == 0] = 1.0
+    return thumbs / norms[:, None, None]
+
+
+@cache
+def _shrink_matrices(sides: tuple[int, ...]) -> np.ndarray:
+    """[len(sides), SIDE, SIDE]: row r < w of matrix k holds output cell r's area share of each input cell."""
+    out = np.zeros((len(sides), SIDE, SIDE), np.float32)
+    for k, w in enumerate(sides):
+        edges = np.arange(w + 1) * SIDE / w
+        for r in range(w):
+            lo, hi = edges[r], edges[r + 1]
+            cells = np.arange(SIDE)
+            out[k, r] = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0.0, None) / (hi - lo)
+    return out
+
+
+def _integral(grid: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(grid), SIDE + 1, SIDE + 1), np.float32)
+    out[:, 1:, 1:] = grid.cumsum(axis=1).cumsum(axis=2)
+    return out
+
+
+def _windows(integral: np.ndarray, w: int, n: int) -> np.ndarray:
+    """The sums of every w x w window (n x n of them) from an integral image."""
+    return integral[:, w:, w:] - integral[:, :n, w:] - integral[:, w:, :n] + integral[:, :n, :n]
 
 
 @cache

@@ -7,7 +7,9 @@ score gains up to WEIGHT: the share of its signature's correlation with the quer
 EXPONENT, so a near-exact match (a copy) gains far more than a look-alike. The mirrored query counts too, a
 little lower, so a flipped copy still finds its source while an unflipped copy of an image whose mirror image is
 also indexed prefers the unflipped one; so does the query turned by a few degrees either way (a rotated copy's
-thumbnail no longer lines up with its source's). A verified score is capped at 1.
+thumbnail no longer lines up with its source's). A crop finds its source by its thumbnail shrunk to the crop's
+scale and slid over the candidate's (rule 5): the best window's correlation gains up to CROP_WEIGHT, and a
+candidate gains the larger of the two. A verified score is capped at 1.
 
 DEPTH matters most: a downscaled copy of one sprite among many of its kind finds its source anywhere in the
 embedding's first few dozen. The search fetches at least DEPTH candidates when it verifies; 30 is what a k=10
@@ -23,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from server.embedding.signature import SIGNATURE_BYTES, as_unit, mirrored, turned
+from server.embedding.signature import SIGNATURE_BYTES, as_unit, localised, mirrored, turned
 from server.store.base import Candidate
 from server.store.signatures import SignatureStore
 
@@ -41,6 +43,13 @@ class Rule:
     mirror_penalty: float = 0.05
     rotations: tuple[float, ...] = (-8.0, -4.0, 4.0, 8.0)  # degrees the query is also turned by
     rotation_penalty: float = 0.02
+    # A crop query matches a window of its source at the crop's scale: the query is also shrunk to each of these
+    # sides (cells of the 32 x 32 grid: a crop keeping 25% to 88% of its source's area) and slid over each
+    # candidate; the best window's correlation gains up to crop_weight. () = whole-image agreement only (rule 4).
+    crop_sides: tuple[int, ...] = (16, 18, 20, 22, 24, 26, 28, 30)
+    crop_threshold: float = 0.8
+    crop_weight: float = 0.2
+    crop_exponent: float = 2.0
 
     def agreement(self, query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
         """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's best
@@ -55,7 +64,12 @@ class Rule:
     def bonuses(self, query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
         """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's gain."""
         share = np.clip((self.agreement(query, signatures) - self.threshold) / (1.0 - self.threshold), 0.0, 1.0)
-        return self.weight * share**self.exponent
+        gain = self.weight * share**self.exponent
+        if not self.crop_sides:
+            return gain
+        crop = np.clip((localised(query, signatures, self.crop_sides) - self.crop_threshold)
+                       / (1.0 - self.crop_threshold), 0.0, 1.0)
+        return np.maximum(gain, self.crop_weight * crop**self.crop_exponent)
 
     def near_best(self, scores: np.ndarray) -> list[int]:
         """Positions (scores best first) of the candidates looked at: the first `depth` within `margin` of the

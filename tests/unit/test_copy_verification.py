@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from server.embedding.contract import INPUT_SIZE
-from server.embedding.signature import SIGNATURE_BYTES, pixel_signatures
+from server.embedding.signature import SIGNATURE_BYTES, localised, pixel_signatures
 from server.query.verification import MARGIN, SERVED, WEIGHT, Rule, Verifier
 from server.store.base import Candidate
 from server.store.blobs import BlobStore
@@ -108,3 +108,50 @@ def test_verification_never_adds_a_candidate_and_leaves_unsigned_ones_alone(veri
 def test_a_truncated_signature_file_is_ignored(verifier: Verifier) -> None:
     verifier.signatures.blobs.put("hash-x", b"\x01\x02")
     assert verifier.read(["hash-x", "hash-missing"]) == {}
+
+
+def _smooth_picture(seed: int) -> np.ndarray:
+    """uint8 [224, 224, 3]: smooth shapes, as photographs and drawings are at the signature's scale (a crop's
+    place is not a whole number of cells, and a blocky picture decorrelates at a half-cell shift)."""
+    coarse = np.random.default_rng(seed).integers(0, 256, (10, 10, 3)).astype(np.uint8)
+    return np.asarray(Image.fromarray(coarse).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BICUBIC))
+
+
+def _crop(pixels: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The part of a picture in `box` (x0, y0, x1, y1 pixels), resized to the encoder's input as a query is."""
+    return np.asarray(Image.fromarray(pixels).crop(box).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR))
+
+
+@pytest.mark.parametrize("box", [(37, 21, 195, 179), (56, 56, 168, 168), (0, 90, 130, 220)],
+                         ids=["half-area-off-grid", "centre-quarter", "corner"])
+def test_a_crop_lines_up_with_the_window_of_its_source_it_was_cut_from(box: tuple[int, int, int, int]) -> None:
+    """A crop's thumbnail correlates with its source's only at the crop's scale and place: rule 5 finds it there,
+    whole-image agreement (rule 4) does not, and neither finds it in another picture or a look-alike whose detail
+    under the crop was changed."""
+    source = _smooth_picture(9)
+    changed = source.copy()
+    changed[box[1]:box[3], box[0]:box[2]] = 255 - changed[box[1]:box[3], box[0]:box[2]]
+    sig = pixel_signatures(np.stack([_crop(source, box), source, _smooth_picture(10), changed]))
+    found = localised(sig[0], sig[1:], SERVED.crop_sides)
+    assert found[0] > 0.9 > SERVED.crop_threshold > max(found[1:])
+    gains = SERVED.bonuses(sig[0], sig[1:])
+    assert gains[0] > 0.5 * SERVED.crop_weight and gains[1] == gains[2] == 0.0
+    assert Rule(crop_sides=()).bonuses(sig[0], sig[1:2])[0] < 0.5 * gains[0]
+
+
+def test_a_blank_window_correlates_with_nothing() -> None:
+    """A window without structure (a blank canvas, or the flat margin around a small picture) cannot vouch for a
+    query: its correlation would be noise divided by nothing."""
+    blank = np.zeros((1, SIGNATURE_BYTES), np.int8)
+    query = pixel_signatures(_picture(11)[None])[0]
+    assert localised(query, blank, SERVED.crop_sides)[0] == -1.0
+    assert SERVED.bonuses(query, blank)[0] == 0.0
+
+
+def test_a_crops_source_overtakes_the_picture_the_embedding_preferred(verifier: Verifier) -> None:
+    source, other = _smooth_picture(12), _smooth_picture(13)
+    sig = pixel_signatures(np.stack([source, other]))
+    verifier.signatures.write([("hash-source", sig[0]), ("hash-other", sig[1])])
+    crop = pixel_signatures(_crop(source, (40, 30, 198, 188))[None])[0]
+    ranked = verifier.rescore([_candidate("other", 0.80), _candidate("source", 0.72)], crop)
+    assert [c.image_id for c in ranked] == ["source", "other"] and ranked[1].score == 0.80

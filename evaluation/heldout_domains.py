@@ -274,6 +274,8 @@ def evaluate_domain(prep: Prepared, version: str, repository: Path, seed: int) -
             "categories": len({g.category for g in prep.gallery}), "copy": copy,
             "copy_p1_min": min(v["p@1"] for v in copy.values()),
             "copy_verified": verified, "copy_verified_p1_min": min(v["p@1"] for v in verified.values()),
+            # one row per image (no regions: the one-pass design of issue 26), crops found by verification alone
+            "copy_whole_verified": copy_detection(prep, gallery, queries, verify=True),
             "copy_qe": copy_with_qe(prep, gallery, queries, regions, 3, 3.0),
             "category": category_rerankings(prep, gallery, regions),
             "calibration": calibration_error(prep, gallery, queries, regions, version, repository, seed)}

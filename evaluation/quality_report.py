@@ -14,7 +14,8 @@ from reporting.results import markdown_table
 
 # result key suffix, what the index holds (and the search does), column tag
 INDEXES = (("", "whole + regions", ""), ("_whole", "whole image only", " whole"),
-           ("_verified", "whole + regions, copy verification (served)", " verified"))
+           ("_verified", "whole + regions, copy verification (served)", " verified"),
+           ("_whole_verified", "whole image only, copy verification", " whole verified"))
 
 
 def _copy_table(results: list[dict]) -> str:
@@ -120,7 +121,9 @@ def write(results: list[dict], meta: dict, out: Path) -> None:
         "`vN p@1`: the default catalog, which indexes each image whole and as 6 regions (server/core/regions.py) "
         "and scores an image by its best match; `vN p@1 whole`: an index of whole images only (`index_regions` "
         "off, the Milvus backend); `vN p@1 verified`: the default catalog with the served search's copy "
-        "verification (server/query/verification.py). Queries are embedded once either way.", "",
+        "verification (server/query/verification.py); `vN p@1 whole verified`: whole images only with that "
+        "verification (one row per image, crops found by their thumbnails alone: issue 26's one-pass design). "
+        "Queries are embedded once either way.", "",
         _copy_table(results), "", "![copy](quality_copy.png)", "",
         "## GCompris details: a small detail cut-out (~72 px) finds its full painting / landmark", "",
         "Queries: the detail images of GCompris' `details` activity (gcompris-qt-data, read from its Qt .rcc "

@@ -134,15 +134,20 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for name, (cost, regions) in variants.items():
         copy = copy_detection(prep, gallery, queries, regions)
+        verified = copy_detection(prep, gallery, queries, regions, verify=True)
         category = category_retrieval(prep, gallery, {"off": 2.0}, regions)
         edits = [e for e in copy if e not in ("crop-50", "centre-crop-box")]
         rows.append({"variant": name, "encoder_inputs_per_image": round(cost, 2),
                      "crop50_p1": copy["crop-50"]["p@1"], "crop_box_centre_p1": copy["centre-crop-box"]["p@1"],
                      "other_edits_mean_p1": round(float(np.mean([copy[e]["p@1"] for e in edits])), 4),
+                     "crop50_p1_verified": verified["crop-50"]["p@1"],
+                     "crop_box_centre_p1_verified": verified["centre-crop-box"]["p@1"],
+                     "worst_edit_p1_verified": min(v["p@1"] for v in verified.values()),
                      "tuxpaint_map10": category["tuxpaint"]["map@10"], "emoji_map10": category["emoji"]["map@10"],
-                     "copy": copy})
+                     "copy": copy, "copy_verified": verified})
     columns = ["variant", "encoder_inputs_per_image", "crop50_p1", "crop_box_centre_p1", "other_edits_mean_p1",
-               "tuxpaint_map10", "emoji_map10"]
+               "crop50_p1_verified", "crop_box_centre_p1_verified", "worst_edit_p1_verified", "tuxpaint_map10",
+               "emoji_map10"]
     info = run_info(version=args.version, seed=args.seed, gallery=len(gallery), copy_queries=len(queries),
                     seconds=round(time.monotonic() - started, 1))
     markdown = (
@@ -156,8 +161,9 @@ def main(argv: list[str] | None = None) -> dict:
         "Variants: `encoded` = each box cropped and encoded (at 224 px unless `@S`); `pooled@S` = the boxes "
         "average-pooled from one pass over the whole image at S px; `centre quarter encoded` = that box encoded, "
         "the others pooled or absent; a `--graph` variant: that graph's own regions output (a learned head: "
-        "training/region_head.py, `make region-head`). What the numbers mean for the design: docs/QUALITY.md, "
-        "'Regions'.\n")
+        "training/region_head.py, `make region-head`). `*_verified`: with the served search's copy verification "
+        "(server/query/verification.py; rule 5 finds a crop's source by its thumbnail whatever the regions). What "
+        "the numbers mean for the design: docs/QUALITY.md, 'Regions'.\n")
     write_results("region_variants", {"run": info, "rows": rows}, markdown)
     return {"rows": rows}
 

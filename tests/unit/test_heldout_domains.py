@@ -103,3 +103,20 @@ def test_k_reciprocal_reranking_drops_a_hub_below_the_querys_own_cluster() -> No
     distance = k_reciprocal_distance(sims, k1=5, k2=2)
     assert all(distance[0, 12] > distance[0, j] for j in own)
     assert np.all(np.diag(distance) <= distance.min(axis=1) + 1e-6)  # every image is nearest to itself
+
+
+def test_pictures_the_encoder_sees_as_one_input_count_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blank pieces of different sizes are different files but one image to the service: a copy of one would tie
+    with the others, so the domain keeps one of them."""
+    from evaluation import heldout_domains
+
+    images = []
+    for name, size, colour in (("blank-a", (20, 40), (255, 255, 255)), ("blank-b", (64, 64), (255, 255, 255)),
+                               ("blank-c", (7, 90), (255, 255, 255)), ("red", (30, 30), (200, 0, 0)),
+                               ("green", (30, 30), (0, 160, 0))):
+        Image.new("RGB", size, colour).save(tmp_path / f"{name}.png")
+        images.append(LabelledImage(f"t/{name}", "t", "t:all", path=tmp_path / f"{name}.png"))
+    monkeypatch.setitem(heldout_domains.DOMAINS, "stand-in", lambda: images)
+    prep = heldout_domains.build_domain("stand-in", per_category=10, copy_sources=2, seed=1)
+    ids = [g.image_id for g in prep.gallery]
+    assert len(ids) == 3 and sum(i.startswith("t/blank") for i in ids) == 1 and {"t/red", "t/green"} <= set(ids)

@@ -21,6 +21,7 @@ from server.embedding.contract import INPUT_SIZE
 
 SIDE = 32  # cells per side: 7 x 7 input pixels each
 SIGNATURE_BYTES = SIDE * SIDE
+_FLAT_VARIANCE = 4.0  # int8 units^2: a window whose cells vary by less than ~2/127 of the image's range is blank
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -87,9 +88,6 @@ def localised(query: np.ndarray, signatures: np.ndarray, sides: tuple[int, ...])
     return best
 
 
-_FLAT_VARIANCE = 4.0  # int8 units^2: a window whose cells vary by less than ~2/127 of the image's range is blank
-
-
 def _thumbnails(query: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
     """float32 [len(sides), SIDE, SIDE]: the query shrunk to each w x w (area averaging) in the top-left corner,
     centred, unit norm, zeros elsewhere."""
@@ -105,12 +103,11 @@ def _thumbnails(query: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
 @cache
 def _shrink_matrices(sides: tuple[int, ...]) -> np.ndarray:
     """[len(sides), SIDE, SIDE]: row r < w of matrix k holds output cell r's area share of each input cell."""
-    out = np.zeros((len(sides), SIDE, SIDE), np.float32)
+    out, cells = np.zeros((len(sides), SIDE, SIDE), np.float32), np.arange(SIDE)
     for k, w in enumerate(sides):
         edges = np.arange(w + 1) * SIDE / w
         for r in range(w):
             lo, hi = edges[r], edges[r + 1]
-            cells = np.arange(SIDE)
             out[k, r] = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0.0, None) / (hi - lo)
     return out
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evaluation import quality_sets
+from evaluation import heldout_domains, quality_sets
 from evaluation.heldout_domains import augment_database, domain_gallery, expand
 from evaluation.quality_sets import LabelledImage, freeciv_flag_images
 
@@ -108,8 +108,6 @@ def test_k_reciprocal_reranking_drops_a_hub_below_the_querys_own_cluster() -> No
 def test_pictures_the_encoder_sees_as_one_input_count_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Blank pieces of different sizes are different files but one image to the service: a copy of one would tie
     with the others, so the domain keeps one of them."""
-    from evaluation import heldout_domains
-
     images = []
     for name, size, colour in (("blank-a", (20, 40), (255, 255, 255)), ("blank-b", (64, 64), (255, 255, 255)),
                                ("blank-c", (7, 90), (255, 255, 255)), ("red", (30, 30), (200, 0, 0)),

@@ -49,16 +49,19 @@ def best_match(whole: np.ndarray, regions: Iterable[np.ndarray]) -> np.ndarray:
     return best
 
 
+def cell_overlap(lo: float, hi: float, cells: int) -> np.ndarray:
+    """[cells]: how much of the interval [lo, hi] of [0, 1] falls in each of `cells` equal cells (lengths in units
+    of [0, 1]). Area pooling over a grid, whether of a box (below) or of a shrunk thumbnail (server/embedding/
+    signature.py), is the outer product of two of these."""
+    edges = np.arange(cells + 1) / cells
+    return np.clip(np.minimum(hi, edges[1:]) - np.maximum(lo, edges[:-1]), 0.0, None)
+
+
 def region_pooling_weights(cells: int) -> np.ndarray:
     """[cells * cells, R]: each REGION_BOXES box's share of each cell of a cells x cells feature map (area overlap,
     normalised per box), so a MatMul with the flattened map average-pools exactly the box."""
-    edges = np.arange(cells + 1) / cells
-
-    def overlap(lo: float, hi: float) -> np.ndarray:
-        return np.clip(np.minimum(hi, edges[1:]) - np.maximum(lo, edges[:-1]), 0.0, None)
-
     columns = []
     for x_min, y_min, x_max, y_max in REGION_BOXES:
-        weight = np.outer(overlap(y_min, y_max), overlap(x_min, x_max))  # [row, column] = [y, x]
+        weight = np.outer(cell_overlap(y_min, y_max, cells), cell_overlap(x_min, x_max, cells))  # [y, x]
         columns.append((weight / weight.sum()).reshape(-1))
     return np.stack(columns, axis=1).astype(np.float32)

@@ -17,6 +17,7 @@ from functools import cache
 import numpy as np
 import scipy.fft
 
+from server.core.regions import cell_overlap
 from server.embedding.contract import INPUT_SIZE
 
 SIDE = 32  # cells per side: 7 x 7 input pixels each
@@ -103,12 +104,10 @@ def _thumbnails(query: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
 @cache
 def _shrink_matrices(sides: tuple[int, ...]) -> np.ndarray:
     """[len(sides), SIDE, SIDE]: row r < w of matrix k holds output cell r's area share of each input cell."""
-    out, cells = np.zeros((len(sides), SIDE, SIDE), np.float32), np.arange(SIDE)
+    out = np.zeros((len(sides), SIDE, SIDE), np.float32)
     for k, w in enumerate(sides):
-        edges = np.arange(w + 1) * SIDE / w
         for r in range(w):
-            lo, hi = edges[r], edges[r + 1]
-            out[k, r] = np.clip(np.minimum(hi, cells + 1) - np.maximum(lo, cells), 0.0, None) / (hi - lo)
+            out[k, r] = cell_overlap(r / w, (r + 1) / w, SIDE) * w  # shares of an output cell of width 1 / w
     return out
 
 

@@ -60,7 +60,6 @@ class BlobStore:
         return {name: data for path, data in found.items() if (name := path.rsplit("/", 1)[-1]) in wanted}
 
 
-
 def _read_present_local(paths: dict[str, str]) -> dict[str, bytes]:
     """{key: path} -> {key: bytes} of the files that exist. All are opened and announced to the kernel
     (POSIX_FADV_WILLNEED) before the first is read, so the disk serves them concurrently: 30 evicted 1 KB files

@@ -45,7 +45,7 @@ from server.core.errors import InvalidInput
 from server.embedding.contract import EMBEDDING_DIM as DIM
 from server.embedding.imaging import prepare_views, region_views
 from server.store.faiss.index import VectorIndex, build_index
-from server.store.faiss.params import COMPACT_K_FACTOR, COMPACT_NPROBE, compact_params, nlist_for
+from server.store.faiss.params import COMPACT_K_FACTOR, COMPACT_NPROBE, IndexParams, compact_params, nlist_for
 from server.store.faiss.vector_log import VectorLog
 
 SOURCES = ("tuxpaint", "emoji", "openclipart", "emojione")
@@ -95,6 +95,20 @@ def real_set(version: str, share: float) -> tuple[np.ndarray, np.ndarray]:
     return corpus, queries
 
 
+def compact_index(corpus: np.ndarray, params: IndexParams, vector_log: VectorLog, index_path: Path
+                  ) -> tuple[VectorIndex, float]:
+    """The store's compact index of the corpus (rows = the vector log's), built, written and loaded as the store
+    loads it; and its build seconds."""
+    started = time.monotonic()
+    built = build_index(params, DIM, corpus)
+    build_s = time.monotonic() - started
+    faiss.write_index(built, str(index_path))
+    del built
+    index = VectorIndex(DIM, stored=vector_log.view, rebuild_in_background=False, read_rows=vector_log.read_rows)
+    index.load(index_path)
+    return index, build_s
+
+
 def measure(corpus: np.ndarray, queries: np.ndarray, nlists: list[int], workdir: Path, label: str) -> list[dict]:
     """The sweep for each list count, over one vector log and one exact ranking of the set."""
     log_path = workdir / f"{label}.f32"
@@ -104,15 +118,7 @@ def measure(corpus: np.ndarray, queries: np.ndarray, nlists: list[int], workdir:
     out = []
     for nlist in nlists:
         params = compact_params(nlist, DIM)
-        started = time.monotonic()
-        built = build_index(params, DIM, corpus)
-        build_s = time.monotonic() - started
-        index_path = workdir / f"{label}-{nlist}.faiss"
-        faiss.write_index(built, str(index_path))
-        del built
-        index = VectorIndex(DIM, stored=vector_log.view, rebuild_in_background=False,
-                            read_rows=vector_log.read_rows)
-        index.load(index_path)
+        index, build_s = compact_index(corpus, params, vector_log, workdir / f"{label}-{nlist}.faiss")
         for nprobe, k_factor in SWEEP:
             index.params = replace(params, nprobe=nprobe, k_factor=k_factor)
             timed_pass(index, queries, None)  # page cache warm

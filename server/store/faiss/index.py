@@ -197,7 +197,7 @@ class VectorIndex:
             return index.search(queries, k, params=faiss.SearchParameters(sel=selector))
         if params.rerank_from_disk:
             codes, candidates = self._probe(index, params, queries, k * params.k_factor, k, selector)
-            return self._rerank.top(queries, codes, candidates, k, index.ntotal, floor)
+            return self._rerank.top(queries, codes, candidates, k, index.ntotal, floor, params.rerank_sigmas)
         return self._probe(index, params, queries, k, k, selector)
 
     def _probe(self, index: faiss.Index, params: IndexParams, queries: np.ndarray, count: int, needed: int,

@@ -29,14 +29,19 @@ NPROBE = 24  # lists probed (of <= 4096 below the large threshold); a restrictiv
 # lists (what 1M-10M rows get) 16 probes gave 10-recall@10 0.951 (generated twin: 0.996), 48 give 0.987, 64
 # give 0.991; a deeper re-rank (80x) or a wider HNSW search over the centroids changed nothing.
 COMPACT_NPROBE, COMPACT_K_FACTOR = 48, 40
+# The re-rank does not read all k x k_factor candidates. It reads the best RERANK_HEAD by code, measures the codes'
+# error on them (exact minus code score), and then reads a later candidate only when its code score plus the mean
+# error plus RERANK_SIGMAS standard deviations could still beat the k-th exact score read so far (rerank.py).
+# Approximate: a candidate whose code error is an outlier is not read. Measured, nprobe 48, k 10
+# (benchmarks/results/index_side_by_side.md; 1M generated rows in docs/economics.md): on 72k real rows 84 rows read
+# per query instead of 400 for 10-recall@10 0.990 instead of 0.993; 2 sigmas lost 0.014, 4 read 133.
+RERANK_HEAD, RERANK_SIGMAS = 64, 3.0
 # A search told that scores under a floor are discarded (the region rows: only a region scoring above the k-th
-# whole-image match can change the top k) re-reads only candidates whose code score may reach it: the codes' error
-# is measured on the query's best RERANK_SAMPLE candidates, and a candidate is kept when its code score plus the
-# mean error plus RERANK_SIGMAS standard deviations reaches the floor (rerank.py). Approximate: the best candidates
-# by code under-represent the tail's errors. Measured (12k embedding-like vectors, floor = the 10th of 60 results,
+# whole-image match can change the top k) also skips the candidates whose code score plus the mean error plus
+# FLOOR_SIGMAS deviations cannot reach it. Measured (12k embedding-like vectors, floor = the 10th of 60 results,
 # 300 queries): 4 sigmas missed a result above the floor for 1.7% of the queries at 128-d and 3% at 1280-d; 6
 # sigmas for 0% and 3% (~100-120 rows read instead of 2,400).
-RERANK_SAMPLE, RERANK_SIGMAS = 32, 6.0
+FLOOR_SIGMAS = 6.0
 COMPACT_DIMS_PER_CODE = 5  # 1280-d: 256 sub-quantizers of 4 bits, 128 B per vector
 
 
@@ -46,6 +51,8 @@ class IndexParams:
     nprobe: int = 0
     k_factor: int = 0
     ef_search: int = 0  # centroids an HNSW coarse quantizer's graph search explores (0: 2 x nprobe)
+    # Compact layout: how far a later candidate's code may be off and still be read (rerank.py); None: read all.
+    rerank_sigmas: float | None = RERANK_SIGMAS
 
     @property
     def hnsw_quantizer(self) -> bool:

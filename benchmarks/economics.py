@@ -125,7 +125,7 @@ def timed_pass(index: VectorIndex, queries: np.ndarray, log: Path | None) -> tup
 
 
 # (nprobe, k_factor, rerank_sigmas) around the served setting; sigmas None: every candidate re-ranked (before)
-SCALE_SWEEP = ((16, 40, RERANK_SIGMAS), (32, 40, RERANK_SIGMAS), (48, 40, 2.0), (48, 40, RERANK_SIGMAS), (48, 40, 4.0),
+SCALE_SWEEP = ((16, 40, RERANK_SIGMAS), (32, 40, RERANK_SIGMAS), (48, 40, 3.0), (48, 40, RERANK_SIGMAS), (48, 40, 5.0),
                (48, 40, None), (48, 20, None), (64, 40, RERANK_SIGMAS), (48, 60, RERANK_SIGMAS))
 
 

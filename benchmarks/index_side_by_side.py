@@ -34,6 +34,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import ScalarFormatter
 
 from benchmarks.economics import disk_reads, exact_top, timed_pass
 from benchmarks.real_recall import compact_index, real_set
@@ -143,6 +144,8 @@ def plot(engines: list[dict], path: Path) -> None:
     ax.axhline(0.95, color="grey", linestyle=":", linewidth=0.8)
     ax.axvline(2.0, color="grey", linestyle=":", linewidth=0.8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
     ax.set_xlabel("p99 latency of one query, one core (ms)")
     ax.set_ylabel("10-recall@10 vs exact")
     ax.set_title("Real embeddings: compact IVF (served) vs DiskANN")

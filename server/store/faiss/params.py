@@ -32,10 +32,15 @@ COMPACT_NPROBE, COMPACT_K_FACTOR = 48, 40
 # The re-rank does not read all k x k_factor candidates. It reads the best RERANK_HEAD by code, measures the codes'
 # error on them (exact minus code score), and then reads a later candidate only when its code score plus the mean
 # error plus RERANK_SIGMAS standard deviations could still beat the k-th exact score read so far (rerank.py).
-# Approximate: a candidate whose code error is an outlier is not read. Measured, nprobe 48, k 10
-# (benchmarks/results/index_side_by_side.md; 1M generated rows in docs/economics.md): on 72k real rows 84 rows read
-# per query instead of 400 for 10-recall@10 0.990 instead of 0.993; 2 sigmas lost 0.014, 4 read 133.
-RERANK_HEAD, RERANK_SIGMAS = 64, 3.0
+# Approximate: a candidate whose code error is an outlier is not read, and the head's errors are biased (the best
+# by code are the candidates the codes overrated). Measured with 48 probes (docs/economics.md, 'Reading fewer
+# rows'), rows read per query and 10-recall@10, all candidates -> 4 sigmas:
+#   72k real rows, k = 10: 400 -> 133 rows, 0.993 -> 0.992; k = 30 (the gateway's first fetch): 1,200 -> 353, 0.993.
+#   10M generated rows (dense families: the top 10 within 0.016 of cosine), k = 10: 400 -> 369, 0.976 -> 0.974;
+#   k = 30: 1,200 -> 811, 0.997 -> 0.996.
+# 3 sigmas read 84 real rows at k = 10 for 0.990 but fell to 0.942 at 10M; an unbiased error sample (a strided or
+# random part of the tail) kept recall but saved under 15%.
+RERANK_HEAD, RERANK_SIGMAS = 64, 4.0
 # A search told that scores under a floor are discarded (the region rows: only a region scoring above the k-th
 # whole-image match can change the top k) also skips the candidates whose code score plus the mean error plus
 # FLOOR_SIGMAS deviations cannot reach it. Measured (12k embedding-like vectors, floor = the 10th of 60 results,

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -43,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.held_out_search import held_out, quality, relevant_by_category, searched
+from benchmarks.index_bench import recall_at
 from evaluation.metrics import evaluate
 from evaluation.quality import similarity
 from evaluation.real_structure import RealStructure, describe, train_split_rows, write_rows
@@ -63,6 +65,18 @@ def rss_anon() -> int:
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+# RAM of a loaded index, measured in a fresh interpreter: in a process that built an index, the load reuses the
+# heap the build freed and RSS barely moves.
+RAM_PROBE = ("import sys, faiss\nfrom benchmarks.economics import rss_anon\nbefore = rss_anon()\n"
+             "index = faiss.read_index(sys.argv[1])\nprint(rss_anon() - before)")
+
+
+def loaded_ram(index_path: Path) -> int:
+    done = subprocess.run([sys.executable, "-c", RAM_PROBE, str(index_path)], check=True, stdout=subprocess.PIPE,
+                          text=True, cwd=Path(__file__).resolve().parents[1])
+    return int(done.stdout.split()[-1])
 
 
 def page_cache_bytes(path: Path) -> int:
@@ -111,14 +125,15 @@ def disk_reads() -> int:
     raise RuntimeError("no read_bytes in /proc/self/io")
 
 
-def timed_pass(index: VectorIndex, queries: np.ndarray, log: Path | None) -> tuple[list[float], np.ndarray]:
+def timed_pass(index: VectorIndex, queries: np.ndarray, log: Path | None, k: int = 10
+               ) -> tuple[list[float], np.ndarray]:
     """One query at a time; `log`: evict its pages before every query (cold)."""
     latencies, found = [], []
     for q in queries:
         if log is not None:
             evict(log)
         started = time.perf_counter()
-        _, ids = index.search(q[None], 10)
+        _, ids = index.search(q[None], k)
         latencies.append((time.perf_counter() - started) * 1000)
         found.append(ids[0])
     return latencies, np.stack(found)
@@ -154,12 +169,11 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
     exact_scores, exact_ids = truth["arr_0"], truth["arr_1"]
 
     faiss.omp_set_num_threads(1)
-    before = rss_anon()
     vector_log = VectorLog(log, DIM)  # the store's reader of the log: one pread per row, no readahead
     index = VectorIndex(DIM, stored=vector_log.view, rebuild_in_background=False, read_rows=vector_log.read_rows)
     index.load(index_path)
     assert index.params == params, (index.params, params)
-    index_ram = rss_anon() - before
+    index_ram = loaded_ram(index_path)
     timed_pass(index, queries, None)  # the same queries once before: every row they re-rank is in the page cache
     read_before = index.rows_reranked
     warm, found = timed_pass(index, queries, None)
@@ -167,7 +181,7 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
     read_before = disk_reads()
     cold, _ = timed_pass(index, queries, log)
     disk_per_query = (disk_reads() - read_before) / nq
-    recall = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact_ids, strict=True)]))
+    recall = recall_at(exact_ids, found, 10)
     ndcg = float(np.mean([ndcg_vs_exact(f, e, s) for f, e, s in zip(found, exact_ids, exact_scores, strict=True)]))
     sweep = []
     for nprobe, k_factor, sigmas in SCALE_SWEEP:
@@ -177,8 +191,7 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
         latencies, got = timed_pass(index, queries, None)
         sweep.append({"nprobe": nprobe, "k_factor": k_factor, "rerank_sigmas": "all" if sigmas is None else sigmas,
                       "rows_reranked_per_query": round((index.rows_reranked - read_before) / nq, 1),
-                      "recall_at_10": round(float(np.mean(
-            [len(set(f) & set(e)) / 10 for f, e in zip(got, exact_ids, strict=True)])), 4),
+                      "recall_at_10": round(recall_at(exact_ids, got, 10), 4),
             "warm_p50_ms": round(float(np.percentile(latencies, 50)), 2),
             "warm_p99_ms": round(float(np.percentile(latencies, 99)), 2)})
         print(sweep[-1], flush=True)

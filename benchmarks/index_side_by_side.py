@@ -25,7 +25,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +36,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.ticker import ScalarFormatter
 
-from benchmarks.economics import disk_reads, exact_top, timed_pass
+from benchmarks.economics import disk_reads, exact_top, loaded_ram, timed_pass
+from benchmarks.index_bench import recall_at
 from benchmarks.real_recall import compact_index, real_set
 from evaluation.real_structure import CACHE
 from reporting.results import RESULTS, markdown_table, run_info, write_results
@@ -60,17 +60,6 @@ NPROBES = (8, 16, 24, 32, 48, 64, 96)
 GATEWAY_FETCH = 30  # the store search behind a k = 10 request (server/query/search.py: verification depth)
 DISKANN_CONFIG = {"graph_degree": 64, "build_complexity": 100, "pq_bytes": 160, "beam_width": 4,
                   "search": [10, 20, 30, 40, 60, 80, 120, 160]}
-
-
-# RAM of a loaded index, measured in a fresh interpreter: in this one the heap the build freed is reused by the load.
-RAM_PROBE = ("import sys, faiss\nfrom benchmarks.economics import rss_anon\nbefore = rss_anon()\n"
-             "index = faiss.read_index(sys.argv[1])\nprint(rss_anon() - before)")
-
-
-def loaded_ram(index_path: Path) -> int:
-    done = subprocess.run([sys.executable, "-c", RAM_PROBE, str(index_path)], cwd=ROOT, check=True,
-                          stdout=subprocess.PIPE, text=True)
-    return int(done.stdout.split()[-1])
 
 
 def diskann_python() -> Path:
@@ -121,8 +110,7 @@ def run_compact(corpus: np.ndarray, queries: np.ndarray, exact_ids: np.ndarray, 
         out["sweep"].append({
             "nprobe": nprobe, "k_factor": COMPACT_K_FACTOR, "rerank_sigmas": "all" if sigmas is None else sigmas,
             "rows_reranked_per_query": round(rows_read, 1),
-            "recall_at_10": round(float(np.mean([len(set(f) & set(e)) / 10
-                                                 for f, e in zip(found, exact_ids, strict=True)])), 4),
+            "recall_at_10": round(recall_at(exact_ids, found, 10), 4),
             "warm_p50_ms": round(float(np.percentile(warm, 50)), 2),
             "warm_p99_ms": round(float(np.percentile(warm, 99)), 2),
             "cold_p50_ms": round(float(np.percentile(cold, 50)), 2),
@@ -140,17 +128,12 @@ def fetch_of_30(index: VectorIndex, params: IndexParams, queries: np.ndarray, ex
     """A store search of k = 30, what the gateway asks for a k = 10 request (verification depth): rows read, and
     the recall of its first 10. Page cache warm."""
     index.params = replace(params, nprobe=COMPACT_NPROBE, k_factor=COMPACT_K_FACTOR, rerank_sigmas=sigmas)
-    for q in queries:
-        index.search(q[None], GATEWAY_FETCH)
-    rows_before, latencies, found = index.rows_reranked, [], []
-    for q in queries:
-        started = time.perf_counter()
-        found.append(index.search(q[None], GATEWAY_FETCH)[1][0][:10])
-        latencies.append((time.perf_counter() - started) * 1000)
+    timed_pass(index, queries, None, GATEWAY_FETCH)  # page cache warm for this setting's rows
+    rows_before = index.rows_reranked
+    latencies, found = timed_pass(index, queries, None, GATEWAY_FETCH)
     row = {"k": GATEWAY_FETCH, "nprobe": COMPACT_NPROBE, "rerank_sigmas": "all" if sigmas is None else sigmas,
            "rows_reranked_per_query": round((index.rows_reranked - rows_before) / len(queries), 1),
-           "recall_at_10": round(float(np.mean([len(set(f) & set(e)) / 10
-                                                for f, e in zip(found, exact_ids, strict=True)])), 4),
+           "recall_at_10": round(recall_at(exact_ids, found, 10), 4),
            "warm_p50_ms": round(float(np.percentile(latencies, 50)), 2),
            "warm_p99_ms": round(float(np.percentile(latencies, 99)), 2)}
     print(row, flush=True)

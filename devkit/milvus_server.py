@@ -39,6 +39,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.core.config import free_port
 from server.triton.supervisor import dying_with_parent
 
 PORT_FLAGS = (
@@ -48,20 +49,6 @@ PORT_FLAGS = (
 EXTRA_PORTS = ("metrics", "etcd-peer")  # set through the environment, not launcher flags
 METRICS_ENV = "VSEARCH_MILVUS_METRICS_PORT"
 MAPPING = re.compile(r"^[0-9a-f]+-[0-9a-f]+ ")
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports (all sockets held until every port is chosen)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _group_pids(pgid: int) -> list[int]:
@@ -136,13 +123,13 @@ class MilvusServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.ports:
             names = (*PORT_FLAGS, *EXTRA_PORTS)
-            self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+            self.ports = dict(zip(names, [free_port() for _ in names], strict=True))
         etcd_config = self.data_dir / "embed-etcd.yaml"
         client, peer = f"http://127.0.0.1:{self.ports['etcd-port']}", f"http://127.0.0.1:{self.ports['etcd-peer']}"
         etcd_config.write_text(
             f"listen-client-urls: {client}\nadvertise-client-urls: {client}\nlisten-peer-urls: {peer}\n"
             f"initial-advertise-peer-urls: {peer}\ninitial-cluster: default={peer}\n")
-        args = [sys.executable, "-m", "devkit.milvus_server", "--data", str(self.data_dir)]
+        args = [sys.executable, "-u", "-m", "devkit.milvus_server", "--data", str(self.data_dir)]
         for flag in PORT_FLAGS:
             args += [f"--{flag}", str(self.ports[flag])]
         for key, value in self.extra_config.items():
@@ -208,10 +195,15 @@ class MilvusServer:
         self.stop(grace_s=0.0)
 
     def _log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-2000:]
-        except OSError:
-            return "(no log)"
+        """The ends of the launcher's log and of Milvus' own (the launcher sends Milvus' output to data/logs)."""
+        tails = []
+        for path in (self.log_path, self.data_dir / "logs" / "milvus-stderr.log",
+                     self.data_dir / "logs" / "milvus-stdout.log"):
+            try:
+                tails.append(f"--- {path.name}:\n{path.read_text(errors='replace')[-1500:]}")
+            except OSError:
+                tails.append(f"--- {path.name}: (none)")
+        return "\n".join(tails)
 
 
 def _launch(argv: list[str]) -> None:

@@ -8,7 +8,9 @@ derives them from the fields, and a launcher hands settings to a child process a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import random
 import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -171,11 +173,35 @@ def from_args(args: argparse.Namespace) -> Settings:
     return Settings.from_env(**{f.name: getattr(args, f.name, None) for f in fields(Settings)})
 
 
+# Ports handed to a server that binds them later are picked below Linux's ephemeral range (32768-60999 here):
+# a port the OS picks (bind to 0) lies inside that range, where any outgoing connection of any process may take
+# it before the server binds it. A CI run lost a Milvus start that way (its health port never came up).
+UNEPHEMERAL_PORTS = (20000, 32768)
+_handed_out: set[int] = set()  # never hand the same port out twice in one process
+
+
+def free_port_range(size: int = 1) -> int:
+    """First of `size` consecutive TCP ports free on loopback right now, below the ephemeral range."""
+    low, high = UNEPHEMERAL_PORTS
+    for _ in range(500):
+        start = random.randrange(low, high - size)
+        ports = range(start, start + size)
+        if _handed_out.intersection(ports):
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in ports:
+                    stack.enter_context(socket.socket()).bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.update(ports)
+        return start
+    raise RuntimeError(f"no {size} consecutive free loopback ports in {low}-{high}")
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on loopback right now, which no outgoing connection can take before its server binds it."""
+    return free_port_range(1)
 
 
 def loopback_settings(**overrides: object) -> Settings:

@@ -54,7 +54,7 @@ from server.embedding.contract import EMBEDDING_DIM as DIM
 from server.store.faiss.index import VectorIndex, build_index
 from server.store.faiss.params import RERANK_SIGMAS, compact_params, nlist_for, params_for
 from server.store.faiss.store import FaissVectorStore
-from server.store.faiss.vector_log import VectorLog
+from server.store.faiss.vector_log import VectorLog, open_log
 
 ROW_BYTES = DIM * 4
 
@@ -237,8 +237,10 @@ def real_sets(version: str, seed: int = 16) -> dict:
         # Control: the same store with exact (Flat) indexes. What it loses against `similarity` is the store's
         # merge rule (a bounded number of region rows per query), not the codes.
         flat_ranked, flat_by_category = searches(store, "flat store")
-        for log_name, snapshot in (("vectors.f32", "index.faiss"), ("regions.f32", "regions.faiss")):
-            rows = np.fromfile(directory / log_name, dtype=np.float32).reshape(-1, DIM)
+        for log_name, snapshot in (("vectors", "index.faiss"), ("regions", "regions.faiss")):
+            vector_log = open_log(directory, log_name, DIM)
+            rows = vector_log.read(0, vector_log.rows())
+            vector_log.close()
             params = compact_params(nlist_for(len(rows)), DIM)
             faiss.write_index(build_index(params, DIM, rows, training=training), str(directory / snapshot))
             out[f"{snapshot}_factory"] = params.factory

@@ -27,13 +27,13 @@ def test_region_rows_survive_a_restart_and_unacknowledged_rows_are_dropped(tmp_p
     store.add(images[20:])  # after the snapshot: replayed from the log on start
     store.close()
     # a crash after the region rows were logged but before the records committed: rows of no image
-    with open(tmp_path / LOG_NAME, "ab") as log:
-        log.write(unit(rng, 2 * R).tobytes())
+    with open(tmp_path / f"{LOG_NAME}.f16", "ab") as log:
+        log.write(unit(rng, 2 * R).astype("<f2").tobytes())
     reopened = open_store(tmp_path, regions=0)  # the catalog keeps regions whatever the setting says now
     assert reopened.regions_per_image == R
     for target in (images[3], images[25]):
         assert reopened.search(target.regions[1], 1)[0].image_id == target.image_id
-    assert (tmp_path / LOG_NAME).stat().st_size == 30 * R * DIM * 4
+    assert (tmp_path / f"{LOG_NAME}.f16").stat().st_size == 30 * R * DIM * 2
     late = new("late", rng)
     reopened.add([late])
     assert reopened.search(late.regions[3], 1)[0].image_id == "late"
@@ -47,5 +47,5 @@ def test_a_catalog_created_without_regions_stays_without(tmp_path):
     store.close()
     reopened = open_store(tmp_path, regions=R)
     assert reopened.regions_per_image == 0
-    assert not (tmp_path / LOG_NAME).exists()
+    assert not list(tmp_path.glob(f"{LOG_NAME}.f*"))
     reopened.close()

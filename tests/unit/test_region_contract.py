@@ -18,7 +18,7 @@ import pytest
 from server.core.regions import REGION_SCORE_PENALTY
 from server.store.base import EmbeddedImage, Visibility
 from server.store.faiss import FaissVectorStore
-from tests.unit.test_store_contract import OpenStore, opener
+from tests.unit.test_store_contract import STORED_ATOL, OpenStore, opener
 
 DIM, R = 32, 4
 
@@ -59,7 +59,7 @@ def test_a_region_match_finds_its_image_first_scored_by_the_best_match(open_regi
             assert hits[0].image_id == target.image_id
             assert hits[0].score == pytest.approx(1.0 - REGION_SCORE_PENALTY, abs=0.02)
             # the candidate carries the WHOLE image's vector (duplicate collapse compares whole pictures)
-            assert np.allclose(hits[0].vector, target.vector, atol=1e-5)
+            assert np.allclose(hits[0].vector, target.vector, atol=STORED_ATOL)
         whole = store.search(target.vector, 1)[0]
         assert whole.image_id == target.image_id and whole.score == pytest.approx(1.0, abs=1e-3)
     # every image appears once, however many of its rows matched
@@ -113,4 +113,4 @@ def test_images_without_regions_a_wrong_region_count_and_a_catalog_reopened_with
     assert reopened.regions_per_image == R
     assert reopened.search(kept.regions[1], 1)[0].image_id == "kept"
     rows = reopened.rows([reopened.get("kept")])
-    np.testing.assert_allclose(rows[0].regions, kept.regions, atol=1e-5)
+    np.testing.assert_allclose(rows[0].regions, kept.regions, atol=STORED_ATOL)

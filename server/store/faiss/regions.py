@@ -1,7 +1,7 @@
 """Region rows of the embedded store: R embeddings of sub-regions per image, searched beside the whole images.
 
 A catalog created with regions (`regions.json`: rows per image) keeps them in their own write-ahead log and
-index (`regions.f32`, `regions.faiss`): row = internal id * R + r, so a row names its image without a lookup.
+index (`regions.f16`, `regions.faiss`): row = internal id * R + r, so a row names its image without a lookup.
 Rows are written before the image's record commits (like the whole-image vector), and the rows of
 unacknowledged images are truncated on start. Their eligibility bitmap mirrors the images' (R bits per image),
 so private and deleted images' regions are filtered inside the ANN search; the store re-checks every hit
@@ -19,10 +19,10 @@ from server.core.durable import replace_durably
 from server.core.regions import REGION_SCORE_PENALTY, region_score
 from server.store.faiss.eligibility import Eligibility
 from server.store.faiss.index import VectorIndex
-from server.store.faiss.vector_log import VectorLog
+from server.store.faiss.vector_log import VectorLog, open_log
 
 META_NAME = "regions.json"
-LOG_NAME = "regions.f32"
+LOG_NAME = "regions"  # regions.f16 (regions.f32 before the conversion)
 SNAPSHOT_NAME = "regions.faiss"
 
 
@@ -31,7 +31,7 @@ class RegionRows:
                  rebuild_in_background: bool) -> None:
         self.per_image, self.dim = per_image, dim
         self.snapshot_path = data_dir / SNAPSHOT_NAME
-        self._log = VectorLog(data_dir / LOG_NAME, dim)
+        self._log = open_log(data_dir, LOG_NAME, dim)
         self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._log.view,
                                   read_rows=self._log.read_rows)
         self._eligibility = Eligibility()
@@ -113,7 +113,12 @@ class RegionRows:
     def rows_of(self, images: np.ndarray) -> list[np.ndarray]:
         """The region rows of each of these images, float32 [R, dim] each, from the log."""
         view = self._log.view()
-        return [np.array(view[int(i) * self.per_image:(int(i) + 1) * self.per_image]) for i in images]
+        return [np.array(view[int(i) * self.per_image:(int(i) + 1) * self.per_image], dtype=np.float32)
+                for i in images]
+
+    @property
+    def log(self) -> VectorLog:
+        return self._log
 
     def snapshot(self) -> None:
         self._index.save(self.snapshot_path)

@@ -1,12 +1,12 @@
 """The embedded `VectorStore`: FAISS index + SQLite records + eligibility bitmap of one encoder version.
 
 On disk (one directory per encoder version, `<data_dir>/catalogs/encoder-N`):
-  vectors.f32      append-only log of embeddings, row i = internal id i (fsync'd before the records commit)
+  vectors.f16      append-only float16 log of embeddings, row i = internal id i (fsync'd before the records commit)
   metadata.sqlite  image records (WAL, synchronous=FULL); a row exists only once its vector is durable
   index.faiss      last index snapshot (atomic write + rename); rows after its ntotal are replayed on start
   regions.*        the same for the region rows of a catalog created with regions (regions.py)
 
-Recovery: rows of vectors.f32 beyond the record count were never acknowledged and are truncated. Writes are
+Recovery: rows of the vector log beyond the record count were never acknowledged and are truncated. Writes are
 serialized by one lock; searches are lock-free.
 """
 
@@ -34,7 +34,7 @@ from server.store.faiss.eligibility import Eligibility
 from server.store.faiss.index import VectorIndex
 from server.store.faiss.params import FLAT_THRESHOLD
 from server.store.faiss.regions import RegionRows
-from server.store.faiss.vector_log import VectorLog
+from server.store.faiss.vector_log import convert_logs, open_log
 from server.store.metadata import SqliteMetadataStore, now
 
 log = logging.getLogger("store.faiss")
@@ -59,14 +59,15 @@ class FaissVectorStore:
             per_image = RegionRows.create(data_dir, regions)
         if per_image:
             self._regions = RegionRows(data_dir, dim, per_image, flat_threshold, rebuild_in_background)
-        self._vector_log = VectorLog(data_dir / "vectors.f32", dim)
+        self._vector_log = open_log(data_dir, "vectors", dim)
         self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._vector_log.view,
                                   on_rebuilt=self._rebuilt, read_rows=self._vector_log.read_rows)
         self._eligibility = Eligibility()
         self._counts = {Visibility.PUBLIC: 0, Visibility.PRIVATE: 0, "deleted": 0}
-        self._write_lock = threading.Lock()
-        self._adds_since_snapshot = 0
+        self._write_lock, self._adds_since_snapshot = threading.Lock(), 0
         self._recover()
+        convert_logs([self._vector_log, *(g.log for g in [self._regions] if g)], self._write_lock,  # earlier float32
+                     rebuild_in_background)
 
     def _rebuilt(self) -> None:
         """A rebuild or a conversion: a new version; the next due snapshot persists it (under the index's lock)."""
@@ -177,9 +178,7 @@ class FaissVectorStore:
         return [i for i in image_ids if (r := self._records.get(i)) is None or r.deleted]
 
     def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[Candidate]:
-        skip = None
-        if exclude is not None and (record := self._records.get(exclude)) is not None:
-            skip = record.internal_id
+        skip = record.internal_id if exclude is not None and (record := self._records.get(exclude)) else None
         selector, _keepalive, eligible = self._eligibility.snapshot(skip)
         if eligible == 0:
             return []
@@ -244,7 +243,8 @@ class FaissVectorStore:
         return [StoredRow(r, v, g) for r, v, g in zip(records, vectors, regions, strict=True)]
 
     def close(self) -> None:
-        self._vector_log.close()
-        if self._regions is not None:
-            self._regions.close()
-        self._records.close()
+        with self._write_lock:  # (an add in flight finishes; a log conversion stops)
+            self._vector_log.close()
+            if self._regions is not None:
+                self._regions.close()
+            self._records.close()

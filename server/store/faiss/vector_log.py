@@ -1,15 +1,39 @@
-"""Append-only float32 rows with fsync: the write-ahead log of embeddings (row i = internal id i)."""
+"""Append-only rows with fsync: the write-ahead log of embeddings (row i = internal id i).
+
+A catalog's log is `<name>.f16` (float16, 2 B per dimension): the disk copy the compact index re-ranks from and
+the source every rebuild reads. Half the SSD of float32 and half the bytes each re-rank reads; the rounding moves
+a cosine by ~1e-4 (benchmarks/results/index_side_by_side.md measures the recall). Catalogs written before keep a
+`<name>.f32` log, which `convert` rewrites as float16 while the catalog serves and takes writes:
+
+- rows are copied to `<name>.f16.partial` outside the store's write lock, only rows acknowledged when the copy
+  began (under that lock the log holds exactly the acknowledged rows);
+- under the lock the last rows are copied, the partial file is fsync'd and renamed to `<name>.f16`, the log
+  switches to it, and the `.f32` file is unlinked.
+
+A kill -9 before the rename leaves the `.f32` log authoritative and the next conversion resumes from the partial
+file's rows; after it, `open_log` finds the `.f16` log complete and removes what is left of the old one.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
+from server.core.durable import fsync_dir, replace_durably
+
 READERS = 8  # concurrent row reads of one re-rank (an NVMe drive serves dozens at once)
+CONVERT_CHUNK_ROWS = 16_384  # rows copied per step of a conversion
+DTYPES = {".f16": np.dtype("<f2"), ".f32": np.dtype("<f4")}
+log = logging.getLogger("store.vector_log")
 
 
 @functools.cache
@@ -17,60 +41,166 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(READERS, thread_name_prefix="row-reader")
 
 
-class VectorLog:
-    def __init__(self, path: Path, dim: int) -> None:
-        self.path, self.dim = path, dim
-        self._row_bytes = dim * 4
-        self._file = open(path, "ab")  # noqa: SIM115 - kept open for the store's lifetime
+@dataclass(frozen=True)
+class _LogFile:
+    """One file of the log. Searches read lock-free, so a conversion swaps the whole object at once; a file
+    switched away from stays open (its descriptor is never reused under a reader) until the log closes."""
+
+    path: Path
+    dtype: np.dtype
+    writer: int
+    reader: int
+
+    @classmethod
+    def open(cls, path: Path) -> _LogFile:
+        writer = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        reader = os.open(path, os.O_RDONLY)
         # The re-rank's reader: random rows, so no readahead (through a memory map each 5 KB row pulled in
         # ~128 KB or more: 1.9 GB/s of disk reads at 10M rows, benchmarks/results/economics.md).
-        self._reader = os.open(path, os.O_RDONLY)
-        os.posix_fadvise(self._reader, 0, 0, os.POSIX_FADV_RANDOM)
+        os.posix_fadvise(reader, 0, 0, os.POSIX_FADV_RANDOM)
+        return cls(path, DTYPES[path.suffix], writer, reader)
+
+    def close(self) -> None:
+        os.close(self.writer)
+        os.close(self.reader)
+
+
+def open_log(data_dir: Path, name: str, dim: int) -> VectorLog:
+    """The catalog's log `name`: float16 unless an unconverted float32 log is there (then `convert` it)."""
+    new, old = data_dir / f"{name}.f16", data_dir / f"{name}.f32"
+    if new.exists():  # a conversion finished; a kill -9 may have left the old log or a partial file behind
+        for stale in (old, new.with_name(new.name + ".partial")):
+            stale.unlink(missing_ok=True)
+        fsync_dir(data_dir)
+    return VectorLog(old if old.exists() else new, dim)
+
+
+class VectorLog:
+    def __init__(self, path: Path, dim: int) -> None:
+        """`path`'s suffix names the row type: `.f16` or `.f32`."""
+        self.dim = dim
+        self._file = _LogFile.open(path)
+        self._retired: list[_LogFile] = []
+        self._closed = False  # set under the write lock: a conversion running in the background stops
+
+    @property
+    def path(self) -> Path:
+        return self._file.path
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._file.dtype
+
+    def _row_bytes(self, file: _LogFile | None = None) -> int:
+        return self.dim * (file or self._file).dtype.itemsize
 
     def rows(self) -> int:
-        return os.path.getsize(self.path) // self._row_bytes
+        return os.fstat(self._file.writer).st_size // self._row_bytes()
 
     def truncate(self, rows: int) -> None:
-        self._file.flush()
-        os.truncate(self.path, rows * self._row_bytes)
+        os.ftruncate(self._file.writer, rows * self._row_bytes())
 
     def append(self, vectors: np.ndarray) -> None:
-        self._file.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        data = np.ascontiguousarray(vectors, dtype=self.dtype).tobytes()
+        written = 0
+        while written < len(data):
+            written += os.write(self._file.writer, data[written:])
+        os.fsync(self._file.writer)
 
     def view(self) -> np.ndarray:
-        """All rows, memory-mapped (read-only)."""
-        rows = self.rows()
+        """All rows, memory-mapped (read-only), in the log's row type: convert what you take."""
+        file, rows = self._file, self.rows()
         if rows == 0:
-            return np.empty((0, self.dim), np.float32)
-        return np.memmap(self.path, dtype="<f4", mode="r", shape=(rows, self.dim))
+            return np.empty((0, self.dim), file.dtype)
+        return np.memmap(file.path, dtype=file.dtype, mode="r", shape=(rows, self.dim))
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         """float32 [len(rows), dim]: these rows, each run of consecutive rows (an image's region rows often come
         together) read with one pread of exactly its bytes. Many runs are read by READERS threads at once (preadv
         releases the GIL), so an SSD serves them in parallel."""
-        out = np.empty((len(rows), self.dim), np.float32)
+        file = self._file
+        out = np.empty((len(rows), self.dim), file.dtype)
         if len(rows) == 0:  # (every candidate under a search's floor)
-            return out
-        buffer, size = memoryview(out).cast("B"), self._row_bytes
+            return out.astype(np.float32)
+        buffer, size = memoryview(out).cast("B"), self._row_bytes(file)
         rows = np.asarray(rows, dtype=np.int64)
         starts = np.flatnonzero(np.diff(rows, prepend=rows[0] - 2) != 1)
         runs = list(zip(starts.tolist(), [*starts[1:].tolist(), len(rows)], rows[starts].tolist(), strict=True))
 
         def read(part: list[tuple[int, int, int]]) -> None:
             for first, stop, row in part:
-                os.preadv(self._reader, [buffer[first * size:stop * size]], row * size)
+                os.preadv(file.reader, [buffer[first * size:stop * size]], row * size)
 
         if len(runs) < 2 * READERS:
             read(runs)
         else:
             list(_pool().map(read, [runs[i::READERS] for i in range(READERS)]))
-        return out
+        return out.astype(np.float32, copy=False)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         return np.array(self.view()[start:stop], dtype=np.float32)
 
+    @property
+    def converted(self) -> bool:
+        return self.dtype == DTYPES[".f16"]
+
+    def convert(self, write_lock: threading.Lock) -> None:
+        """Rewrite a float32 log as float16 while it serves (module docstring); `write_lock` is the lock every
+        append and truncate of this log is made under."""
+        if self.converted:
+            return
+        target = self.path.with_suffix(".f16")
+        partial = target.with_name(target.name + ".partial")
+        row_bytes = self.dim * DTYPES[".f16"].itemsize
+        done = partial.stat().st_size // row_bytes if partial.exists() else 0
+        with open(partial, "ab") as out:
+            out.truncate(min(done, self.rows()) * row_bytes)  # a torn last row of a killed conversion
+            done = min(done, self.rows())
+            log.info("converting %s to float16 from row %d of %d", self.path.name, done, self.rows())
+            while True:
+                with write_lock:
+                    if self._closed:
+                        return
+                    acknowledged = self.rows()
+                    if acknowledged - done <= CONVERT_CHUNK_ROWS:  # the rest, then the switch, under the lock
+                        self._copy(out, done, acknowledged)
+                        self._switch(out, partial, target)
+                        return
+                stop = min(acknowledged, done + CONVERT_CHUNK_ROWS)
+                self._copy(out, done, stop)
+                done = stop
+
+    def _copy(self, out: BinaryIO, start: int, stop: int) -> None:
+        out.write(np.ascontiguousarray(self.view()[start:stop], dtype=DTYPES[".f16"]).tobytes())
+
+    def _switch(self, out: BinaryIO, partial: Path, target: Path) -> None:
+        out.flush()
+        replace_durably(partial, target)
+        old, self._file = self._file, _LogFile.open(target)
+        self._retired.append(old)
+        old.path.unlink()
+        fsync_dir(target.parent)
+        log.info("converted %s: %d rows", target.name, self.rows())
+
     def close(self) -> None:
-        self._file.close()
-        os.close(self._reader)
+        """Call under the write lock given to `convert`."""
+        self._closed = True
+        for file in (self._file, *self._retired):
+            with contextlib.suppress(OSError):
+                file.close()
+
+
+def convert_logs(logs: list[VectorLog], write_lock: threading.Lock, in_background: bool) -> None:
+    """Convert a catalog's float32 logs to float16, one after the other, on a thread of their own unless told."""
+    pending = [vector_log for vector_log in logs if not vector_log.converted]
+    if not pending:
+        return
+
+    def run() -> None:
+        for vector_log in pending:
+            vector_log.convert(write_lock)
+
+    if in_background:
+        threading.Thread(target=run, daemon=True, name="log-conversion").start()
+    else:
+        run()

@@ -25,6 +25,7 @@ Writes benchmarks/results/economics.{json,md,png}.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -96,10 +98,16 @@ def evict(path: Path) -> None:
 
 def exact_top(rows: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k inner products over all rows (streamed in chunks from the memory map)."""
+    return exact_top_of(((start, rows[start:start + 200_000]) for start in range(0, len(rows), 200_000)), queries, k)
+
+
+def exact_top_of(blocks: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, k: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner products over (first row id, rows) blocks."""
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.full((len(queries), k), -1, np.int64)
-    for start in tqdm(range(0, len(rows), 200_000), desc="exact search", unit="chunk", mininterval=30):
-        block = np.asarray(rows[start:start + 200_000], dtype=np.float32)
+    for start, rows in tqdm(blocks, desc="exact search", unit="block", mininterval=30):
+        block = np.asarray(rows, dtype=np.float32)
         s = queries @ block.T
         top = np.argpartition(-s, k, axis=1)[:, :k]
         cand_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], axis=1)
@@ -147,7 +155,7 @@ SCALE_SWEEP = ((16, 40, RERANK_SIGMAS), (32, 40, RERANK_SIGMAS), (48, 40, 3.0), 
 def scale(n: int, data: Path, nq: int, version: str) -> dict:
     model = RealStructure.fit(train_split_rows(version))
     data.mkdir(parents=True, exist_ok=True)
-    log = data / f"rows-{n}.f32"
+    log = data / f"rows-{n}.f16"  # float16, as the store's vector log
     with tqdm(total=n, desc="generate rows", unit="row", mininterval=30) as bar:
         rows = write_rows(log, n, model, seed=9, progress=bar.update)
     params = params_for(n, DIM)
@@ -163,8 +171,9 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
         del built
     queries = model.sample(nq, np.random.default_rng(11))
     truth_path = data / f"exact-{n}-{nq}.npz"
-    if not truth_path.exists():
-        np.savez(truth_path, *exact_top(rows, queries, 10))
+    if not truth_path.exists():  # over the float32 rows (the log's are rounded): generated again, block by block
+        blocks = zip(itertools.count(0, 100_000), model.chunks(n, seed=9), strict=False)
+        np.savez(truth_path, *exact_top_of(blocks, queries, 10))
     truth = np.load(truth_path)
     exact_scores, exact_ids = truth["arr_0"], truth["arr_1"]
 

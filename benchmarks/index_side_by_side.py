@@ -8,7 +8,8 @@ on one core. Both indexes are built and searched here, on the same rows and quer
   (benchmarks/real_recall.py `real_set`: ~68k corpus rows; each left-out image queries with its whole-image row
   and one region row). Real vectors, because generated ones overstate what an IVF finds (real_recall.md).
 - **Compact IVF** (server/store/faiss): `compact_params` at the list count this n gets and at 4,096 (what 1M-10M
-  rows get), swept over nprobe; the exact re-rank reads rows from the vector log with the store's reader, only
+  rows get), swept over nprobe, and the first of them again over a float32 log (before 2026-12-07; served:
+  float16 rows); the exact re-rank reads rows from the vector log with the store's reader, only
   those whose code score may still make the top 10 (rerank.py; `all`: every candidate, as before). Warm: the
   queries' rows in the page cache. Cold: the log evicted before every query (every re-ranked row from disk).
 - **DiskANN** (diskannpy 0.7.0, benchmarks/diskann_runner.py in `.venv-diskann`): PQ codes of `pq_bytes` in
@@ -51,7 +52,7 @@ from server.store.faiss.params import (
     compact_params,
     nlist_for,
 )
-from server.store.faiss.vector_log import VectorLog
+from server.store.faiss.vector_log import DTYPES, VectorLog
 
 ROOT = Path(__file__).resolve().parents[1]
 DISKANN_VENV = ROOT / ".venv-diskann"
@@ -87,18 +88,19 @@ def run_diskann(corpus: np.ndarray, queries: np.ndarray, exact_ids: np.ndarray, 
 
 
 def run_compact(corpus: np.ndarray, queries: np.ndarray, exact_ids: np.ndarray, workdir: Path,
-                nlist: int) -> dict:
-    """The store's compact index over a vector log of the corpus: RAM, build, and the nprobe sweep warm + cold."""
-    log_path = workdir / "rows.f32"
+                nlist: int, log_suffix: str = ".f16") -> dict:
+    """The store's compact index over a vector log of the corpus (`.f16`: float16 rows, as the store keeps them;
+    `.f32`: float32, as before): RAM, build, and the nprobe sweep warm + cold."""
+    log_path = workdir / f"rows{log_suffix}"
     if not log_path.exists():
-        corpus.astype("<f4").tofile(log_path)
+        corpus.astype(DTYPES[log_suffix]).tofile(log_path)
     params = compact_params(nlist, DIM)
     vector_log = VectorLog(log_path, DIM)
     index_path = workdir / f"compact-{nlist}.faiss"
     index, build_s = compact_index(corpus, params, vector_log, index_path)
     out = {"engine": "compact IVF", "factory": params.factory, "nlist": nlist, "n": len(corpus),
            "build_s": round(build_s, 1), "ram_bytes_per_vector": round(loaded_ram(index_path) / len(corpus), 1),
-           "sweep": []}
+           "log_row_bytes": DIM * DTYPES[log_suffix].itemsize, "sweep": []}
     for nprobe, sigmas in [(nprobe, RERANK_SIGMAS) for nprobe in NPROBES] + [(COMPACT_NPROBE, None)]:
         index.params = replace(params, nprobe=nprobe, k_factor=COMPACT_K_FACTOR, rerank_sigmas=sigmas)
         timed_pass(index, queries, None)  # page cache warm for this setting's rows
@@ -153,8 +155,9 @@ def plot(engines: list[dict], path: Path) -> None:
             series = [("p99_ms", f"DiskANN R{engine['graph_degree']}, {engine['ram_pq_bytes_per_vector']:.0f} B "
                                  "PQ in RAM (disk reads)", "s-")]
         else:
-            series = [("warm_p99_ms", f"compact IVF{engine['nlist']}, warm page cache", "o-"),
-                      ("cold_p99_ms", f"compact IVF{engine['nlist']}, rows from disk", "o--")]
+            rows = "float16" if engine["log_row_bytes"] == DIM * 2 else "float32"
+            series = [("warm_p99_ms", f"compact IVF{engine['nlist']} ({rows} rows), warm page cache", "o-"),
+                      ("cold_p99_ms", f"compact IVF{engine['nlist']} ({rows} rows), rows from disk", "o--")]
         points = [s for s in engine["sweep"] if s.get("rerank_sigmas") != "all"]
         for key, label, style in series:
             ax.plot([s[key] for s in points], [s["recall_at_10"] for s in points], style, label=label)
@@ -176,7 +179,8 @@ def markdown(result: dict, command: str) -> str:
     engines = result["engines"]
     summary = []
     for e in engines:
-        name = e["engine"] + (f" IVF{e['nlist']}" if e["engine"] != "diskann" else f" R{e['graph_degree']}")
+        name = e["engine"] + (f" IVF{e['nlist']}, {e['log_row_bytes']} B rows" if e["engine"] != "diskann"
+                               else f" R{e['graph_degree']}")
         keys = ("p99_ms",) if e["engine"] == "diskann" else ("warm_p99_ms", "cold_p99_ms")
         for key in keys:
             best = at_recall(e, 0.95, key)
@@ -204,9 +208,9 @@ def markdown(result: dict, command: str) -> str:
                      markdown_table(e["sweep"], ["search_complexity", "recall_at_10", "p50_ms", "p99_ms",
                                                  "disk_bytes_per_query"]), ""]
         else:
-            text += [f"## Compact IVF: {e['factory']}", "",
+            text += [f"## Compact IVF: {e['factory']}, {e['log_row_bytes']} B rows on disk", "",
                      f"RAM {e['ram_bytes_per_vector']} B per vector (codes, ids, lists, centroid graph), the rows "
-                     f"{DIM * 4} B each on disk in the vector log, build {e['build_s']} s.", "",
+                     f"{e['log_row_bytes']} B each on disk in the vector log, build {e['build_s']} s.", "",
                      markdown_table(e["sweep"], ["nprobe", "k_factor", "rerank_sigmas", "rows_reranked_per_query",
                                                  "recall_at_10", "warm_p50_ms", "warm_p99_ms", "cold_p50_ms",
                                                  "cold_p99_ms", "disk_bytes_per_query"]), "",
@@ -231,6 +235,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         for nlist in sorted({nlist_for(len(corpus)), 4096}):
             engines.append(run_compact(corpus, queries, exact_ids, Path(tmp), nlist))
+        # before the float16 logs: the served list count over float32 rows
+        engines.append(run_compact(corpus, queries, exact_ids, Path(tmp), nlist_for(len(corpus)), ".f32"))
         engines.append(run_diskann(corpus, queries, exact_ids, Path(tmp), DISKANN_CONFIG))
     result = {"run": run_info(version=args.version, query_share=args.query_share),
               "n": len(corpus), "queries": len(queries), "engines": engines}

@@ -111,8 +111,8 @@ def compact_index(corpus: np.ndarray, params: IndexParams, vector_log: VectorLog
 
 def measure(corpus: np.ndarray, queries: np.ndarray, nlists: list[int], workdir: Path, label: str) -> list[dict]:
     """The sweep for each list count, over one vector log and one exact ranking of the set."""
-    log_path = workdir / f"{label}.f32"
-    corpus.astype("<f4").tofile(log_path)
+    log_path = workdir / f"{label}.f16"  # float16 rows, as the store's vector log keeps them
+    corpus.astype("<f2").tofile(log_path)
     exact_scores, exact_ids = exact_top(corpus, queries, 10)
     vector_log = VectorLog(log_path, DIM)
     out = []

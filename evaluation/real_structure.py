@@ -85,18 +85,18 @@ class RealStructure:
 
 def write_rows(path: Path, n: int, model: RealStructure, seed: int,
                progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """n generated rows as a float32 file laid out like the store's vector log (row i = id i); reused when a
-    complete file of n rows exists. Returns it memory-mapped."""
-    dim = model.anchors.shape[1]
-    if not (path.exists() and path.stat().st_size == n * dim * 4):
+    """n generated rows as a file laid out like the store's vector log (row i = id i; `.f16`: float16 as the store
+    keeps them, `.f32`: float32); reused when a complete file of n rows exists. Returns it memory-mapped."""
+    dim, dtype = model.anchors.shape[1], np.dtype("<f2" if path.suffix == ".f16" else "<f4")
+    if not (path.exists() and path.stat().st_size == n * dim * dtype.itemsize):
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             for block in model.chunks(n, seed):
-                f.write(block.tobytes())
+                f.write(block.astype(dtype).tobytes())
                 if progress is not None:
                     progress(len(block))
         tmp.rename(path)
-    return np.memmap(path, dtype=np.float32, mode="r", shape=(n, dim))
+    return np.memmap(path, dtype=dtype, mode="r", shape=(n, dim))
 
 
 def describe(rows: np.ndarray, k: int = 10) -> dict[str, float]:

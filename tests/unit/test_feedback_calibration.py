@@ -6,8 +6,9 @@ import sqlite3
 
 import numpy as np
 
+from evaluation.calibrate import expected_calibration_error
 from server.model_versions.calibration import Calibration
-from server.model_versions.feedback_calibration import CorpusRelevance, isotonic_fit, refit
+from server.model_versions.feedback_calibration import CorpusRelevance, chosen_prior_weight, isotonic_fit, refit
 from server.query.feedback import Feedback
 from server.store.interactions import CLICK, IMPRESSION, Interaction, InteractionLog
 
@@ -83,3 +84,31 @@ def test_a_log_written_before_scores_were_kept_opens_and_keeps_its_rows(tmp_path
     assert len(log.judgements("encoder/1")[0]) == 0  # no score: not a judged pair
     log.record([Interaction("r1", 0, "b", IMPRESSION, 2.0, 0.7, "encoder/1", calibrates=True)])
     assert log.judgements("encoder/1")[0].tolist() == [0.7]
+
+
+def _judged(truth, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    scores = rng.uniform(0.2, 0.8, n)
+    return scores, (rng.random(n) < truth(scores)).astype(float)
+
+
+def test_the_prior_counts_for_little_where_the_corpus_disagrees_and_for_much_where_it_agrees() -> None:
+    rng = np.random.default_rng(1)
+    shipped = _shipped()  # relevance = s / 2
+    far = lambda s: np.clip(0.35 + s, 0, 1)  # noqa: E731 - a corpus the shipped curve misses by 0.35
+    near = lambda s: s / 2  # noqa: E731 - a corpus exactly like the shipped curve's sets
+    assert chosen_prior_weight(shipped, *_judged(far, 1000, rng)) <= 50
+    assert chosen_prior_weight(shipped, *_judged(near, 1000, rng)) >= 200
+
+
+def test_a_chosen_prior_calibrates_a_far_corpus_better_than_a_fixed_one() -> None:
+    rng = np.random.default_rng(2)
+    shipped, far = _shipped(), (lambda s: np.clip(0.35 + s, 0, 1))
+    held_scores, held_labels = _judged(far, 20_000, rng)
+    errors = {"chosen": [], "fixed": []}
+    for _ in range(5):
+        scores, labels = _judged(far, 1000, rng)
+        for name, weight in (("chosen", None), ("fixed", 200.0)):
+            fitted = refit(shipped, scores, labels, prior_weight=weight)
+            errors[name].append(expected_calibration_error(np.asarray(fitted.relevance(held_scores)), held_labels))
+    assert np.mean(errors["chosen"]) < np.mean(errors["fixed"]), errors
+    assert fitted.raw["relevance"]["prior_weight"] == 200.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import numpy as np
 
 from server.core.regions import region_score
 from server.store.base import EmbeddedImage, Visibility
-from server.store.faiss import FaissVectorStore
+from server.store.faiss import FaissVectorStore, vector_log
 from server.store.faiss.index import build_index
 from server.store.faiss.params import ivf_params
 from tests.unit.test_faiss_index import embedding_like
@@ -185,6 +186,37 @@ def test_kill_9_during_the_log_conversion_loses_no_acknowledged_image_and_the_co
         assert all(found_first(store, i) for i in fresh) and all(found_first(store, i) for i in added[::100])
         assert_logs_converted(tmp_path, added)
         assert_logs_converted(tmp_path, fresh, first=len(added))
+    finally:
+        store.close()
+
+
+def _open_deleted_logs() -> list[str]:
+    links = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            links.append(os.readlink(fd))
+        except OSError:
+            continue
+    return [link for link in links if ".f32" in link and link.endswith("(deleted)")]
+
+
+def test_the_float32_files_are_closed_after_the_switch_so_their_disk_is_freed(tmp_path, monkeypatch):
+    monkeypatch.setattr(vector_log, "RETIRED_OPEN_S", 0.3)
+    added = legacy_catalog(tmp_path, 500)
+    store = FaissVectorStore(tmp_path, DIM, VERSION, flat_threshold=10**9)  # converts in the background
+    try:
+        for _ in range(100):
+            if not list(tmp_path.glob("*.f32")):
+                break
+            time.sleep(0.05)
+        assert not list(tmp_path.glob("*.f32"))
+        assert all(found_first(store, i) for i in added[::25])  # served throughout, from the new files
+        for _ in range(100):
+            if not _open_deleted_logs():
+                break
+            time.sleep(0.05)
+        assert not _open_deleted_logs()
+        assert all(found_first(store, i) for i in added[::25])
     finally:
         store.close()
 

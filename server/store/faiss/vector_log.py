@@ -32,6 +32,7 @@ from server.core.durable import fsync_dir, replace_durably
 
 READERS = 8  # concurrent row reads of one re-rank (an NVMe drive serves dozens at once)
 CONVERT_CHUNK_ROWS = 16_384  # rows copied per step of a conversion
+RETIRED_OPEN_S = 30.0  # a converted float32 file stays open this long for the reads begun before the switch
 DTYPES = {".f16": np.dtype("<f2"), ".f32": np.dtype("<f4")}
 log = logging.getLogger("store.vector_log")
 
@@ -44,7 +45,8 @@ def _pool() -> ThreadPoolExecutor:
 @dataclass(frozen=True)
 class _LogFile:
     """One file of the log. Searches read lock-free, so a conversion swaps the whole object at once; a file
-    switched away from stays open (its descriptor is never reused under a reader) until the log closes."""
+    switched away from stays open for RETIRED_OPEN_S (a read that began before the switch finishes on it, and
+    its descriptor is not reused under that read), then closes, which frees the unlinked file's disk."""
 
     path: Path
     dtype: np.dtype
@@ -81,6 +83,7 @@ class VectorLog:
         self.dim = dim
         self._file = _LogFile.open(path)
         self._retired: list[_LogFile] = []
+        self._retired_lock = threading.Lock()
         self._closed = False  # set under the write lock: a conversion running in the background stops
 
     @property
@@ -180,14 +183,25 @@ class VectorLog:
         self._retired.append(old)
         old.path.unlink()
         fsync_dir(target.parent)
+        timer = threading.Timer(RETIRED_OPEN_S, self._close_retired, args=(old,))
+        timer.daemon = True
+        timer.start()
         log.info("converted %s: %d rows", target.name, self.rows())
+
+    def _close_retired(self, file: _LogFile) -> None:
+        with self._retired_lock:
+            if file in self._retired:
+                self._retired.remove(file)
+                file.close()
 
     def close(self) -> None:
         """Call under the write lock given to `convert`."""
         self._closed = True
-        for file in (self._file, *self._retired):
-            with contextlib.suppress(OSError):
-                file.close()
+        with self._retired_lock:
+            for file in (self._file, *self._retired):
+                with contextlib.suppress(OSError):
+                    file.close()
+            self._retired.clear()
 
 
 def convert_logs(logs: list[VectorLog], write_lock: threading.Lock, in_background: bool) -> None:

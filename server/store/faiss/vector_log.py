@@ -179,8 +179,9 @@ class VectorLog:
     def _switch(self, out: BinaryIO, partial: Path, target: Path) -> None:
         out.flush()
         replace_durably(partial, target)
-        old, self._file = self._file, _LogFile.open(target)
-        self._retired.append(old)
+        with self._retired_lock:
+            old, self._file = self._file, _LogFile.open(target)
+            self._retired.append(old)
         old.path.unlink()
         fsync_dir(target.parent)
         timer = threading.Timer(RETIRED_OPEN_S, self._close_retired, args=(old,))

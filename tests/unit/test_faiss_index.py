@@ -255,10 +255,15 @@ def test_the_vector_log_reads_exactly_the_rows_asked_for_in_their_order(tmp_path
     the reader threads."""
     from server.store.faiss.vector_log import VectorLog
 
-    log = VectorLog(tmp_path / "rows.f32", 16)
-    stored = np.random.default_rng(4).standard_normal((400, 16)).astype(np.float32)
-    log.append(stored[:250])
-    log.append(stored[250:])
-    asked = np.array(rows)
-    assert np.array_equal(log.read_rows(asked), stored[asked])
-    log.close()
+    for suffix, dtype in ((".f32", np.float32), (".f16", np.float16)):  # float16: the store's logs
+        log = VectorLog(tmp_path / f"rows{suffix}", 16)
+        raw = np.random.default_rng(4).standard_normal((400, 16))
+        raw[0, :4] = [0.0, -0.0, 3e-7, -1e-5]  # zeros and float16 subnormals convert exactly too
+        stored = raw.astype(dtype).astype(np.float32)  # what the log keeps
+        log.append(stored[:250])
+        log.append(stored[250:])
+        asked = np.array(rows)
+        got = log.read_rows(asked)
+        assert got.dtype == np.float32 and np.array_equal(got, stored[asked])
+        assert log.read_rows(np.array([], np.int64)).shape == (0, 16)
+        log.close()

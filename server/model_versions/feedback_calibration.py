@@ -95,9 +95,9 @@ def refit(base: Calibration, scores: np.ndarray, labels: np.ndarray, prior_weigh
 def _refit(base: Calibration, scores: np.ndarray, labels: np.ndarray, prior_weight: float) -> Calibration:
     # Pairs are pooled per cosine to 1e-4 first: the pure-Python PAV then walks at most ~20k points however many
     # judgements the log holds (it runs in a gateway thread, beside the query path, under the GIL).
-    cells, where = np.unique(np.round(np.asarray(scores, np.float64), SCORE_DECIMALS), return_inverse=True)
+    cells, where = np.unique(np.round(scores, SCORE_DECIMALS), return_inverse=True)  # (float64: `refit`)
     counts = np.bincount(where, minlength=len(cells)).astype(np.float64)
-    clicked = np.bincount(where, weights=np.asarray(labels, np.float64), minlength=len(cells))
+    clicked = np.bincount(where, weights=labels, minlength=len(cells))
     if prior_weight > 0:
         prior = np.asarray(base.relevance(cells), np.float64)
         prior_weights = counts * prior_weight / max(1, len(where))  # the prior spread like the judgements

@@ -157,7 +157,7 @@ class VectorLog:
         return _as_float32(out)
 
     def read(self, start: int, stop: int) -> np.ndarray:
-        return np.array(self.view()[start:stop], dtype=np.float32)
+        return np.array(self.view()[start:stop], dtype=np.float32)  # a copy: replay, not the query path
 
     @property
     def converted(self) -> bool:
@@ -170,7 +170,7 @@ class VectorLog:
             return
         target = self.path.with_suffix(".f16")
         partial = target.with_name(target.name + ".partial")
-        row_bytes = self.dim * DTYPES[".f16"].itemsize
+        row_bytes = self.dim * DTYPES[target.suffix].itemsize
         done = partial.stat().st_size // row_bytes if partial.exists() else 0
         with open(partial, "ab") as out:
             out.truncate(min(done, self.rows()) * row_bytes)  # a torn last row of a killed conversion

@@ -53,7 +53,9 @@ from evaluation.real_structure import RealStructure, describe, train_split_rows,
 from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.regions import REGION_BOXES
 from server.embedding.contract import EMBEDDING_DIM as DIM
-from server.store.faiss.index import VectorIndex, build_index
+from server.store.faiss import search_tuning
+from server.store.faiss.build import build_index
+from server.store.faiss.index import VectorIndex
 from server.store.faiss.params import RERANK_SIGMAS, compact_params, nlist_for, params_for
 from server.store.faiss.store import FaissVectorStore
 from server.store.faiss.vector_log import VectorLog, open_log
@@ -103,18 +105,8 @@ def exact_top(rows: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray
 
 def exact_top_of(blocks: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, k: int
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner products over (first row id, rows) blocks."""
-    best_s = np.full((len(queries), k), -np.inf, np.float32)
-    best_i = np.full((len(queries), k), -1, np.int64)
-    for start, rows in tqdm(blocks, desc="exact search", unit="block", mininterval=30):
-        block = np.asarray(rows, dtype=np.float32)
-        s = queries @ block.T
-        top = np.argpartition(-s, k, axis=1)[:, :k]
-        cand_s = np.concatenate([best_s, np.take_along_axis(s, top, 1)], axis=1)
-        cand_i = np.concatenate([best_i, top + start], axis=1)
-        order = np.argsort(-cand_s, axis=1)[:, :k]
-        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
-    return best_s, best_i
+    """Exact top-k inner products over (first row id, rows) blocks, with progress."""
+    return search_tuning.exact_top_of(tqdm(blocks, desc="exact search", unit="block", mininterval=30), queries, k)
 
 
 def ndcg_vs_exact(got: np.ndarray, exact_ids: np.ndarray, exact_scores: np.ndarray, k: int = 10) -> float:
@@ -222,6 +214,7 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
     }
 
 
+DATA = Path("var/economics")  # the generated corpus, its index and exact top 10 (cached: ~1 h to make at 10M)
 REGIONS_PER_IMAGE = len(REGION_BOXES)
 BITMAP_BYTES_PER_IMAGE = (1 + REGIONS_PER_IMAGE) / 8  # eligibility: one bit per row (whole image + regions)
 
@@ -309,7 +302,7 @@ def plot(result: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=10_000_000)
-    parser.add_argument("--data", type=Path, default=Path("var/economics"))
+    parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--version", default="2")
     parser.add_argument("--real-only", action="store_true")

@@ -44,7 +44,8 @@ from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.errors import InvalidInput
 from server.embedding.contract import EMBEDDING_DIM as DIM
 from server.embedding.imaging import prepare_views, region_views
-from server.store.faiss.index import VectorIndex, build_index
+from server.store.faiss.build import build_index
+from server.store.faiss.index import VectorIndex
 from server.store.faiss.params import COMPACT_K_FACTOR, COMPACT_NPROBE, IndexParams, compact_params, nlist_for
 from server.store.faiss.vector_log import VectorLog
 
@@ -95,16 +96,18 @@ def real_set(version: str, share: float) -> tuple[np.ndarray, np.ndarray]:
     return corpus, queries
 
 
-def compact_index(corpus: np.ndarray, params: IndexParams, vector_log: VectorLog, index_path: Path
-                  ) -> tuple[VectorIndex, float]:
+def compact_index(corpus: np.ndarray, params: IndexParams, vector_log: VectorLog, index_path: Path,
+                  tune: bool = False) -> tuple[VectorIndex, float]:
     """The store's compact index of the corpus (rows = the vector log's), built, written and loaded as the store
-    loads it; and its build seconds."""
+    loads it; and its build seconds. `tune`: the index measures its search depth as the store's does (off here:
+    the sweeps set theirs)."""
     started = time.monotonic()
     built = build_index(params, DIM, corpus)
     build_s = time.monotonic() - started
     faiss.write_index(built, str(index_path))
     del built
-    index = VectorIndex(DIM, stored=vector_log.view, rebuild_in_background=False, read_rows=vector_log.read_rows)
+    index = VectorIndex(DIM, stored=vector_log.view, rebuild_in_background=False, read_rows=vector_log.read_rows,
+                        tune=tune)
     index.load(index_path)
     return index, build_s
 

@@ -20,7 +20,7 @@ import numpy as np
 from server.core.regions import region_score
 from server.store.base import EmbeddedImage, Visibility
 from server.store.faiss import FaissVectorStore, vector_log
-from server.store.faiss.index import build_index
+from server.store.faiss.build import build_index
 from server.store.faiss.params import ivf_params
 from tests.unit.test_faiss_index import embedding_like
 

@@ -7,7 +7,8 @@ vector log and the index agree row for row, and replay after a snapshot is "add 
 The index type follows the corpus size (`params.py`) and is rebuilt off to the side as the corpus grows, or
 when a snapshot of an earlier layout is loaded (the conversion: serving continues on the loaded index).
 In the compact layout the index returns k_factor x k candidates from its codes and the exact re-rank reads
-their rows from the stored vectors (the catalog's vector log on disk, through `read_rows`).
+their rows from the stored vectors (the catalog's vector log on disk, through `read_rows`); how many lists it
+probes and how deep it re-ranks are measured on the corpus (search_tuning.py) and saved beside the snapshot.
 """
 
 from __future__ import annotations
@@ -16,46 +17,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from server.core.durable import replace_durably
-from server.store.faiss.params import FLAT_THRESHOLD, IndexParams, params_for, params_of
+from server.store.faiss.build import build_index, maybe_to_gpu, on_gpu
+from server.store.faiss.params import COMPACT_K_FACTOR, FLAT_THRESHOLD, IndexParams, params_for, params_of
 from server.store.faiss.rerank import ExactRerank
+from server.store.faiss.search_tuning import SearchTuner, SearchTuning
 
 log = logging.getLogger("index")
-
-
-def build_index(params: IndexParams, dim: int, stored: np.ndarray, training: np.ndarray | None = None,
-                progress: Callable[[int], None] | None = None) -> faiss.Index:
-    """Train on `training` (default: a sample of the stored rows), then add the stored rows in chunks (they may
-    be a memory map of 10M rows)."""
-    index = faiss.index_factory(dim, params.factory, faiss.METRIC_INNER_PRODUCT)
-    if not index.is_trained:
-        if training is None:
-            rng = np.random.default_rng(0)
-            rows = np.sort(rng.choice(len(stored), 200_000, replace=False)) if len(stored) > 200_000 else slice(None)
-            training = stored[rows]
-        index.train(np.ascontiguousarray(training, dtype=np.float32))
-    for start in range(0, len(stored), 100_000):
-        index.add(np.ascontiguousarray(stored[start:start + 100_000], dtype=np.float32))
-        if progress is not None:
-            progress(min(100_000, len(stored) - start))
-    return _maybe_to_gpu(index)
-
-
-def _maybe_to_gpu(index: faiss.Index) -> faiss.Index:
-    """One code path: on a GPU host an exact index moves to the GPU (faiss-gpu build). The IVF layouts stay on
-    the CPU: FAISS has no GPU version of 4-bit fast-scan PQ, and their re-rank reads the log on disk anyway."""
-    if faiss.get_num_gpus() > 0 and isinstance(index, faiss.IndexFlat):  # pragma: no cover - no GPU in CI
-        return faiss.index_cpu_to_all_gpus(index)
-    return index
-
-
-def on_gpu() -> bool:
-    return faiss.get_num_gpus() > 0
 
 
 class VectorIndex:
@@ -64,10 +38,12 @@ class VectorIndex:
     def __init__(self, dim: int, flat_threshold: int = FLAT_THRESHOLD, rebuild_in_background: bool = True,
                  stored: Callable[[], np.ndarray] | None = None,
                  on_rebuilt: Callable[[], None] | None = None,
-                 read_rows: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+                 read_rows: Callable[[np.ndarray], np.ndarray] | None = None, tune: bool = True,
+                 rows_per_image: int = 1) -> None:
         """`stored`: every added vector, row = id (the catalog's vector log, memory-mapped). Without it the index
         must keep exact copies itself (RFlat), so it never becomes compact. `read_rows(ids)`: the re-rank's
-        reader of stored rows (default: from `stored`)."""
+        reader of stored rows (default: from `stored`). `tune`: the compact layout measures its search depth on the
+        corpus (search_tuning.py), leaving out each sampled query's image (`rows_per_image` consecutive rows)."""
         self.dim = dim
         self.flat_threshold = flat_threshold
         self.rebuild_in_background = rebuild_in_background
@@ -80,6 +56,7 @@ class VectorIndex:
         self._lock = threading.RLock()
         self._rebuilding = False
         self._built_at = 0
+        self._tuner = SearchTuner(tune, rebuild_in_background, rows_per_image)
         self.version = 0  # bumps on every change: answers carry it
 
     # -- state -------------------------------------------------------------------------------------------
@@ -92,6 +69,11 @@ class VectorIndex:
     def ntotal(self) -> int:
         return int(self._index.ntotal)
 
+    @property
+    def nlist(self) -> int:
+        """Lists of the IVF layouts (0: Flat)."""
+        return 0 if self.params.is_flat else faiss.extract_index_ivf(self._index).nlist
+
     def describe(self) -> tuple[str, dict[str, str]]:
         p = self.params
         extra = {"rerank": p.layout}
@@ -99,11 +81,13 @@ class VectorIndex:
             extra |= {"nprobe": str(p.nprobe), "k_factor": str(p.k_factor)}
         if p.hnsw_quantizer:
             extra["ef_search"] = str(p.quantizer_ef(p.nprobe))
+        if (t := self._tuner.tuning) is not None and p.rerank_from_disk:
+            extra["recall_at_10_estimate"] = f"{t.recall_at_10:.4f}"
         return p.factory, {"metric": "inner_product", **extra, "gpu": str(self._on_device).lower()}
 
     @property
     def _on_device(self) -> bool:
-        """Only exact indexes move to a GPU (`_maybe_to_gpu`)."""
+        """Only exact indexes move to a GPU (`maybe_to_gpu`)."""
         return on_gpu() and self.params.is_flat
 
     def vectors(self) -> np.ndarray:
@@ -135,6 +119,7 @@ class VectorIndex:
             self._index.add(vectors)
             self.version += 1
             self._maybe_rebuild()
+        self._maybe_tune()
 
     def _maybe_rebuild(self) -> None:
         with self._lock:
@@ -179,17 +164,35 @@ class VectorIndex:
             log.info("index rebuilt: %s (%d vectors, %.1f s)", target.factory, index.ntotal, time.monotonic() - started)
         finally:
             self._rebuilding = False
+        self._maybe_tune()
+
+    def _maybe_tune(self) -> None:
+        """Measure the compact layout's search depth when due (search_tuning.py), off the search path."""
+        with self._lock:
+            index, nlist = self._index, self.nlist if self.params.rerank_from_disk else 0
+        if nlist and not self._rebuilding and self._tuner.due(index.ntotal, nlist):
+            self._tuner.start(lambda q, k, nprobe, k_factor: self.search(q, k, depth=(nprobe, k_factor))[1],
+                              self._stored()[:index.ntotal], nlist, COMPACT_K_FACTOR,
+                              self._apply_tuning)
+
+    def _apply_tuning(self, tuning: SearchTuning) -> None:
+        with self._lock:
+            if self.params.rerank_from_disk and self.nlist == tuning.nlist:
+                self.params = replace(self.params, nprobe=tuning.nprobe, k_factor=tuning.k_factor)
 
     # -- reads -------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int, selector: faiss.IDSelector | None = None,
-               floor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+               floor: float | None = None, depth: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by inner product among ids accepted by `selector` (filtering happens inside FAISS).
 
         `floor`: the caller discards exact scores below it. The compact layout then re-reads only the candidates
-        whose code score may reach it (rerank.py; fewer rows from disk; results under the floor may be missing)."""
+        whose code score may reach it (rerank.py; fewer rows from disk; results under the floor may be missing).
+        `depth`: (nprobe, k_factor) instead of the tuned ones (the tuning's own searches)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self._lock:
             index, params = self._index, self.params
+        if depth is not None and not params.is_flat:
+            params = replace(params, nprobe=depth[0], k_factor=depth[1])
         if index.ntotal == 0:
             return np.full((len(queries), 0), -1, np.float32), np.full((len(queries), 0), -1, np.int64)
         k = max(1, min(k, index.ntotal))
@@ -226,15 +229,21 @@ class VectorIndex:
         with self._lock:
             index = faiss.index_gpu_to_cpu(self._index) if self._on_device else self._index  # pragma: no branch
             faiss.write_index(index, str(tmp))
-            params = self.params
+            params, tuning = self.params, self._tuner.tuning
         replace_durably(tmp, path)
+        if tuning is not None and params.rerank_from_disk:
+            tuning.save(path.with_suffix(".tuning.json"))
         log.info("index snapshot %s (%s, %d vectors)", path, params.factory, index.ntotal)
 
     def load(self, path: Path) -> None:
         index = faiss.read_index(str(path))
         with self._lock:
-            self._index = _maybe_to_gpu(index)
+            self._index = maybe_to_gpu(index)
             self.params = params_of(index)
             self._built_at = index.ntotal
             self.version += 1
+        if self._tuner.enabled and (saved := SearchTuning.load(path.with_suffix(".tuning.json"))) is not None:
+            self._tuner.adopt(saved)
+            self._apply_tuning(saved)
         self._maybe_rebuild()  # a snapshot of an earlier layout converts in the background
+        self._maybe_tune()

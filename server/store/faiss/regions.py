@@ -33,7 +33,7 @@ class RegionRows:
         self.snapshot_path = data_dir / SNAPSHOT_NAME
         self._log = open_log(data_dir, LOG_NAME, dim)
         self._index = VectorIndex(dim, flat_threshold, rebuild_in_background, stored=self._log.view,
-                                  read_rows=self._log.read_rows)
+                                  read_rows=self._log.read_rows, rows_per_image=per_image)
         self._eligibility = Eligibility()
 
     @staticmethod

@@ -68,6 +68,12 @@ class GatewayMetrics:
         self.index_vectors = Gauge(
             "vsearch_index_vectors", "Vectors in the FAISS index (including hidden ones).", registry=registry,
         )
+        self.index_recall_estimate = Gauge(
+            "vsearch_index_recall_at_10_estimate",
+            "The compact index's 10-recall@10 against exact search at the depth it serves, measured on a sample of "
+            "its own rows (rows: images or regions; server/store/faiss/search_tuning.py).",
+            ["rows"], registry=registry,
+        )
         self.admission_shed = Counter(
             "vsearch_admission_shed_total",
             "Requests refused by admission control (RESOURCE_EXHAUSTED), by stage and caller (the token's subject; "

@@ -7,6 +7,9 @@ deleted image is ever returned, and k results come back whenever k eligible imag
 from __future__ import annotations
 
 import random
+import re
+import time
+import urllib.request
 
 import grpc
 import pytest
@@ -48,8 +51,33 @@ def test_randomized_add_hide_delete_search_never_leaks(triton_server, tmp_path):
         with gateway.client() as client:
             stats = client.stats()
         assert stats.index_params["rerank"] == stats.index_params["regions_rerank"] == "compact", stats
+        recall_estimates_reach_stats_and_metrics(gateway)
     finally:
         gateway.stop()
+
+
+def recall_estimates_reach_stats_and_metrics(gateway: GatewayProcess) -> None:
+    """Both compact indexes measured their own recall (search_tuning.py, in the background): GetStats and the
+    Prometheus gauge show the same figures."""
+    keys = ("recall_at_10_estimate", "regions_recall_at_10_estimate")
+    deadline = time.monotonic() + 60
+    while True:
+        with gateway.client() as client:
+            params = client.stats().index_params
+        if all(k in params for k in keys) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    estimates = {k: float(params[k]) for k in keys}
+    assert all(0.0 <= e <= 1.0 for e in estimates.values()), estimates
+    deadline = time.monotonic() + 30
+    while True:  # the gauges follow the stats within their refresh period
+        exported = urllib.request.urlopen(gateway.metrics_url, timeout=5).read().decode()
+        gauges = {rows: float(m.group(1)) for rows in ("images", "regions") if (m := re.search(
+            rf'vsearch_index_recall_at_10_estimate{{rows="{rows}"}} (\S+)', exported))}
+        if len(gauges) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert gauges == pytest.approx({"images": estimates[keys[0]], "regions": estimates[keys[1]]}, abs=1e-4)
 
 
 def leak_check(fresh_gateway: GatewayProcess) -> None:

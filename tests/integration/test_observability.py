@@ -132,7 +132,7 @@ def test_dashboard_queries_only_known_series():
     dashboard = json.loads((REPO_ROOT / "deploy/grafana/visual-search-dashboard.json").read_text())
     recorded = set(re.findall(r"record: (\S+)", "".join(p.read_text() for p in (PROMETHEUS_DIR / "rules").glob("*"))))
     exported = {"vsearch_index_vectors", "vsearch_images", "vsearch_requests_in_flight",
-                "vsearch_filtered_results_total"}
+                "vsearch_filtered_results_total", "vsearch_index_recall_at_10_estimate"}
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
             names = set(re.findall(r"[a-z_]+:[a-z_0-9:]+|vsearch_[a-z_]+", target["expr"]))

@@ -105,10 +105,11 @@ class RegionRows:
                 best[image] = region_score(float(score))
         return best
 
-    def describe(self) -> tuple[str, str]:
-        """The region index's type and where its re-rank reads (params.IndexParams.layout)."""
+    def describe(self) -> dict[str, str]:
+        """The region index's type, where its re-rank reads (params.IndexParams.layout) and its measured recall."""
         kind, params = self._index.describe()
-        return kind, params["rerank"]
+        return {"regions_index": kind, "regions_rerank": params["rerank"],
+                **{f"regions_{k}": v for k, v in params.items() if k == "recall_at_10_estimate"}}
 
     def rows_of(self, images: np.ndarray) -> list[np.ndarray]:
         """The region rows of each of these images, float32 [R, dim] each, from the log."""

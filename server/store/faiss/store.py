@@ -209,7 +209,7 @@ class FaissVectorStore:
         kind, params = self._index.describe()
         params = {**params, "regions_per_image": str(self.regions_per_image)}
         if self._regions is not None:
-            params |= dict(zip(("regions_index", "regions_rerank"), self._regions.describe(), strict=True))
+            params |= self._regions.describe()
         return StoreStats(Counts(public=c[Visibility.PUBLIC], private=c[Visibility.PRIVATE], deleted=c["deleted"]),
                           self._index.ntotal, kind, params)
 

@@ -28,6 +28,8 @@ NPROBE = 24  # lists probed (of <= 4096 below the large threshold); a restrictiv
 # more lists than generated vectors' do, so recall is lost in the coarse quantizer, not in the codes. With 4096
 # lists (what 1M-10M rows get) 16 probes gave 10-recall@10 0.951 (generated twin: 0.996), 48 give 0.987, 64
 # give 0.991; a deeper re-rank (80x) or a wider HNSW search over the centroids changed nothing.
+# Served until the index has measured its own depth on its corpus (search_tuning.py), and the re-rank depth the
+# measurement starts from.
 COMPACT_NPROBE, COMPACT_K_FACTOR = 48, 40
 # The re-rank does not read all k x k_factor candidates. It reads the best RERANK_HEAD by code, measures the codes'
 # error on them (exact minus code score), and then reads a later candidate only when its code score plus the mean

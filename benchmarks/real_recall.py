@@ -40,7 +40,7 @@ from evaluation.edits import encode
 from evaluation.quality import VersionEmbedder
 from evaluation.quality_sets import labelled_images, unit_hash
 from evaluation.real_structure import CACHE, RealStructure, train_split_rows
-from reporting.results import RESULTS, markdown_table, run_info, write_results
+from reporting.results import RESULTS, markdown_table, run_info, save_recall_plot, write_results
 from server.core.errors import InvalidInput
 from server.embedding.contract import EMBEDDING_DIM as DIM
 from server.embedding.imaging import prepare_views, region_views
@@ -149,14 +149,9 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.plot([r["nprobe"] for r in pts], [r["recall_at_10"] for r in pts], marker=marker,
                     label=f"{label}, nlist {nlist}")
         ax.axhline(0.95, color="grey", linestyle="--", linewidth=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("nprobe")
         ax.set_title(f"10-recall@10, re-rank {k_factor}x10 candidates")
         ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("10-recall@10 vs exact")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_recall_plot(fig, axes[0], path, "nprobe")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,7 +35,7 @@ from benchmarks.economics import DATA, exact_top, timed_pass
 from benchmarks.index_bench import recall_at
 from benchmarks.real_recall import ROWS_PER_IMAGE, compact_index, real_set
 from evaluation.real_structure import CACHE, RealStructure, train_split_rows
-from reporting.results import RESULTS, markdown_table, run_info, write_results
+from reporting.results import RESULTS, markdown_table, run_info, save_recall_plot, write_results
 from server.embedding.contract import EMBEDDING_DIM as DIM
 from server.store.faiss.index import VectorIndex
 from server.store.faiss.params import COMPACT_K_FACTOR, compact_params, nlist_for, params_for
@@ -126,14 +126,9 @@ def plot(results: list[dict], path: Path) -> None:
         ax.axvline(r["chosen_nprobe"], color="green", linewidth=0.8, label=f"chosen: {r['chosen_nprobe']} lists")
         ax.axhline(TARGET_RECALL, color="grey", linestyle=":", linewidth=0.8)
         ax.axhline(0.95, color="red", linestyle=":", linewidth=0.8)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("lists probed")
         ax.set_title(f"{r['vectors']}, {r['n']:,} rows, {r['nlist']} lists", fontsize=9)
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("10-recall@10 vs exact")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_recall_plot(fig, axes[0], path, "lists probed")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ import platform
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -33,3 +34,16 @@ def write_results(name: str, data: dict[str, object], markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     (RESULTS / f"{name}.md").write_text(markdown.rstrip() + "\n")
     print(f"wrote {RESULTS / name}.json and .md")
+
+
+def save_recall_plot(fig: Any, axes: Any, path: Path, xlabel: str) -> None:
+    """Finish a figure of 10-recall@10 against lists probed (log2 x axes, one label each) and write it."""
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel("10-recall@10 vs exact")
+    import matplotlib.pyplot as plt  # only the benchmarks that plot need matplotlib
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -207,10 +207,7 @@ class Gateway:
         stats = serving.store.stats()
         for state in ("public", "private", "deleted"):
             self.metrics.images.labels(state).set(getattr(stats.counts, state))
-        self.metrics.index_vectors.set(stats.rows)
-        for rows, prefix in (("images", ""), ("regions", "regions_")):
-            if (estimate := stats.index_params.get(f"{prefix}recall_at_10_estimate")) is not None:
-                self.metrics.index_recall_estimate.labels(rows).set(float(estimate))
+        self.metrics.set_index(stats.rows, stats.index_params)
         self.metrics.build_info.info({"model_version": serving.embedder.model_version, "index_type": stats.index_type,
                                       "index_version": str(serving.store.version)})
 

@@ -92,6 +92,14 @@ class GatewayMetrics:
             "vsearch_build", "Model version, index type and index version serving now.", registry=registry,
         )
 
+    def set_index(self, vectors: int, index_params: dict[str, str]) -> None:
+        """The index's size and the compact indexes' measured recall, as GetStats reports it (`recall_at_10_estimate`
+        and the region index's `regions_recall_at_10_estimate`; absent for exact and not yet measured indexes)."""
+        self.index_vectors.set(vectors)
+        for rows, prefix in (("images", ""), ("regions", "regions_")):
+            if (estimate := index_params.get(f"{prefix}recall_at_10_estimate")) is not None:
+                self.index_recall_estimate.labels(rows).set(float(estimate))
+
     def serve(self, port: int, addr: str = "127.0.0.1", tls: MetricsTls | None = None) -> None:
         """Expose /metrics on its own port (not on the gRPC port); with `tls`, over TLS to scrapers that present a
         client certificate its CA signed (mutual TLS: Prometheus scrapes with `tls_config`)."""

@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
         answers = {}
         indexes = (store._index, store._regions._index)
         served = [index.params for index in indexes]
+        depth = {name: f"{p.nprobe} of {index.nlist} lists, {p.k_factor}x" for name, index, p in
+                 zip(("images", "regions"), indexes, served, strict=True)}  # as the indexes measured it
         for name, floor, bound in (("k-th bound and floor (served)", True, True),
                                    ("floor only (until 2026-12-07)", True, False),
                                    ("every candidate re-read", False, False)):
@@ -99,12 +101,13 @@ def main(argv: list[str] | None = None) -> dict:
                  "same_first": round(float(np.mean([x[0] == y[0] for x, y in zip(a, b, strict=True)])), 4),
                  "overlap_top60": round(float(np.mean([len(set(x) & set(y)) / K for x, y in zip(a, b, strict=True)])),
                                         4)}
-    data = {**run_info(images=args.images, probes=args.probes, k=K), "layout": layout, "rows": rows,
-            "agreement": agreement}
+    data = {**run_info(images=args.images, probes=args.probes, k=K), "layout": layout, "depth": depth,
+            "rows": rows, "agreement": agreement}
     md = ["# Store search with regions: rows re-read (compact layout, k = 60)", "",
           f"`python -m benchmarks.regions_floor --images {args.images}`: {args.images:,} images x (1 + {R}) rows, "
           f"region re-rank `{layout}`, {args.probes} probes (half crops), one thread, page cache warm. Commit "
-          f"{data['git_commit']}.", "", markdown_table(rows, list(rows[0])), "",
+          f"{data['git_commit']}. Search depth, as each index measured it on its rows (search_tuning.py): "
+          f"{depth}.", "", markdown_table(rows, list(rows[0])), "",
           f"Served against every candidate re-read, same answers: {agreement}"]
     write_results("regions_floor", data, "\n".join(md))
     print("\n".join(md))

@@ -7,6 +7,8 @@ The compact index measures how many lists to probe (and how deep to re-rank) on 
 - **Real rows** (benchmarks/real_recall.py `real_set`: ~72k whole-image and region rows of the package images of
   four domains; each left-out image queries with its whole-image row and one region row), at the list count this
   n gets and at 4,096 (what 1M-10M rows get).
+- **The same rows as a store indexes them**: the whole-image rows alone (queried by the left-out images' whole
+  rows) and the region rows alone (6 per image, left out together; queried by the left-out images' region rows).
 - **Their generated twin** (evaluation/real_structure.py, same n): vectors whose neighbours sit in fewer lists.
 - With `--scale-n N`: the N generated rows of `benchmarks.economics` (its cache under var/economics, built by
   `python -m benchmarks.economics --scale-only`) and its 300 held-out queries.
@@ -79,21 +81,27 @@ def evaluate(index: VectorIndex, stored: np.ndarray, queries: np.ndarray, exact_
 def small_sets(version: str, share: float) -> list[dict]:
     corpus, queries = real_set(version, share)
     model = RealStructure.fit(train_split_rows(version))
-    # The real corpus keeps each image's 7 rows together (a query's image is left out of its estimate); the
-    # generated rows are independent samples.
-    sets = {"real": (corpus, queries, ROWS_PER_IMAGE),
-            "generated": (model.sample(len(corpus), np.random.default_rng(9)),
-                          model.sample(len(queries), np.random.default_rng(11)), 1)}
+    per_image = corpus.reshape(-1, ROWS_PER_IMAGE, DIM)
+    whole_queries, region_queries = np.split(queries, 2)  # each left-out image's whole row, then a region row
+    # (label, corpus rows, queries, rows per image kept together: a query's image is left out of its estimate,
+    # list counts). "real": every row of an image in one index, as real_recall.md measured it; then the two
+    # indexes a store keeps: whole-image rows, and region rows (6 per image). Generated rows are independent.
+    sets = [("real", corpus, queries, ROWS_PER_IMAGE, (nlist_for(len(corpus)), 4096)),
+            ("real whole-image rows", np.ascontiguousarray(per_image[:, 0]), whole_queries, 1, ()),
+            ("real region rows", np.ascontiguousarray(per_image[:, 1:].reshape(-1, DIM)), region_queries,
+             ROWS_PER_IMAGE - 1, ()),
+            ("generated", model.sample(len(corpus), np.random.default_rng(9)),
+             model.sample(len(queries), np.random.default_rng(11)), 1, (nlist_for(len(corpus)), 4096))]
     out = []
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        for label, (rows, qs, group) in sets.items():
-            log_path = Path(tmp) / f"{label}.f16"
+        for label, rows, qs, group, nlists in sets:
+            log_path = Path(tmp) / f"{label.replace(' ', '-')}.f16"
             rows.astype("<f2").tofile(log_path)
             vector_log = VectorLog(log_path, DIM)
             _, exact_ids = exact_top(rows, qs, 10)
-            for nlist in sorted({nlist_for(len(rows)), 4096}):
+            for nlist in sorted(set(nlists) or {nlist_for(len(rows))}):
                 index, _ = compact_index(rows, compact_params(nlist, DIM), vector_log,
-                                         Path(tmp) / f"{label}-{nlist}.faiss", tune=False)
+                                         Path(tmp) / f"{label.replace(' ', '-')}-{nlist}.faiss", tune=False)
                 out.append(evaluate(index, vector_log.view(), qs, exact_ids, label, group))
             vector_log.close()
     return out
@@ -118,8 +126,13 @@ def at_scale(n: int, version: str, nq: int = 300) -> dict:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4), sharey=True, squeeze=False)
-    for ax, r in zip(axes[0], results, strict=True):
+    cols = min(4, len(results))
+    rows = -(-len(results) // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.2 * cols, 4 * rows), sharey=True, squeeze=False)
+    axes = grid.ravel()[:len(results)]
+    for ax in grid.ravel()[len(results):]:
+        ax.set_visible(False)
+    for ax, r in zip(axes, results, strict=True):
         probes = [c for c in r["curve"] if c["k_factor"] == COMPACT_K_FACTOR]
         ax.plot([c["nprobe"] for c in probes], [c["estimate"] for c in probes], "o-", label="estimate (stored rows)")
         ax.plot([c["nprobe"] for c in probes], [c["held_out"] for c in probes], "s--", label="held-out queries")
@@ -128,7 +141,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.axhline(0.95, color="red", linestyle=":", linewidth=0.8)
         ax.set_title(f"{r['vectors']}, {r['n']:,} rows, {r['nlist']} lists", fontsize=9)
         ax.legend(fontsize=7)
-    save_recall_plot(fig, axes[0], path, "lists probed")
+    save_recall_plot(fig, axes, path, "lists probed")
 
 
 def main(argv: list[str] | None = None) -> None:

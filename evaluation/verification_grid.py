@@ -15,6 +15,7 @@ import argparse
 import itertools
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,9 +42,11 @@ from server.query.verification import SERVED, Rule
 # queries) was chosen on all six. neverball and pingus stay sealed for rule 4.
 OPENED = ("openclipart", "emojione", "wesnoth", "wesnoth-units", "freedroid-items", "freeciv-flags")
 DEPTHS, WEIGHTS, EXPONENTS = (10, 30, 50, 100), (0.2, 0.3), (1.0, 2.0, 3.0, 4.0)
-RULE_2 = Rule(depth=10, margin=0.2, weight=0.2, exponent=1.0, rotations=(), crop_sides=())  # served before rule 3
-RULE_3 = Rule(exponent=4.0, rotations=(), crop_sides=())  # served before rule 4 (turned queries, exponent 3)
-RULE_4 = Rule(crop_sides=())  # served before rule 5 (crop localisation)
+# served before rule 3:
+RULE_2 = Rule(depth=10, margin=0.2, weight=0.2, exponent=1.0, rotations=(), crop_sides=(), band_sides=())
+RULE_3 = Rule(exponent=4.0, rotations=(), crop_sides=(), band_sides=())  # before rule 4 (turned queries, exponent 3)
+RULE_4 = Rule(crop_sides=(), band_sides=())  # served before rule 5 (crop localisation)
+RULE_5 = Rule(band_sides=())  # served before rule 6 (band localisation)
 CROP_SIDES = {"16-30 by 2": tuple(range(16, 31, 2)), "14-30 by 2": tuple(range(14, 31, 2))}
 CROP_THRESHOLDS, CROP_WEIGHTS, CROP_EXPONENTS = (0.75, 0.8, 0.85), (0.1, 0.2, 0.3), (1.0, 2.0)
 
@@ -51,14 +54,24 @@ CROP_THRESHOLDS, CROP_WEIGHTS, CROP_EXPONENTS = (0.75, 0.8, 0.85), (0.1, 0.2, 0.
 def grid() -> list[Rule]:
     """margin = weight throughout: a candidate further below the best cannot overtake it; the query turned as the
     served rule turns it."""
-    return [Rule(depth=d, margin=w, weight=w, exponent=e, crop_sides=())
+    return [Rule(depth=d, margin=w, weight=w, exponent=e, crop_sides=(), band_sides=())
             for d, w, e in itertools.product(DEPTHS, WEIGHTS, EXPONENTS)]
 
 
 def crop_grid() -> list[Rule]:
     """Rule 4 with crop localisation: the query's thumbnail shrunk to each side and slid over the candidates."""
-    return [Rule(crop_sides=s, crop_threshold=t, crop_weight=w, crop_exponent=e) for s, t, w, e in
+    return [Rule(crop_sides=s, crop_threshold=t, crop_weight=w, crop_exponent=e, band_sides=()) for s, t, w, e in
             itertools.product(CROP_SIDES.values(), CROP_THRESHOLDS, CROP_WEIGHTS, CROP_EXPONENTS)]
+
+
+BAND_SIDES = {"24-30 by 2": (24, 26, 28, 30), "22-30": tuple(range(22, 31))}
+
+
+def band_grid() -> list[Rule]:
+    """The served rule with band localisation (a caption band or bars added on one side): the candidates squashed
+    to each height and slid along the query; gains as a crop's, at the served or a stricter threshold."""
+    return [replace(RULE_5, band_sides=b, crop_threshold=t) for b, t in
+            itertools.product(BAND_SIDES.values(), (RULE_5.crop_threshold, 0.85))]
 
 
 def category_map10(prep: Prepared, gallery: np.ndarray, regions: np.ndarray, rule: Rule | None) -> float:
@@ -88,7 +101,9 @@ def _name(rule: Rule | None) -> str:
     sides = next((name for name, s in CROP_SIDES.items() if s == rule.crop_sides), str(rule.crop_sides))
     crop = (f"; crops: sides {sides}, threshold {rule.crop_threshold}, weight {rule.crop_weight}, exponent "
             f"{rule.crop_exponent:g}") if rule.crop_sides else ""
-    earlier = {SERVED: "served", RULE_2: "rule 2", RULE_3: "rule 3", RULE_4: "rule 4"}
+    if rule.band_sides:
+        crop += "; bands: " + next((n for n, b in BAND_SIDES.items() if b == rule.band_sides), str(rule.band_sides))
+    earlier = {SERVED: "served", RULE_2: "rule 2", RULE_3: "rule 3", RULE_4: "rule 4", RULE_5: "rule 5"}
     return f"depth {rule.depth}, weight {rule.weight}, exponent {rule.exponent:g}{turned}{crop}" + (
         f" ({earlier[rule]})" if rule in earlier else "")
 
@@ -101,8 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--crop", action="store_true",
                         help="rule 5's crop grid on the team's train split alone (the domains measure it after)")
+    parser.add_argument("--band", action="store_true",
+                        help="band localisation (caption bands) on the team's train split alone")
     args = parser.parse_args(argv)
-    if args.crop:
+    if args.crop or args.band:
         args.domains = []
     started = time.monotonic()
     embedder = VersionEmbedder(args.version, MODEL_REPOSITORY)
@@ -114,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         assert regions is not None
         sets[name] = (prep, (embedder.embed(prep.gallery_pixels, f"{name} gallery"),
                              embedder.embed(prep.copy_pixels, f"{name} copies"), regions))
-    rules: list[Rule | None] = [None, RULE_4, *crop_grid()] if args.crop else [None, RULE_2, RULE_3, *grid()]
+    rules: list[Rule | None] = ([None, RULE_4, *crop_grid()] if args.crop else [None, RULE_5, *band_grid()]
+                                if args.band else [None, RULE_2, RULE_3, *grid()])
     if SERVED not in rules:
         rules.append(SERVED)
     rows = []
@@ -128,9 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"version": args.version, "sets": list(sets), "seed": args.seed,
             "seconds": round(time.monotonic() - started, 1),
             "command": "python -m evaluation.verification_grid " + (
-                "--crop" if args.crop else "--domains " + " ".join(args.domains))}
+                "--crop" if args.crop else "--band" if args.band else "--domains " + " ".join(args.domains))}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "verification_grid_crop" if args.crop else "verification_grid"
+    stem = "verification_grid_crop" if args.crop else "verification_grid_band" if args.band else "verification_grid"
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
     columns = ["rule", *(f"{n} {c}" for n in sets for c in ("worst", "mean", "mAP@10"))]
     text = ["# Copy verification: the rules compared", "",

@@ -89,6 +89,29 @@ def localised(query: np.ndarray, signatures: np.ndarray, sides: tuple[int, ...])
     return best
 
 
+def banded(query: np.ndarray, signatures: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
+    """int8 query signature and int8 [M, SIGNATURE_BYTES] signatures -> float32 [M]: for each signature, the best
+    normalised correlation of it squashed to h of the SIDE rows (or columns), each h of `sides`, with any band of h
+    rows (columns) of the query. A caption band or letterbox bars grow the canvas on one side, and the whole-image
+    view squashes it back to a square: the source then fills the query's width and a share of its height
+    (server/query/verification.py). A query band too flat to correlate scores -1."""
+    query_grid = query.reshape(SIDE, SIDE).astype(np.float32)
+    grids = signatures.reshape(len(signatures), SIDE, SIDE).astype(np.float32)
+    best = np.full(len(grids), -1.0, np.float32)
+    for q, g in ((query_grid, grids), (query_grid.T, grids.transpose(0, 2, 1))):  # bands above / below, beside
+        for h in sides:
+            small = (_shrink_matrices((h,))[0][:h] @ g).reshape(len(g), -1)  # [M, h x SIDE]
+            small -= small.mean(axis=1, keepdims=True)
+            small /= np.maximum(np.linalg.norm(small, axis=1, keepdims=True), 1e-6)
+            bands = np.lib.stride_tricks.sliding_window_view(q, h, axis=0).transpose(0, 2, 1).reshape(-1, h * SIDE)
+            bands = bands - bands.mean(axis=1, keepdims=True)  # [offsets, h x SIDE]
+            spread = (bands * bands).sum(axis=1)
+            ncc = (small @ bands.T) / np.sqrt(np.maximum(spread, 1e-6))
+            ncc[:, spread <= h * SIDE * _FLAT_VARIANCE] = -1.0
+            best = np.maximum(best, ncc.max(axis=1))
+    return best
+
+
 def _thumbnails(query: np.ndarray, sides: tuple[int, ...]) -> np.ndarray:
     """float32 [len(sides), SIDE, SIDE]: the query shrunk to each w x w (area averaging) in the top-left corner,
     centred, unit norm, zeros elsewhere."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from server.embedding.signature import SIGNATURE_BYTES, as_unit, localised, mirrored, turned
+from server.embedding.signature import SIGNATURE_BYTES, as_unit, banded, localised, mirrored, turned
 from server.store.base import Candidate
 from server.store.signatures import SignatureStore
 
@@ -50,6 +50,10 @@ class Rule:
     crop_threshold: float = 0.8
     crop_weight: float = 0.2
     crop_exponent: float = 2.0
+    # The other way round (rule 6): a caption band or letterbox bars added on one side leave the source squashed
+    # into a band of the query's rows (or columns): each candidate is squashed to each of these heights (a band
+    # of 7-33% of the copy's height) and slid along the query, and gains as a crop does. () = off (rule 5).
+    band_sides: tuple[int, ...] = (24, 26, 28, 30)
 
     def agreement(self, query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
         """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's best
@@ -65,10 +69,12 @@ class Rule:
         """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's gain."""
         share = np.clip((self.agreement(query, signatures) - self.threshold) / (1.0 - self.threshold), 0.0, 1.0)
         gain = self.weight * share**self.exponent
-        if not self.crop_sides:
-            return gain
-        crop = np.clip((localised(query, signatures, self.crop_sides) - self.crop_threshold)
-                       / (1.0 - self.crop_threshold), 0.0, 1.0)
+        located = np.full(len(signatures), -1.0, np.float32)
+        if self.crop_sides:
+            located = localised(query, signatures, self.crop_sides)
+        if self.band_sides:
+            located = np.maximum(located, banded(query, signatures, self.band_sides))
+        crop = np.clip((located - self.crop_threshold) / (1.0 - self.crop_threshold), 0.0, 1.0)
         return np.maximum(gain, self.crop_weight * crop**self.crop_exponent)
 
     def near_best(self, scores: np.ndarray) -> list[int]:

@@ -4,6 +4,7 @@ must never do (add a candidate, reorder beyond the tie margin, or break the desc
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 
 from server.embedding.contract import INPUT_SIZE
-from server.embedding.signature import SIGNATURE_BYTES, localised, pixel_signatures
+from server.embedding.signature import SIGNATURE_BYTES, banded, localised, pixel_signatures
 from server.query.verification import MARGIN, SERVED, WEIGHT, Rule, Verifier
 from server.store.base import Candidate
 from server.store.blobs import BlobStore
@@ -139,12 +140,44 @@ def test_a_crop_lines_up_with_the_window_of_its_source_it_was_cut_from(box: tupl
     assert Rule(crop_sides=()).bonuses(sig[0], sig[1:2])[0] < 0.5 * gains[0]
 
 
+def _banded(pixels: np.ndarray, side: str, share: float) -> np.ndarray:
+    """The picture on a canvas grown by `share` of its height (width) on one side, the band dark with a light stripe
+    (a caption), squashed back to the encoder's input as the whole-image view is."""
+    h, w = pixels.shape[:2]
+    vertical = side in ("top", "bottom")
+    grow = int((h if vertical else w) * share)
+    canvas = np.zeros((h + grow, w, 3) if vertical else (h, w + grow, 3), np.uint8)
+    at = {"top": (grow, 0), "bottom": (0, 0), "left": (0, grow), "right": (0, 0)}[side]
+    canvas[at[0]:at[0] + h, at[1]:at[1] + w] = pixels
+    band = (slice(h, h + grow) if side == "bottom" else slice(0, grow)) if vertical else None
+    if band is not None:
+        canvas[band, w // 10:w // 2] = 230
+    return np.asarray(Image.fromarray(canvas).resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR))
+
+
+@pytest.mark.parametrize(("side", "share"), [("bottom", 0.2), ("top", 0.3), ("left", 0.15), ("right", 0.25)])
+def test_a_copy_with_a_band_added_finds_its_source_squashed_into_the_query(side: str, share: float) -> None:
+    """A caption band or bars grow the canvas on one side: the source fills the query's width and a share of its
+    height. Band localisation finds it there; another picture does not pass the threshold, a look-alike with a
+    changed detail (1/16 of it) gains far less, and the rule without bands gains less."""
+    rule = replace(SERVED, band_sides=tuple(range(22, 31)))
+    source = _smooth_picture(21)
+    sig = pixel_signatures(np.stack([_banded(source, side, share), source, _smooth_picture(22),
+                                     _detail_changed(source)]))
+    found = banded(sig[0], sig[1:], rule.band_sides)
+    assert found[0] > 0.95 and found[1] < rule.crop_threshold and found[0] - found[2] > 0.05, found
+    gains = rule.bonuses(sig[0], sig[1:])
+    assert gains[0] > 0.5 * rule.crop_weight and gains[1] == 0.0 and gains[0] > gains[2] + 0.05, gains
+    assert replace(rule, band_sides=()).bonuses(sig[0], sig[1:2])[0] < 0.5 * gains[0]
+
+
 def test_a_blank_window_correlates_with_nothing() -> None:
     """A window without structure (a blank canvas, or the flat margin around a small picture) cannot vouch for a
     query: its correlation would be noise divided by nothing."""
     blank = np.zeros((1, SIGNATURE_BYTES), np.int8)
     query = pixel_signatures(_picture(11)[None])[0]
     assert localised(query, blank, SERVED.crop_sides)[0] == -1.0
+    assert banded(np.zeros(SIGNATURE_BYTES, np.int8), query[None], (24, 28))[0] == -1.0  # a blank query band
     assert SERVED.bonuses(query, blank)[0] == 0.0
 
 

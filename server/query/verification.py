@@ -9,7 +9,9 @@ little lower, so a flipped copy still finds its source while an unflipped copy o
 also indexed prefers the unflipped one; so does the query turned by a few degrees either way (a rotated copy's
 thumbnail no longer lines up with its source's). A crop finds its source by its thumbnail shrunk to the crop's
 scale and slid over the candidate's (rule 5): the best window's correlation gains up to CROP_WEIGHT, and a
-candidate gains the larger of the two. A verified score is capped at 1.
+candidate gains the larger of the two. A copy with a caption band or bars added is the crop turned round: the
+candidate squashed into a band of the query's rows or columns and slid along it gains the same way (rule 6). A
+verified score is capped at 1.
 
 DEPTH matters most: a downscaled copy of one sprite among many of its kind finds its source anywhere in the
 embedding's first few dozen. The search fetches at least DEPTH candidates when it verifies; 30 is what a k=10

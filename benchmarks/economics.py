@@ -173,10 +173,8 @@ def scale(n: int, data: Path, nq: int, version: str) -> dict:
     faiss.omp_set_num_threads(1)
     vector_log = VectorLog(log, DIM)  # the store's reader of the log: one pread per row, no readahead
     index = VectorIndex(DIM, stored=vector_log.view, rebuild_in_background=False, read_rows=vector_log.read_rows)
-    saved_tuning = index_path.with_suffix(".tuning.json")
-    saved_tuning.unlink(missing_ok=True)  # the served depth: measured on this corpus at load, as a store does
     started = time.monotonic()
-    index.load(index_path)
+    index.load(index_path)  # measures the served depth on this corpus, as a store does (nothing saved beside it)
     tuning = {"tune_s": round(time.monotonic() - started, 1),
               "recall_at_10_estimate": float(index.describe()[1]["recall_at_10_estimate"])}
     params = index.params  # the measured depth (search_tuning.py), what a store over this catalog serves

@@ -229,10 +229,10 @@ class VectorIndex:
         with self._lock:
             index = faiss.index_gpu_to_cpu(self._index) if self._on_device else self._index  # pragma: no branch
             faiss.write_index(index, str(tmp))
-            params, tuning = self.params, self._tuner.tuning
+            params = self.params
         replace_durably(tmp, path)
-        if tuning is not None and params.rerank_from_disk:
-            tuning.save(path.with_suffix(".tuning.json"))
+        if params.rerank_from_disk:
+            self._tuner.save(path.with_suffix(".tuning.json"))
         log.info("index snapshot %s (%s, %d vectors)", path, params.factory, index.ntotal)
 
     def load(self, path: Path) -> None:

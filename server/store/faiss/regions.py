@@ -108,8 +108,10 @@ class RegionRows:
     def describe(self) -> dict[str, str]:
         """The region index's type, where its re-rank reads (params.IndexParams.layout) and its measured recall."""
         kind, params = self._index.describe()
-        return {"regions_index": kind, "regions_rerank": params["rerank"],
-                **{f"regions_{k}": v for k, v in params.items() if k == "recall_at_10_estimate"}}
+        out = {"regions_index": kind, "regions_rerank": params["rerank"]}
+        if "recall_at_10_estimate" in params:
+            out["regions_recall_at_10_estimate"] = params["recall_at_10_estimate"]
+        return out
 
     def rows_of(self, images: np.ndarray) -> list[np.ndarray]:
         """The region rows of each of these images, float32 [R, dim] each, from the log."""

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from server.core.durable import replace_durably
+from server.store.faiss.vector_log import as_float32
 
 log = logging.getLogger("index.tuning")
 
@@ -95,8 +96,9 @@ def exact_top_of(blocks: Iterable[tuple[int, np.ndarray]], queries: np.ndarray, 
 
 
 def blocks_of(stored: np.ndarray, rows: int = SCAN_ROWS) -> Iterator[tuple[int, np.ndarray]]:
-    """(first row id, rows) over a memory map of the vector log: read once, in order."""
-    return ((start, stored[start:start + rows]) for start in range(0, len(stored), rows))
+    """(first row id, float32 rows) over a memory map of the vector log: read once, in order (float16 rows through
+    the log's own decoder)."""
+    return ((start, as_float32(np.asarray(stored[start:start + rows]))) for start in range(0, len(stored), rows))
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray, rows: np.ndarray, group: int = 1, k: int = K) -> float:
@@ -154,12 +156,20 @@ class SearchTuner:
         """`group`: the index's rows per image (consecutive; `measure`)."""
         self.enabled, self.in_background, self.group = enabled, in_background, group
         self.tuning: SearchTuning | None = None
+        self._saved: SearchTuning | None = None  # what the file beside the snapshot holds
         self._attempted: tuple[int, int] | None = None  # (nlist, rows) of the last measurement, even a failed one
         self._running = threading.Lock()
 
     def adopt(self, tuning: SearchTuning) -> None:
         """A tuning saved with the snapshot: not measured again until the corpus doubles."""
-        self.tuning, self._attempted = tuning, (tuning.nlist, tuning.rows)
+        self.tuning, self._saved, self._attempted = tuning, tuning, (tuning.nlist, tuning.rows)
+
+    def save(self, path: Path) -> None:
+        """Write the last result beside a snapshot, unless the file already holds it (snapshots come every 1,000
+        adds; the result changes once per doubling)."""
+        if (tuning := self.tuning) is not None and tuning is not self._saved:
+            tuning.save(path)
+            self._saved = tuning
 
     def due(self, rows: int, nlist: int) -> bool:
         """Never measured for these lists, or the corpus has doubled since."""

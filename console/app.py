@@ -162,15 +162,28 @@ def create_app(config: ConsoleConfig, gateway: Gateway | None = None) -> Starlet
         return response
 
     async def read_upload(request: Request) -> bytes:
+        """The upload, or INVALID_ARGUMENT once it is over the limit. An oversized body is still read (and
+        dropped) up to twice the limit before the answer goes out: a server that answers and closes while the
+        client is still sending resets the connection, and over TLS the client then sees a broken connection
+        instead of the reason (nginx's lingering close). A body declared larger than that is refused unread."""
+        limit = config.max_image_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > config.max_image_bytes:
-            raise CallFailed("INVALID_ARGUMENT", f"image_bytes: {declared} bytes is over the "
-                                                 f"{config.max_image_bytes}-byte limit")
-        body = bytearray()
+        refusal = None
+        if declared and declared.isdigit() and int(declared) > limit:
+            refusal = CallFailed("INVALID_ARGUMENT", f"image_bytes: {declared} bytes is over the {limit}-byte limit")
+            if int(declared) > 2 * limit:
+                raise refusal
+        body, received = bytearray(), 0
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > config.max_image_bytes:
-                raise CallFailed("INVALID_ARGUMENT", f"image_bytes: over the {config.max_image_bytes}-byte limit")
+            received += len(chunk)
+            if refusal is None and received > limit:
+                refusal = CallFailed("INVALID_ARGUMENT", f"image_bytes: over the {limit}-byte limit")
+            if refusal is None:
+                body += chunk
+            elif received > 2 * limit:
+                break
+        if refusal is not None:
+            raise refusal
         return bytes(body)
 
     async def search(request: Request) -> Response:

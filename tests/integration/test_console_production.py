@@ -23,7 +23,7 @@ from server.core.config import free_port
 from tests.fixtures.gateway import start_secured_gateway
 from tests.photos import small_jpeg
 
-LIMIT = 300_000
+LIMIT = 3_000_000  # large enough that a reset connection shows (300 kB fitted in the socket buffers)
 
 
 @dataclass
@@ -48,10 +48,12 @@ class Browser:
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
                                                   urllib.request.HTTPSHandler(context=context))
 
-    def call(self, path: str, body: bytes | None = None, method: str | None = None,
-             content_type: str = "application/json") -> tuple[int, dict | bytes]:
+    def call(self, path: str, body: bytes | Iterator[bytes] | None = None, method: str | None = None,
+             content_type: str = "application/json", headers: dict[str, str] | None = None
+             ) -> tuple[int, dict | bytes]:
         request = urllib.request.Request(self.base + path, data=body, method=method or ("POST" if body else "GET"),
-                                         headers={"X-VSearch-Console": "1", "Content-Type": content_type})
+                                         headers={"X-VSearch-Console": "1", "Content-Type": content_type,
+                                                  **(headers or {})})
         try:
             with self.opener.open(request, timeout=30) as response:
                 raw = response.read()
@@ -116,6 +118,21 @@ def test_an_operator_searches_with_its_own_token_and_sees_public_images_only(sec
                                       "message": f"image_bytes: {LIMIT + 1} bytes is over the {LIMIT}-byte limit"}
     browser.call("api/session", method="DELETE")
     assert browser.call("api/service")[0] == 401
+
+
+def test_oversized_uploads_are_answered_not_reset(secured):
+    """The refusal reaches the client however the body is sent: a server that answers while the client is still
+    sending, and closes, resets the connection (over TLS: 'EOF occurred in violation of protocol')."""
+    browser = secured.browser()
+    assert browser.sign_in(secured.token(["search"]))[0] == 200
+    declared = {"code": "INVALID_ARGUMENT", "message": f"image_bytes: {2 * LIMIT} bytes is over the {LIMIT}-byte limit"}
+    streamed = {"code": "INVALID_ARGUMENT", "message": f"image_bytes: over the {LIMIT}-byte limit"}
+    for _ in range(10):
+        assert browser.call("api/search", b"\xff" * (2 * LIMIT), content_type="application/octet-stream") == (
+            400, declared)
+        chunks = iter([b"\xff" * 65536] * (2 * LIMIT // 65536))  # no Content-Length: sent chunked
+        assert browser.call("api/search", chunks, content_type="application/octet-stream",
+                            headers={"Transfer-Encoding": "chunked"}) == (400, streamed)
 
 
 def test_the_console_will_not_start_unsafely():

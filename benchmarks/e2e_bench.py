@@ -56,7 +56,7 @@ from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.embedding.contract import EMBED_CHUNK, EMBEDDING_DIM, MODEL_NAME
 from server.embedding.encoder import EncoderClient
-from server.query.search import Ranker
+from server.query.ranking import Ranker
 from server.store.base import EmbeddedImage, VectorStore, Visibility
 from server.store.catalogs import catalog_dir, open_store, read_active_version
 from server.store.faiss import FaissVectorStore

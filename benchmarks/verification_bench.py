@@ -6,7 +6,8 @@ and what a signature costs an image (bytes on disk, time to write at AddImages).
 
 Signatures are files of SIGNATURE_BYTES under a BlobStore.derived root on this machine's data disk (var/), as the
 gateway writes them; their content is random (only the reads and the arithmetic are timed). Each query is a
-candidate list of 60 (the gateway's first fetch for k = 20) of which the first `tied` are within the margin.
+candidate list of 60 (the gateway's first fetch for k = 20) of which the first `tied` are within the margin; the
+last row is a small query (rule 7), whose list is as long as it is verified deep.
 Cold: every file of the query evicted (POSIX_FADV_DONTNEED) before it. One thread.
 Then the real path, side by side: Triton and a gateway with verification on, then off, each indexing the package
 photos twice (two slightly different crops of each: copies that tie), answering `--searches` JPEG q30 copies of
@@ -39,25 +40,26 @@ from devkit.launcher import running_services
 from reporting.results import RESULTS, markdown_table, run_info, write_results
 from server.core.config import loopback_settings
 from server.embedding.signature import SIGNATURE_BYTES
-from server.query.verification import DEPTH, MARGIN, Verifier
+from server.query.verification import DEPTH, MARGIN, SERVED, Verifier
 from server.store.base import Candidate
 from server.store.blobs import BlobStore
 from server.store.signatures import SignatureStore
 
 FETCH = 60
-TIED = (1, 10, DEPTH)
+TIED = (1, 10, DEPTH, *((SERVED.small_depth,) if SERVED.small_side else ()))  # the last: a small query
 
 
 def _candidates(rng: np.random.Generator, images: int, tied: int) -> list[Candidate]:
-    ids = rng.choice(images, FETCH, replace=False)
+    fetch = max(FETCH, tied)
+    ids = rng.choice(images, fetch, replace=False)
     head = 0.9 - np.sort(rng.uniform(0, MARGIN * 0.9, tied))
-    scores = np.concatenate([head, head[0] - MARGIN - np.sort(rng.uniform(0.01, 0.3, FETCH - tied))])
+    scores = np.concatenate([head, head[0] - MARGIN - np.sort(rng.uniform(0.01, 0.3, fetch - tied))])
     vector = np.zeros(1, np.float32)
     return [Candidate(f"i{i}", float(s), f"{i:064x}", vector) for i, s in zip(ids, scores, strict=True)]
 
 
 def _evict(store: SignatureStore, candidates: list[Candidate]) -> None:
-    for c in candidates[:DEPTH]:
+    for c in candidates:
         fd = os.open(store.blobs.path(c.content_hash), os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -78,29 +80,46 @@ def _stage_seconds(metrics_port: int, stage: str) -> tuple[float, float]:
     return total, count
 
 
-def through_gateway(verify: bool, images: list[bytes], searches: int) -> dict[str, object]:
-    queries = []
+def _copies(images: list[bytes], side: int | None = None) -> list[bytes]:
+    """JPEG q30 copies of `images`, shrunk to `side` pixels on their longer side if given (small queries)."""
+    out = []
     for data in images:
-        buffer = io.BytesIO()
-        Image.open(io.BytesIO(data)).save(buffer, "JPEG", quality=30)
-        queries.append(buffer.getvalue())
+        image, buffer = Image.open(io.BytesIO(data)).convert("RGB"), io.BytesIO()
+        if side is not None:
+            image.thumbnail((side, side))
+        image.save(buffer, "JPEG", quality=30)
+        out.append(buffer.getvalue())
+    return out
+
+
+def through_gateway(verify: bool, images: list[bytes], searches: int) -> list[dict[str, object]]:
+    """Search p50/p99 and the verify stage's mean; with verification, for small queries too (shrunk to the
+    rule's small side: verified SERVED.small_depth deep)."""
+    kinds = {"copies": _copies(images)}
+    if verify and SERVED.small_side:
+        kinds[f"copies of {SERVED.small_side} px"] = _copies(images, SERVED.small_side)
+    rows = []
     with tempfile.TemporaryDirectory(prefix="verification-bench-") as tmp:
         settings = loopback_settings(data_dir=Path(tmp) / "data", copy_verification=verify)
         with running_services(settings, Path(tmp) / "logs", announce=False) as services:
             index_through_gateway(services.settings.grpc_address, images, copies=2)
-            seconds = []
             with VisualSearchClient(services.settings.grpc_address) as client:
-                for n in range(10):  # warm-up
-                    client.search(queries[n % len(queries)], k=20)
-                for n in tqdm(range(searches), desc=f"Search, verification {'on' if verify else 'off'}", unit="q"):
-                    began = time.perf_counter()
-                    client.search(queries[n % len(queries)], k=20)
-                    seconds.append(time.perf_counter() - began)
-            total, count = _stage_seconds(services.settings.metrics_port, "verify")
-    ms = 1000 * np.array(seconds)
-    return {"copy verification": "on" if verify else "off", "searches": searches,
-            "p50_ms": round(float(np.median(ms)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "verify_stage_mean_ms": round(1000 * total / count, 3) if count else "-"}
+                for kind, queries in kinds.items():
+                    for n in range(10):  # warm-up
+                        client.search(queries[n % len(queries)], k=20)
+                    before, seconds = _stage_seconds(services.settings.metrics_port, "verify"), []
+                    for n in tqdm(range(searches), desc=f"Search {kind}, verification {'on' if verify else 'off'}",
+                                  unit="q"):
+                        began = time.perf_counter()
+                        client.search(queries[n % len(queries)], k=20)
+                        seconds.append(time.perf_counter() - began)
+                    total, count = np.subtract(_stage_seconds(services.settings.metrics_port, "verify"), before)
+                    ms = 1000 * np.array(seconds)
+                    rows.append({"copy verification": "on" if verify else "off", "queries": kind,
+                                 "searches": searches, "p50_ms": round(float(np.median(ms)), 2),
+                                 "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                                 "verify_stage_mean_ms": round(1000 * total / count, 3) if count else "-"})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -134,14 +153,14 @@ def main(argv: list[str] | None = None) -> dict:
                     else:
                         _evict(store, candidates)
                     began = time.perf_counter()
-                    verifier.rescore(candidates, query)
+                    verifier.rescore(candidates, query, side=1 if tied > DEPTH else None)
                     times.append(time.perf_counter() - began)
                 ms = 1000 * np.array(times)
                 rows.append({"tied candidates": tied, "page cache": cache, "p50_ms": round(float(np.median(ms)), 3),
                              "p99_ms": round(float(np.percentile(ms, 99)), 3),
                              "bytes_read_per_query": tied * SIGNATURE_BYTES})
     photos = uploads()
-    gateway = [through_gateway(verify, photos, args.searches) for verify in (True, False)]
+    gateway = [row for verify in (True, False) for row in through_gateway(verify, photos, args.searches)]
     data = {**run_info(images=args.images, queries=args.queries, fetch=FETCH, searches=args.searches), "rows": rows,
             "gateway": gateway,
             "signature_bytes": SIGNATURE_BYTES, "disk_bytes_per_image": disk_bytes,

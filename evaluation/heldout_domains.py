@@ -135,8 +135,8 @@ def build_domain(source: str, per_category: int, copy_sources: int, seed: int) -
         region_pixels += views
     sources = sorted(np.random.default_rng(seed).choice(len(gallery), min(copy_sources, len(gallery)),
                                                         replace=False).tolist())
-    queries, query_pixels = copy_queries(gallery, originals, sources, seed, f"{source} copies")
-    return Prepared(gallery, np.stack(pixels), queries, query_pixels, np.stack(region_pixels))
+    queries, query_pixels, sides = copy_queries(gallery, originals, sources, seed, f"{source} copies")
+    return Prepared(gallery, np.stack(pixels), queries, query_pixels, sides, np.stack(region_pixels))
 
 
 def expand(queries: np.ndarray, sims: np.ndarray, vectors: np.ndarray, n: int, alpha: float) -> np.ndarray:

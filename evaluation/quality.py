@@ -58,7 +58,7 @@ from evaluation.quality_sets import (
 )
 from server.core.config import MODEL_REPOSITORY
 from server.core.regions import REGION_BOXES, best_match
-from server.embedding.imaging import CropBox, Limits, prepare, prepare_views, region_views
+from server.embedding.imaging import CropBox, Limits, prepare, prepare_views, region_views, shorter_side
 from server.embedding.onnx_encoder import OnnxEncoder
 from server.embedding.signature import pixel_signatures
 from server.model_versions.calibration import FORMAT, load_calibration, save_calibration
@@ -83,6 +83,7 @@ class Prepared:
     gallery_pixels: np.ndarray
     copy_queries: list[tuple[int, str]]  # (gallery index of the source, edit name)
     copy_pixels: np.ndarray
+    copy_sides: np.ndarray  # each copy's shorter side in pixels, as the gateway reads it from the header
     region_pixels: np.ndarray | None = None  # [gallery * R, ...]: REGION_BOXES of each gallery image
     scene_pixels: np.ndarray | None = None  # GCompris "details": full scenes (added to the gallery) ...
     detail_scenes: list[int] | None = None  # ... each detail's scene index ...
@@ -157,22 +158,28 @@ def build_split(splits: set[str], seed: int, emoji_copy_sources: int, regions: b
     emoji = [i for i, g in enumerate(gallery) if g.source == "emoji"]
     sample = set(np.random.default_rng(seed).choice(emoji, min(emoji_copy_sources, len(emoji)), replace=False))
     sources = [i for i, g in enumerate(gallery) if g.source != "emoji" or i in sample]
-    queries, query_pixels = copy_queries(gallery, originals, sources, seed)
-    return Prepared(gallery, np.stack(pixels), queries, query_pixels, np.stack(region_pixels) if regions else None)
+    queries, query_pixels, sides = copy_queries(gallery, originals, sources, seed)
+    return Prepared(gallery, np.stack(pixels), queries, query_pixels, sides,
+                    np.stack(region_pixels) if regions else None)
 
 
 def copy_queries(gallery: list[LabelledImage], originals: list[Image.Image] | dict[int, Image.Image],
-                 sources: list[int], seed: int, desc: str = "copies") -> tuple[list[tuple[int, str]], np.ndarray]:
-    """Every edit of each source image (and the centre crop box as a query crop), as the encoder's inputs."""
-    queries, query_pixels = [], []
+                 sources: list[int], seed: int, desc: str = "copies"
+                 ) -> tuple[list[tuple[int, str]], np.ndarray, np.ndarray]:
+    """Every edit of each source image (and the centre crop box as a query crop), as the encoder's inputs, with
+    each query's shorter side in pixels."""
+    queries, query_pixels, sides = [], [], []
     for index in tqdm(sources, desc=desc, unit="src"):
         image, item = originals[index], gallery[index]
         for name, edit in EDITS.items():
+            data = edit(image, _rng(seed, item.image_id, name))
             queries.append((index, name))
-            query_pixels.append(prepare(edit(image, _rng(seed, item.image_id, name))))
+            query_pixels.append(prepare(data))
+            sides.append(shorter_side(data))
         queries.append((index, "centre-crop-box"))
         query_pixels.append(prepare(encode(image), CropBox(*CENTRE_CROP_BOX)))
-    return queries, np.stack(query_pixels)
+        sides.append(shorter_side(encode(image), CropBox(*CENTRE_CROP_BOX)))
+    return queries, np.stack(query_pixels), np.array(sides)
 
 
 def add_wallpapers(prep: Prepared, regions: bool) -> None:
@@ -249,13 +256,15 @@ def _rankings(sims: np.ndarray, k: int) -> np.ndarray:
 
 
 def verified_rankings(sims: np.ndarray, ranked: np.ndarray, query_sigs: np.ndarray, gallery_sigs: np.ndarray,
-                      rule: Rule = SERVED) -> np.ndarray:
+                      rule: Rule = SERVED, query_sides: np.ndarray | None = None) -> np.ndarray:
     """Each ranking's head re-ordered as the served search's copy verification orders it
-    (server/query/verification.py: the same rule, on signatures of the same encoder inputs)."""
+    (server/query/verification.py: the same rule, on signatures of the same encoder inputs; `query_sides`: each
+    query's shorter side in pixels, None: not known, as for a search by ID)."""
     out = ranked.copy()
     for i, row in enumerate(ranked):
-        head = row[:rule.depth]
-        fused = rule.verified_scores(sims[i, head], query_sigs[i], list(gallery_sigs[head]))
+        side = None if query_sides is None else int(query_sides[i])
+        head = row[:rule.depth_for(side)]
+        fused = rule.verified_scores(sims[i, head], query_sigs[i], list(gallery_sigs[head]), side)
         out[i, :len(head)] = head[np.argsort(-fused, kind="stable")]
     return out
 
@@ -266,7 +275,7 @@ def copy_detection(prep: Prepared, gallery: np.ndarray, queries: np.ndarray, reg
     sims = similarity(queries, gallery, regions)
     ranked = _rankings(sims, 100)
     if verify:
-        ranked = verified_rankings(sims, ranked, prep.copy_signatures, prep.gallery_signatures, rule)
+        ranked = verified_rankings(sims, ranked, prep.copy_signatures, prep.gallery_signatures, rule, prep.copy_sides)
     per_edit: dict[str, tuple[list, list]] = {}
     for (source, edit), row in zip(prep.copy_queries, ranked, strict=True):
         rankings, relevances = per_edit.setdefault(edit, ([], []))

@@ -3,6 +3,7 @@ train split and the held-out domains already opened, never on a sealed one.
 
     python -m evaluation.verification_grid [--version 3] [--domains openclipart emojione ...]
     python -m evaluation.verification_grid --crop   # rule 5's crop localisation, on the team's train split only
+    python -m evaluation.verification_grid --small  # rule 7: small queries verified deeper (train + opened domains)
 
 For each rule and set: copy P@1 per edit (the worst edit and the mean over edits) and category mAP@10 of a search
 by ID (leave-one-out, verified with the query image's own signature), with the embedding alone and the served rule
@@ -47,6 +48,7 @@ RULE_2 = Rule(depth=10, margin=0.2, weight=0.2, exponent=1.0, rotations=(), crop
 RULE_3 = Rule(exponent=4.0, rotations=(), crop_sides=(), band_sides=())  # before rule 4 (turned queries, exponent 3)
 RULE_4 = Rule(crop_sides=(), band_sides=())  # served before rule 5 (crop localisation)
 RULE_5 = Rule(band_sides=())  # served before rule 6 (band localisation)
+RULE_6 = replace(SERVED, small_side=0)  # served before rule 7 (small queries verified deeper)
 CROP_SIDES = {"16-30 by 2": tuple(range(16, 31, 2)), "14-30 by 2": tuple(range(14, 31, 2))}
 CROP_THRESHOLDS, CROP_WEIGHTS, CROP_EXPONENTS = (0.75, 0.8, 0.85), (0.1, 0.2, 0.3), (1.0, 2.0)
 
@@ -74,6 +76,14 @@ def band_grid() -> list[Rule]:
             itertools.product(BAND_SIDES.values(), (RULE_5.crop_threshold, 0.85))]
 
 
+SMALL_SIDES, SMALL_DEPTHS = (32, 48, 64, 96, 128), (60, 100)
+
+
+def small_grid() -> list[Rule]:
+    """Rule 6 with queries of a short side at most `small_side` pixels verified `small_depth` deep."""
+    return [replace(RULE_6, small_side=s, small_depth=d) for s, d in itertools.product(SMALL_SIDES, SMALL_DEPTHS)]
+
+
 def category_map10(prep: Prepared, gallery: np.ndarray, regions: np.ndarray, rule: Rule | None) -> float:
     """mAP@10 of a search by ID over the categories with >= 3 images, itself excluded; `rule` None: unverified."""
     queries, relevances = category_queries(prep)
@@ -85,13 +95,18 @@ def category_map10(prep: Prepared, gallery: np.ndarray, regions: np.ndarray, rul
     return evaluate([list(r) for r in ranked], relevances, (10,))["map@10"]
 
 
-def measure(prep: Prepared, vectors: tuple[np.ndarray, np.ndarray, np.ndarray], rule: Rule | None) -> dict:
+def measure(prep: Prepared, vectors: tuple[np.ndarray, np.ndarray, np.ndarray], rule: Rule | None,
+            category: bool = True) -> dict:
+    """`category` False: copy detection only (a search by ID has no query side: small-query rules leave its
+    mAP@10 as it is)."""
     gallery, queries, regions = vectors
     copy = copy_detection(prep, gallery, queries, regions, verify=rule is not None, rule=rule or SERVED)
     p1 = [v["p@1"] for v in copy.values()]
     worst = min(copy, key=lambda e: copy[e]["p@1"])
-    return {"copy_p1_min": min(p1), "worst_edit": worst, "copy_p1_mean": round(float(np.mean(p1)), 4),
-            "map10": round(category_map10(prep, gallery, regions, rule), 4)}
+    out = {"copy_p1_min": min(p1), "worst_edit": worst, "copy_p1_mean": round(float(np.mean(p1)), 4)}
+    if rule is not None and rule.small_side:
+        out["small_share"] = round(float(np.mean(prep.copy_sides <= rule.small_side)), 3)
+    return out | ({"map10": round(category_map10(prep, gallery, regions, rule), 4)} if category else {})
 
 
 def _name(rule: Rule | None) -> str:
@@ -103,7 +118,10 @@ def _name(rule: Rule | None) -> str:
             f"{rule.crop_exponent:g}") if rule.crop_sides else ""
     if rule.band_sides:
         crop += "; bands: " + next((n for n, b in BAND_SIDES.items() if b == rule.band_sides), str(rule.band_sides))
-    earlier = {SERVED: "served", RULE_2: "rule 2", RULE_3: "rule 3", RULE_4: "rule 4", RULE_5: "rule 5"}
+    if rule.small_side:
+        crop += f"; short side <= {rule.small_side} px: depth {rule.small_depth}"
+    earlier = {SERVED: "served", RULE_2: "rule 2", RULE_3: "rule 3", RULE_4: "rule 4", RULE_5: "rule 5",
+               RULE_6: "rule 6"}
     return f"depth {rule.depth}, weight {rule.weight}, exponent {rule.exponent:g}{turned}{crop}" + (
         f" ({earlier[rule]})" if rule in earlier else "")
 
@@ -118,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="rule 5's crop grid on the team's train split alone (the domains measure it after)")
     parser.add_argument("--band", action="store_true",
                         help="band localisation (caption bands) on the team's train split alone")
+    parser.add_argument("--small", action="store_true",
+                        help="small queries verified deeper, on the team's train split and the opened domains")
     args = parser.parse_args(argv)
     if args.crop or args.band:
         args.domains = []
@@ -132,25 +152,28 @@ def main(argv: list[str] | None = None) -> dict:
         sets[name] = (prep, (embedder.embed(prep.gallery_pixels, f"{name} gallery"),
                              embedder.embed(prep.copy_pixels, f"{name} copies"), regions))
     rules: list[Rule | None] = ([None, RULE_4, *crop_grid()] if args.crop else [None, RULE_5, *band_grid()]
-                                if args.band else [None, RULE_2, RULE_3, *grid()])
+                                if args.band else [None, RULE_6, *small_grid()] if args.small
+                                else [None, RULE_2, RULE_3, *grid()])
     if SERVED not in rules:
         rules.append(SERVED)
     rows = []
     for rule in tqdm(rules, desc="rules", unit="rule"):
         row: dict[str, object] = {"rule": _name(rule)}
         for name, (prep, vectors) in sets.items():
-            m = measure(prep, vectors, rule)
-            row |= {f"{name} worst": f"{m['copy_p1_min']:.3f} {m['worst_edit']}",
-                    f"{name} mean": m["copy_p1_mean"], f"{name} mAP@10": m["map10"]}
+            m = measure(prep, vectors, rule, category=not args.small)
+            row |= {f"{name} worst": f"{m['copy_p1_min']:.3f} {m['worst_edit']}", f"{name} mean": m["copy_p1_mean"],
+                    **({f"{name} small": m.get("small_share", 0.0)} if args.small else {f"{name} mAP@10": m["map10"]})}
         rows.append(row)
     meta = {"version": args.version, "sets": list(sets), "seed": args.seed,
             "seconds": round(time.monotonic() - started, 1),
             "command": "python -m evaluation.verification_grid " + (
-                "--crop" if args.crop else "--band" if args.band else "--domains " + " ".join(args.domains))}
+                "--crop" if args.crop else "--band" if args.band else "--small" if args.small
+                else "--domains " + " ".join(args.domains))}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "verification_grid_crop" if args.crop else "verification_grid_band" if args.band else "verification_grid"
+    stem = ("verification_grid_crop" if args.crop else "verification_grid_band" if args.band
+            else "verification_grid_small" if args.small else "verification_grid")
     (args.out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    columns = ["rule", *(f"{n} {c}" for n in sets for c in ("worst", "mean", "mAP@10"))]
+    columns = ["rule", *(f"{n} {c}" for n in sets for c in ("worst", "mean", "small" if args.small else "mAP@10"))]
     text = ["# Copy verification: the rules compared", "",
             f"`{meta['command']}` ({meta['seconds']} s), encoder/{args.version}, seed {args.seed}. Sets: the team's "
             "train split and the held-out domains already opened (a sealed domain measures the chosen rule once, "
@@ -161,7 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
             "mean, among the rules that read at most 30 candidates (what a k = 10 search fetches anyway)."
             + (" Crop rules (rule 5, `--crop`): chosen on the team's train split alone by the same order, the "
                "candidate's gain the larger of its whole-image and its best window's; every held-out domain "
-               "measures the choice after (heldout_domains.md)." if args.crop else ""), "",
+               "measures the choice after (heldout_domains.md)." if args.crop else "")
+            + (" Small-query rules (rule 7, `--small`): copy detection only (a search by ID has no query side, so "
+               "mAP@10 does not move); `small`: the share of copy queries verified deeper." if args.small else ""), "",
             markdown_table(rows, columns), ""]
     (args.out / f"{stem}.md").write_text("\n".join(text))
     print(f"wrote {args.out / f'{stem}.md'}")

@@ -167,16 +167,31 @@ def _reason(exc: BaseException) -> str:
 _WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def header_pixels(data: bytes) -> int | None:
-    """Width x height from the header alone (nothing decoded): what a request will cost to decode. None if the
-    header cannot be read (the decode then fails with the precise error)."""
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header alone (nothing decoded); None if the header cannot be read (the decode then
+    fails with the precise error)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            width, height = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS).size
-        return width * height
+            return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS).size
     except Exception:  # Pillow's bomb error included: the decode refuses it with the configured limit
         return None
+
+
+def header_pixels(data: bytes) -> int | None:
+    """Width x height from the header alone: what a request will cost to decode."""
+    size = header_size(data)
+    return None if size is None else size[0] * size[1]
+
+
+def shorter_side(data: bytes, crop: CropBox | None = None) -> int | None:
+    """The query's shorter side in pixels, after its crop, from the header alone (an EXIF turn swaps the sides,
+    not the shorter one); None if the header cannot be read."""
+    size = header_size(data)
+    if size is None:
+        return None
+    x0, y0, x1, y1 = crop.as_tuple() if crop is not None else (0.0, 0.0, 1.0, 1.0)
+    return max(1, round(min(size[0] * (x1 - x0), size[1] * (y1 - y0))))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

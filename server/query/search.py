@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -18,12 +14,12 @@ from server.core.ids import check_image_id
 from server.core.metrics import GatewayMetrics
 from server.embedding import imaging
 from server.model_versions.feedback_calibration import CorpusRelevance
-from server.query.duplicates import collapse_duplicates, mark_duplicates
+from server.query.ranking import Hit, Ranker
 from server.query.verification import Verifier
 from server.runtime.admission import MIN_COST_PIXELS, Admission
 from server.runtime.callers import ANONYMOUS, Principal
-from server.runtime.serving import FALLBACK_DUPLICATE_THRESHOLD, Live, Serving
-from server.store.base import Candidate, ImageRecord, Store, VectorStore
+from server.runtime.serving import Live, Serving
+from server.store.base import ImageRecord, Store
 
 
 @dataclass(frozen=True)
@@ -35,14 +31,6 @@ class Query:
     min_score: float | None = None
     min_relevance: float | None = None
     include_duplicates: bool = False
-
-
-@dataclass(frozen=True)
-class Hit:
-    image_id: str
-    score: float
-    relevance: float | None = None  # calibrated probability that the result is relevant (None: no calibration)
-    duplicate_of: str | None = None  # with include_duplicates: the better-ranked hit this one duplicates
 
 
 @dataclass(frozen=True)
@@ -64,76 +52,6 @@ def visible(store: Store, image_id: str) -> ImageRecord:
     if record is None or not record.eligible:
         raise not_visible(image_id)
     return record
-
-
-class Ranker:
-    """Store search + duplicate collapse with backfill: the part of a Search after the query vector exists.
-
-    The first fetch is sized from the share of candidates the collapse kept in recent queries, so on a
-    duplicate-heavy corpus one store search usually suffices; it goes back for more only when that fell short.
-    """
-
-    def __init__(self, duplicate_threshold: float | None, metrics: GatewayMetrics,
-                 verifier: Verifier | None = None) -> None:
-        self.metrics, self.verifier = metrics, verifier
-        self.duplicate_threshold = FALLBACK_DUPLICATE_THRESHOLD if duplicate_threshold is None else duplicate_threshold
-        self.keep_rate = 1.0  # moving average of kept / examined candidates
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.metrics.stage_latency.labels(name).observe(time.perf_counter() - start)
-
-    def first_fetch(self, k: int) -> int:
-        """Enough candidates that k survive the collapse at the recent keep rate, with a 50% margin (25% sent
-        1 query in 6 back for a second search on a duplicate-heavy corpus; sizing for a low quantile of the
-        keep rate fetched so much that the first search cost more than the second ones it saved)."""
-        return max(2 * k + 10, math.ceil(1.5 * k / max(self.keep_rate, 0.02)) + 10)
-
-    def _search(self, store: VectorStore, vector: np.ndarray, k: int, exclude: str | None,
-                signature: np.ndarray | None) -> list[Candidate]:
-        verifier = self.verifier if signature is not None else None
-        with self.stage("search"):  # verification looks its depth deep whatever k is: a source may rank below k
-            candidates = store.search(vector, max(k, verifier.rule.depth) if verifier else k, exclude)
-        if verifier:
-            with self.stage("verify"):
-                candidates = verifier.rescore(candidates, signature)[:k]
-        return candidates
-
-    def rank(self, store: VectorStore, vector: np.ndarray, k: int, exclude: str | None,
-             include_duplicates: bool, threshold: float | None = None, signature: np.ndarray | None = None
-             ) -> list[Hit]:
-        """`threshold`: the served version's duplicate threshold (default: the one given at construction);
-        `signature`: the query's pixel signature, for copy verification (server/query/verification.py)."""
-        threshold = threshold if threshold is not None else self.duplicate_threshold
-        if include_duplicates:
-            candidates = self._search(store, vector, k, exclude, signature)
-            with self.stage("filter"):
-                marks = mark_duplicates(candidates, threshold)
-            self.metrics.ann_searches.observe(1)
-            return [Hit(c.image_id, c.score, duplicate_of=d) for c, d in zip(candidates, marks, strict=True)]
-        # Ask for more than k so duplicates can be collapsed and backfilled, as many more as the recent collapse
-        # rate says; go back for more only if that fell short. The store clamps to the eligible images it sees:
-        # fewer candidates than asked means there are no more (no count is read here: one read before the search
-        # goes stale when visibility flips meanwhile).
-        fetch, searches = self.first_fetch(k), 0
-        while True:
-            candidates = self._search(store, vector, fetch, exclude, signature)
-            searches += 1
-            with self.stage("filter"):
-                kept, removed = collapse_duplicates(candidates, k, threshold)
-            if kept:
-                self.keep_rate = 0.9 * self.keep_rate + 0.1 * len(kept) / (len(kept) + removed)
-            if len(kept) == k or len(candidates) < fetch:
-                break
-            fetch *= 4
-        self.metrics.ann_searches.observe(searches)
-        if removed:
-            self.metrics.filtered_results.labels("duplicate").inc(removed)
-        return [Hit(c.image_id, c.score) for c in kept]
 
 
 class Searcher:
@@ -172,19 +90,20 @@ class Searcher:
         return k
 
     async def embed_query(self, serving: Serving, query: Query, timeout_s: float | None
-                          ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The query vector and pixel signature: the stored ones for a search by ID (no signature if none was
-        stored), else the served embedder's for the (cropped) image."""
+                          ) -> tuple[np.ndarray, np.ndarray | None, int | None]:
+        """The query vector, pixel signature and shorter side in pixels: the stored vector and signature for a
+        search by ID (no signature if none was stored; no side), else the served embedder's for the (cropped)
+        image, whose side comes from its header."""
         if query.image_id is not None:
             record = visible(serving.store, query.image_id)
             vector = serving.store.vector(query.image_id)
             if vector is None:  # deleted since
                 raise not_visible(query.image_id)
             own = self.verifier.read([record.content_hash]) if self.verifier is not None else {}
-            return vector, own.get(record.content_hash)
+            return vector, own.get(record.content_hash), None
         with self.ranker.stage("embed"):
             embedded = await serving.embedder.embed_query(query.image_bytes or b"", query.crop, timeout_s)
-        return embedded.vector, embedded.signature
+        return embedded.vector, embedded.signature, imaging.shorter_side(query.image_bytes or b"", query.crop)
 
     def _cost(self, query: Query) -> int:
         """Checks the image's header against the limits (bytes, JPEG scans, pixels), so what would be refused never
@@ -202,12 +121,12 @@ class Searcher:
 
     async def _search(self, query: Query, k: int, timeout_s: float | None) -> Answer:
         serving = self.live.serving
-        vector, signature = await self.embed_query(serving, query, timeout_s)
+        vector, signature, side = await self.embed_query(serving, query, timeout_s)
         # In a worker thread: FAISS releases the GIL, so concurrent searches use every core while the event
         # loop keeps serving gRPC.
         hits = await asyncio.to_thread(self.ranker.rank, serving.store, vector, k, query.image_id,
                                        query.include_duplicates,
-                                       serving.duplicate_threshold(self.settings.duplicate_threshold), signature)
+                                       serving.duplicate_threshold(self.settings.duplicate_threshold), signature, side)
         calibration = self.relevance.calibration(serving.embedder.model_version, serving.calibration)
         if calibration is not None:
             relevance = calibration.relevance(np.array([h.score for h in hits], dtype=np.float64))

@@ -56,6 +56,14 @@ class Rule:
     # into a band of the query's rows (or columns): each candidate is squashed to each of these heights (a band
     # of 7-33% of the copy's height) and slid along the query, and gains as a crop does. () = off (rule 5).
     band_sides: tuple[int, ...] = (24, 26, 28, 30)
+    # A query of few pixels (an icon or sprite, or one shrunk further) has a vaguer embedding: its source ranks
+    # anywhere in the first hundred among its kind. Such a query is verified deeper; a larger one reads no more.
+    small_side: int = 0  # a query whose shorter side has at most this many pixels ... (0: none is small)
+    small_depth: int = 100  # ... is verified this deep
+
+    def depth_for(self, side: int | None) -> int:
+        """Candidates verified for a query whose shorter side is `side` pixels (None: not known)."""
+        return self.small_depth if side is not None and side <= self.small_side else self.depth
 
     def agreement(self, query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
         """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's best
@@ -79,17 +87,17 @@ class Rule:
         crop = np.clip((located - self.crop_threshold) / (1.0 - self.crop_threshold), 0.0, 1.0)
         return np.maximum(gain, self.crop_weight * crop**self.crop_exponent)
 
-    def near_best(self, scores: np.ndarray) -> list[int]:
-        """Positions (scores best first) of the candidates looked at: the first `depth` within `margin` of the
-        best."""
-        return [i for i in range(min(self.depth, len(scores))) if scores[i] >= scores[0] - self.margin]
+    def near_best(self, scores: np.ndarray, side: int | None = None) -> list[int]:
+        """Positions (scores best first) of the candidates looked at: the first `depth_for(side)` within `margin`
+        of the best."""
+        return [i for i in range(min(self.depth_for(side), len(scores))) if scores[i] >= scores[0] - self.margin]
 
-    def verified_scores(self, scores: np.ndarray, query: np.ndarray, signatures: Sequence[np.ndarray | None]
-                        ) -> np.ndarray:
+    def verified_scores(self, scores: np.ndarray, query: np.ndarray, signatures: Sequence[np.ndarray | None],
+                        side: int | None = None) -> np.ndarray:
         """Scores best first and the first candidates' signatures (None: none stored) -> every candidate's score
         with its gain (uncapped). The serving rule, which the offline evaluation applies too."""
         fused = np.asarray(scores, np.float64).copy()
-        near = [i for i in self.near_best(fused) if i < len(signatures) and signatures[i] is not None]
+        near = [i for i in self.near_best(fused, side) if i < len(signatures) and signatures[i] is not None]
         if near:
             fused[near] += self.bonuses(query, np.stack([signatures[i] for i in near]))
         return fused
@@ -108,15 +116,17 @@ class Verifier:
         """The well-formed signatures of `digests` that exist."""
         return {d: s for d, s in self.signatures.read(digests).items() if len(s) == SIGNATURE_BYTES}
 
-    def rescore(self, candidates: list[Candidate], query: np.ndarray | None) -> list[Candidate]:
-        """`candidates` best first -> the same candidates best first after verification."""
+    def rescore(self, candidates: list[Candidate], query: np.ndarray | None, side: int | None = None
+                ) -> list[Candidate]:
+        """`candidates` best first -> the same candidates best first after verification (`side`: the query's
+        shorter side in pixels, if known)."""
         if query is None or not candidates:
             return candidates
         scores = np.array([c.score for c in candidates])
-        near = self.rule.near_best(scores)
+        near = self.rule.near_best(scores, side)
         found = self.read([candidates[i].content_hash for i in near])  # only these can gain: one small read each
-        fused = self.rule.verified_scores(scores, query,
-                                          [found.get(c.content_hash) for c in candidates[:self.rule.depth]])
+        fused = self.rule.verified_scores(
+            scores, query, [found.get(c.content_hash) for c in candidates[:self.rule.depth_for(side)]], side)
         order = np.argsort(-fused, kind="stable")  # ties keep the store's order
         return [candidates[i] if fused[i] == scores[i] else replace(candidates[i], score=min(1.0, float(fused[i])))
                 for i in order]

@@ -188,3 +188,22 @@ def test_a_crops_source_overtakes_the_picture_the_embedding_preferred(verifier: 
     crop = pixel_signatures(_crop(source, (40, 30, 198, 188))[None])[0]
     ranked = verifier.rescore([_candidate("other", 0.80), _candidate("source", 0.72)], crop)
     assert [c.image_id for c in ranked] == ["source", "other"] and ranked[1].score == 0.80
+
+
+def test_a_small_query_is_verified_deeper_and_a_large_one_reads_no_more(verifier: Verifier) -> None:
+    """A sprite shrunk to a few dozen pixels ranks its source anywhere in the first hundred: with the query's
+    shorter side at or below `small_side`, verification reads `small_depth` candidates, else `depth`."""
+    rule = replace(SERVED, depth=30, small_side=48, small_depth=100)
+    source = _picture(11)
+    others = [_picture(100 + n) for n in range(59)]
+    sig = pixel_signatures(np.stack([source, *others]))
+    verifier.signatures.write([(f"hash-o{n}", s) for n, s in enumerate(sig[1:])] + [("hash-source", sig[0])])
+    candidates = [_candidate(f"o{n}", 0.90 - n * 0.001) for n in range(59)]
+    candidates.insert(45, _candidate("source", 0.85))  # 46th: beyond 30, within 100 and the margin
+    deep = Verifier(verifier.signatures, rule)
+    assert deep.rescore(candidates, sig[0], side=29)[0].image_id == "source"
+    assert deep.rescore(candidates, sig[0], side=48)[0].image_id == "source"
+    assert deep.rescore(candidates, sig[0], side=49)[0].image_id == "o0"  # large: 30 read, the source not among them
+    assert deep.rescore(candidates, sig[0])[0].image_id == "o0"  # side unknown (a search by ID): the usual depth
+    assert [rule.depth_for(s) for s in (None, 1, 48, 49, 4000)] == [30, 100, 100, 30, 30]
+    assert replace(rule, small_side=0).depth_for(1) == 30  # 0: no query is small

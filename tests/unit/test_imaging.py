@@ -106,3 +106,12 @@ def test_a_decode_over_its_cpu_budget_stops_at_its_next_read(monkeypatch, fmt):
     with pytest.raises(InvalidInput, match="CPU budget") as error:
         imaging.prepare(data)
     assert error.value.field == "image_bytes"
+
+
+def test_the_query_side_comes_from_the_header_and_its_crop() -> None:
+    data = io.BytesIO()
+    Image.new("RGB", (300, 120)).save(data, "PNG")
+    assert imaging.shorter_side(data.getvalue()) == 120
+    assert imaging.shorter_side(data.getvalue(), imaging.CropBox(0.0, 0.0, 0.1, 1.0)) == 30
+    assert imaging.shorter_side(data.getvalue(), imaging.CropBox(0.0, 0.0, 0.001, 0.001)) == 1  # never 0
+    assert imaging.shorter_side(b"not an image") is None

@@ -217,7 +217,7 @@ def test_same_picture_scores_the_largest_size_as_the_only_relevant_result() -> N
     gallery = np.eye(4, dtype=np.float32)
     queries = np.array([[0.9, 0.1, 0, 0], [0, 0.2, 0.9, 0], [0.8, 0, 0, 0.6]], np.float32)
     empty = np.zeros((0, 224, 224, 3), np.uint8)
-    prep = Prepared([], empty, [], empty, wallpaper_queries=[0, 1, 3])
+    prep = Prepared([], empty, [], empty, np.zeros(0, int), wallpaper_queries=[0, 1, 3])
     result = same_picture(prep, gallery, queries)
     assert result["p@1"] == round(1 / 3, 4) and result["mrr"] == round((1 + 1 / 2 + 1 / 2) / 3, 4)
     assert (result["queries"], result["pictures"], result["gallery"]) == (3, 3, 4)
@@ -245,7 +245,8 @@ def _synthetic_prepared(seed: int = 0) -> tuple:
     copies = np.array(query_vectors)
     copies /= np.linalg.norm(copies, axis=1, keepdims=True)
     empty = np.zeros((0, 224, 224, 3), np.uint8)
-    return Prepared(items, empty, queries, empty), gallery.astype(np.float32), copies.astype(np.float32)
+    prep = Prepared(items, empty, queries, empty, np.full(len(queries), 224))
+    return prep, gallery.astype(np.float32), copies.astype(np.float32)
 
 
 def test_quality_metrics_on_stand_in_embeddings() -> None:

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import random
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +23,8 @@ from prometheus_client import CollectorRegistry
 
 from server.core.metrics import GatewayMetrics
 from server.embedding.signature import SIGNATURE_BYTES
-from server.query.search import Ranker
-from server.query.verification import MARGIN, Verifier
+from server.query.ranking import Ranker
+from server.query.verification import MARGIN, SERVED, Verifier
 from server.store.base import EmbeddedImage, ImageRecord, Store, VectorStore, Visibility
 from server.store.blobs import BlobStore
 from server.store.faiss import FaissVectorStore
@@ -158,10 +159,12 @@ def test_duplicate_collapse_with_backfill_on_top_of_the_store(open_store):
     assert len(ranker.rank(store, base, 10, exclude=None, include_duplicates=True)) == 10
 
 
-def test_copy_verification_finds_a_source_ranked_far_below_k_but_never_a_hidden_one(open_store, tmp_path):
+@pytest.mark.parametrize("look_alikes, side", [(20, None), (45, 24)], ids=["21st", "46th-small-query"])
+def test_copy_verification_finds_a_source_ranked_far_below_k_but_never_a_hidden_one(open_store, tmp_path,
+                                                                                    look_alikes, side):
     """A copy's source that the embedding ranks 21st (within the margin) comes first for k=5: verification reads
-    DEPTH candidates whatever k is. Its byte-identical private and deleted twins, closer than every look-alike,
-    never appear."""
+    DEPTH candidates whatever k is; ranked 46th, it comes first for a small query (a 24-px sprite), which is
+    verified deeper. Its byte-identical private and deleted twins, closer than every look-alike, never appear."""
     store = open_store()
     query = stand_in_vector("copy")
     rng = np.random.default_rng(7)
@@ -171,24 +174,28 @@ def test_copy_verification_finds_a_source_ranked_far_below_k_but_never_a_hidden_
         v = query + spread * direction / np.linalg.norm(direction)
         return v / np.linalg.norm(v)
 
-    look_alikes = [image(f"look-alike{i}", vector=near(0.25)) for i in range(20)]  # cosine ~0.97
-    source = image("source", vector=near(0.45))  # cosine ~0.91: 21st, within MARGIN of the best
+    alike = [image(f"look-alike{i}", vector=near(0.25)) for i in range(look_alikes)]  # cosine ~0.97
+    source = image("source", vector=near(0.45))  # cosine ~0.91: right after them, within MARGIN of the best
     twins = [image("private-twin", Visibility.PRIVATE, vector=near(0.1)), image("deleted-twin", vector=near(0.1))]
-    store.add([*look_alikes, source, *twins, *(image(f"d{i}") for i in range(20))])
+    store.add([*alike, source, *twins, *(image(f"d{i}") for i in range(20))])
     store.delete(["deleted-twin"])
-    assert float(source.vector @ query) >= max(float(i.vector @ query) for i in look_alikes) - MARGIN
+    assert float(source.vector @ query) >= max(float(i.vector @ query) for i in alike) - MARGIN
 
     signature = rng.integers(-127, 128, SIGNATURE_BYTES).astype(np.int8)  # the copy's pixels are the source's
     signatures = SignatureStore(BlobStore(tmp_path / "signatures"))
     signatures.write([(source.content_hash, signature), *((t.content_hash, signature) for t in twins),
-                      *((i.content_hash, rng.integers(-127, 128, SIGNATURE_BYTES).astype(np.int8))
-                        for i in look_alikes)])
+                      *((i.content_hash, rng.integers(-127, 128, SIGNATURE_BYTES).astype(np.int8)) for i in alike)])
     metrics = GatewayMetrics(CollectorRegistry())
     plain = Ranker(0.999, metrics).rank(store, query, 5, None, include_duplicates=False, signature=signature)
     assert "source" not in {h.image_id for h in plain}  # the embedding alone does not find it
-    verifying = Ranker(0.999, metrics, Verifier(signatures))
+    rule = replace(SERVED, depth=30, small_side=32, small_depth=100)
+    verifying = Ranker(0.999, metrics, Verifier(signatures, rule))
+    if side is not None:  # the same query, not known to be small: the source is beyond the usual depth
+        hits = verifying.rank(store, query, 5, None, include_duplicates=False, signature=signature)
+        assert "source" not in {h.image_id for h in hits}
     for include_duplicates in (False, True):
-        hits = verifying.rank(store, query, 5, None, include_duplicates=include_duplicates, signature=signature)
+        hits = verifying.rank(store, query, 5, None, include_duplicates=include_duplicates, signature=signature,
+                              side=side)
         assert len(hits) == 5 and hits[0].image_id == "source"
         assert not {"private-twin", "deleted-twin"} & {h.image_id for h in hits}
         assert all(a.score >= b.score for a, b in itertools.pairwise(hits))

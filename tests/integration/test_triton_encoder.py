@@ -68,7 +68,8 @@ def test_dynamic_batching_merges_concurrent_requests(triton_server):
         text = urllib.request.urlopen(triton_server.endpoint.metrics_url, timeout=5).read().decode()
         return _metric(text, "nv_inference_count"), _metric(text, "nv_inference_exec_count")
 
-    before = counts()
+    time.sleep(1.5)  # Triton refreshes its metrics every second: the previous test's inferences must be counted
+    before = counts()  # before this burst starts (a stale count once showed 51 = 48 + the 3 of the test before)
     pixels = model_input("skimage/rocket")[None]
 
     async def burst() -> None:

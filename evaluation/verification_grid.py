@@ -67,13 +67,17 @@ def crop_grid() -> list[Rule]:
 
 
 BAND_SIDES = {"24-30 by 2": (24, 26, 28, 30), "22-30": tuple(range(22, 31))}
+LOW_BAND_SIDES = {"12-30 by 2": tuple(range(12, 31, 2)), "16-30 by 2": tuple(range(16, 31, 2))}
 
 
 def band_grid() -> list[Rule]:
     """The served rule with band localisation (a caption band or bars added on one side): the candidates squashed
-    to each height and slid along the query; gains as a crop's, at the served or a stricter threshold."""
-    return [replace(RULE_5, band_sides=b, crop_threshold=t) for b, t in
-            itertools.product(BAND_SIDES.values(), (RULE_5.crop_threshold, 0.85))]
+    to each height and slid along the query; gains as a crop's, at the served or a stricter threshold. Then lower
+    bands (a caption on a small picture is a large share of its copy), at their own thresholds."""
+    return ([replace(RULE_5, band_sides=b, crop_threshold=t) for b, t in
+             itertools.product(BAND_SIDES.values(), (RULE_5.crop_threshold, 0.85))]
+            + [replace(SERVED, band_sides=b, band_threshold=t) for b, t in
+               itertools.product(LOW_BAND_SIDES.values(), (None, 0.85, 0.9))])
 
 
 SMALL_SIDES, SMALL_DEPTHS = (32, 48, 64, 96, 128), (60, 100)
@@ -117,7 +121,9 @@ def _name(rule: Rule | None) -> str:
     crop = (f"; crops: sides {sides}, threshold {rule.crop_threshold}, weight {rule.crop_weight}, exponent "
             f"{rule.crop_exponent:g}") if rule.crop_sides else ""
     if rule.band_sides:
-        crop += "; bands: " + next((n for n, b in BAND_SIDES.items() if b == rule.band_sides), str(rule.band_sides))
+        crop += "; bands: " + next((n for n, b in (BAND_SIDES | LOW_BAND_SIDES).items() if b == rule.band_sides),
+                                   str(rule.band_sides))
+        crop += f", threshold {rule.band_threshold}" if rule.band_threshold is not None else ""
     if rule.small_side:
         crop += f"; short side <= {rule.small_side} px: depth {rule.small_depth}"
     earlier = {SERVED: "served", RULE_2: "rule 2", RULE_3: "rule 3", RULE_4: "rule 4", RULE_5: "rule 5",

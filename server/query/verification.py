@@ -56,6 +56,7 @@ class Rule:
     # into a band of the query's rows (or columns): each candidate is squashed to each of these heights (a band
     # of 7-33% of the copy's height) and slid along the query, and gains as a crop does. () = off (rule 5).
     band_sides: tuple[int, ...] = (24, 26, 28, 30)
+    band_threshold: float | None = None  # None: crop_threshold
     # A query of few pixels (an icon or sprite, or one shrunk further) has a vaguer embedding: its source ranks
     # anywhere in the first hundred among its kind. Such a query is verified deeper; a larger one reads no more.
     small_side: int = 0  # a query whose shorter side has at most this many pixels ... (0: none is small)
@@ -77,15 +78,14 @@ class Rule:
 
     def bonuses(self, query: np.ndarray, signatures: np.ndarray) -> np.ndarray:
         """int8 query signature and int8 [M, SIGNATURE_BYTES] candidate signatures -> each candidate's gain."""
-        share = np.clip((self.agreement(query, signatures) - self.threshold) / (1.0 - self.threshold), 0.0, 1.0)
-        gain = self.weight * share**self.exponent
-        located = np.full(len(signatures), -1.0, np.float32)
+        gain = self.weight * _share(self.agreement(query, signatures), self.threshold)**self.exponent
+        located = np.zeros(len(signatures), np.float32)  # the best window's or band's share above its threshold
         if self.crop_sides:
-            located = localised(query, signatures, self.crop_sides)
+            located = _share(localised(query, signatures, self.crop_sides), self.crop_threshold)
         if self.band_sides:
-            located = np.maximum(located, banded(query, signatures, self.band_sides))
-        crop = np.clip((located - self.crop_threshold) / (1.0 - self.crop_threshold), 0.0, 1.0)
-        return np.maximum(gain, self.crop_weight * crop**self.crop_exponent)
+            band_threshold = self.crop_threshold if self.band_threshold is None else self.band_threshold
+            located = np.maximum(located, _share(banded(query, signatures, self.band_sides), band_threshold))
+        return np.maximum(gain, self.crop_weight * located**self.crop_exponent)
 
     def near_best(self, scores: np.ndarray, side: int | None = None) -> list[int]:
         """Positions (scores best first) of the candidates looked at: the first `depth_for(side)` within `margin`
@@ -101,6 +101,11 @@ class Rule:
         if near:
             fused[near] += self.bonuses(query, np.stack([signatures[i] for i in near]))
         return fused
+
+
+def _share(correlation: np.ndarray, threshold: float) -> np.ndarray:
+    """How far each correlation is above `threshold`, as a share of the way to 1."""
+    return np.clip((correlation - threshold) / (1.0 - threshold), 0.0, 1.0)
 
 
 SERVED = Rule()

@@ -169,6 +169,9 @@ def test_a_copy_with_a_band_added_finds_its_source_squashed_into_the_query(side:
     gains = rule.bonuses(sig[0], sig[1:])
     assert gains[0] > 0.5 * rule.crop_weight and gains[1] == 0.0 and gains[0] > gains[2] + 0.05, gains
     assert replace(rule, band_sides=()).bonuses(sig[0], sig[1:2])[0] < 0.5 * gains[0]
+    stricter = replace(rule, band_threshold=(rule.crop_threshold + found[0]) / 2)  # bands judged by their own
+    assert 0.0 < stricter.bonuses(sig[0], sig[1:2])[0] < gains[0]
+    assert replace(rule, band_threshold=0.999).bonuses(sig[0], sig[1:2])[0] < 0.5 * gains[0]  # as without bands
 
 
 def test_a_blank_window_correlates_with_nothing() -> None:

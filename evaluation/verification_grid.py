@@ -67,7 +67,7 @@ def crop_grid() -> list[Rule]:
 
 
 BAND_SIDES = {"24-30 by 2": (24, 26, 28, 30), "22-30": tuple(range(22, 31))}
-LOW_BAND_SIDES = {"12-30 by 2": tuple(range(12, 31, 2)), "16-30 by 2": tuple(range(16, 31, 2))}
+LOW_BAND_SIDES = {"10-30 by 2": tuple(range(10, 31, 2)), "16-30 by 2": tuple(range(16, 31, 2))}
 
 
 def band_grid() -> list[Rule]:

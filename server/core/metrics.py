@@ -60,6 +60,14 @@ class GatewayMetrics:
             "Store searches one query needed (more than 1 when duplicate collapse had to go back for more).",
             buckets=(1, 2, 3, 4, 6, 8), registry=registry,
         )
+        self.verified_searches = Counter(
+            "vsearch_verified_searches_total",
+            "Searches re-scored by copy verification, by depth (usual; small_query: a query of few pixels, verified "
+            "deeper, which reads more candidates' signatures and vectors).",
+            ["depth"], registry=registry,
+        )
+        for depth in ("usual", "small_query"):
+            self.verified_searches.labels(depth)
         self.filtered_results = Counter(
             "vsearch_filtered_results_total",
             "Candidates removed by a filter (reason: private, deleted, duplicate, query_image, min_score).",

@@ -70,6 +70,9 @@ class Ranker:
         `signature`: the query's pixel signature, for copy verification (server/query/verification.py), and
         `side` the query's shorter side in pixels (a small query is verified deeper)."""
         threshold = threshold if threshold is not None else self.duplicate_threshold
+        if self.verifier is not None and signature is not None:
+            deep = self.verifier.rule.depth_for(side) > self.verifier.rule.depth
+            self.metrics.verified_searches.labels("small_query" if deep else "usual").inc()
         if include_duplicates:
             candidates = self._search(store, vector, k, exclude, signature, side)
             with self.stage("filter"):

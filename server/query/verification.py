@@ -16,8 +16,11 @@ verified score is capped at 1.
 DEPTH matters most: a downscaled copy of one sprite among many of its kind finds its source anywhere in the
 embedding's first few dozen. The search fetches at least DEPTH candidates when it verifies; 30 is what a k=10
 search fetches anyway, so the common request reads no more from the store (50 found more sprite copies but reads
-2/3 more rows from disk at 10M images). docs/QUALITY.md, 'Copy verification', has how the constants were chosen
-and the held-out figures, in the order they were looked at.
+2/3 more rows from disk at 10M images). A query of at most `small_side` pixels on its shorter side (an icon, or a
+sprite shrunk further; the gateway reads the side from the header) is verified `small_depth` deep instead (rule 7):
+its vaguer embedding ranks a sprite's source anywhere in the first hundred, and such queries are few.
+docs/QUALITY.md, 'Copy verification', has how the constants were chosen and the held-out figures, in the order
+they were looked at.
 """
 
 from __future__ import annotations
@@ -59,8 +62,8 @@ class Rule:
     band_threshold: float | None = None  # None: crop_threshold
     # A query of few pixels (an icon or sprite, or one shrunk further) has a vaguer embedding: its source ranks
     # anywhere in the first hundred among its kind. Such a query is verified deeper; a larger one reads no more.
-    small_side: int = 0  # a query whose shorter side has at most this many pixels ... (0: none is small)
-    small_depth: int = 100  # ... is verified this deep
+    small_side: int = 64  # a query whose shorter side has at most this many pixels (an icon) ... (0: none)
+    small_depth: int = 100  # ... is verified this deep (rule 7)
 
     def depth_for(self, side: int | None) -> int:
         """Candidates verified for a query whose shorter side is `side` pixels (None: not known)."""

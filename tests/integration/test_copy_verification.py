@@ -4,15 +4,17 @@ the same images, verification on and off: the difference between their answers i
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from PIL import ImageDraw, ImageOps
+from prometheus_client.parser import text_string_to_metric_families
 
 from clients.client import NewImage
 from devkit.launcher import GatewayProcess
 from protos.visual_search.v1 import visual_search_pb2 as pb
-from server.query.verification import WEIGHT
+from server.query.verification import SERVED, WEIGHT
 from tests.fixtures.gateway import start_gateway
 from tests.photos import jpeg, open_photo
 
@@ -92,3 +94,31 @@ def test_a_search_by_id_verifies_with_the_stored_signature(gateways):
             answers[mode] = {r.image_id: r.score for r in client.similar("look-alike", k=10).results}
     assert answers["on"]["source"] > answers["off"]["source"]
     assert not {"private-copy", "deleted-copy", "look-alike"} & set(answers["on"])
+
+
+def _verified_searches(gateway: GatewayProcess) -> dict[str, float]:
+    text = urllib.request.urlopen(gateway.metrics_url, timeout=10).read().decode()
+    return {s.labels["depth"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "vsearch_verified_searches_total"}
+
+
+def test_a_query_of_few_pixels_is_verified_deeper(gateways):
+    """The gateway reads the query's shorter side from its header and its crop box: an icon-sized copy, or a small
+    box drawn on a large picture, is verified deeper (rule 7); a large query is not."""
+    image = open_photo(SOURCE).convert("RGB")
+    image.thumbnail((400, 400))
+    icon = image.copy()
+    icon.thumbnail((SERVED.small_side, SERVED.small_side))
+    side = min(image.size)
+    small_box = (0.1, 0.1, 0.1 + 0.8 * SERVED.small_side / image.width, 0.1 + 0.8 * SERVED.small_side / image.height)
+    queries = [(jpeg(image), None, "usual"), (jpeg(icon), None, "small_query"), (jpeg(image), small_box, "small_query"),
+               (jpeg(image), (0.0, 0.0, 1.0, 1.0), "usual")]
+    assert side > SERVED.small_side
+    with gateways["on"].client() as client:
+        for data, crop, depth in queries:
+            before = _verified_searches(gateways["on"])
+            response = client.search(data, crop=crop, k=5)
+            after = _verified_searches(gateways["on"])
+            assert {d: after[d] - before[d] for d in after} == {d: float(d == depth) for d in after}, (crop, depth)
+            if crop is None:
+                assert response.results[0].image_id == "source"

@@ -48,7 +48,7 @@ RULE_2 = Rule(depth=10, margin=0.2, weight=0.2, exponent=1.0, rotations=(), crop
 RULE_3 = Rule(exponent=4.0, rotations=(), crop_sides=(), band_sides=())  # before rule 4 (turned queries, exponent 3)
 RULE_4 = Rule(crop_sides=(), band_sides=())  # served before rule 5 (crop localisation)
 RULE_5 = Rule(band_sides=())  # served before rule 6 (band localisation)
-RULE_6 = replace(SERVED, small_side=0)  # served before rule 7 (small queries verified deeper)
+RULE_6 = replace(SERVED, small_side=0, band_sides=(24, 26, 28, 30))  # before rule 7 (small queries deeper, lower bands)
 CROP_SIDES = {"16-30 by 2": tuple(range(16, 31, 2)), "14-30 by 2": tuple(range(14, 31, 2))}
 CROP_THRESHOLDS, CROP_WEIGHTS, CROP_EXPONENTS = (0.75, 0.8, 0.85), (0.1, 0.2, 0.3), (1.0, 2.0)
 

@@ -57,8 +57,9 @@ class Rule:
     crop_exponent: float = 2.0
     # The other way round (rule 6): a caption band or letterbox bars added on one side leave the source squashed
     # into a band of the query's rows (or columns): each candidate is squashed to each of these heights (a band
-    # of 7-33% of the copy's height) and slid along the query, and gains as a crop does. () = off (rule 5).
-    band_sides: tuple[int, ...] = (24, 26, 28, 30)
+    # of 7-50% of the copy's height: a caption on a small picture is a large share of its copy) and slid along
+    # the query, and gains as a crop does. () = off (rule 5).
+    band_sides: tuple[int, ...] = (16, 18, 20, 22, 24, 26, 28, 30)
     band_threshold: float | None = None  # None: crop_threshold
     # A query of few pixels (an icon or sprite, or one shrunk further) has a vaguer embedding: its source ranks
     # anywhere in the first hundred among its kind. Such a query is verified deeper; a larger one reads no more.

@@ -10,10 +10,17 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from pymilvus import MilvusClient, MilvusException
+from pymilvus.client.utils import SciPyHelper
 
 from server.core.errors import Unavailable
 
 log = logging.getLogger(__name__)
+
+# pymilvus checks at the first search whether scipy.sparse exists by executing a fresh copy of it outside the import
+# lock. Two first searches at once (the gateway searches image and region rows in threads) can then meet a scipy
+# submodule half imported: INTERNAL "partially initialized module 'scipy.sparse._bsr'" (CI, 2026-12-07). The check
+# runs once here, at import, before any search thread exists.
+SciPyHelper.is_scipy_sparse(None)
 
 LIVE_ALIAS = "vsearch_live"
 ELIGIBLE = "visibility == 1 and deleted == false"
